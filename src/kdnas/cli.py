@@ -1,0 +1,223 @@
+"""The ``kdnas`` command line: search, teachers, report, export, dashboard, latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kdnas.config import ConfigError, KDNASConfig, load_config
+
+logger = logging.getLogger("kdnas")
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML config (default: the built-in demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set search.n_trials=20 (repeatable)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the output dir)")
+    parser.add_argument("--study-name", help="study name")
+    parser.add_argument("--output-dir", help="output directory")
+
+
+def _load(args: argparse.Namespace) -> KDNASConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("storage", "search.storage"), ("study_name", "search.study_name"),
+                      ("output_dir", "output_dir"), ("n_trials", "search.n_trials"),
+                      ("ray_address", "search.ray_address")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    config = load_config(args.config, overrides)
+    _quiet_libraries()
+    return config
+
+
+def _study(config: KDNASConfig):
+    from kdnas.search.study import load_study
+
+    return load_study(config.storage_url, config.search.study_name)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.dashboards.pareto import front_table
+    from kdnas.dashboards.report import write_report
+    from kdnas.search.runner import run_search
+    from kdnas.search.study import mask_url
+
+    study = run_search(config)
+    print(f"\nPareto front ({config.data.metric} vs latency):\n{front_table(study, config.data.metric)}")
+    paths = write_report(study, Path(config.output_dir) / "report", config.data.metric,
+                         latency_budget_ms=config.latency.budget_ms)
+    print(f"\nstudy:  {config.search.study_name} in {mask_url(config.storage_url)}")
+    print(f"report: {paths['html']}")
+    return 0
+
+
+def cmd_teachers_fit(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.data import load_task
+    from kdnas.search.runner import fit_teachers
+
+    task = load_task(config.data)
+    records = fit_teachers(config, task, force=args.force)
+    if not records:
+        print("every teacher is already fitted for this task (use --force to refit)")
+    for record in records:
+        print(f"{record['name']}: {record['metric']} = {record['value']:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.dashboards.pareto import front_table
+    from kdnas.dashboards.report import write_report
+
+    study = _study(config)
+    metric = (study.metric_names or [config.data.metric])[0]
+    print(f"Pareto front ({metric} vs latency):\n{front_table(study, metric)}")
+    out = Path(args.out) if args.out else Path(config.output_dir) / "report"
+    paths = write_report(study, out, metric, latency_budget_ms=args.latency_budget_ms)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
+    from kdnas.export import export_trial
+
+    study = _study(config)
+    try:
+        if args.trial is not None:
+            trial = study.trials[args.trial] if 0 <= args.trial < len(study.trials) else None
+            if trial is None:
+                raise ConfigError(f"--trial {args.trial}: the study has trials 0..{len(study.trials) - 1}")
+        elif args.knee:
+            trial = knee_point(pareto_front(study))
+        else:
+            trial = best_under_budget(study, latency_ms=args.latency_budget_ms, params=args.param_budget)
+    except (LookupError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
+    export_trial(study, trial, out)
+    print(f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')}): "
+          f"{study.metric_names[0]}={trial.values[0]:.4f}, latency={trial.values[1]:.3f} ms -> {out}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.dashboards.launcher import serve_dashboard
+    from kdnas.search.study import mask_url
+
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(config.storage_url)}")
+    serve_dashboard(config.storage_url, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.objectives.latency import measure_latency, resolve_device
+    from kdnas.objectives.teachers import load_tokenizer
+    from kdnas.space import StudentArch
+
+    try:
+        arch = StudentArch(args.layers, args.heads, args.head_dim, args.ffn_ratio)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    lat = config.latency
+    result = measure_latency(
+        arch.build(tokenizer, num_labels=2, max_positions=max(512, config.latency_seq_len)),
+        vocab_size=len(tokenizer), batch_size=lat.batch_size, seq_len=config.latency_seq_len,
+        device=resolve_device(lat.device), threads=lat.threads, warmup=lat.warmup, runs=lat.runs,
+    )
+    print(json.dumps({"arch": arch.summary, **result.to_dict()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdnas",
+        description="Search small student transformers and teach each one with several teachers at once.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    search = commands.add_parser("search", help="run (or resume) a student search")
+    _config_arguments(search)
+    search.add_argument("--n-trials", type=int, help="total number of trials in the study")
+    search.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    search.set_defaults(func=cmd_search)
+
+    teachers = commands.add_parser("teachers", help="teacher commands")
+    teacher_commands = teachers.add_subparsers(dest="teachers_command", required=True)
+    fit = teacher_commands.add_parser("fit", help="fine-tune (or train) the configured teachers on the task")
+    _config_arguments(fit)
+    fit.add_argument("--force", action="store_true", help="refit teachers that are already fitted")
+    fit.set_defaults(func=cmd_teachers_fit)
+
+    report = commands.add_parser("report", help="print the Pareto front; write HTML report, CSV and JSON")
+    _config_arguments(report)
+    report.add_argument("--out", help="report directory (default: <output_dir>/report)")
+    report.add_argument("--latency-budget-ms", type=float, help="draw this latency budget on the plot")
+    report.set_defaults(func=cmd_report)
+
+    export = commands.add_parser("export", help="export a student as a Hugging Face model directory")
+    _config_arguments(export)
+    chooser = export.add_mutually_exclusive_group()
+    chooser.add_argument("--trial", type=int, help="export this trial number")
+    chooser.add_argument("--knee", action="store_true", help="export the knee of the Pareto front")
+    export.add_argument("--latency-budget-ms", type=float, help="best student within this latency")
+    export.add_argument("--param-budget", type=int, help="best student within this many parameters")
+    export.add_argument("--out", help="output directory (default: <output_dir>/export/trial-N)")
+    export.set_defaults(func=cmd_export)
+
+    dashboard = commands.add_parser("dashboard", help="serve the study with optuna-dashboard")
+    _config_arguments(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dashboard.set_defaults(func=cmd_dashboard)
+
+    latency = commands.add_parser("latency", help="measure one student architecture's latency")
+    _config_arguments(latency)
+    latency.add_argument("--layers", type=int, required=True)
+    latency.add_argument("--heads", type=int, required=True)
+    latency.add_argument("--head-dim", type=int, required=True)
+    latency.add_argument("--ffn-ratio", type=int, default=4)
+    latency.set_defaults(func=cmd_latency)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kdnas`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="[kdnas] %(message)s", level=logging.WARNING)
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"kdnas: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The whole kdnas configuration: pydantic models, YAML loading and CLI overrides.
+
+Every section has working defaults, so ``KDNASConfig()`` is the built-in demo search.
+Unknown keys and bad values raise :class:`ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the culprit."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the task's examples come from and how they are scored."""
+
+    source: Literal["demo", "hub", "files"] = "demo"
+    hub_name: str | None = None
+    hub_config: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    text_columns: list[str] = Field(default_factory=lambda: ["sentence"], min_length=1, max_length=2)
+    label_column: str = "label"
+    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    max_seq_length: int = Field(32, ge=4, le=4096)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    demo_train_size: int = Field(3000, ge=10)
+    demo_eval_size: int = Field(600, ge=10)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _source_needs_its_fields(self) -> DataConfig:
+        if self.source == "hub" and not self.hub_name:
+            raise ValueError("data.hub_name is required when data.source is 'hub'")
+        if self.source == "files" and not (self.train_file and self.validation_file):
+            raise ValueError("data.train_file and data.validation_file are required when data.source is 'files'")
+        return self
+
+
+class FitConfig(_Section):
+    """Fine-tuning of a teacher on the task."""
+
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_seq_length: int | None = Field(None, ge=4)
+
+
+class ScratchConfig(_Section):
+    """A teacher architecture trained from scratch (with a byte-level BPE tokenizer trained on the task)."""
+
+    family: Literal["gpt2", "bert"] = "gpt2"
+    layers: int = Field(2, ge=1)
+    hidden: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    vocab_size: int = Field(4000, ge=300)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ScratchConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"scratch.hidden ({self.hidden}) must be divisible by scratch.heads ({self.heads})")
+        return self
+
+
+class TeacherConfig(_Section):
+    """One teacher: a ready sequence classifier, or a backbone that ``kdnas teachers fit`` trains."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = "minilm"
+    fit: FitConfig | None = None
+    scratch: ScratchConfig | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _scratch_needs_fit(self) -> TeacherConfig:
+        if self.scratch is not None and self.fit is None:
+            raise ValueError(f"teacher {self.name!r}: a scratch teacher needs a 'fit' section to be trained")
+        return self
+
+
+def _default_teachers() -> list[TeacherConfig]:
+    return [
+        TeacherConfig(name="minilm", model="minilm", fit=FitConfig(epochs=3, learning_rate=1e-4)),
+        TeacherConfig(
+            name="gpt2",
+            model="gpt2",
+            scratch=ScratchConfig(),
+            fit=FitConfig(epochs=4, learning_rate=5e-4),
+        ),
+    ]
+
+
+class RangeConfig(_Section):
+    """An inclusive integer range."""
+
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+def _positive_choices(values: list[int]) -> list[int]:
+    if any(v < 1 for v in values):
+        raise ValueError("every choice must be a positive integer")
+    if len(set(values)) != len(values):
+        raise ValueError("choices must not repeat")
+    return values
+
+
+class SpaceConfig(_Section):
+    """Student architecture ranges. Width is derived (heads × head_dim), so every sample is valid."""
+
+    depth: RangeConfig = RangeConfig(min=1, max=4)
+    heads: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
+    head_dim: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    ffn_ratio: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+
+    _check_choices = field_validator("heads", "head_dim", "ffn_ratio")(_positive_choices)
+
+
+class StudentConfig(_Section):
+    """The student family: its tokenizer and its architecture space."""
+
+    tokenizer: str = "minilm"
+    space: SpaceConfig = SpaceConfig()
+
+
+class KDConfig(_Section):
+    """Logit distillation: ``alpha·CE(y, s) + (1 − alpha)·T²·KL(p_teachers(T) ‖ p_student(T))``."""
+
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    combiner: Literal["mean"] = "mean"
+
+
+class TrainingConfig(_Section):
+    """The training budget of one student."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+class LatencyConfig(_Section):
+    """How latency is measured: fixed threads, warm-up, median of ``runs``."""
+
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    batch_size: int = Field(1, ge=1)
+    seq_len: int | None = Field(None, ge=1)
+    threads: int = Field(1, ge=1)
+    warmup: int = Field(5, ge=0)
+    runs: int = Field(30, ge=3)
+    budget_ms: float | None = Field(None, gt=0)
+
+
+class ResourcesConfig(_Section):
+    """Ray resources for one trial (fractions allowed)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchConfig(_Section):
+    """The study and how trials run on Ray."""
+
+    study_name: str = Field("kdnas-demo", min_length=1)
+    storage: str | None = None
+    n_trials: int = Field(8, ge=1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    max_concurrent_trials: int = Field(1, ge=1)
+    ray_address: str | None = None
+    resources_per_trial: ResourcesConfig = ResourcesConfig()
+
+
+class KDNASConfig(_Section):
+    """Everything one search needs."""
+
+    output_dir: str = "runs/kdnas-demo"
+    data: DataConfig = DataConfig()
+    teachers: list[TeacherConfig] = Field(default_factory=_default_teachers, min_length=1)
+    student: StudentConfig = StudentConfig()
+    kd: KDConfig = KDConfig()
+    training: TrainingConfig = TrainingConfig()
+    latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="after")
+    def _teacher_names_unique(self) -> KDNASConfig:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @property
+    def storage_url(self) -> str:
+        """The study's storage URL: the configured one, or a SQLite file in the output directory."""
+        if self.search.storage:
+            return self.search.storage
+        return f"sqlite:///{(Path(self.output_dir) / 'study.db').resolve()}"
+
+    @property
+    def latency_seq_len(self) -> int:
+        return self.latency.seq_len or self.data.max_seq_length
+
+
+def _error_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def build_config(raw: dict[str, Any]) -> KDNASConfig:
+    """Validate a plain dict into a :class:`KDNASConfig`, raising :class:`ConfigError` on the first problem."""
+    try:
+        return KDNASConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_error_line(err)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value in YAML syntax) into a key path and a value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: value is not valid YAML") from None
+    return key.strip().split("."), parsed
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at the nested ``path`` of ``raw``, creating sections as needed."""
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KDNASConfig:
+    """Load a YAML config (or the built-in defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections")
+        raw = loaded or {}
+    for text in overrides or []:
+        apply_override(raw, *parse_override(text))
+    return build_config(raw)
+
+
+def dump_config(config: KDNASConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Reading a study back: Pareto front, knee, budgets, the HTML report and optuna-dashboard."""

@@ -1,0 +1,128 @@
+"""A self-contained HTML report of a study (plotly.js embedded, opens offline), plus CSV and JSON exports."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial
+
+from kdnas.dashboards.pareto import pareto_front
+from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR
+
+
+def _hover(t: FrozenTrial, metric: str) -> str:
+    return (
+        f"trial {t.number}<br>{t.user_attrs.get('arch_summary', '?')}<br>"
+        f"{metric} {t.values[0]:.4f}<br>latency {t.values[1]:.3f} ms<br>"
+        f"params {t.user_attrs.get('params', 0) / 1e6:.2f}M"
+    )
+
+
+def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | None = None) -> go.Figure:
+    """Metric vs measured latency: the front opaque and joined, dominated students faded, teachers as stars."""
+    front = pareto_front(study)
+    front_numbers = {t.number for t in front}
+    dominated = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.number not in front_numbers]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[t.values[1] for t in dominated], y=[t.values[0] for t in dominated], mode="markers",
+        name="dominated students", marker={"size": 9, "color": "#8da0cb", "opacity": 0.35},
+        text=[_hover(t, metric) for t in dominated], hoverinfo="text",
+    ))
+    fig.add_trace(go.Scatter(
+        x=[t.values[1] for t in front], y=[t.values[0] for t in front], mode="lines+markers",
+        name="Pareto front", marker={"size": 11, "color": "#d95f02"}, line={"shape": "hv", "width": 1.5},
+        text=[_hover(t, metric) for t in front], hoverinfo="text",
+    ))
+    teachers = study.user_attrs.get("teachers", [])
+    if teachers:
+        fig.add_trace(go.Scatter(
+            x=[t["latency_ms"] for t in teachers], y=[t["value"] for t in teachers], mode="markers+text",
+            name="teachers", marker={"size": 14, "symbol": "star", "color": "#1b9e77"},
+            text=[t["name"] for t in teachers], textposition="top center",
+            hovertext=[f"teacher {t['name']}<br>{metric} {t['value']:.4f}<br>latency {t['latency_ms']:.3f} ms"
+                       for t in teachers], hoverinfo="text",
+        ))
+    if latency_budget_ms is not None:
+        fig.add_vline(x=latency_budget_ms, line_dash="dash", line_color="#e7298a",
+                      annotation_text=f"budget {latency_budget_ms} ms")
+    fig.update_layout(
+        title=f"{study.study_name}: {metric} vs measured latency",
+        xaxis_title="latency (ms, median)", yaxis_title=metric, template="plotly_white", height=520,
+    )
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
+    """One flat row per trial: state, values, arch, KD recipe, failure or pruning reason."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = t.values or [None, None]
+        rows.append({
+            "trial": t.number,
+            "state": t.state.name,
+            metric: values[0],
+            "latency_ms": values[1],
+            "arch": t.user_attrs.get("arch_summary", ""),
+            **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
+            "params": t.user_attrs.get("params"),
+            "kd": json.dumps(t.user_attrs["kd"], sort_keys=True) if "kd" in t.user_attrs else "",
+            "reason": t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or "",
+        })
+    return rows
+
+
+def _table_html(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>No trials yet.</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def write_report(
+    study: optuna.Study, out_dir: Path, metric: str, *, latency_budget_ms: float | None = None
+) -> dict[str, Path]:
+    """Write ``report.html``, ``trials.csv`` and ``pareto.json`` into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(study, metric)
+    figure = pareto_figure(study, metric, latency_budget_ms).to_html(full_html=False, include_plotlyjs=True)
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>kdnas · {html.escape(study.study_name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
+th{{background:#f4f4f4}}</style></head><body>
+<h1>kdnas study {html.escape(study.study_name)}</h1>
+<p>{len(rows)} trials. Latency is the measured median forward time; dominated students are faded.</p>
+{figure}
+<h2>Trials</h2>
+{_table_html(rows)}
+</body></html>"""
+    paths = {"html": out_dir / "report.html", "csv": out_dir / "trials.csv", "json": out_dir / "pareto.json"}
+    paths["html"].write_text(page, encoding="utf-8")
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    front = [
+        {"trial": t.number, metric: t.values[0], "latency_ms": t.values[1], "params": t.user_attrs.get("params"),
+         "arch": t.user_attrs.get("arch")}
+        for t in pareto_front(study)
+    ]
+    paths["json"].write_text(json.dumps(front, indent=2))
+    return paths

@@ -1,0 +1,102 @@
+"""Export a trial's student as a Hugging Face model directory with a model card and its search record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kdnas.config import ConfigError
+
+STUDENT_FILES = ("config.json", "model.safetensors")
+RECORD_FILE = "kdnas_trial.json"
+
+
+def trial_record(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """The trial's search record, without local paths."""
+    attrs = {k: v for k, v in trial.user_attrs.items() if k != "student_path"}
+    return {
+        "study": study.study_name,
+        "trial": trial.number,
+        "objectives": dict(zip(study.metric_names or ["metric", "latency_ms"], trial.values)),
+        "params": trial.params,
+        "user_attrs": attrs,
+        "task": study.user_attrs.get("task"),
+        "teachers": [
+            {k: t[k] for k in ("name", "model", "value", "latency_ms", "params")}
+            for t in study.user_attrs.get("teachers", [])
+        ],
+    }
+
+
+def model_card(record: dict) -> str:
+    """A Hugging Face README.md for the exported student."""
+    attrs = record["user_attrs"]
+    metric, latency_name = list(record["objectives"])
+    value, latency_ms = record["objectives"][metric], record["objectives"][latency_name]
+    lat = attrs.get("latency", {})
+    arch = attrs.get("arch", {})
+    task = record.get("task") or {}
+    teachers = "\n".join(
+        f"| {t['name']} | {t['model']} | {t['value']:.4f} | {t['latency_ms']:.3f} | {t['params'] / 1e6:.1f}M |"
+        for t in record["teachers"]
+    )
+    kd = attrs.get("kd", {})
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [kdnas, knowledge-distillation, neural-architecture-search]
+---
+# kdnas student {attrs.get('arch_summary', '')}
+
+A BERT-style student found by [kdnas](https://pypi.org/project/kdnas/) (study `{record['study']}`, trial
+{record['trial']}) and distilled from {len(record['teachers'])} teacher(s).
+
+## Results
+| task | {metric} | latency (median) | parameters |
+|---|---|---|---|
+| {task.get('name', '?')} | {value:.4f} | {latency_ms:.3f} ms | {attrs.get('params', 0) / 1e6:.2f}M |
+
+Latency: measured on {lat.get('device_name', '?')} ({lat.get('device', '?')}), {lat.get('threads', '?')} thread(s),
+batch {lat.get('batch_size', '?')}, sequence length {lat.get('seq_len', '?')}, median of {lat.get('runs', '?')} runs
+after {lat.get('warmup', '?')} warm-up runs.
+
+## Architecture
+{json.dumps(arch, indent=2, sort_keys=True)}
+
+## Teachers
+| teacher | model | {metric} | latency (ms) | parameters |
+|---|---|---|---|---|
+{teachers}
+
+## Distillation recipe
+{json.dumps(kd, indent=2, sort_keys=True)}, {attrs.get('epochs_trained', '?')} epoch(s).
+
+## Use
+```python
+from transformers import pipeline
+classifier = pipeline("text-classification", model="path/to/this/directory")
+```
+The full search record is in `{RECORD_FILE}`.
+"""
+
+
+def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path) -> Path:
+    """Copy the trial's saved student (weights, config, tokenizer) to ``out_dir`` with a card and record."""
+    if trial.state != TrialState.COMPLETE:
+        raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no student to export")
+    source = Path(trial.user_attrs.get("student_path", ""))
+    missing = [name for name in STUDENT_FILES if not (source / name).is_file()]
+    if not trial.user_attrs.get("student_path") or missing:
+        raise ConfigError(f"trial {trial.number}: the saved student weights are missing ({source})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.is_file():
+            shutil.copy2(file, out_dir / file.name)
+    record = trial_record(study, trial)
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    (out_dir / "README.md").write_text(model_card(record))
+    return out_dir

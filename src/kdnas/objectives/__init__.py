@@ -1,0 +1,1 @@
+"""What a student is taught and scored by: KD losses, teacher combiners, teachers, metrics, latency."""

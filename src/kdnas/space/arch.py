@@ -1,0 +1,82 @@
+"""StudentArch: one student architecture, JSON-able, buildable as a Hugging Face BERT classifier."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class StudentArch:
+    """A BERT-style encoder: ``num_layers`` blocks of width ``num_heads × head_dim``, FFN ``ffn_ratio ×`` width."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    ffn_ratio: int
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"StudentArch.{name} must be a positive integer, got {value!r}")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.ffn_ratio * self.hidden_size
+
+    @property
+    def summary(self) -> str:
+        """A short name such as ``L2-H128-A4-F512`` (layers, hidden, attention heads, FFN)."""
+        return f"L{self.num_layers}-H{self.hidden_size}-A{self.num_heads}-F{self.intermediate_size}"
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentArch:
+        """Build from a dict holding at least the four sampled fields (extra keys are ignored)."""
+        try:
+            return cls(**{k: int(data[k]) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")})
+        except KeyError as err:
+            raise ValueError(f"architecture is missing {err.args[0]!r}") from None
+
+    def hf_config(self, *, vocab_size: int, num_labels: int, max_positions: int, pad_token_id: int = 0) -> BertConfig:
+        """The Hugging Face ``BertConfig`` of this student."""
+        return BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=max_positions,
+            num_labels=num_labels,
+            pad_token_id=pad_token_id,
+        )
+
+    def build(
+        self, tokenizer: PreTrainedTokenizerBase, num_labels: int, max_positions: int = 512
+    ) -> BertForSequenceClassification:
+        """A freshly initialised student classifier for ``tokenizer``'s vocabulary."""
+        config = self.hf_config(
+            vocab_size=len(tokenizer),
+            num_labels=num_labels,
+            max_positions=max_positions,
+            pad_token_id=tokenizer.pad_token_id or 0,
+        )
+        return BertForSequenceClassification(config)
+
+    def encoder_flops(self, seq_len: int) -> int:
+        """Forward FLOPs of the encoder for one sequence of ``seq_len`` tokens (2 × multiply-accumulates)."""
+        d, f, n = self.hidden_size, self.intermediate_size, seq_len
+        macs_per_layer = n * (4 * d * d + 2 * d * f) + 2 * n * n * d
+        return 2 * self.num_layers * macs_per_layer

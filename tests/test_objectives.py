@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from kdnas.objectives import latency as latency_mod
+from kdnas.objectives.combiners import MeanCombiner, combined_target, make_combiner
+from kdnas.objectives.losses import kd_loss
+from kdnas.objectives.metrics import score
+from kdnas.space import StudentArch
+from kdnas.objectives.teachers import load_tokenizer
+
+
+def test_kd_loss_matches_hand_computation():
+    s = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
+    y = torch.tensor([0, 1])
+    alpha, temp = 0.3, 2.0
+    ce = 0.0
+    kl = 0.0
+    for i in range(2):
+        row = s[i].tolist()
+        log_z = math.log(sum(math.exp(v) for v in row))
+        ce += -(row[y[i]] - log_z)
+        scaled = [v / temp for v in row]
+        log_zt = math.log(sum(math.exp(v) for v in scaled))
+        log_q = [v - log_zt for v in scaled]
+        kl += sum(p * (math.log(p) - lq) for p, lq in zip(t[i].tolist(), log_q))
+    expected = alpha * ce / 2 + (1 - alpha) * temp**2 * kl / 2
+    got = kd_loss(s, t, y, alpha=alpha, temperature=temp)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss(s, t, y, alpha=1.0, temperature=temp).item() == pytest.approx(ce / 2, rel=1e-5)
+
+
+def test_mean_combiner_averages_teacher_probabilities():
+    logits = torch.tensor([[[2.0, 0.0]], [[0.0, 4.0]]])  # K=2, B=1, C=2
+    target = combined_target(MeanCombiner(), logits, torch.tensor([0]), temperature=2.0)
+    p1 = torch.softmax(torch.tensor([1.0, 0.0]), -1)
+    p2 = torch.softmax(torch.tensor([0.0, 2.0]), -1)
+    assert torch.allclose(target[0], (p1 + p2) / 2)
+    assert torch.allclose(target.sum(-1), torch.ones(1))
+    with pytest.raises(ValueError, match="unknown teacher combiner"):
+        make_combiner("median")
+
+
+def test_metrics_against_hand_values():
+    preds, labels = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
+    assert score("accuracy", preds, labels) == pytest.approx(3 / 5)
+    # tp=2 fp=1 fn=1 -> f1 = 4/6
+    assert score("f1", preds, labels) == pytest.approx(4 / 6)
+    # binary mcc = (tp*tn - fp*fn)/sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2*1-1*1)/sqrt(3*3*2*2) = 1/6
+    assert score("mcc", preds, labels) == pytest.approx(1 / 6)
+    assert score("mcc", [0, 0], [0, 0]) == 0.0
+    with pytest.raises(ValueError, match="unknown metric"):
+        score("bleu", preds, labels)
+
+
+def test_latency_measures_a_real_forward_with_fixed_threads():
+    tokenizer = load_tokenizer("minilm")
+    model = StudentArch(1, 2, 16, 2).build(tokenizer, num_labels=2, max_positions=64)
+    threads_before = torch.get_num_threads()
+    result = latency_mod.measure_latency(model, vocab_size=len(tokenizer), seq_len=16, threads=1, warmup=1, runs=5)
+    assert result.median_ms > 0 and result.p90_ms >= result.median_ms * 0.5
+    assert (result.device, result.threads, result.seq_len, result.runs) == ("cpu", 1, 16, 5)
+    assert torch.get_num_threads() == threads_before
+
+
+def test_latency_synchronises_cuda_and_refuses_missing_gpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    latency_mod._synchronize(torch.device("cpu"))
+    assert calls == []
+    latency_mod._synchronize(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        latency_mod.resolve_device("cuda")
+    assert latency_mod.resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert latency_mod.resolve_device("auto").type == "cuda"

@@ -1,0 +1,84 @@
+"""A real tiny search on local Ray into a SQLite study, then report and export from the study alone."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
+from kdnas.dashboards.report import write_report
+from kdnas.export import export_trial
+
+pytestmark = pytest.mark.slow
+
+
+def test_search_records_complete_trials_with_values_and_attrs(searched):
+    config, study = searched
+    trials = study.get_trials()
+    assert len(trials) == 3
+    assert study.metric_names == ["accuracy", "latency_ms"]
+    for t in trials:
+        assert t.state == TrialState.COMPLETE, t.user_attrs
+        accuracy, latency = t.values
+        assert 0.0 <= accuracy <= 1.0 and latency > 0
+        attrs = t.user_attrs
+        assert {"arch", "params", "flops", "latency", "student_path", "kd", "teachers"} <= set(attrs)
+        assert attrs["latency"]["median_ms"] == latency and attrs["latency"]["threads"] == 1
+        assert attrs["arch"]["num_layers"] == t.params["num_layers"]
+        assert attrs["teachers"] == ["minilm", "gpt2"]
+    teachers = study.user_attrs["teachers"]
+    assert [t["name"] for t in teachers] == ["minilm", "gpt2"] and all(t["latency_ms"] > 0 for t in teachers)
+    assert "***" in study.user_attrs["config"]["search"]["storage"] or "sqlite" in study.user_attrs["config"]["search"]["storage"]
+
+
+def test_teacher_logits_were_computed_once_and_reused_on_rerun(searched):
+    config, _ = searched
+    cache = list((config.output_dir and __import__("pathlib").Path(config.output_dir) / "cache").glob("*.safetensors"))
+    assert len(cache) == 4  # 2 teachers × (train, eval)
+
+
+def test_report_and_export_round_trip(searched, tmp_path):
+    config, study = searched
+    paths = write_report(study, tmp_path / "report", "accuracy")
+    page = paths["html"].read_text()
+    assert "Pareto front" in page and "<script src=\"http" not in page and len(page) > 1_000_000  # plotly.js inline
+    front = json.loads(paths["json"].read_text())
+    assert [p["trial"] for p in front] == [t.number for t in pareto_front(study)]
+
+    trial = best_under_budget(study)
+    out = export_trial(study, trial, tmp_path / "student")
+    assert {"config.json", "model.safetensors", "README.md", "kdnas_trial.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    text = "".join(p.read_text(errors="ignore") for p in out.iterdir() if p.suffix in {".json", ".md"})
+    assert str(config.output_dir) not in text, "exported files must not leak local paths"
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == trial.params["num_layers"]
+    with torch.inference_mode():
+        logits = model(**tokenizer(["the film was not good"], return_tensors="pt")).logits
+    assert logits.shape == (1, 2)
+    classify = pipeline("text-classification", model=str(out))
+    assert classify("the acting was truly wonderful")[0]["label"] in {"negative", "positive"}
+    assert knee_point(pareto_front(study)).state == TrialState.COMPLETE
+
+
+def test_cli_reports_and_exports_from_the_study(searched, tmp_path):
+    config, study = searched
+    base = [sys.executable, "-m", "kdnas.cli"]
+    where = ["--output-dir", config.output_dir, "--study-name", config.search.study_name]
+    report = subprocess.run(base + ["report", *where], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "Pareto front" in report.stdout
+    out = tmp_path / "exported"
+    export = subprocess.run(base + ["export", *where, "--knee", "--out", str(out)], capture_output=True,
+                            text=True, timeout=300)
+    assert export.returncode == 0, export.stderr
+    assert (out / "model.safetensors").is_file()
+    missing = subprocess.run(base + ["export", *where, "--latency-budget-ms", "0.000001"], capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and "no completed student within latency" in missing.stderr

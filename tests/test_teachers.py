@@ -1,0 +1,45 @@
+import torch
+
+from kdnas.config import build_config
+from kdnas.data import load_task
+from kdnas.objectives import teachers as teachers_mod
+from kdnas.search.runner import fit_teachers
+
+from conftest import tiny_raw
+
+
+def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
+    config = build_config(tiny_raw(tmp_path / "run"))
+    task = load_task(config.data)
+    records = fit_teachers(config, task)
+    assert [r["name"] for r in records] == ["minilm", "gpt2"]
+    assert all(0.0 <= r["value"] <= 1.0 for r in records)
+    assert (tmp_path / "run/teachers/minilm/model.safetensors").is_file()
+    assert not list((tmp_path / "run/teachers").rglob("*.bin"))
+    # already fitted for this task: nothing refitted
+    assert fit_teachers(config, task) == []
+
+    calls = []
+    real = teachers_mod.predict_logits
+    monkeypatch.setattr(teachers_mod, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    teacher = teachers_mod.load_teacher(config, config.teachers[0], task.num_labels)
+    cache = tmp_path / "cache"
+    first = teachers_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
+    assert calls == [1] and first.shape == (len(task.train), 2)
+    second = teachers_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
+    assert calls == [1], "a cache hit must not run the teacher again"
+    assert torch.equal(first, second)
+    teachers_mod.cached_logits(teacher, task, "train", 16, cache, torch.device("cpu"))
+    assert calls == [1, 1], "another tokenisation is another cache key"
+
+
+def test_teacher_with_other_label_count_is_refused(tmp_path):
+    import pytest
+
+    from kdnas.config import ConfigError
+
+    config = build_config(tiny_raw(tmp_path / "run"))
+    task = load_task(config.data)
+    fit_teachers(config, task)
+    with pytest.raises(ConfigError, match="predicts 2 labels but the task has 3"):
+        teachers_mod.load_teacher(config, config.teachers[1], 3)
