@@ -82,3 +82,36 @@ def test_cli_reports_and_exports_from_the_study(searched, tmp_path):
     missing = subprocess.run(base + ["export", *where, "--latency-budget-ms", "0.000001"], capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "no completed student within latency" in missing.stderr
+
+
+def test_dashboard_serves_the_study_on_localhost(searched):
+    import socket
+    import time
+    import urllib.request
+
+    config, study = searched
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdnas.cli", "dashboard", "--output-dir", config.output_dir,
+         "--study-name", config.search.study_name, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard did not answer"
+        summary = next(s for s in body["study_summaries"] if s["study_name"] == config.search.study_name)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
+            detail = json.loads(r.read())
+        assert detail["objective_names"] == ["accuracy", "latency_ms"]
+        assert len(detail["trials"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

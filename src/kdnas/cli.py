@@ -199,7 +199,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import datasets
+    import optuna
     import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

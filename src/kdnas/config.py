@@ -94,7 +94,7 @@ class TeacherConfig(_Section):
 
 def _default_teachers() -> list[TeacherConfig]:
     return [
-        TeacherConfig(name="minilm", model="minilm", fit=FitConfig(epochs=3, learning_rate=1e-4)),
+        TeacherConfig(name="minilm", model="minilm", fit=FitConfig(epochs=2, learning_rate=1e-4)),
         TeacherConfig(
             name="gpt2",
             model="gpt2",
@@ -154,7 +154,7 @@ class KDConfig(_Section):
 class TrainingConfig(_Section):
     """The training budget of one student."""
 
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)

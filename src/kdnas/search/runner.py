@@ -140,7 +140,7 @@ def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage)
         storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, DRIVER_LOST)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=True)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return len(orphans)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import optuna
 import sqlalchemy
@@ -54,7 +55,9 @@ def create_or_load_study(config: KDNASConfig, storage: RDBStorage) -> optuna.Stu
             f"{existing_names or [d.name.lower() for d in study.directions]}, not {names}"
         )
     if existing_names is None:
-        study.set_metric_names(names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     return study
 
 

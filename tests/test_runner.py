@@ -1,0 +1,67 @@
+"""The Ray trainable's device placement and error reporting, and the driver's study bookkeeping (no Ray)."""
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from ray import tune
+
+from kdnas.config import KDNASConfig, build_config, load_config
+from kdnas.search import runner
+from kdnas.search.searcher import FAILURE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.search.trial import ERROR_KEY, TrialInputs
+
+
+def _inputs(gpu: float) -> TrialInputs:
+    config = build_config({"search": {"resources_per_trial": {"cpu": 1, "gpu": gpu}}})
+    empty = torch.zeros(0)
+    return TrialInputs(config=config, metric="accuracy", label_names=("a", "b"), train=None, eval=None,
+                       teacher_names=(), teacher_logits=empty, students_dir="/nonexistent")
+
+
+@pytest.mark.parametrize(("gpu", "cuda", "expected"), [(1, True, "cuda"), (1, False, "cpu"), (0, True, "cpu")])
+def test_trainable_places_students_on_gpu_when_given_one(monkeypatch, gpu, cuda, expected):
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(runner, "run_trial", lambda config, inputs, **kw: seen.update(kw))
+    runner.train_student({TRIAL_NUMBER_KEY: 7}, _inputs(gpu))
+    assert seen["device"].type == expected and seen["trial_number"] == 7
+
+
+def test_trainable_reports_errors_with_their_reason(monkeypatch):
+    reports = []
+    monkeypatch.setattr(tune, "report", reports.append)
+
+    def explode(*args, **kwargs):
+        raise FloatingPointError("non-finite loss nan at step 3")
+
+    monkeypatch.setattr(runner, "run_trial", explode)
+    runner.train_student({TRIAL_NUMBER_KEY: 1}, _inputs(0))
+    assert reports == [{ERROR_KEY: "FloatingPointError: non-finite loss nan at step 3"}]
+
+
+def test_orphans_are_failed_reenqueued_and_not_counted(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    done = study.ask()
+    done.suggest_int("num_layers", 1, 4)
+    study.tell(done, [0.5, 1.0])
+    orphan = study.ask()
+    orphan.suggest_int("num_layers", 1, 4)
+    assert runner.reconcile_orphans(study, storage) == 1
+    failed = study.trials[orphan.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs[FAILURE_ATTR] == runner.DRIVER_LOST
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [failed.params]
+    assert waiting[0].user_attrs["retry_of"] == orphan.number
+    assert runner.trials_left(study, 3) == 2
+
+
+def test_samplers_are_seeded_and_chosen_from_config():
+    assert isinstance(runner.make_sampler(KDNASConfig()), optuna.samplers.TPESampler)
+    config = load_config(None, ["search.sampler=nsga2"])
+    assert isinstance(runner.make_sampler(config), optuna.samplers.NSGAIISampler)
+
+
+def test_examples_demo_yaml_is_the_built_in_default():
+    assert load_config("examples/demo.yaml") == KDNASConfig()
