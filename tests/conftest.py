@@ -36,14 +36,25 @@ def tiny_config(tmp_path: Path) -> KDNASConfig:
 
 
 @pytest.fixture(scope="session")
-def searched(tmp_path_factory: pytest.TempPathFactory):
-    """(config, study) after one real tiny search on local Ray with a SQLite study."""
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One output directory for the session's searches: teachers are fitted once, each test uses its own study."""
+    return tmp_path_factory.mktemp("search") / "run"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray shared by the session's in-process searches."""
     import ray
 
+    logging.getLogger("kdnas").setLevel(logging.INFO)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def searched(run_dir: Path, ray_session):
+    """(config, study) after one real tiny search on local Ray with a SQLite study."""
     from kdnas.search.runner import run_search
 
-    logging.getLogger("kdnas").setLevel(logging.INFO)
-    config = build_config(tiny_raw(tmp_path_factory.mktemp("search") / "run"))
-    study = run_search(config)
-    yield config, study
-    ray.shutdown()
+    config = build_config(tiny_raw(run_dir))
+    return config, run_search(config)

@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from kdnas.config import ConfigError
+
 from kdnas.objectives import latency as latency_mod
 from kdnas.objectives.combiners import MeanCombiner, combined_target, make_combiner
 from kdnas.objectives.losses import kd_loss
@@ -73,7 +75,7 @@ def test_latency_synchronises_cuda_and_refuses_missing_gpu(monkeypatch):
     latency_mod._synchronize(torch.device("cuda", 0))
     assert calls == [torch.device("cuda", 0)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="no CUDA device"):
+    with pytest.raises(ConfigError, match="no CUDA device"):
         latency_mod.resolve_device("cuda")
     assert latency_mod.resolve_device("auto").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -1,5 +1,7 @@
 """The Ray trainable's device placement and error reporting, and the driver's study bookkeeping (no Ray)."""
 
+import math
+
 import optuna
 import pytest
 import torch
@@ -37,7 +39,9 @@ def test_trainable_reports_errors_with_their_reason(monkeypatch):
 
     monkeypatch.setattr(runner, "run_trial", explode)
     runner.train_student({TRIAL_NUMBER_KEY: 1}, _inputs(0))
-    assert reports == [{ERROR_KEY: "FloatingPointError: non-finite loss nan at step 3"}]
+    (report,) = reports
+    assert report[ERROR_KEY] == "FloatingPointError: non-finite loss nan at step 3"
+    assert math.isnan(report["accuracy"]) and math.isnan(report["latency_ms"])
 
 
 def test_orphans_are_failed_reenqueued_and_not_counted(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``kdnas`` command line: search, teachers, report, export, dashboard, latency."""
+"""The ``kdnas`` command line: search, teachers, report, export, studies, trials, dashboard, latency."""
 
 from __future__ import annotations
 
@@ -111,6 +111,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[str(k) for k in rows[0]]] + [["" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+                                            for v in row.values()] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.search.study import study_summaries
+
+    _print_table(study_summaries(config.storage_url))
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.dashboards.report import trial_rows
+
+    study = _study(config)
+    rows = trial_rows(study, (study.metric_names or [config.data.metric])[0])
+    if args.state:
+        rows = [r for r in rows if r["state"] == args.state.upper()]
+    hidden = {"kd", "num_layers", "num_heads", "head_dim", "ffn_ratio"}
+    _print_table([{k: v for k, v in r.items() if k not in hidden} for r in rows])
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.dashboards.launcher import serve_dashboard
@@ -123,7 +155,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.objectives.latency import measure_latency, resolve_device
+    from kdnas.objectives.latency import measure_configured
     from kdnas.objectives.teachers import load_tokenizer
     from kdnas.space import StudentArch
 
@@ -132,12 +164,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     tokenizer = load_tokenizer(config.student.tokenizer)
-    lat = config.latency
-    result = measure_latency(
-        arch.build(tokenizer, num_labels=2, max_positions=max(512, config.latency_seq_len)),
-        vocab_size=len(tokenizer), batch_size=lat.batch_size, seq_len=config.latency_seq_len,
-        device=resolve_device(lat.device), threads=lat.threads, warmup=lat.warmup, runs=lat.runs,
-    )
+    model = arch.build(tokenizer, num_labels=2, max_positions=max(512, config.latency_seq_len))
+    result = measure_configured(model, vocab_size=len(tokenizer), settings=config.latency,
+                                seq_len=config.latency_seq_len)
     print(json.dumps({"arch": arch.summary, **result.to_dict()}, indent=2))
     return 0
 
@@ -178,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--param-budget", type=int, help="best student within this many parameters")
     export.add_argument("--out", help="output directory (default: <output_dir>/export/trial-N)")
     export.set_defaults(func=cmd_export)
+
+    studies = commands.add_parser("studies", help="list the studies in the storage with their trial counts")
+    _config_arguments(studies)
+    studies.set_defaults(func=cmd_studies)
+
+    trials = commands.add_parser("trials", help="list a study's trials: state, values, arch, failure reason")
+    _config_arguments(trials)
+    trials.add_argument("--state", choices=["complete", "pruned", "fail", "running", "waiting"],
+                        help="only trials in this state")
+    trials.set_defaults(func=cmd_trials)
 
     dashboard = commands.add_parser("dashboard", help="serve the study with optuna-dashboard")
     _config_arguments(dashboard)

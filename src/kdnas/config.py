@@ -187,11 +187,13 @@ class SearchConfig(_Section):
     study_name: str = Field("kdnas-demo", min_length=1)
     storage: str | None = None
     n_trials: int = Field(8, ge=1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     max_concurrent_trials: int = Field(1, ge=1)
     ray_address: str | None = None
     resources_per_trial: ResourcesConfig = ResourcesConfig()
+    max_failures: int = Field(0, ge=0)
+    storage_path: str | None = None
 
 
 class KDNASConfig(_Section):

@@ -10,8 +10,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
+from kdnas.search.trial import STUDENT_FILES
 
-STUDENT_FILES = ("config.json", "model.safetensors")
 RECORD_FILE = "kdnas_trial.json"
 
 

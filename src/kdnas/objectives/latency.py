@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from kdnas.config import ConfigError, LatencyConfig
+
 
 @dataclass(frozen=True)
 class LatencyResult:
@@ -36,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("latency.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("latency.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
 
 
@@ -113,4 +115,20 @@ def measure_latency(
         seq_len=seq_len,
         runs=runs,
         warmup=warmup,
+    )
+
+
+def measure_configured(
+    model: torch.nn.Module, *, vocab_size: int, settings: LatencyConfig, seq_len: int
+) -> LatencyResult:
+    """:func:`measure_latency` with the config's latency settings (students and teachers are timed alike)."""
+    return measure_latency(
+        model,
+        vocab_size=vocab_size,
+        batch_size=settings.batch_size,
+        seq_len=seq_len,
+        device=resolve_device(settings.device),
+        threads=settings.threads,
+        warmup=settings.warmup,
+        runs=settings.runs,
     )

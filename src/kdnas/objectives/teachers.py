@@ -106,6 +106,7 @@ def _train_tokenizer(scratch: ScratchConfig, texts: list[str], max_length: int) 
             vocab_size=scratch.vocab_size,
             special_tokens=special,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tok.train_from_iterator(texts, trainer)
         return PreTrainedTokenizerFast(
@@ -115,7 +116,8 @@ def _train_tokenizer(scratch: ScratchConfig, texts: list[str], max_length: int) 
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=scratch.vocab_size, special_tokens=special))
+    trainer = trainers.WordPieceTrainer(vocab_size=scratch.vocab_size, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

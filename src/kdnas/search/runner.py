@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import traceback
@@ -18,7 +19,7 @@ from ray import tune
 from kdnas.config import KDNASConfig, dump_config
 from kdnas.data import TaskData, load_task
 from kdnas.objectives.batches import encode
-from kdnas.objectives.latency import measure_latency, resolve_device
+from kdnas.objectives.latency import measure_configured, resolve_device
 from kdnas.objectives.metrics import score
 from kdnas.objectives.teachers import cached_logits, fit_teacher, is_fitted, load_teacher, load_tokenizer
 from kdnas.search.searcher import FAILURE_ATTR, TRIAL_NUMBER_KEY, KDNASSearch
@@ -50,22 +51,14 @@ def fit_teachers(config: KDNASConfig, task: TaskData, *, force: bool = False) ->
 def teacher_reference(config: KDNASConfig, task: TaskData, cache_dir: Path) -> tuple[list[dict], torch.Tensor]:
     """Teachers' eval metric and latency (measured as students are), and their train logits ``[K, N, C]``."""
     device = driver_device()
-    lat = config.latency
     references, train_logits = [], []
     for teacher_cfg in config.teachers:
         teacher = load_teacher(config, teacher_cfg, task.num_labels)
         max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
         train_logits.append(cached_logits(teacher, task, "train", max_length, cache_dir, device))
         eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
-        latency = measure_latency(
-            teacher.model,
-            vocab_size=len(teacher.tokenizer),
-            batch_size=lat.batch_size,
-            seq_len=config.latency_seq_len,
-            device=resolve_device(lat.device),
-            threads=lat.threads,
-            warmup=lat.warmup,
-            runs=lat.runs,
+        latency = measure_configured(
+            teacher.model, vocab_size=len(teacher.tokenizer), settings=config.latency, seq_len=config.latency_seq_len
         )
         references.append(
             {
@@ -93,7 +86,7 @@ def prepare_inputs(config: KDNASConfig, task: TaskData, teacher_logits: torch.Te
         eval=encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length),
         teacher_names=tuple(t.name for t in config.teachers),
         teacher_logits=teacher_logits,
-        students_dir=str((Path(config.output_dir) / "students").resolve()),
+        students_dir=str((Path(config.output_dir) / "students" / config.search.study_name).resolve()),
     )
 
 
@@ -107,7 +100,8 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
         run_trial(config, inputs, trial_number=config[TRIAL_NUMBER_KEY], device=device, report=tune.report)
     except Exception as err:  # recorded as FAIL with this reason by KDNASSearch
         logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())
-        tune.report({ERROR_KEY: f"{type(err).__name__}: {err}"[:1000]})
+        reason = f"{type(err).__name__}: {err}"[:1000]
+        tune.report({inputs.metric: math.nan, LATENCY_KEY: math.nan, ERROR_KEY: reason})  # Tune wants both keys
 
 
 class ProgressLogger(tune.Callback):
@@ -166,13 +160,19 @@ def make_sampler(config: KDNASConfig) -> optuna.samplers.BaseSampler:
     seed = config.search.seed
     if config.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
     if config.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
-def run_search(config: KDNASConfig) -> optuna.Study:
-    """Run the whole search described by ``config`` and return the study."""
+def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler | None = None) -> optuna.Study:
+    """Run the whole search described by ``config`` and return the study.
+
+    ``scheduler`` is an optional Ray Tune scheduler; students it stops early are recorded as PRUNED.
+    """
+    resolve_device(config.latency.device)  # fail before any work when the latency device is absent
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     url = config.storage_url
@@ -217,11 +217,15 @@ def run_search(config: KDNASConfig) -> optuna.Study:
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=remaining, max_concurrent_trials=search.max_concurrent_trials
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=remaining,
+            max_concurrent_trials=search.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
             name=search.study_name,
-            storage_path=str(output_dir / "ray_results"),
+            storage_path=search.storage_path or str(output_dir / "ray_results"),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
             callbacks=[ProgressLogger(task.metric)],
             verbose=0,
         ),

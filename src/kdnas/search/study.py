@@ -69,3 +69,17 @@ def load_study(url: str, study_name: str) -> optuna.Study:
     except KeyError:
         known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise ConfigError(f"no study {study_name!r} in {mask_url(url)}; studies there: {known}") from None
+
+
+def study_summaries(url: str) -> list[dict]:
+    """One row per study in the storage: name, objectives, trial counts by state."""
+    storage = open_storage(url)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        counts = {state.name.lower(): 0 for state in optuna.trial.TrialState}
+        for trial in study.get_trials(deepcopy=False):
+            counts[trial.state.name.lower()] += 1
+        rows.append({"study": summary.study_name, "objectives": ",".join(study.metric_names or []),
+                     "trials": summary.n_trials, **counts})
+    return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from kdnas.config import KDNASConfig
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.combiners import combined_target, make_combiner
-from kdnas.objectives.latency import measure_latency, resolve_device
+from kdnas.objectives.latency import measure_configured
 from kdnas.objectives.losses import kd_loss
 from kdnas.objectives.teachers import load_tokenizer
 from kdnas.objectives.training import evaluate, train
@@ -24,6 +25,7 @@ LATENCY_KEY = "latency_ms"
 COMPLETED_KEY = "kdnas_completed"
 ERROR_KEY = "kdnas_error"
 ATTRS_KEY = "kdnas_attrs"
+STUDENT_FILES = ("config.json", "model.safetensors")
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -68,18 +70,11 @@ def run_trial(
     model.config.id2label = dict(enumerate(inputs.label_names))
     model.config.label2id = {name: i for i, name in enumerate(inputs.label_names)}
 
-    lat = config.latency
-    latency = measure_latency(
-        model,
-        vocab_size=len(tokenizer),
-        batch_size=lat.batch_size,
-        seq_len=config.latency_seq_len,
-        device=resolve_device(lat.device),
-        threads=lat.threads,
-        warmup=lat.warmup,
-        runs=lat.runs,
+    latency = measure_configured(
+        model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len
     )
     device = torch.device(device)
+    started_at = time.time()
     kd, training = config.kd, config.training
     combiner = make_combiner(kd.combiner)
     teacher_logits = inputs.teacher_logits.to(device)
@@ -115,6 +110,9 @@ def run_trial(
     out = student_dir(inputs, trial_number)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    missing = [name for name in STUDENT_FILES if not (out / name).is_file()]
+    if missing:  # save_pretrained only logs when ``out`` is not a usable directory
+        raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
     attrs = {
         "arch": arch.to_dict(),
         "arch_summary": arch.summary,
@@ -126,6 +124,8 @@ def run_trial(
         "teachers": list(inputs.teacher_names),
         "epochs_trained": training.epochs,
         "train_device": str(device),
+        "train_started_at": started_at,
+        "train_finished_at": time.time(),
         "student_path": str(out),
     }
     result.update({COMPLETED_KEY: True, ATTRS_KEY: json.dumps(attrs)})

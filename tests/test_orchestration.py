@@ -1,0 +1,173 @@
+"""The study records every student truthfully: PRUNED, FAIL with reasons, constraints, concurrency, resume, PostgreSQL.
+
+Every test runs real tiny searches on local Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy
+import yaml
+from optuna.trial import TrialState
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from kdnas.config import build_config
+from kdnas.dashboards.pareto import pareto_front
+from kdnas.search.runner import DRIVER_LOST, run_search
+from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
+from kdnas.search.study import load_study
+
+from conftest import tiny_raw
+
+pytestmark = pytest.mark.slow
+
+POSTGRES_URL = os.environ.get("KDNAS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def _config(run_dir, study_name, **sections):
+    raw = tiny_raw(run_dir, **sections)
+    raw["search"] = {**raw["search"], "study_name": study_name, **sections.get("search", {})}
+    return build_config(raw)
+
+
+class StopSecondTrialEarly(FIFOScheduler):
+    """A real Tune scheduler decision: stop Optuna trial 1 after its first epoch."""
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial.config.get(TRIAL_NUMBER_KEY) == 1 and result.get("epoch") == 1:
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray_session):
+    config = _config(run_dir, "pruned", latency={"budget_ms": 1000.0})
+    study = run_search(config, scheduler=StopSecondTrialEarly())
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.PRUNED, 2: TrialState.COMPLETE}
+    pruned = study.trials[1]
+    assert pruned.values is None and pruned.user_attrs[PRUNED_ATTR] == "stopped early after epoch 1"
+    assert 1 not in {t.number for t in pareto_front(study)}
+    for t in (study.trials[0], study.trials[2]):
+        assert t.constraints == {"latency_ms": pytest.approx(t.values[1] - 1000.0)}
+        assert t.user_attrs["epochs_trained"] == 2
+
+
+def test_tight_latency_budget_leaves_students_infeasible(run_dir, ray_session):
+    study = run_search(_config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1}))
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.constraints["latency_ms"] > 0
+    assert pareto_front(study) == []
+
+
+def test_raising_trial_fails_with_its_reason(run_dir, ray_session):
+    blocker = run_dir / "students" / "raising" / "trial-0000"  # a file where the student must be saved
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    study = run_search(_config(run_dir, "raising", search={"n_trials": 1}))
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[FAILURE_ATTR].startswith("OSError: the student was not saved to ")
+    assert trial.user_attrs[FAILURE_ATTR].endswith("trial-0000: missing config.json, model.safetensors")
+
+
+def test_nan_loss_fails_with_its_reason(run_dir, ray_session):
+    study = run_search(_config(run_dir, "nan", training={"learning_rate": 1e30}, search={"n_trials": 1}))
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[FAILURE_ATTR].startswith("NonFiniteLossError: non-finite loss")
+
+
+def test_concurrent_trials_overlap_in_time(run_dir, ray_session):
+    config = _config(run_dir, "concurrent", data={"demo_train_size": 400},
+                     search={"n_trials": 4, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 0.5}})
+    study = run_search(config)
+    spans = sorted((t.user_attrs["train_started_at"], t.user_attrs["train_finished_at"]) for t in study.trials)
+    assert len(spans) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    overlaps = sum(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:]))
+    assert overlaps >= 1, spans
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path):
+    config_file = tmp_path / "resume.yaml"
+    raw = tiny_raw(run_dir, data={"demo_train_size": 400}, training={"epochs": 4})
+    raw["search"] = {**raw["search"], "study_name": "resume", "n_trials": 4}
+    config_file.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "kdnas.cli", "search", "--config", str(config_file)]
+    url = build_config(raw).storage_url
+
+    def states() -> list[TrialState]:
+        try:
+            return [t.state for t in optuna.load_study(study_name="resume", storage=url).trials]
+        except (KeyError, sqlalchemy.exc.OperationalError):
+            return []
+
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: TrialState.COMPLETE in states() and TrialState.RUNNING in states(), 300, "a running trial")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = load_study(url, "resume")
+    completed_before = {t.number: t.values for t in before.trials if t.state == TrialState.COMPLETE}
+    orphans = [t.number for t in before.trials if t.state == TrialState.RUNNING]
+    assert orphans
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = load_study(url, "resume")
+    by_number = {t.number: t for t in after.trials}
+    assert all(by_number[n].values == v for n, v in completed_before.items()), "completed trials must be kept"
+    assert not [t for t in after.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for n in orphans:
+        assert by_number[n].state == TrialState.FAIL and by_number[n].user_attrs[FAILURE_ATTR] == DRIVER_LOST
+        retries = [t for t in after.trials if t.user_attrs.get("retry_of") == n]
+        assert len(retries) == 1 and retries[0].params == by_number[n].params
+    counted = [t for t in after.trials if t.user_attrs.get(FAILURE_ATTR) != DRIVER_LOST]
+    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as err:  # any failure means: no server to test against
+        return f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__})"
+
+
+def test_search_on_postgresql_with_masked_password(run_dir, ray_session, tmp_path):
+    reason = _postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"kdnas-test-{uuid.uuid4().hex[:8]}"
+    url = sqlalchemy.engine.make_url(POSTGRES_URL).set(password="s3cret-pw").render_as_string(hide_password=False)
+    config = _config(run_dir, name, search={"n_trials": 2, "storage": url})
+    try:
+        study = run_search(config)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        assert "s3cret-pw" not in str(study.user_attrs)
+        proc = subprocess.run([sys.executable, "-m", "kdnas.cli", "report", "--storage", url, "--study-name", name,
+                               "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "s3cret-pw" not in proc.stdout + proc.stderr
+        assert "s3cret-pw" not in (tmp_path / "report" / "report.html").read_text()
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
