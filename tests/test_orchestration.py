@@ -32,9 +32,38 @@ pytestmark = pytest.mark.slow
 POSTGRES_URL = os.environ.get("KDNAS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
-def _config(run_dir, study_name, **sections):
+def _postgres_reachable() -> str | None:
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as err:  # any failure means: no server to test against
+        return f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__})"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request):
+    """A storage URL (None: the SQLite file in the output dir) and a unique suffix for study names."""
+    if request.param == "sqlite":
+        yield None, ""
+        return
+    reason = _postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    suffix = f"-{uuid.uuid4().hex[:8]}"
+    yield POSTGRES_URL, suffix
+    for summary in optuna.get_all_study_summaries(POSTGRES_URL):
+        if summary.study_name.endswith(suffix):
+            optuna.delete_study(study_name=summary.study_name, storage=POSTGRES_URL)
+
+
+def _config(run_dir, study_name, storage=(None, ""), **sections):
+    url, suffix = storage
     raw = tiny_raw(run_dir, **sections)
-    raw["search"] = {**raw["search"], "study_name": study_name, **sections.get("search", {})}
+    raw["search"] = {**raw["search"], "study_name": study_name + suffix, "storage": url,
+                     **sections.get("search", {})}
     return build_config(raw)
 
 
@@ -47,8 +76,8 @@ class StopSecondTrialEarly(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
 
-def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray_session):
-    config = _config(run_dir, "pruned", latency={"budget_ms": 1000.0})
+def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray_session, storage):
+    config = _config(run_dir, "pruned", storage, latency={"budget_ms": 1000.0})
     study = run_search(config, scheduler=StopSecondTrialEarly())
     states = {t.number: t.state for t in study.trials}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.PRUNED, 2: TrialState.COMPLETE}
@@ -67,26 +96,27 @@ def test_tight_latency_budget_leaves_students_infeasible(run_dir, ray_session):
     assert pareto_front(study) == []
 
 
-def test_raising_trial_fails_with_its_reason(run_dir, ray_session):
-    blocker = run_dir / "students" / "raising" / "trial-0000"  # a file where the student must be saved
+def test_raising_trial_fails_with_its_reason(run_dir, ray_session, storage):
+    config = _config(run_dir, "raising", storage, search={"n_trials": 1})
+    blocker = run_dir / "students" / config.search.study_name / "trial-0000"  # a file where the student goes
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory")
-    study = run_search(_config(run_dir, "raising", search={"n_trials": 1}))
+    study = run_search(config)
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAILURE_ATTR].startswith("OSError: the student was not saved to ")
     assert trial.user_attrs[FAILURE_ATTR].endswith("trial-0000: missing config.json, model.safetensors")
 
 
-def test_nan_loss_fails_with_its_reason(run_dir, ray_session):
-    study = run_search(_config(run_dir, "nan", training={"learning_rate": 1e30}, search={"n_trials": 1}))
+def test_nan_loss_fails_with_its_reason(run_dir, ray_session, storage):
+    study = run_search(_config(run_dir, "nan", storage, training={"learning_rate": 1e30}, search={"n_trials": 1}))
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAILURE_ATTR].startswith("NonFiniteLossError: non-finite loss")
 
 
-def test_concurrent_trials_overlap_in_time(run_dir, ray_session):
-    config = _config(run_dir, "concurrent", data={"demo_train_size": 400},
+def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
+    config = _config(run_dir, "concurrent", storage, data={"demo_train_size": 400},
                      search={"n_trials": 4, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 0.5}})
     study = run_search(config)
     spans = sorted((t.user_attrs["train_started_at"], t.user_attrs["train_finished_at"]) for t in study.trials)
@@ -103,17 +133,17 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path):
+def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path, storage):
+    config = _config(run_dir, "resume", storage, data={"demo_train_size": 400}, training={"epochs": 4},
+                     search={"n_trials": 4})
     config_file = tmp_path / "resume.yaml"
-    raw = tiny_raw(run_dir, data={"demo_train_size": 400}, training={"epochs": 4})
-    raw["search"] = {**raw["search"], "study_name": "resume", "n_trials": 4}
-    config_file.write_text(yaml.safe_dump(raw))
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     command = [sys.executable, "-m", "kdnas.cli", "search", "--config", str(config_file)]
-    url = build_config(raw).storage_url
+    url, name = config.storage_url, config.search.study_name
 
     def states() -> list[TrialState]:
         try:
-            return [t.state for t in optuna.load_study(study_name="resume", storage=url).trials]
+            return [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
         except (KeyError, sqlalchemy.exc.OperationalError):
             return []
 
@@ -123,14 +153,14 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = load_study(url, "resume")
+    before = load_study(url, name)
     completed_before = {t.number: t.values for t in before.trials if t.state == TrialState.COMPLETE}
     orphans = [t.number for t in before.trials if t.state == TrialState.RUNNING]
     assert orphans
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    after = load_study(url, "resume")
+    after = load_study(url, name)
     by_number = {t.number: t for t in after.trials}
     assert all(by_number[n].values == v for n, v in completed_before.items()), "completed trials must be kept"
     assert not [t for t in after.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -140,17 +170,6 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path)
         assert len(retries) == 1 and retries[0].params == by_number[n].params
     counted = [t for t in after.trials if t.user_attrs.get(FAILURE_ATTR) != DRIVER_LOST]
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
-
-
-def _postgres_reachable() -> str | None:
-    try:
-        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return None
-    except Exception as err:  # any failure means: no server to test against
-        return f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__})"
 
 
 def test_search_on_postgresql_with_masked_password(run_dir, ray_session, tmp_path):
