@@ -115,3 +115,16 @@ def test_dashboard_serves_the_study_on_localhost(searched):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_stock_optuna_cli_reads_the_study(searched):
+    from pathlib import Path
+
+    config, study = searched
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    proc = subprocess.run([str(optuna_cli), "best-trials", "--study-name", config.search.study_name,
+                           "--storage", config.storage_url, "-f", "json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    front = json.loads(proc.stdout)
+    assert sorted(t["number"] for t in front) == sorted(t.number for t in pareto_front(study))
+    assert all({"accuracy", "latency_ms"} <= set(t["values"]) for t in front)
