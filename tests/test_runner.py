@@ -1,6 +1,7 @@
 """The Ray trainable's device placement and error reporting, and the driver's study bookkeeping (no Ray)."""
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -68,4 +69,5 @@ def test_samplers_are_seeded_and_chosen_from_config():
 
 
 def test_examples_demo_yaml_is_the_built_in_default():
-    assert load_config("examples/demo.yaml") == KDNASConfig()
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+    assert load_config(demo) == KDNASConfig()

@@ -1,8 +1,10 @@
 """A real tiny search on local Ray into a SQLite study, then report and export from the study alone."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,10 +37,18 @@ def test_search_records_complete_trials_with_values_and_attrs(searched):
     assert "***" in study.user_attrs["config"]["search"]["storage"] or "sqlite" in study.user_attrs["config"]["search"]["storage"]
 
 
-def test_teacher_logits_were_computed_once_and_reused_on_rerun(searched):
-    config, _ = searched
-    cache = list((config.output_dir and __import__("pathlib").Path(config.output_dir) / "cache").glob("*.safetensors"))
-    assert len(cache) == 4  # 2 teachers × (train, eval)
+def test_rerun_reuses_teachers_and_logits_and_runs_nothing(searched, monkeypatch):
+    from kdnas.objectives import teachers
+    from kdnas.search.runner import run_search
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a teacher ran again")
+
+    config, study = searched
+    monkeypatch.setattr(teachers, "predict_logits", must_not_run)
+    monkeypatch.setattr(teachers, "train", must_not_run)
+    again = run_search(config)
+    assert [(t.number, t.values) for t in again.trials] == [(t.number, t.values) for t in study.trials]
 
 
 def test_report_and_export_round_trip(searched, tmp_path):
@@ -46,8 +56,9 @@ def test_report_and_export_round_trip(searched, tmp_path):
     paths = write_report(study, tmp_path / "report", "accuracy")
     page = paths["html"].read_text()
     assert "Pareto front" in page and "<script src=\"http" not in page and len(page) > 1_000_000  # plotly.js inline
-    front = json.loads(paths["json"].read_text())
-    assert [p["trial"] for p in front] == [t.number for t in pareto_front(study)]
+    summary = json.loads(paths["json"].read_text())
+    assert [p["trial"] for p in summary["front"]] == [t.number for t in pareto_front(study)]
+    assert summary["hypervolume"] > 0 and summary["reference_point"]["accuracy"] == 0.0
 
     trial = best_under_budget(study)
     out = export_trial(study, trial, tmp_path / "student")
@@ -112,14 +123,20 @@ def test_dashboard_serves_the_study_on_localhost(searched):
             detail = json.loads(r.read())
         assert detail["objective_names"] == ["accuracy", "latency_ms"]
         assert len(detail["trials"]) == 3
+        front = {t.number for t in pareto_front(study)}
+        for trial in detail["trials"]:
+            note = trial["note"]["body"]
+            if trial["number"] in front:
+                assert note.startswith("**Pareto front**") and study.trials[trial["number"]].user_attrs[
+                    "arch_summary"] in note
+            else:
+                assert note == ""
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 def test_stock_optuna_cli_reads_the_study(searched):
-    from pathlib import Path
-
     config, study = searched
     optuna_cli = Path(sys.executable).with_name("optuna")
     proc = subprocess.run([str(optuna_cli), "best-trials", "--study-name", config.search.study_name,
@@ -128,3 +145,24 @@ def test_stock_optuna_cli_reads_the_study(searched):
     front = json.loads(proc.stdout)
     assert sorted(t["number"] for t in front) == sorted(t.number for t in pareto_front(study))
     assert all({"accuracy", "latency_ms"} <= set(t["values"]) for t in front)
+
+
+def test_export_with_missing_weights_says_so_then_retrains(searched, tmp_path):
+    config, study = searched
+    trial = study.trials[0]
+    saved = Path(trial.user_attrs["student_path"])
+    hidden = tmp_path / "hidden-student"
+    shutil.move(saved, hidden)
+    try:
+        base = [sys.executable, "-m", "kdnas.cli", "export", "--output-dir", config.output_dir,
+                "--study-name", config.search.study_name, "--trial", "0", "--out", str(tmp_path / "out")]
+        refused = subprocess.run(base, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2
+        assert "saved student weights are missing" in refused.stderr and "--retrain" in refused.stderr
+        retrained = subprocess.run(base + ["--retrain", "--epochs", "1"], capture_output=True, text=True, timeout=600)
+        assert retrained.returncode == 0, retrained.stderr[-2000:]
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+        assert model.config.num_hidden_layers == trial.params["num_layers"]
+        assert (Path(config.output_dir) / "students" / config.search.study_name / "retrained" / "trial-0000").is_dir()
+    finally:
+        shutil.move(hidden, saved)

@@ -90,7 +90,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
-    from kdnas.export import export_trial
+    from optuna.trial import TrialState
+
+    from kdnas.export import export_trial, saved_student
 
     study = _study(config)
     try:
@@ -105,7 +107,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (LookupError, ValueError) as err:
         raise ConfigError(str(err)) from None
     out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
-    export_trial(study, trial, out)
+    source = None
+    if args.retrain and trial.state == TrialState.COMPLETE and saved_student(trial) is None:
+        from kdnas.search.runner import retrain_student
+
+        source = retrain_student(study, trial, epochs=args.epochs)
+    export_trial(study, trial, out, source=source)
     print(f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')}): "
           f"{study.metric_names[0]}={trial.values[0]:.4f}, latency={trial.values[1]:.3f} ms -> {out}")
     return 0
@@ -148,8 +155,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from kdnas.dashboards.launcher import serve_dashboard
     from kdnas.search.study import mask_url
 
-    print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(config.storage_url)}")
-    serve_dashboard(config.storage_url, host=args.host, port=args.port)
+    _study(config)  # a clear error when the study does not exist
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(config.storage_url)}", flush=True)
+    serve_dashboard(config.storage_url, config.search.study_name, host=args.host, port=args.port)
     return 0
 
 
@@ -206,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--latency-budget-ms", type=float, help="best student within this latency")
     export.add_argument("--param-budget", type=int, help="best student within this many parameters")
     export.add_argument("--out", help="output directory (default: <output_dir>/export/trial-N)")
+    export.add_argument("--retrain", action="store_true",
+                        help="if the trial's saved weights are missing, train its architecture again with its recipe")
+    export.add_argument("--epochs", type=int, help="with --retrain: train this many epochs (default: the study's)")
     export.set_defaults(func=cmd_export)
 
     studies = commands.add_parser("studies", help="list the studies in the storage with their trial counts")

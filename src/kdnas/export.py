@@ -84,14 +84,28 @@ The full search record is in `{RECORD_FILE}`.
 """
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path) -> Path:
-    """Copy the trial's saved student (weights, config, tokenizer) to ``out_dir`` with a card and record."""
+def saved_student(trial: FrozenTrial) -> Path | None:
+    """The directory of the trial's saved student, or None when its weights are missing."""
+    source = Path(trial.user_attrs.get("student_path", ""))
+    if trial.user_attrs.get("student_path") and all((source / name).is_file() for name in STUDENT_FILES):
+        return source
+    return None
+
+
+def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path, *, source: Path | None = None) -> Path:
+    """Copy the trial's student (weights, config, tokenizer) to ``out_dir`` with a model card and its record.
+
+    ``source`` overrides the saved student's directory (e.g. a retrained one).
+    """
     if trial.state != TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no student to export")
-    source = Path(trial.user_attrs.get("student_path", ""))
-    missing = [name for name in STUDENT_FILES if not (source / name).is_file()]
-    if not trial.user_attrs.get("student_path") or missing:
-        raise ConfigError(f"trial {trial.number}: the saved student weights are missing ({source})")
+    source = source or saved_student(trial)
+    if source is None:
+        raise ConfigError(
+            f"trial {trial.number}: the saved student weights are missing "
+            f"({trial.user_attrs.get('student_path', 'no path recorded')}); add --retrain to train this "
+            "architecture again with the trial's recipe"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for file in source.iterdir():
         if file.is_file():

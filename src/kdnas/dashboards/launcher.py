@@ -1,12 +1,37 @@
-"""Serve a study with optuna-dashboard (127.0.0.1 unless told otherwise)."""
+"""Serve a study with optuna-dashboard (127.0.0.1 unless told otherwise), Pareto students annotated."""
 
 from __future__ import annotations
 
-from optuna_dashboard import run_server
+import optuna
+from optuna_dashboard import run_server, save_note
 
+from kdnas.dashboards.pareto import pareto_front
 from kdnas.search.study import open_storage
 
 
-def serve_dashboard(storage_url: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Run optuna-dashboard on ``storage_url`` until interrupted."""
-    run_server(open_storage(storage_url), host=host, port=port)
+def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """The Markdown note optuna-dashboard shows on a Pareto-front trial."""
+    lat = trial.user_attrs.get("latency", {})
+    return (
+        f"**Pareto front** · `{trial.user_attrs.get('arch_summary', '?')}`\n\n"
+        f"{metric} {trial.values[0]:.4f} · {trial.values[1]:.3f} ms median on {lat.get('device_name', '?')} "
+        f"({lat.get('threads', '?')} thread(s), batch {lat.get('batch_size', '?')}, seq {lat.get('seq_len', '?')}) · "
+        f"{trial.user_attrs.get('params', 0) / 1e6:.2f}M params\n\n"
+        f"`kdnas export --trial {trial.number}`"
+    )
+
+
+def write_front_notes(study: optuna.Study) -> int:
+    """Put a note on every Pareto-front trial; return how many."""
+    metric = (study.metric_names or ["metric"])[0]
+    front = pareto_front(study)
+    for trial in front:
+        save_note(optuna.trial.Trial(study, trial._trial_id), front_note(trial, metric))
+    return len(front)
+
+
+def serve_dashboard(storage_url: str, study_name: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Annotate ``study_name``'s Pareto front, then run optuna-dashboard on ``storage_url`` until interrupted."""
+    storage = open_storage(storage_url)
+    write_front_notes(optuna.load_study(study_name=study_name, storage=storage))
+    run_server(storage, host=host, port=port)

@@ -12,6 +12,44 @@ def _feasible(trial: FrozenTrial) -> bool:
     return all(c <= 0 for c in trial.constraints.values())
 
 
+def feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that meet every constraint, in trial-number order."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
+
+
+def hypervolume_reference(study: optuna.Study) -> tuple[float, float]:
+    """The default reference point: metric 0 and 1.1 × the slowest feasible completed student's latency."""
+    latencies = [t.values[1] for t in feasible_completed(study)]
+    return 0.0, 1.1 * max(latencies, default=1.0)
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by ``(metric, latency)`` points (metric maximised, latency minimised) up to ``reference``."""
+    ref_metric, ref_latency = reference
+    area, best = 0.0, ref_metric
+    for metric, latency in sorted(((m, l) for m, l in points if m > ref_metric and l < ref_latency),
+                                  key=lambda p: (p[1], -p[0])):
+        if metric > best:
+            area += (ref_latency - latency) * (metric - best)
+            best = metric
+    return area
+
+
+def hypervolume_history(
+    study: optuna.Study, reference: tuple[float, float] | None = None
+) -> list[tuple[int, float]]:
+    """``(trial number, hypervolume of the feasible completed trials so far)`` for every finished trial."""
+    reference = reference or hypervolume_reference(study)
+    feasible = {t.number: (t.values[0], t.values[1]) for t in feasible_completed(study)}
+    finished = [t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    history, points = [], []
+    for number in sorted(finished):
+        if number in feasible:
+            points.append(feasible[number])
+        history.append((number, hypervolume(points, reference)))
+    return history
+
+
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """Non-dominated feasible COMPLETE trials (metric max, latency min), fastest first."""
     return sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0]))
@@ -40,9 +78,8 @@ def best_under_budget(
     """The feasible COMPLETE trial with the best metric within the budgets (ties: the faster one)."""
     candidates = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if _feasible(t)
-        and (latency_ms is None or t.values[1] <= latency_ms)
+        for t in feasible_completed(study)
+        if (latency_ms is None or t.values[1] <= latency_ms)
         and (params is None or t.user_attrs.get("params", math.inf) <= params)
     ]
     if not candidates:

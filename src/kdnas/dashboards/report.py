@@ -11,7 +11,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
-from kdnas.dashboards.pareto import pareto_front
+from kdnas.dashboards.pareto import hypervolume_history, hypervolume_reference, pareto_front
 from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR
 
 
@@ -60,6 +60,35 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     return fig
 
 
+def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float, float], metric: str) -> go.Figure:
+    """Hypervolume of the feasible front after each finished trial."""
+    fig = go.Figure(go.Scatter(x=[n for n, _ in history], y=[v for _, v in history], mode="lines+markers",
+                               name="hypervolume", line={"shape": "hv"}))
+    fig.update_layout(
+        title=f"Hypervolume history (reference: {metric} = {reference[0]:g}, latency = {reference[1]:.3f} ms)",
+        xaxis_title="trial", yaxis_title=f"hypervolume ({metric} × ms)", template="plotly_white", height=360,
+    )
+    return fig
+
+
+def importance_figures(study: optuna.Study, metric: str) -> list[go.Figure]:
+    """Optuna's parameter importances, one figure per objective (none with too few trials).
+
+    Optuna's default evaluator ranks what drives a target *down*, so the maximised metric is negated.
+    """
+    figures = []
+    for index, (name, sign) in enumerate(((metric, -1.0), ("latency_ms", 1.0))):
+        try:
+            fig = optuna.visualization.plot_param_importances(
+                study, target=lambda t, i=index, s=sign: s * t.values[i], target_name=name
+            )
+        except (ValueError, RuntimeError):  # fewer than two completed trials, or a constant space
+            continue
+        fig.update_layout(title=f"Parameter importances for {name}", template="plotly_white", height=320)
+        figures.append(fig)
+    return figures
+
+
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
     """One flat row per trial: state, values, arch, KD recipe, failure or pruning reason."""
     rows = []
@@ -96,20 +125,41 @@ def _cell(value: object) -> str:
 
 
 def write_report(
-    study: optuna.Study, out_dir: Path, metric: str, *, latency_budget_ms: float | None = None
+    study: optuna.Study,
+    out_dir: Path,
+    metric: str,
+    *,
+    latency_budget_ms: float | None = None,
+    reference: tuple[float, float] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.html``, ``trials.csv`` and ``pareto.json`` into ``out_dir``; return their paths."""
+    """Write ``report.html``, ``trials.csv`` and ``pareto.json`` into ``out_dir``; return their paths.
+
+    The hypervolume uses ``reference`` (metric, latency ms), by default ``(0, 1.1 × slowest student)``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, metric)
-    figure = pareto_figure(study, metric, latency_budget_ms).to_html(full_html=False, include_plotlyjs=True)
+    reference = reference or hypervolume_reference(study)
+    history = hypervolume_history(study, reference)
+    figures = {"pareto": pareto_figure(study, metric, latency_budget_ms),
+               "hypervolume": hypervolume_figure(history, reference, metric)}
+    for index, fig in enumerate(importance_figures(study, metric)):
+        figures[f"importance-{index}"] = fig
+    plots = "\n".join(
+        fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
+        for i, (name, fig) in enumerate(figures.items())
+    )
+    teachers = study.user_attrs.get("teachers", [])
+    teacher_line = "; ".join(f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms"
+                             for t in teachers)
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>kdnas · {html.escape(study.study_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
 th{{background:#f4f4f4}}</style></head><body>
 <h1>kdnas study {html.escape(study.study_name)}</h1>
-<p>{len(rows)} trials. Latency is the measured median forward time; dominated students are faded.</p>
-{figure}
+<p>{len(rows)} trials. Latency is the measured median forward time; dominated students are faded.
+Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
+{plots}
 <h2>Trials</h2>
 {_table_html(rows)}
 </body></html>"""
@@ -124,5 +174,7 @@ th{{background:#f4f4f4}}</style></head><body>
          "arch": t.user_attrs.get("arch")}
         for t in pareto_front(study)
     ]
-    paths["json"].write_text(json.dumps(front, indent=2))
+    summary = {"reference_point": {metric: reference[0], "latency_ms": reference[1]},
+               "hypervolume": history[-1][1] if history else 0.0, "front": front}
+    paths["json"].write_text(json.dumps(summary, indent=2))
     return paths

@@ -7,6 +7,7 @@ import math
 import os
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from optuna.trial import TrialState
 from ray import tune
 
-from kdnas.config import KDNASConfig, dump_config
+from kdnas.config import ConfigError, KDNASConfig, build_config, dump_config
 from kdnas.data import TaskData, load_task
 from kdnas.objectives.batches import encode
 from kdnas.objectives.latency import measure_configured, resolve_device
@@ -24,7 +25,7 @@ from kdnas.objectives.metrics import score
 from kdnas.objectives.teachers import cached_logits, fit_teacher, is_fitted, load_teacher, load_tokenizer
 from kdnas.search.searcher import FAILURE_ATTR, TRIAL_NUMBER_KEY, KDNASSearch
 from kdnas.search.study import create_or_load_study, mask_url, objective_names, open_storage
-from kdnas.search.trial import ERROR_KEY, LATENCY_KEY, TrialInputs, run_trial
+from kdnas.search.trial import ERROR_KEY, LATENCY_KEY, TrialInputs, run_trial, student_dir
 from kdnas.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -234,3 +235,25 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     tuner.fit()
     logger.info("search finished in %.0f s", time.perf_counter() - started)
     return study
+
+
+def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epochs: int | None = None) -> Path:
+    """Train ``trial``'s architecture again with the study's recorded recipe (optionally for ``epochs``).
+
+    The student is saved under ``<output_dir>/students/<study>/retrained/`` and its directory returned.
+    """
+    recorded = study.user_attrs.get("config")
+    if recorded is None:
+        raise ConfigError(f"study {study.study_name!r} has no recorded kdnas config to retrain from")
+    raw = {**recorded, "search": {**recorded["search"], "storage": None}}
+    if epochs is not None:
+        raw["training"] = {**raw["training"], "epochs": epochs}
+    config = build_config(raw)
+    task = load_task(config.data)
+    fit_teachers(config, task)
+    _, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache")
+    inputs = prepare_inputs(config, task, teacher_logits)
+    inputs = replace(inputs, students_dir=str(Path(inputs.students_dir) / "retrained"))
+    logger.info("retraining trial %d (%s epochs)", trial.number, config.training.epochs)
+    run_trial(trial.params, inputs, trial_number=trial.number, device=driver_device(), report=lambda _: None)
+    return student_dir(inputs, trial.number)

@@ -1,0 +1,65 @@
+"""Pareto analysis on hand-made studies: front, hypervolume, knee, budgets (no training)."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from optuna.distributions import IntDistribution
+
+from kdnas.dashboards.pareto import (
+    best_under_budget,
+    hypervolume,
+    hypervolume_history,
+    hypervolume_reference,
+    knee_point,
+    pareto_front,
+)
+
+
+def _study(points, *, constraints=None, states=None):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "latency_ms"])
+    for i, (acc, lat) in enumerate(points):
+        state = (states or {}).get(i, TrialState.COMPLETE)
+        system_attrs = {}
+        if constraints and i in constraints:
+            system_attrs["constraints"] = [constraints[i]]
+        study.add_trial(create_trial(
+            state=state, values=[acc, lat] if state == TrialState.COMPLETE else None,
+            params={"num_layers": i + 1}, distributions={"num_layers": IntDistribution(1, 20)},
+            user_attrs={"params": 1000 * (i + 1), "arch_summary": f"L{i + 1}"}, system_attrs=system_attrs,
+        ))
+    return study
+
+
+def test_hypervolume_by_hand():
+    # reference (0, 10): (0.5, 2) covers 8 × 0.5 = 4; (0.8, 6) adds 4 × 0.3 = 1.2; (0.4, 5) is dominated
+    assert hypervolume([(0.5, 2.0), (0.8, 6.0), (0.4, 5.0)], (0.0, 10.0)) == pytest.approx(5.2)
+    assert hypervolume([(0.5, 12.0)], (0.0, 10.0)) == 0.0
+    assert hypervolume([], (0.0, 10.0)) == 0.0
+
+
+def test_front_excludes_pruned_failed_and_infeasible_and_history_grows():
+    study = _study(
+        [(0.5, 2.0), (0.9, 1.0), (0.8, 6.0), (0.95, 3.0), (0.99, 0.5)],
+        constraints={3: 1.5},  # trial 3 is infeasible
+        states={4: TrialState.PRUNED},
+    )
+    assert [t.number for t in pareto_front(study)] == [1]
+    assert hypervolume_reference(study) == (0.0, pytest.approx(6.6))
+    history = hypervolume_history(study, (0.0, 10.0))
+    assert [n for n, _ in history] == [0, 1, 2, 3, 4]
+    values = [v for _, v in history]
+    assert values == sorted(values)
+    assert values[-1] == pytest.approx(9 * 0.9)
+
+
+def test_knee_and_budgets():
+    study = _study([(0.60, 1.0), (0.85, 2.0), (0.88, 6.0), (0.90, 10.0)])
+    assert knee_point(pareto_front(study)).number == 1
+    assert best_under_budget(study).number == 3
+    assert best_under_budget(study, latency_ms=5.0).number == 1
+    assert best_under_budget(study, params=1000).number == 0
+    with pytest.raises(LookupError, match="latency ≤ 0.5 ms"):
+        best_under_budget(study, latency_ms=0.5)
+    with pytest.raises(ValueError, match="empty"):
+        knee_point([])
