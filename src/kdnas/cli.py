@@ -89,9 +89,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
     from optuna.trial import TrialState
 
+    from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
     from kdnas.export import export_trial, saved_student
 
     study = _study(config)
