@@ -52,8 +52,8 @@ tags: [kdnas, knowledge-distillation, neural-architecture-search]
 ---
 # kdnas student {attrs.get('arch_summary', '')}
 
-A BERT-style student found by [kdnas](https://pypi.org/project/kdnas/) (study `{record['study']}`, trial
-{record['trial']}) and distilled from {len(record['teachers'])} teacher(s).
+A BERT-style student found by kdnas (study `{record['study']}`, trial {record['trial']}) and distilled from
+{len(record['teachers'])} teacher(s).
 
 ## Results
 | task | {metric} | latency (median) | parameters |
@@ -65,7 +65,9 @@ batch {lat.get('batch_size', '?')}, sequence length {lat.get('seq_len', '?')}, m
 after {lat.get('warmup', '?')} warm-up runs.
 
 ## Architecture
+```json
 {json.dumps(arch, indent=2, sort_keys=True)}
+```
 
 ## Teachers
 | teacher | model | {metric} | latency (ms) | parameters |
@@ -73,7 +75,10 @@ after {lat.get('warmup', '?')} warm-up runs.
 {teachers}
 
 ## Distillation recipe
-{json.dumps(kd, indent=2, sort_keys=True)}, {attrs.get('epochs_trained', '?')} epoch(s).
+{attrs.get('epochs_trained', '?')} epoch(s) with:
+```json
+{json.dumps(kd, indent=2, sort_keys=True)}
+```
 
 ## Use
 ```python
