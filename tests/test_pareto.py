@@ -17,7 +17,8 @@ from kdnas.dashboards.pareto import (
 
 def _study(points, *, constraints=None, states=None):
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.set_metric_names(["accuracy", "latency_ms"])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["accuracy", "latency_ms"])
     for i, (acc, lat) in enumerate(points):
         state = (states or {}).get(i, TrialState.COMPLETE)
         system_attrs = {}

@@ -90,6 +90,18 @@ def test_cli_reports_and_exports_from_the_study(searched, tmp_path):
                             text=True, timeout=300)
     assert export.returncode == 0, export.stderr
     assert (out / "model.safetensors").is_file()
+    fastest = min(pareto_front(study), key=lambda t: t.values[1])
+    budget = min(t.user_attrs["params"] for t in study.trials)
+    within = [t for t in study.trials if t.user_attrs["params"] <= budget]
+    smallest = max(within, key=lambda t: (t.values[0], -t.values[1]))
+    for selector, expected in ((["--latency-budget-ms", str(fastest.values[1])], fastest.number),
+                               (["--param-budget", str(budget)], smallest.number),
+                               (["--trial", "1"], 1)):
+        chosen = subprocess.run(base + ["export", *where, *selector, "--out", str(tmp_path / "by-selector")],
+                                capture_output=True, text=True, timeout=300)
+        assert chosen.returncode == 0, chosen.stderr
+        record = json.loads((tmp_path / "by-selector" / "kdnas_trial.json").read_text())
+        assert record["trial"] == expected, (selector, chosen.stdout)
     missing = subprocess.run(base + ["export", *where, "--latency-budget-ms", "0.000001"], capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "no completed student within latency" in missing.stderr

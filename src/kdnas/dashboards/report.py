@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import warnings
 from pathlib import Path
 
 import optuna
@@ -79,9 +80,11 @@ def importance_figures(study: optuna.Study, metric: str) -> list[go.Figure]:
     figures = []
     for index, (name, sign) in enumerate(((metric, -1.0), ("latency_ms", 1.0))):
         try:
-            fig = optuna.visualization.plot_param_importances(
-                study, target=lambda t, i=index, s=sign: s * t.values[i], target_name=name
-            )
+            with warnings.catch_warnings():  # the evaluator warns about the target's sign, handled above
+                warnings.simplefilter("ignore", UserWarning)
+                fig = optuna.visualization.plot_param_importances(
+                    study, target=lambda t, i=index, s=sign: s * t.values[i], target_name=name
+                )
         except (ValueError, RuntimeError):  # fewer than two completed trials, or a constant space
             continue
         fig.update_layout(title=f"Parameter importances for {name}", template="plotly_white", height=320)
