@@ -8,6 +8,6 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .
 start=$(date +%s)
-.venv/bin/kdnas search "$@"
-.venv/bin/kdnas export --knee --out runs/kdnas-demo/export/knee "$@"
+.venv/bin/kdnas search
+.venv/bin/kdnas export --knee --out runs/kdnas-demo/export/knee
 echo "demo finished in $(( $(date +%s) - start )) s"

@@ -3,10 +3,18 @@ import math
 import pytest
 import torch
 
-from kdnas.config import ConfigError
+from kdnas.config import ConfigError, KDConfig
 
 from kdnas.objectives import latency as latency_mod
-from kdnas.objectives.combiners import MeanCombiner, combined_target, make_combiner
+from kdnas.objectives.combiners import (
+    ConfidenceCombiner,
+    FixedWeightCombiner,
+    GradientSpaceCombiner,
+    MeanCombiner,
+    combined_target,
+    make_combiner,
+    min_norm_weights,
+)
 from kdnas.objectives.losses import kd_loss
 from kdnas.objectives.metrics import score
 from kdnas.space import StudentArch
@@ -36,13 +44,60 @@ def test_kd_loss_matches_hand_computation():
 
 def test_mean_combiner_averages_teacher_probabilities():
     logits = torch.tensor([[[2.0, 0.0]], [[0.0, 4.0]]])  # K=2, B=1, C=2
-    target = combined_target(MeanCombiner(), logits, torch.tensor([0]), temperature=2.0)
+    target = combined_target(MeanCombiner(), logits, torch.tensor([0]), torch.zeros(1, 2), temperature=2.0)
     p1 = torch.softmax(torch.tensor([1.0, 0.0]), -1)
     p2 = torch.softmax(torch.tensor([0.0, 2.0]), -1)
     assert torch.allclose(target[0], (p1 + p2) / 2)
     assert torch.allclose(target.sum(-1), torch.ones(1))
-    with pytest.raises(ValueError, match="unknown teacher combiner"):
-        make_combiner("median")
+
+
+def test_fixed_weights_are_normalised_and_checked():
+    logits = torch.zeros(2, 3, 2)
+    weights = FixedWeightCombiner([1.0, 3.0]).weights(logits, torch.zeros(3, dtype=torch.long), None, 1.0)
+    assert torch.allclose(weights, torch.tensor([[0.25, 0.75]] * 3))
+    with pytest.raises(ValueError, match="2 teacher weights for 3 teachers"):
+        FixedWeightCombiner([1.0, 1.0]).weights(torch.zeros(3, 1, 2), torch.zeros(1, dtype=torch.long), None, 1.0)
+
+
+def test_confidence_weights_match_ca_mkd_by_hand():
+    logits = torch.tensor([[[2.0, 0.0]], [[0.0, 2.0]]])  # teacher A right and confident, B wrong
+    weights = ConfidenceCombiner().weights(logits, torch.tensor([0]), None, 1.0)
+    ce_a, ce_b = math.log(1 + math.exp(-2)), math.log(1 + math.exp(2))
+    soft_a = math.exp(ce_a) / (math.exp(ce_a) + math.exp(ce_b))
+    assert weights[0].tolist() == pytest.approx([1 - soft_a, soft_a], rel=1e-5)
+    assert ConfidenceCombiner().weights(logits[:1], torch.tensor([0]), None, 1.0).tolist() == [[1.0]]
+
+
+def test_min_norm_weights_by_hand():
+    opposing = torch.tensor([[1.0, -2.0], [-1.0, 2.0]], dtype=torch.float64)
+    assert min_norm_weights(opposing, cap=1.0).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    identical = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
+    assert min_norm_weights(identical, cap=1.0).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    orthogonal = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    assert min_norm_weights(orthogonal, cap=1.0).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    # g2 = g1/2: the minimum norm puts everything on g2, but the cap (tolerance for disagreement) stops it at 0.6
+    nested = torch.tensor([[1.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    assert min_norm_weights(nested, cap=1.0).tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+    assert min_norm_weights(nested, cap=0.6).tolist() == pytest.approx([0.4, 0.6], abs=1e-6)
+    three = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    alpha = min_norm_weights(three, cap=0.6)
+    assert alpha.sum().item() == pytest.approx(1.0) and (alpha @ three).norm().item() == pytest.approx(0, abs=1e-6)
+
+
+def test_gradient_space_weights_cancel_teachers_pulling_apart():
+    student = torch.zeros(4, 2)
+    teachers = torch.tensor([[[1.0, 0.0]] * 4, [[0.0, 1.0]] * 4])  # symmetric around the student
+    weights = GradientSpaceCombiner(cap=0.6).weights(teachers, torch.zeros(4, dtype=torch.long), student, 2.0)
+    assert weights.shape == (4, 2) and torch.allclose(weights, torch.full((4, 2), 0.5), atol=1e-5)
+
+
+def test_make_combiner_from_config():
+    assert isinstance(make_combiner(KDConfig()), MeanCombiner)
+    assert isinstance(make_combiner(KDConfig(combiner="confidence")), ConfidenceCombiner)
+    assert make_combiner(KDConfig(combiner="gradient", disagreement_bound=0.7)).cap == 0.7
+    assert isinstance(make_combiner(KDConfig(combiner="weighted", teacher_weights=[2, 1])), FixedWeightCombiner)
+    with pytest.raises(ValueError, match="teacher_weights is required"):
+        KDConfig(combiner="weighted")
 
 
 def test_metrics_against_hand_values():

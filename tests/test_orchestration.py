@@ -89,6 +89,16 @@ def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray
         assert t.user_attrs["epochs_trained"] == 2
 
 
+@pytest.mark.parametrize(
+    "kd", [{"combiner": "confidence"}, {"combiner": "gradient"}, {"combiner": "weighted", "teacher_weights": [3, 1]}]
+)
+def test_every_teacher_combiner_trains_and_is_recorded(run_dir, ray_session, kd):
+    study = run_search(_config(run_dir, f"combiner-{kd['combiner']}", kd=kd, search={"n_trials": 1}))
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get(FAILURE_ATTR)
+    assert trial.user_attrs["kd"]["combiner"] == kd["combiner"]
+
+
 def test_tight_latency_budget_leaves_students_infeasible(run_dir, ray_session):
     study = run_search(_config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1}))
     (trial,) = study.trials

@@ -148,7 +148,19 @@ class KDConfig(_Section):
 
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
-    combiner: Literal["mean"] = "mean"
+    combiner: Literal["mean", "weighted", "confidence", "gradient"] = "mean"
+    teacher_weights: list[float] | None = None
+    disagreement_bound: float = Field(0.6, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _weights_for_weighted(self) -> KDConfig:
+        if self.combiner == "weighted" and not self.teacher_weights:
+            raise ValueError("kd.teacher_weights is required when kd.combiner is 'weighted'")
+        if self.teacher_weights is not None and (
+            any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0
+        ):
+            raise ValueError("kd.teacher_weights must be non-negative with a positive sum")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -213,6 +225,8 @@ class KDNASConfig(_Section):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != len(names):
+            raise ValueError(f"kd.teacher_weights has {len(self.kd.teacher_weights)} weights for {len(names)} teachers")
         return self
 
     @property

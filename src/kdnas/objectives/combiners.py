@@ -1,43 +1,127 @@
 """Teacher combiners: how K teachers' logits become one soft target per example.
 
-A combiner maps teacher logits ``[K, B, C]`` (and the batch's labels) to per-example teacher weights ``[B, K]``;
-:func:`combined_target` turns those into the soft target ``Σ_k w_k·softmax(z_k / T)``.
+A combiner returns per-example teacher weights ``[B, K]``; :func:`combined_target` turns them into the soft target
+``Σ_k w_k·softmax(z_k / T)``. Because the KD loss's gradient with respect to the student logits is linear in the
+target, weighting the target is the same as weighting the per-teacher KD losses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
+
+from kdnas.config import KDConfig
 
 
 class Combiner(Protocol):
     """Weights of each teacher for each example of a batch."""
 
-    def weights(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Return ``[B, K]`` non-negative weights summing to 1 per example."""
+    def weights(
+        self, teacher_logits: torch.Tensor, labels: torch.Tensor, student_logits: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """Return ``[B, K]`` non-negative weights summing to 1 per example (never differentiated)."""
         ...
 
 
 class MeanCombiner:
     """Every teacher counts the same (TextBrewer's multi-teacher rule, on probabilities)."""
 
-    def weights(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def weights(self, teacher_logits, labels, student_logits, temperature):
         k, b = teacher_logits.shape[:2]
         return teacher_logits.new_full((b, k), 1.0 / k)
 
 
+class FixedWeightCombiner:
+    """Fixed, user-given teacher weights (normalised to sum to 1)."""
+
+    def __init__(self, weights: Sequence[float]) -> None:
+        total = float(sum(weights))
+        if total <= 0 or any(w < 0 for w in weights):
+            raise ValueError("teacher weights must be non-negative with a positive sum")
+        self._weights = torch.tensor([w / total for w in weights])
+
+    def weights(self, teacher_logits, labels, student_logits, temperature):
+        if teacher_logits.shape[0] != len(self._weights):
+            raise ValueError(f"{len(self._weights)} teacher weights for {teacher_logits.shape[0]} teachers")
+        return self._weights.to(teacher_logits).expand(teacher_logits.shape[1], -1)
+
+
+class ConfidenceCombiner:
+    """CA-MKD: ``w_k = (1 − softmax_k(CE(z_k, y))) / (K − 1)``, per example; confident correct teachers weigh more."""
+
+    def weights(self, teacher_logits, labels, student_logits, temperature):
+        k, b, c = teacher_logits.shape
+        if k == 1:
+            return teacher_logits.new_ones((b, 1))
+        ce = F.cross_entropy(teacher_logits.reshape(k * b, c).float(), labels.repeat(k), reduction="none")
+        return (1.0 - torch.softmax(ce.reshape(k, b).T, dim=1)) / (k - 1)
+
+
+def project_capped_simplex(v: torch.Tensor, cap: float) -> torch.Tensor:
+    """Euclidean projection of ``v`` onto ``{a : Σa = 1, 0 ≤ a ≤ cap}`` (bisection on the shift)."""
+    low, high = (v.min() - cap).item(), v.max().item()
+    for _ in range(60):
+        shift = (low + high) / 2
+        if (v - shift).clamp(0.0, cap).sum() > 1.0:
+            low = shift
+        else:
+            high = shift
+    return (v - high).clamp(0.0, cap)
+
+
+def min_norm_weights(gradients: torch.Tensor, cap: float, steps: int = 200) -> torch.Tensor:
+    """MGDA with an upper bound: ``argmin_a ‖Σ_k a_k g_k‖²`` over ``{Σa = 1, 0 ≤ a ≤ cap}`` (projected gradient)."""
+    gram = gradients @ gradients.T
+    k = gram.shape[0]
+    alpha = torch.full((k,), 1.0 / k, dtype=gram.dtype)
+    step = 1.0 / (2 * torch.linalg.matrix_norm(gram, ord=2).item() + 1e-12)
+    for _ in range(steps):
+        alpha = project_capped_simplex(alpha - step * 2 * gram @ alpha, cap)
+    return alpha
+
+
+class GradientSpaceCombiner:
+    """AE-KD: weights minimising ‖Σ_k α_k g_k‖ with ``g_k = ∂ℓ_k/∂student logits`` (cheap: on the logits only).
+
+    ``cap`` (AE-KD's tolerance for disagreement, at least 1/K) bounds each weight; the same weights serve the
+    whole batch.
+    """
+
+    def __init__(self, cap: float = 0.6) -> None:
+        self.cap = cap
+
+    def weights(self, teacher_logits, labels, student_logits, temperature):
+        k, b = teacher_logits.shape[:2]
+        cap = max(self.cap, 1.0 / k)
+        student = torch.softmax(student_logits.detach().float() / temperature, dim=-1)  # [B, C]
+        teachers = torch.softmax(teacher_logits.float() / temperature, dim=-1)  # [K, B, C]
+        # ∂/∂s of T²·KL(p_k ‖ softmax(s/T)) averaged over the batch: T·(q − p_k)/B
+        gradients = (temperature * (student.unsqueeze(0) - teachers) / b).reshape(k, -1).double()
+        return min_norm_weights(gradients, cap).float().to(teacher_logits.device).expand(b, -1)
+
+
 def combined_target(
-    combiner: Combiner, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+    combiner: Combiner,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    student_logits: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
     """The combined teachers' probabilities ``[B, C]`` at ``temperature``."""
     probs = torch.softmax(teacher_logits.float() / temperature, dim=-1)  # [K, B, C]
-    weights = combiner.weights(teacher_logits, labels)  # [B, K]
+    weights = combiner.weights(teacher_logits, labels, student_logits, temperature)  # [B, K]
     return torch.einsum("bk,kbc->bc", weights.to(probs.dtype), probs)
 
 
-def make_combiner(name: str) -> Combiner:
-    """The combiner called ``name`` in the config."""
-    if name == "mean":
-        return MeanCombiner()
-    raise ValueError(f"unknown teacher combiner {name!r}")
+def make_combiner(kd: KDConfig) -> Combiner:
+    """The combiner the KD config names."""
+    if kd.combiner == "weighted":
+        return FixedWeightCombiner(kd.teacher_weights or [])
+    if kd.combiner == "confidence":
+        return ConfidenceCombiner()
+    if kd.combiner == "gradient":
+        return GradientSpaceCombiner(kd.disagreement_bound)
+    return MeanCombiner()

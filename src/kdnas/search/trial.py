@@ -76,11 +76,11 @@ def run_trial(
     device = torch.device(device)
     started_at = time.time()
     kd, training = config.kd, config.training
-    combiner = make_combiner(kd.combiner)
+    combiner = make_combiner(kd)
     teacher_logits = inputs.teacher_logits.to(device)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        target = combined_target(combiner, teacher_logits[:, index.to(device)], labels, kd.temperature)
+        target = combined_target(combiner, teacher_logits[:, index.to(device)], labels, logits, kd.temperature)
         return kd_loss(logits, target, labels, alpha=kd.alpha, temperature=kd.temperature)
 
     result: dict[str, Any] = {}
