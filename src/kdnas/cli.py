@@ -42,15 +42,28 @@ def _study(config: KDNASConfig):
     return load_study(config.storage_url, config.search.study_name)
 
 
+def _print_table(rows: list[dict]) -> None:
+    """Print rows as a left-aligned plain-text table."""
+    if not rows:
+        print("(none)")
+        return
+    cells = [[str(k) for k in rows[0]]] + [["" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+                                            for v in row.values()] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.pareto import front_table
+    from kdnas.dashboards.pareto import front_rows
     from kdnas.dashboards.report import write_report
     from kdnas.search.runner import run_search
     from kdnas.search.study import mask_url
 
     study = run_search(config)
-    print(f"\nPareto front ({config.data.metric} vs latency):\n{front_table(study, config.data.metric)}")
+    print(f"\nPareto front ({config.data.metric} vs latency):")
+    _print_table(front_rows(study, config.data.metric))
     paths = write_report(study, Path(config.output_dir) / "report", config.data.metric,
                          latency_budget_ms=config.latency.budget_ms)
     print(f"\nstudy:  {config.search.study_name} in {mask_url(config.storage_url)}")
@@ -74,12 +87,13 @@ def cmd_teachers_fit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.pareto import front_table
+    from kdnas.dashboards.pareto import front_rows
     from kdnas.dashboards.report import write_report
 
     study = _study(config)
     metric = (study.metric_names or [config.data.metric])[0]
-    print(f"Pareto front ({metric} vs latency):\n{front_table(study, metric)}")
+    print(f"Pareto front ({metric} vs latency):")
+    _print_table(front_rows(study, metric))
     out = Path(args.out) if args.out else Path(config.output_dir) / "report"
     paths = write_report(study, out, metric, latency_budget_ms=args.latency_budget_ms)
     for kind, path in paths.items():
@@ -116,17 +130,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')}): "
           f"{study.metric_names[0]}={trial.values[0]:.4f}, latency={trial.values[1]:.3f} ms -> {out}")
     return 0
-
-
-def _print_table(rows: list[dict]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[str(k) for k in rows[0]]] + [["" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-                                            for v in row.values()] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
@@ -253,7 +256,6 @@ def _quiet_libraries() -> None:
     import transformers
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

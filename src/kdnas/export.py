@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
-from kdnas.search.trial import STUDENT_FILES
+from kdnas.search.trial import missing_student_files
 
 RECORD_FILE = "kdnas_trial.json"
 
@@ -91,9 +91,9 @@ The full search record is in `{RECORD_FILE}`.
 
 def saved_student(trial: FrozenTrial) -> Path | None:
     """The directory of the trial's saved student, or None when its weights are missing."""
-    source = Path(trial.user_attrs.get("student_path", ""))
-    if trial.user_attrs.get("student_path") and all((source / name).is_file() for name in STUDENT_FILES):
-        return source
+    path = trial.user_attrs.get("student_path")
+    if path and not missing_student_files(Path(path)):
+        return Path(path)
     return None
 
 

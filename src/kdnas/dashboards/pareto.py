@@ -88,18 +88,15 @@ def best_under_budget(
     return max(candidates, key=lambda t: (t.values[0], -t.values[1]))
 
 
-def front_table(study: optuna.Study, metric: str) -> str:
-    """The Pareto front as a plain-text table."""
-    rows = [("trial", "arch", metric, "latency_ms", "params")]
-    for t in pareto_front(study):
-        rows.append(
-            (
-                str(t.number),
-                str(t.user_attrs.get("arch_summary", "?")),
-                f"{t.values[0]:.4f}",
-                f"{t.values[1]:.3f}",
-                f"{t.user_attrs.get('params', 0) / 1e6:.2f}M",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+def front_rows(study: optuna.Study, metric: str) -> list[dict]:
+    """The Pareto front, fastest first, as display rows."""
+    return [
+        {
+            "trial": t.number,
+            "arch": t.user_attrs.get("arch_summary", "?"),
+            metric: f"{t.values[0]:.4f}",
+            "latency_ms": f"{t.values[1]:.3f}",
+            "params": f"{t.user_attrs.get('params', 0) / 1e6:.2f}M",
+        }
+        for t in pareto_front(study)
+    ]

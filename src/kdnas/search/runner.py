@@ -190,8 +190,9 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
     study.set_user_attr("teachers", references)
     study.set_user_attr("task", {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)})
-    study.set_user_attr("config", {**dump_config(config), "search": {**dump_config(config)["search"],
-                                                                     "storage": mask_url(url)}})
+    recorded = dump_config(config)
+    recorded["search"]["storage"] = mask_url(url)
+    study.set_user_attr("config", recorded)
     inputs = prepare_inputs(config, task, teacher_logits)
 
     orphans = reconcile_orphans(study, storage)

@@ -48,6 +48,11 @@ class TrialInputs:
         return len(self.label_names)
 
 
+def missing_student_files(directory: Path) -> list[str]:
+    """The files a saved student needs that ``directory`` lacks (all of them when it is no directory)."""
+    return [name for name in STUDENT_FILES if not (directory / name).is_file()]
+
+
 def student_dir(inputs: TrialInputs, trial_number: int) -> Path:
     """Where the student of Optuna trial ``trial_number`` is saved."""
     return Path(inputs.students_dir) / f"trial-{trial_number:04d}"
@@ -110,7 +115,7 @@ def run_trial(
     out = student_dir(inputs, trial_number)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    missing = [name for name in STUDENT_FILES if not (out / name).is_file()]
+    missing = missing_student_files(out)
     if missing:  # save_pretrained only logs when ``out`` is not a usable directory
         raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
     attrs = {
