@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 def kd_loss(
     student_logits: torch.Tensor,
-    target_probs: torch.Tensor,
+    target_probs: torch.Tensor | None,
     labels: torch.Tensor,
     *,
     alpha: float,
@@ -17,7 +17,7 @@ def kd_loss(
     """``alpha·CE(y, s) + (1 − alpha)·T²·KL(target ‖ softmax(s/T))`` with ``batchmean`` reduction.
 
     ``target_probs`` are the (combined) teachers' probabilities at temperature ``T``. ``alpha = 1`` is plain
-    cross-entropy training without distillation.
+    cross-entropy training without distillation (``target_probs`` may then be None).
     """
     hard = F.cross_entropy(student_logits, labels)
     if alpha >= 1.0:

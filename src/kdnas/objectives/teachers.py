@@ -88,6 +88,21 @@ def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -
     return Teacher(name=teacher.name, path=str(path), model=model.eval(), tokenizer=tokenizer)
 
 
+def shares_tokenizer(
+    student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, sample_texts: list[str] | list[tuple[str, str]]
+) -> bool:
+    """Whether ``teacher`` tokenises like ``student`` (same vocabulary, same ids on ``sample_texts``).
+
+    Intermediate KD compares states position by position, so only such teachers can take part in it.
+    """
+    if student.get_vocab() != teacher.get_vocab():
+        return False
+    if sample_texts and isinstance(sample_texts[0], tuple):
+        first, second = [t[0] for t in sample_texts], [t[1] for t in sample_texts]
+        return student(first, second)["input_ids"] == teacher(first, second)["input_ids"]
+    return student(list(sample_texts))["input_ids"] == teacher(list(sample_texts))["input_ids"]
+
+
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -1,4 +1,4 @@
-"""SearchSpace: Optuna define-by-run sampling of StudentArch with fixed choices per parameter name."""
+"""SearchSpace: Optuna define-by-run sampling of StudentArch (and optionally the KD recipe) with fixed choices."""
 
 from __future__ import annotations
 
@@ -6,26 +6,53 @@ from typing import Any
 
 import optuna
 
-from kdnas.config import SpaceConfig
+from kdnas.config import KDConfig, KDSpaceConfig, SpaceConfig
 from kdnas.space.arch import StudentArch
+
+KD_PARAMS = {"kd_combiner": "combiner", "kd_temperature": "temperature", "kd_alpha": "alpha",
+             "kd_intermediate": "intermediate"}
+"""Optuna parameter name → the ``kd.space`` field it samples."""
 
 
 class SearchSpace:
-    """Samples students from a :class:`SpaceConfig`.
+    """Samples students from a :class:`SpaceConfig`, and KD recipes from a :class:`KDSpaceConfig`.
 
     Width is never sampled: it is ``heads × head_dim``, so each Optuna categorical keeps one fixed choice list
     (TPE needs that) and every sampled combination is a valid transformer.
     """
 
-    def __init__(self, config: SpaceConfig) -> None:
+    def __init__(self, config: SpaceConfig, kd_space: KDSpaceConfig | None = None) -> None:
         self.config = config
+        self.kd_space = kd_space or KDSpaceConfig()
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample one student's parameters on ``trial`` (define-by-run)."""
         c = self.config
-        return {
+        params: dict[str, Any] = {
             "num_layers": trial.suggest_int("num_layers", c.depth.min, c.depth.max),
             "num_heads": trial.suggest_categorical("num_heads", c.heads),
             "head_dim": trial.suggest_categorical("head_dim", c.head_dim),
             "ffn_ratio": trial.suggest_categorical("ffn_ratio", c.ffn_ratio),
         }
+        for name, field in KD_PARAMS.items():
+            choices = getattr(self.kd_space, field)
+            if choices is not None:
+                params[name] = trial.suggest_categorical(name, choices)
+        return params
+
+
+def kd_recipe(kd: KDConfig, params: dict[str, Any]) -> KDConfig:
+    """``kd`` with the recipe choices sampled in ``params`` (``kd_*`` keys) applied."""
+    update: dict[str, Any] = {}
+    if "kd_combiner" in params:
+        update["combiner"] = params["kd_combiner"]
+    if "kd_temperature" in params:
+        update["temperature"] = float(params["kd_temperature"])
+    if "kd_alpha" in params:
+        update["alpha"] = float(params["kd_alpha"])
+    if "kd_intermediate" in params:
+        choice = params["kd_intermediate"]
+        enabled = choice != "off"
+        inter = {"enabled": enabled, **({"layer_map": choice} if enabled else {})}
+        update["intermediate"] = kd.intermediate.model_copy(update=inter)
+    return KDConfig.model_validate({**kd.model_dump(), **update}) if update else kd

@@ -1,0 +1,173 @@
+"""Intermediate-layer KD: hidden states, attention scores and embeddings, matched by a layer map or by EMD.
+
+Only teachers that share the student's tokenizer take part (the same token positions must line up); they run on
+the fly, on the student's batch. Hidden states go through a learned linear projection (student width → teacher
+width, one per teacher, shared by its layers as in BERT-EMD). Attention maps are compared as pre-softmax scores:
+``log softmax`` equals the scores up to a per-row shift, so row-centred log-probabilities over the unmasked keys
+*are* the centred scores; heads are averaged, which lets students and teachers have different head counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from kdnas.config import IntermediateConfig
+from kdnas.objectives.emd import EMDLayerMapping
+
+
+def layer_map(kind: str | Sequence[int], student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (1-based) matched to each student layer 1..M.
+
+    ``uniform``: evenly spread, ending at the last layer (TinyBERT's ``g(m) = m·N/M``); ``skip``: every other
+    layer, 2, 4, … (PKD-skip, DistilBERT's selection); ``last``: the top M layers (PKD-last); or an explicit list.
+    """
+    m, n = student_layers, teacher_layers
+    if not isinstance(kind, str):
+        chosen = list(kind)
+        if len(chosen) != m or not all(1 <= j <= n for j in chosen):
+            raise ValueError(f"layer map {chosen} must list {m} teacher layers between 1 and {n}")
+        return chosen
+    if kind == "uniform":
+        return [math.ceil(i * n / m) for i in range(1, m + 1)]
+    if kind == "skip":
+        return [min(2 * i, n) for i in range(1, m + 1)]
+    if kind == "last":
+        return [max(n - m + i, 1) for i in range(1, m + 1)]
+    raise ValueError(f"unknown layer map {kind!r}")
+
+
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``[B, L, D]`` states over the positions where ``mask`` ``[B, L]`` is 1."""
+    weights = mask.unsqueeze(-1).to(student.dtype)
+    squared = (student - teacher.to(student.dtype)).pow(2) * weights
+    return squared.sum() / (weights.sum() * student.shape[-1]).clamp_min(1.0)
+
+
+def attention_scores(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Head-averaged, row-centred attention scores ``[B, L, L]`` from probabilities ``[B, H, L, L]``."""
+    keys = mask[:, None, :].to(probs.dtype)  # [B, 1, L]
+    scores = probs.clamp_min(1e-9).log().mean(dim=1)  # [B, L, L]
+    row_mean = (scores * keys).sum(-1, keepdim=True) / keys.sum(-1, keepdim=True).clamp_min(1.0)
+    return (scores - row_mean) * keys
+
+
+def attention_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE of attention scores over unmasked (query, key) pairs; head counts may differ."""
+    pairs = (mask[:, :, None] * mask[:, None, :]).to(student.dtype)
+    diff = attention_scores(student, mask) - attention_scores(teacher.to(student.dtype), mask)
+    return (diff.pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
+@dataclass
+class IntermediateTeacher:
+    """A teacher taking part in intermediate KD, with its own projection and layer matching."""
+
+    name: str
+    model: PreTrainedModel
+    layers: list[int] | None  # fixed map; None when matched by EMD
+    emd: EMDLayerMapping | None
+
+
+class IntermediateDistiller(torch.nn.Module):
+    """The intermediate-layer loss of one student against teachers that share its tokenizer.
+
+    Its parameters (the projections) are trained with the student; the teachers stay frozen and are not
+    registered as submodules.
+    """
+
+    def __init__(
+        self,
+        config: IntermediateConfig,
+        *,
+        student_hidden: int,
+        student_layers: int,
+        teachers: Sequence[tuple[str, PreTrainedModel]],
+    ) -> None:
+        super().__init__()
+        if not teachers:
+            raise ValueError("intermediate KD needs at least one teacher sharing the student's tokenizer")
+        self.config = config
+        self.projections = torch.nn.ModuleDict()
+        self.teachers: list[IntermediateTeacher] = []
+        for name, model in teachers:
+            teacher_layers = model.config.num_hidden_layers
+            self.projections[name] = torch.nn.Linear(student_hidden, model.config.hidden_size)
+            if config.layer_map == "emd":
+                entry = IntermediateTeacher(
+                    name, model, None, EMDLayerMapping(student_layers, teacher_layers, separate=config.emd_separate)
+                )
+            else:
+                entry = IntermediateTeacher(name, model, layer_map(config.layer_map, student_layers, teacher_layers), None)
+            if config.attention > 0:
+                model.set_attn_implementation("eager")  # only eager attention returns the maps
+            model.eval().requires_grad_(False)
+            self.teachers.append(entry)
+
+    @property
+    def wants_attentions(self) -> bool:
+        return self.config.attention > 0
+
+    def to_device(self, device: torch.device) -> IntermediateDistiller:
+        """Move the projections and the frozen teachers to ``device``."""
+        self.to(device)
+        for teacher in self.teachers:
+            teacher.model.to(device)
+        return self
+
+    def forward(self, student: ModelOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over teachers of ``embedding·L_emb + hidden·L_hid + attention·L_att`` for this batch.
+
+        ``student`` must hold ``hidden_states`` (and ``attentions`` when the attention weight is positive).
+        """
+        mask = batch["attention_mask"]
+        losses = [self._teacher_loss(teacher, student, batch, mask) for teacher in self.teachers]
+        return torch.stack(losses).mean()
+
+    def _teacher_loss(self, teacher: IntermediateTeacher, student: ModelOutput, batch, mask) -> torch.Tensor:
+        cfg = self.config
+        with torch.no_grad():
+            out = teacher.model(**batch, output_hidden_states=True, output_attentions=self.wants_attentions)
+        project = self.projections[teacher.name]
+        student_hidden = [project(h) for h in student.hidden_states]  # embeddings, then layers 1..M
+        total = student_hidden[0].new_zeros(())
+        if cfg.embedding > 0:
+            total = total + cfg.embedding * masked_mse(student_hidden[0], out.hidden_states[0], mask)
+        if teacher.emd is not None:
+            costs = self._cost_matrices(student_hidden, student, out, mask)
+            return total + teacher.emd.loss(costs) if costs else total
+        m = len(student_hidden) - 1
+        for i, j in enumerate(teacher.layers, start=1):
+            if cfg.hidden > 0:
+                total = total + cfg.hidden * masked_mse(student_hidden[i], out.hidden_states[j], mask) / m
+            if cfg.attention > 0:
+                total = total + cfg.attention * attention_mse(student.attentions[i - 1], out.attentions[j - 1], mask) / m
+        return total
+
+    def _cost_matrices(self, student_hidden, student: ModelOutput, teacher: ModelOutput, mask) -> dict:
+        cfg, costs = self.config, {}
+        m, n = len(student_hidden) - 1, len(teacher.hidden_states) - 1
+        if cfg.hidden > 0:
+            costs["hidden"] = cfg.hidden * torch.stack([
+                torch.stack([masked_mse(student_hidden[i], teacher.hidden_states[j], mask) for j in range(1, n + 1)])
+                for i in range(1, m + 1)
+            ])
+        if cfg.attention > 0:
+            costs["attention"] = cfg.attention * torch.stack([
+                torch.stack([attention_mse(student.attentions[i], teacher.attentions[j], mask) for j in range(n)])
+                for i in range(m)
+            ])
+        return costs
+
+    def record(self) -> dict[str, dict]:
+        """Per teacher: its fixed layer map, or its EMD layer weights at the end of training."""
+        return {
+            t.name: {"layer_map": t.layers} if t.emd is None else {"layer_map": "emd", "emd_weights": t.emd.state()}
+            for t in self.teachers
+        }
