@@ -28,6 +28,7 @@ class LatencyResult:
     seq_len: int
     runs: int
     warmup: int
+    cached: bool = False  # read from the latency cache rather than measured now
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)

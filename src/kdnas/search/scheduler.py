@@ -1,0 +1,124 @@
+"""Latency-aware asynchronous successive halving: students compete only with students of similar latency.
+
+Plain ASHA ranks every student by accuracy alone, so slow, accurate students stop every fast one and the fast end
+of the Pareto front is never trained. Here, at each rung (epochs ``grace · rf^k`` below the last epoch), the
+students recorded at that rung are split by latency rank into ``latency_bins`` equal-count bins, and a student is
+stopped when its metric is below the ``1 − 1/rf`` quantile of the others already recorded in its bin (ASHA's rule,
+per bin). While a bin holds only the student itself, nothing stops it, so the first students of a search run on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from kdnas.config import KDNASConfig
+
+AUTO_MIN_TRIALS = 8
+"""``mode: auto`` turns early stopping on from this many trials: with 3 latency bins, fewer trials leave a bin
+with one or two students per rung, so stops would rest on single comparisons and save little."""
+
+EPOCH_KEY = "epoch"
+
+
+def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The milestones ``grace · rf^k`` strictly below ``max_t`` (a student's last epoch is never a rung)."""
+    milestones, t = [], grace_period
+    while t < max_t:
+        milestones.append(t)
+        t *= reduction_factor
+    return milestones
+
+
+class LatencyAwareASHA(FIFOScheduler):
+    """ASHA whose cutoffs are computed within latency bins; ``stop_reasons`` maps stopped Tune trial ids to why."""
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        latency_attr: str,
+        max_t: int,
+        mode: Literal["max", "min"] = "max",
+        time_attr: str = EPOCH_KEY,
+        grace_period: int = 1,
+        reduction_factor: int = 2,
+        latency_bins: int = 3,
+    ) -> None:
+        super().__init__()
+        self._metric, self._sign = metric, 1.0 if mode == "max" else -1.0
+        self._latency_attr, self._time_attr = latency_attr, time_attr
+        self._reduction_factor, self._latency_bins = reduction_factor, latency_bins
+        self._rungs: dict[int, dict[str, tuple[float, float]]] = {
+            m: {} for m in rungs(grace_period, reduction_factor, max_t)
+        }
+        self.stop_reasons: dict[str, str] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return metric is None or metric == self._metric  # it has its own metric; TuneConfig sets none
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        t, value, latency = (result.get(k) for k in (self._time_attr, self._metric, self._latency_attr))
+        if t not in self._rungs or not _finite(value) or not _finite(latency):
+            return TrialScheduler.CONTINUE
+        recorded = self._rungs[t]
+        if trial.trial_id in recorded:  # a repeated result (e.g. after a restore) was already judged
+            return TrialScheduler.CONTINUE
+        recorded[trial.trial_id] = (self._sign * value, latency)
+        peers = self._bin_of(trial.trial_id, recorded)
+        others = [recorded[p][0] for p in peers if p != trial.trial_id]
+        if not others:
+            return TrialScheduler.CONTINUE
+        cutoff = float(np.percentile(others, (1 - 1 / self._reduction_factor) * 100))
+        if self._sign * value >= cutoff:
+            return TrialScheduler.CONTINUE
+        latencies = [recorded[p][1] for p in peers]
+        self.stop_reasons[trial.trial_id] = (
+            f"stopped early after epoch {t}: {self._metric} {value:.4f} below {self._sign * cutoff:.4f}, the cutoff "
+            f"among {len(peers)} students of {min(latencies):.3g}–{max(latencies):.3g} ms at that epoch"
+        )
+        return TrialScheduler.STOP
+
+    def _bin_of(self, trial_id: str, recorded: dict[str, tuple[float, float]]) -> list[str]:
+        """The trials in ``trial_id``'s equal-count latency bin among those ``recorded`` at a rung."""
+        by_latency = sorted(recorded, key=lambda k: (recorded[k][1], k))
+        n = len(by_latency)
+        bins = [rank * self._latency_bins // n for rank in range(n)]
+        own = bins[by_latency.index(trial_id)]
+        return [k for k, b in zip(by_latency, bins) if b == own]
+
+    def debug_string(self) -> str:
+        sizes = ", ".join(f"epoch {t}: {len(r)}" for t, r in self._rungs.items())
+        return f"LatencyAwareASHA: {len(self.stop_reasons)} stopped; students per rung: {sizes}"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def early_stopping_enabled(config: KDNASConfig) -> bool:
+    """Whether ``search.early_stopping`` is on (``auto``: from :data:`AUTO_MIN_TRIALS` trials, with a rung)."""
+    stopping = config.search.early_stopping
+    if stopping.mode == "off":
+        return False
+    has_rung = stopping.grace_epochs < config.training.epochs
+    return has_rung and (stopping.mode == "on" or config.search.n_trials >= AUTO_MIN_TRIALS)
+
+
+def make_scheduler(config: KDNASConfig, latency_attr: str) -> LatencyAwareASHA | None:
+    """The configured latency-aware early stopping, or None when it is off."""
+    if not early_stopping_enabled(config):
+        return None
+    stopping = config.search.early_stopping
+    return LatencyAwareASHA(
+        metric=config.data.metric,
+        latency_attr=latency_attr,
+        max_t=config.training.epochs,
+        grace_period=stopping.grace_epochs,
+        reduction_factor=stopping.reduction_factor,
+        latency_bins=stopping.latency_bins,
+    )

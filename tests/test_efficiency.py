@@ -1,0 +1,265 @@
+"""Search efficiency: latency cache, latency-first budgets, latency-aware early stopping, warm start."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from transformers import BertConfig, BertForSequenceClassification
+
+from kdnas.config import ConfigError, KDNASConfig, LatencyConfig, build_config
+from kdnas.objectives import latency_cache
+from kdnas.objectives.teachers import load_tokenizer
+from kdnas.search import trial as trial_mod
+from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
+from kdnas.search.searcher import trial_outcome
+from kdnas.search.trial import CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialInputs, run_trial
+from kdnas.space import StudentArch
+from kdnas.space.warm_start import apply_warm_start, layer_map, warm_start_source
+
+METRICS = ["accuracy", "latency_ms"]
+FAST = LatencyConfig(warmup=0, runs=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm")
+
+
+# --- latency cache -------------------------------------------------------------------------------------------------
+
+
+class _Echo(torch.nn.Module):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return input_ids
+
+
+def test_latency_cache_hit_skips_the_measurement(tmp_path, monkeypatch):
+    calls = []
+    real = latency_cache.measure_configured
+    monkeypatch.setattr(latency_cache, "measure_configured", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = _Echo()
+    key = {"arch": {"num_layers": 1}}
+
+    def measure(settings: LatencyConfig = FAST, model_key=key):
+        return latency_cache.measure_cached(model, model_key=model_key, vocab_size=10, settings=settings,
+                                            seq_len=8, cache_dir=tmp_path)
+
+    first, second = measure(), measure()
+    assert calls == [1] and not first.cached and second.cached
+    assert second.median_ms == first.median_ms and second.device_name == first.device_name
+    measure(LatencyConfig(warmup=0, runs=4))
+    measure(model_key={"arch": {"num_layers": 2}})
+    assert calls == [1, 1, 1], "other settings or another model are other keys"
+    assert not list(tmp_path.glob(".*.tmp")), "writes are atomic: no temporary file is left"
+
+
+# --- latency first: budgets ----------------------------------------------------------------------------------------
+
+
+def _inputs(tmp_path, **sections) -> TrialInputs:
+    raw = {"latency": {"warmup": 0, "runs": 3, **sections.pop("latency", {})}, **sections}
+    return TrialInputs(config=build_config(raw), metric="accuracy", label_names=("neg", "pos"), train=None,
+                       eval=None, teacher_names=(), teacher_logits=torch.zeros(0), students_dir=str(tmp_path),
+                       latency_cache_dir=str(tmp_path / "latency"))
+
+
+ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
+
+
+@pytest.mark.parametrize(
+    ("sections", "violated", "reason"),
+    [({"latency": {"budget_ms": 1e-6}}, "latency_ms", "ms > budget 1e-06 ms"),
+     ({"student": {"max_params": 1000}}, "params", "parameters > student.max_params 1,000")],
+)
+def test_infeasible_candidate_is_measured_and_never_trained(tmp_path, monkeypatch, sections, violated, reason):
+    def no_training(*args, **kwargs):
+        raise AssertionError("an infeasible student must not train")
+
+    monkeypatch.setattr(trial_mod, "train", no_training)
+    reports = []
+    result = run_trial(ARCH, _inputs(tmp_path, **sections), trial_number=0, device="cpu", report=reports.append)
+    assert reports == [result] and result[INFEASIBLE_KEY].startswith("infeasible, not trained: ")
+    assert reason in result[INFEASIBLE_KEY]
+    assert not (tmp_path / "trial-0000").exists()
+    outcome = trial_outcome(result, False, METRICS)
+    assert outcome.state == TrialState.PRUNED and outcome.values is None
+    assert outcome.reason == result[INFEASIBLE_KEY] and outcome.constraints[violated] > 0
+    assert outcome.attrs["params"] > 1000 and outcome.attrs["latency"]["median_ms"] == result["latency_ms"]
+    assert outcome.attrs["epochs_trained"] == 0 and outcome.attrs["arch_summary"] == "L1-H32-A2-F32"
+
+
+def test_feasible_results_carry_their_constraints():
+    result = {"accuracy": 0.8, "latency_ms": 2.0, "kdnas_completed": True, CONSTRAINTS_KEY: json.dumps(
+        {"latency_ms": -1.0, "params": -5.0})}
+    outcome = trial_outcome(result, False, METRICS)
+    assert outcome.state == TrialState.COMPLETE and outcome.constraints == {"latency_ms": -1.0, "params": -5.0}
+    assert trial_mod.budget_constraints(KDNASConfig(), 2.0, 10) == {}
+
+
+# --- latency-aware early stopping ----------------------------------------------------------------------------------
+
+
+def _feed(scheduler, trial_id: str, epoch: int, accuracy: float, latency: float) -> str:
+    result = {"epoch": epoch, "accuracy": accuracy, "latency_ms": latency}
+    return scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial_id), result)
+
+
+STUDENTS = [("slow-best", 0.90, 5.0), ("fast-best", 0.60, 1.0), ("slow", 0.85, 5.2), ("fast", 0.55, 1.1)]
+
+
+def test_scheduler_keeps_the_fastest_bins_best_student():
+    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=2)
+    decisions = {name: _feed(scheduler, name, 1, acc, lat) for name, acc, lat in STUDENTS}
+    assert decisions == {"slow-best": "CONTINUE", "fast-best": "CONTINUE", "slow": "CONTINUE", "fast": "STOP"}
+    assert scheduler.stop_reasons == {
+        "fast": "stopped early after epoch 1: accuracy 0.5500 below 0.6000, the cutoff among 2 students of "
+                "1–1.1 ms at that epoch"
+    }
+    # plain ASHA, fed the same students, stops the fast end of the front
+    asha = AsyncHyperBandScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=4, reduction_factor=2)
+    for name, *_ in STUDENTS:
+        asha.on_trial_add(None, SimpleNamespace(trial_id=name))
+    plain = {name: _feed(asha, name, 1, acc, lat) for name, acc, lat in STUDENTS}
+    assert plain["fast-best"] == TrialScheduler.STOP
+
+
+def test_scheduler_judges_rungs_only_and_ignores_unmeasured_results():
+    assert rungs(1, 2, 4) == [1, 2] and rungs(1, 3, 10) == [1, 3, 9] and rungs(2, 2, 2) == []
+    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
+    assert _feed(scheduler, "a", 1, 0.9, 1.0) == TrialScheduler.CONTINUE
+    assert _feed(scheduler, "b", 3, 0.1, 1.0) == TrialScheduler.CONTINUE  # epoch 3 is no rung
+    assert _feed(scheduler, "c", 1, math.nan, 1.0) == TrialScheduler.CONTINUE  # infeasible or failed report
+    assert _feed(scheduler, "d", 1, 0.1, 1.0) == TrialScheduler.STOP
+    assert _feed(scheduler, "d", 1, 0.1, 1.0) == TrialScheduler.CONTINUE  # a repeated result is judged once
+
+
+def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
+    def config(**search):
+        return build_config({"search": search})
+
+    assert not early_stopping_enabled(config(n_trials=7))
+    assert early_stopping_enabled(config(n_trials=8)) and make_scheduler(config(n_trials=8), "latency_ms")
+    assert not early_stopping_enabled(build_config({"search": {"n_trials": 20}, "training": {"epochs": 1}}))
+    assert early_stopping_enabled(config(n_trials=2, early_stopping={"mode": "on"}))
+    assert make_scheduler(config(n_trials=20, early_stopping={"mode": "off"}), "latency_ms") is None
+    with pytest.raises(ConfigError, match="grace_epochs \\(4\\) must be below training.epochs \\(4\\)"):
+        config(early_stopping={"mode": "on", "grace_epochs": 4})
+
+
+# --- warm start ----------------------------------------------------------------------------------------------------
+
+
+def test_layer_maps_spread_first_and_last():
+    assert layer_map(6, 12, "uniform") == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
+    assert layer_map(3, 6, "uniform") == [0, 3, 5] and layer_map(1, 6, "uniform") == [0]
+    assert layer_map(2, 6, "first") == [0, 1] and layer_map(2, 6, "last") == [4, 5]
+    with pytest.raises(ValueError):
+        layer_map(7, 6, "uniform")
+
+
+def _teacher(tokenizer, layers=4, hidden=32, heads=2, intermediate=64) -> BertForSequenceClassification:
+    torch.manual_seed(1)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate, num_labels=2)).eval()
+
+
+def _student(tokenizer, **arch) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return StudentArch(**arch).build(tokenizer, num_labels=2, max_positions=24)
+
+
+def test_warm_start_copies_the_mapped_teacher_layers(tokenizer):
+    teacher = _teacher(tokenizer)
+    source = warm_start_source("t", teacher, tokenizer, tokenizer, "uniform")
+    student = _student(tokenizer, num_layers=2, num_heads=2, head_dim=16, ffn_ratio=2)
+    record = apply_warm_start(student, source)
+    assert record == {"teacher": "t", "rule": "uniform", "applied": True, "layer_map": [0, 3],
+                      "copied": ["embeddings", "attention", "ffn", "pooler", "classifier"], "skipped": {}}
+    for i, j in enumerate(record["layer_map"]):
+        theirs = teacher.bert.encoder.layer[j].state_dict()
+        for key, value in student.bert.encoder.layer[i].state_dict().items():
+            assert torch.equal(value, theirs[key]), (i, j, key)
+    ours, theirs = student.bert.embeddings, teacher.bert.embeddings
+    assert torch.equal(ours.word_embeddings.weight, theirs.word_embeddings.weight)
+    assert torch.equal(ours.position_embeddings.weight, theirs.position_embeddings.weight[:24])
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+
+
+def test_warm_start_copies_only_what_matches_and_says_why(tokenizer):
+    source = warm_start_source("t", _teacher(tokenizer), tokenizer, tokenizer, "last")
+    student = _student(tokenizer, num_layers=1, num_heads=4, head_dim=8, ffn_ratio=1)
+    before = student.bert.encoder.layer[0].attention.self.query.weight.clone()
+    record = apply_warm_start(student, source)
+    assert record["applied"] and record["layer_map"] == [3]
+    assert record["copied"] == ["embeddings", "pooler", "classifier"]
+    assert record["skipped"] == {"attention": "4 heads, the teacher 2", "ffn": "FFN size 32, the teacher 64"}
+    assert torch.equal(student.bert.encoder.layer[0].attention.self.query.weight, before)
+
+    narrow = _student(tokenizer, num_layers=1, num_heads=2, head_dim=8, ffn_ratio=1)
+    assert apply_warm_start(narrow, source) == {"teacher": "t", "rule": "last", "applied": False,
+                                                "reason": "student width 16 differs from teacher 't''s 32"}
+    other_vocab = load_tokenizer("minilm")
+    other_vocab.add_tokens(["kdnas-new-token"])
+    unusable = warm_start_source("t", _teacher(tokenizer), other_vocab, tokenizer, "uniform")
+    assert unusable.state == {} and "does not use the students' vocabulary" in unusable.unusable
+    assert apply_warm_start(_student(tokenizer, num_layers=1, num_heads=2, head_dim=16, ffn_ratio=2),
+                            unusable)["applied"] is False
+
+
+# --- a real tiny search --------------------------------------------------------------------------------------------
+
+
+def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
+    from kdnas.search.searcher import PRUNED_ATTR, KDNASSearch
+    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.space import SearchSpace
+
+    config = KDNASConfig()
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
+                           storage=storage, study_name=config.search.study_name, stop_reasons={"t1": "why"})
+    for trial_id in ("t1", "t2"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, {"accuracy": 0.5, "latency_ms": 1.0, "epoch": 1})
+    first, second = study.trials
+    assert first.state == second.state == TrialState.PRUNED
+    assert first.user_attrs[PRUNED_ATTR] == "why" and second.user_attrs[PRUNED_ATTR] == "stopped early after epoch 1"
+
+
+@pytest.mark.slow
+def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir, ray_session):
+    from conftest import tiny_raw
+
+    from kdnas.search.runner import run_search
+    from kdnas.search.searcher import PRUNED_ATTR
+
+    raw = tiny_raw(run_dir, training={"epochs": 3},
+                   student={"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16, 32],
+                                      "ffn_ratio": [1, 2]},
+                            "max_params": 1_500_000},  # width 64 (about 1.98M parameters) is over it
+                   search={"n_trials": 6, "study_name": "efficiency",
+                           "early_stopping": {"mode": "on", "latency_bins": 2}})
+    study = run_search(build_config(raw))
+    trials = study.trials
+    reasons = {t.number: t.user_attrs.get(PRUNED_ATTR) for t in trials if t.state == TrialState.PRUNED}
+    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert any(t.params["head_dim"] == 32 for t in trials), "the seeded sampler proposes infeasible students"
+    for t in trials:
+        if t.params["head_dim"] == 32:
+            assert t.state == TrialState.PRUNED and t.constraints["params"] > 0 and t.user_attrs["params"] > 1_500_000
+            assert reasons[t.number].startswith("infeasible, not trained: ") and t.user_attrs["epochs_trained"] == 0
+        elif t.state == TrialState.PRUNED:  # tiny students often tie, so the scheduler may stop none
+            assert reasons[t.number].startswith("stopped early after epoch ") and "students of" in reasons[t.number]
+        else:
+            assert t.constraints == {"params": pytest.approx(t.user_attrs["params"] - 1_500_000)}
+        earlier = [u for u in trials[: t.number] if u.params == t.params]
+        if earlier:
+            assert t.user_attrs["latency"] == {**earlier[0].user_attrs["latency"], "cached": True}
