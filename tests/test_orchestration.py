@@ -5,12 +5,14 @@ Every test runs real tiny searches on local Ray.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -99,10 +101,37 @@ def test_every_teacher_combiner_trains_and_is_recorded(run_dir, ray_session, kd)
     assert trial.user_attrs["kd"]["combiner"] == kd["combiner"]
 
 
-def test_tight_latency_budget_leaves_students_infeasible(run_dir, ray_session):
+def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_dir, ray_session, caplog):
+    kd = {"alpha": {"start": 1.0, "end": 0.2}, "intermediate": {"weight": {"start": 1.0, "end": 0.0}},
+          "space": {"intermediate": ["emd", "skip"], "combiner": ["mean", "confidence"], "temperature": [1.0, 4.0]}}
+    study = run_search(_config(run_dir, "recipe", kd=kd, search={"n_trials": 2, "sampler": "random", "seed": 3}))
+    assert "teacher gpt2 has another tokenizer than the student: it takes part in logit KD only" in caplog.text
+    layer_maps = set()
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE, trial.user_attrs.get(FAILURE_ATTR)
+        recorded = trial.user_attrs["kd"]
+        assert recorded["combiner"] == trial.params["kd_combiner"]
+        assert recorded["temperature"] == trial.params["kd_temperature"]
+        assert recorded["alpha"] == {"start": 1.0, "end": 0.2}
+        assert recorded["intermediate"]["enabled"] and recorded["intermediate"]["layer_map"] == trial.params["kd_intermediate"]
+        (teacher,) = recorded["intermediate_teachers"]  # gpt2 has its own tokenizer: logit KD only
+        details = recorded["intermediate_teachers"]["minilm"]
+        if trial.params["kd_intermediate"] == "emd":
+            weights = details["emd_weights"]["hidden"]
+            assert len(weights["teacher"]) == 6 and sum(weights["student"]) == pytest.approx(1.0, abs=1e-3)
+        else:
+            assert details["layer_map"] == [min(2 * i, 6) for i in range(1, trial.params["num_layers"] + 1)]
+        layer_maps.add(trial.params["kd_intermediate"])
+        assert json.loads(Path(trial.user_attrs["student_path"], "config.json").read_text()).get(
+            "_attn_implementation", "sdpa") != "eager"
+
+
+def test_tight_latency_budget_leaves_students_infeasible_and_untrained(run_dir, ray_session):
     study = run_search(_config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1}))
     (trial,) = study.trials
-    assert trial.state == TrialState.COMPLETE and trial.constraints["latency_ms"] > 0
+    assert trial.state == TrialState.PRUNED and trial.constraints["latency_ms"] > 0
+    assert trial.user_attrs[PRUNED_ATTR].startswith("infeasible, not trained: latency ")
+    assert trial.user_attrs["epochs_trained"] == 0 and "student_path" not in trial.user_attrs
     assert pareto_front(study) == []
 
 

@@ -272,6 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"kdnas: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from optuna.exceptions import StorageInternalError
+        from sqlalchemy.exc import DBAPIError
+
+        from kdnas.search.study import mask_url
+
+        if not isinstance(err, (StorageInternalError, DBAPIError)):
+            raise
+        reason = mask_url(str(err.__cause__ or err).strip().splitlines()[0])
+        print(f"kdnas: error: lost the storage connection ({reason}); run the same command again to resume",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

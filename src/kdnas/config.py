@@ -136,25 +136,106 @@ class SpaceConfig(_Section):
     _check_choices = field_validator("heads", "head_dim", "ffn_ratio")(_positive_choices)
 
 
+class WarmStartConfig(_Section):
+    """Initialise students from a teacher's layers (DistilBERT-style) where widths and vocabularies match."""
+
+    teacher: str | None = None
+    layers: Literal["uniform", "first", "last"] = "uniform"
+
+
 class StudentConfig(_Section):
-    """The student family: its tokenizer and its architecture space."""
+    """The student family: its tokenizer, its architecture space, its size budget and its initialisation."""
 
     tokenizer: str = "minilm"
     space: SpaceConfig = SpaceConfig()
+    max_params: int | None = Field(None, ge=1)
+    warm_start: WarmStartConfig = WarmStartConfig()
+
+
+class Ramp(_Section):
+    """A value moved linearly from ``start`` to ``end`` over training (a plain number stays constant)."""
+
+    start: float
+    end: float
+
+
+Scheduled = float | Ramp
+"""A constant, or a linear :class:`Ramp`."""
+
+
+def _ends(value: Scheduled) -> tuple[float, float]:
+    return (value.start, value.end) if isinstance(value, Ramp) else (value, value)
+
+
+LAYER_MAPS = ("uniform", "skip", "last", "emd")
+
+
+class IntermediateConfig(_Section):
+    """Intermediate-layer KD from teachers sharing the student's tokenizer; those teachers run on the fly."""
+
+    enabled: bool = False
+    teachers: list[str] | None = None
+    weight: Scheduled = 1.0
+    hidden: float = Field(1.0, ge=0)
+    attention: float = Field(0.1, ge=0)  # scores are in logit units: about 10× the hidden MSE at init
+    embedding: float = Field(1.0, ge=0)
+    layer_map: Literal["uniform", "skip", "last", "emd"] | list[int] = "uniform"
+    emd_separate: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self) -> IntermediateConfig:
+        if min(_ends(self.weight)) < 0:
+            raise ValueError("kd.intermediate.weight must be non-negative")
+        if isinstance(self.layer_map, list) and (not self.layer_map or min(self.layer_map) < 1):
+            raise ValueError("kd.intermediate.layer_map list must hold teacher layer numbers (1-based)")
+        if self.hidden + self.attention + self.embedding <= 0:
+            raise ValueError("kd.intermediate: at least one of hidden, attention, embedding must be positive")
+        return self
+
+
+class KDSpaceConfig(_Section):
+    """KD recipe choices sampled by Optuna per trial; an unset field keeps the fixed ``kd`` value."""
+
+    combiner: list[Literal["mean", "weighted", "confidence", "gradient"]] | None = None
+    temperature: list[float] | None = None
+    alpha: list[float] | None = None
+    intermediate: list[Literal["off", "uniform", "skip", "last", "emd"]] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> KDSpaceConfig:
+        for name in ("combiner", "temperature", "alpha", "intermediate"):
+            choices = getattr(self, name)
+            if choices is not None and (not choices or len(set(choices)) != len(choices)):
+                raise ValueError(f"kd.space.{name} must be a non-empty list without repeats")
+        if self.temperature and min(self.temperature) <= 0:
+            raise ValueError("kd.space.temperature choices must be positive")
+        if self.alpha and not all(0 <= a <= 1 for a in self.alpha):
+            raise ValueError("kd.space.alpha choices must lie in [0, 1]")
+        return self
 
 
 class KDConfig(_Section):
-    """Logit distillation: ``alpha·CE(y, s) + (1 − alpha)·T²·KL(p_teachers(T) ‖ p_student(T))``."""
+    """Distillation: ``alpha·CE(y, s) + (1 − alpha)·T²·KL(p_teachers(T) ‖ p_student(T)) + weight·intermediate``.
 
-    alpha: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(2.0, gt=0)
+    ``alpha``, ``temperature`` and ``intermediate.weight`` are constants or linear ramps ``{start, end}``.
+    """
+
+    alpha: Scheduled = 0.5
+    temperature: Scheduled = 2.0
     combiner: Literal["mean", "weighted", "confidence", "gradient"] = "mean"
     teacher_weights: list[float] | None = None
     disagreement_bound: float = Field(0.6, gt=0, le=1)
+    intermediate: IntermediateConfig = IntermediateConfig()
+    space: KDSpaceConfig = KDSpaceConfig()
 
     @model_validator(mode="after")
     def _weights_for_weighted(self) -> KDConfig:
-        if self.combiner == "weighted" and not self.teacher_weights:
+        if not all(0 <= a <= 1 for a in _ends(self.alpha)):
+            raise ValueError("kd.alpha must lie in [0, 1]")
+        if min(_ends(self.temperature)) <= 0:
+            raise ValueError("kd.temperature must be positive")
+        weighted = self.combiner == "weighted" or "weighted" in (self.space.combiner or [])
+        if weighted and not self.teacher_weights:
             raise ValueError("kd.teacher_weights is required when kd.combiner is 'weighted'")
         if self.teacher_weights is not None and (
             any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0
@@ -184,6 +265,7 @@ class LatencyConfig(_Section):
     warmup: int = Field(5, ge=0)
     runs: int = Field(30, ge=3)
     budget_ms: float | None = Field(None, gt=0)
+    cache: bool = True
 
 
 class ResourcesConfig(_Section):
@@ -191,6 +273,15 @@ class ResourcesConfig(_Section):
 
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+
+
+class EarlyStoppingConfig(_Section):
+    """Latency-aware successive halving: students are compared only with students of similar latency."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    grace_epochs: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    latency_bins: int = Field(3, ge=1)
 
 
 class SearchConfig(_Section):
@@ -206,6 +297,7 @@ class SearchConfig(_Section):
     resources_per_trial: ResourcesConfig = ResourcesConfig()
     max_failures: int = Field(0, ge=0)
     storage_path: str | None = None
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 
 
 class KDNASConfig(_Section):
@@ -227,6 +319,30 @@ class KDNASConfig(_Section):
             raise ValueError(f"teacher names must be unique, got {names}")
         if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != len(names):
             raise ValueError(f"kd.teacher_weights has {len(self.kd.teacher_weights)} weights for {len(names)} teachers")
+        unknown = [n for n in self.kd.intermediate.teachers or [] if n not in names]
+        if unknown:
+            raise ValueError(f"kd.intermediate.teachers names unknown teacher(s) {unknown}; teachers are {names}")
+        layer_map = self.kd.intermediate.layer_map
+        depth = self.student.space.depth
+        if isinstance(layer_map, list) and not depth.min == depth.max == len(layer_map):
+            raise ValueError(
+                f"kd.intermediate.layer_map lists {len(layer_map)} layers, so student.space.depth must be fixed "
+                f"at {len(layer_map)} (it is {depth.min}..{depth.max})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _efficiency_settings_fit(self) -> KDNASConfig:
+        names = [t.name for t in self.teachers]
+        warm = self.student.warm_start.teacher
+        if warm is not None and warm not in names:
+            raise ValueError(f"student.warm_start.teacher {warm!r} is not a teacher; teachers are {names}")
+        stopping = self.search.early_stopping
+        if stopping.mode == "on" and stopping.grace_epochs >= self.training.epochs:
+            raise ValueError(
+                f"search.early_stopping.grace_epochs ({stopping.grace_epochs}) must be below training.epochs "
+                f"({self.training.epochs}) for early stopping to stop anything"
+            )
         return self
 
     @property
@@ -241,13 +357,17 @@ class KDNASConfig(_Section):
         return self.latency.seq_len or self.data.max_seq_length
 
 
+_UNION_TAGS = {"float", "int", "str", "bool", "Ramp"}
+"""Names pydantic puts in an error's location for the member of a union it tried; not config keys."""
+
+
 def _error_line(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
+    where = ".".join(str(p) for p in first["loc"] if p not in _UNION_TAGS and "[" not in str(p))
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
+    return f"{where}: {message}" if where and not message.startswith(where) else message
 
 
 def build_config(raw: dict[str, Any]) -> KDNASConfig:

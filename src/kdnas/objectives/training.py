@@ -11,16 +11,30 @@ from transformers import get_linear_schedule_with_warmup
 from kdnas.objectives.batches import Encoded, batch_at, index_batches, predict_logits
 from kdnas.objectives.metrics import score
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(student_logits, labels, row_index) -> scalar``; ``row_index`` selects cached teacher targets."""
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""``loss(model, batch, labels, row_index, progress) -> scalar``: runs the forward pass itself.
+
+``row_index`` selects cached teacher targets; ``progress`` (0 → 1 over training) drives schedules.
+"""
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits, labels)
+class DivergedError(FloatingPointError):
+    """An epoch's mean loss grew far above the loss training started from."""
+
+
+DIVERGENCE_FACTOR = 10.0
+"""An epoch whose mean loss exceeds this multiple of the first step's loss has diverged."""
+
+
+def cross_entropy(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor, index: torch.Tensor, progress: float
+) -> torch.Tensor:
+    """Plain supervised training."""
+    return torch.nn.functional.cross_entropy(model(**batch).logits, labels)
 
 
 def evaluate(
@@ -44,35 +58,68 @@ def train(
     seed: int = 0,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int], None] | None = None,
+    extra_parameters: list[torch.nn.Parameter] | None = None,
+    state: dict | None = None,
+    on_state: Callable[[dict], None] | None = None,
 ) -> None:
     """Train ``model`` for ``epochs`` passes over ``data`` (a fractional last pass is allowed).
 
     ``on_epoch(epoch)`` runs after each full epoch (1-based), e.g. to evaluate and report.
-    Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
+    ``extra_parameters`` (e.g. the loss's own projections) are optimised alongside the model's.
+    ``on_state(state)`` runs after each full epoch, before ``on_epoch``, with the resumable training state (model,
+    extra parameters, optimizer, schedule, RNG, step, epoch); training passed ``state`` resumes after its epoch.
+    Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite, :class:`DivergedError` when an epoch's
+    mean loss exceeds ``DIVERGENCE_FACTOR`` × the first step's loss.
     """
     device = torch.device(device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters or [])
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    step = 0
-    for epoch in range(1, math.ceil(epochs) + 1):
+    extras = list(extra_parameters or [])
+    step, first_epoch, initial_loss = 0, 1, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for param, saved in zip(extras, state["extra"]):
+                param.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        step, first_epoch, initial_loss = state["step"], state["epoch"] + 1, state["initial_loss"]
+    for epoch in range(first_epoch, math.ceil(epochs) + 1):
         model.train()
+        losses = []
         for index in index_batches(len(data), batch_size, shuffle=True, generator=generator):
             if step >= total_steps:
                 break
-            logits = model(**batch_at(data, index, device)).logits
-            loss = loss_fn(logits, data.labels[index].to(device), index)
+            batch = batch_at(data, index, device)
+            loss = loss_fn(model, batch, data.labels[index].to(device), index, step / total_steps)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch})")
+            losses.append(loss.item())
+            initial_loss = losses[0] if initial_loss is None else initial_loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+        mean_loss = sum(losses) / max(1, len(losses))
+        if initial_loss is not None and mean_loss > DIVERGENCE_FACTOR * initial_loss:
+            raise DivergedError(
+                f"training diverged: mean loss {mean_loss:.4g} in epoch {epoch} is over {DIVERGENCE_FACTOR:g}x "
+                f"the initial loss {initial_loss:.4g}"
+            )
+        if on_state is not None:
+            on_state({
+                "model": model.state_dict(), "extra": extras, "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                "step": step, "epoch": epoch, "initial_loss": initial_loss,
+            })
         if on_epoch is not None:
             on_epoch(epoch)

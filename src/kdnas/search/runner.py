@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -22,16 +24,31 @@ from kdnas.data import TaskData, load_task
 from kdnas.objectives.batches import encode
 from kdnas.objectives.latency import measure_configured, resolve_device
 from kdnas.objectives.metrics import score
-from kdnas.objectives.teachers import cached_logits, fit_teacher, is_fitted, load_teacher, load_tokenizer
-from kdnas.search.searcher import FAILURE_ATTR, TRIAL_NUMBER_KEY, KDNASSearch
-from kdnas.search.study import create_or_load_study, mask_url, objective_names, open_storage
-from kdnas.search.trial import ERROR_KEY, LATENCY_KEY, TrialInputs, run_trial, student_dir
+from kdnas.objectives.teachers import (
+    cached_logits,
+    fit_teacher,
+    is_fitted,
+    load_teacher,
+    load_tokenizer,
+    shares_tokenizer,
+)
+from kdnas.search.checkpoint import load_state, save_state
+from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
+from kdnas.search.searcher import (
+    DRIVER_ATTR,
+    DRIVER_LOST,
+    FAILURE_ATTR,
+    TRIAL_NUMBER_KEY,
+    KDNASSearch,
+    counts_toward_budget,
+)
+from kdnas.search.study import HEARTBEAT_INTERVAL_S, create_or_load_study, mask_url, objective_names, open_storage
+from kdnas.search.trial import ERROR_KEY, INFEASIBLE_KEY, LATENCY_KEY, TrialInputs, run_trial, student_dir
 from kdnas.space import SearchSpace
+from kdnas.space.warm_start import WarmStartSource, warm_start_source
 
 logger = logging.getLogger(__name__)
 
-DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def driver_device() -> torch.device:
@@ -75,8 +92,67 @@ def teacher_reference(config: KDNASConfig, task: TaskData, cache_dir: Path) -> t
     return references, torch.stack(train_logits)
 
 
+def uses_intermediate_kd(config: KDNASConfig) -> bool:
+    """Whether any trial of this search may train with intermediate-layer KD (fixed on, or sampled)."""
+    return config.kd.intermediate.enabled or any(c != "off" for c in config.kd.space.intermediate or [])
+
+
+def intermediate_teachers(config: KDNASConfig, task: TaskData) -> tuple[tuple[str, Any], ...]:
+    """The teachers taking part in intermediate KD: those sharing the student's tokenizer.
+
+    A teacher named in ``kd.intermediate.teachers`` with another tokenizer is an error; by default such teachers
+    take part in logit KD only, with a warning.
+    """
+    if not uses_intermediate_kd(config):
+        return ()
+    student_tokenizer = load_tokenizer(config.student.tokenizer)
+    named = config.kd.intermediate.teachers
+    sample = task.texts("train")[:64]
+    chosen = []
+    for teacher_cfg in config.teachers:
+        if named is not None and teacher_cfg.name not in named:
+            continue
+        teacher = load_teacher(config, teacher_cfg, task.num_labels)
+        if shares_tokenizer(student_tokenizer, teacher.tokenizer, sample):
+            chosen.append((teacher.name, teacher.model))
+        elif named is not None:
+            raise ConfigError(
+                f"kd.intermediate.teachers: teacher {teacher_cfg.name!r} does not share the student's tokenizer "
+                f"({config.student.tokenizer!r}), so it cannot take part in intermediate KD"
+            )
+        else:
+            logger.warning("teacher %s has another tokenizer than the student: it takes part in logit KD only",
+                           teacher_cfg.name)
+    if not chosen:
+        raise ConfigError(
+            f"intermediate KD is on but no teacher shares the student's tokenizer ({config.student.tokenizer!r})"
+        )
+    logger.info("intermediate KD teachers (run on the fly in every trial): %s", ", ".join(n for n, _ in chosen))
+    return tuple(chosen)
+
+
+def latency_cache_dir(config: KDNASConfig) -> Path:
+    """Where students' latency measurements are cached: beside the teacher logits, shared by every study."""
+    return (Path(config.output_dir) / "cache" / "latency").resolve()
+
+
+def warm_start_teacher(config: KDNASConfig, task: TaskData) -> WarmStartSource | None:
+    """The weights of ``student.warm_start.teacher`` for every trial (None when warm start is off)."""
+    warm = config.student.warm_start
+    if warm.teacher is None:
+        return None
+    teacher_cfg = next(t for t in config.teachers if t.name == warm.teacher)
+    teacher = load_teacher(config, teacher_cfg, task.num_labels)
+    source = warm_start_source(
+        teacher.name, teacher.model, teacher.tokenizer, load_tokenizer(config.student.tokenizer), warm.layers
+    )
+    if source.unusable:
+        logger.warning("warm start is off: %s", source.unusable)
+    return source
+
+
 def prepare_inputs(config: KDNASConfig, task: TaskData, teacher_logits: torch.Tensor) -> TrialInputs:
-    """Tokenise the task for students once, for every trial."""
+    """Tokenise the task for students once, for every trial, and load the intermediate-KD teachers."""
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_length = config.data.max_seq_length
     return TrialInputs(
@@ -88,17 +164,38 @@ def prepare_inputs(config: KDNASConfig, task: TaskData, teacher_logits: torch.Te
         teacher_names=tuple(t.name for t in config.teachers),
         teacher_logits=teacher_logits,
         students_dir=str((Path(config.output_dir) / "students" / config.search.study_name).resolve()),
+        intermediate_teachers=intermediate_teachers(config, task),
+        latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
+        warm_start=warm_start_teacher(config, task),
     )
 
 
+def report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Report ``metrics`` to Tune with the training ``state`` as the trial's checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="kdnas-state-") as directory:
+        save_state(state, Path(directory))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def last_state() -> dict[str, Any] | None:
+    """The training state of this Tune trial's last checkpoint (a retried trial's), or None."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(Path(directory))
+
+
 def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
-    """The Ray Tune trainable: one student; any error is reported (with its reason) rather than raised."""
+    """The Ray Tune trainable: one student, checkpointed each epoch and resumed from its last checkpoint when
+    retried; any error is reported (with its reason) rather than raised."""
     resources = inputs.config.search.resources_per_trial
     torch.set_num_threads(max(1, int(resources.cpu)))
     use_gpu = resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     try:
-        run_trial(config, inputs, trial_number=config[TRIAL_NUMBER_KEY], device=device, report=tune.report)
+        run_trial(config, inputs, trial_number=config[TRIAL_NUMBER_KEY], device=device, report=tune.report,
+                  checkpoint=report_with_checkpoint, resume=last_state())
     except Exception as err:  # recorded as FAIL with this reason by KDNASSearch
         logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())
         reason = f"{type(err).__name__}: {err}"[:1000]
@@ -117,6 +214,8 @@ class ProgressLogger(tune.Callback):
         arch = "L{num_layers} A{num_heads}x{head_dim} F×{ffn_ratio}".format(**trial.config)
         if ERROR_KEY in result:
             logger.info("trial %s %s failed: %s", number, arch, result[ERROR_KEY])
+        elif INFEASIBLE_KEY in result:
+            logger.info("trial %s %s: %s", number, arch, result[INFEASIBLE_KEY])
         elif self.metric in result:
             logger.info(
                 "trial %s %s: %s=%.4f latency=%.2f ms (epoch %s, %.0f s)",
@@ -125,12 +224,50 @@ class ProgressLogger(tune.Callback):
             )
 
 
-def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    """Fail RUNNING trials left by a dead driver (reason: driver lost) and re-enqueue their params once.
+class SearchBookkeeping(tune.Callback):
+    """Keeps the driver's trials' heartbeats fresh and counts trials restarted after their worker died."""
 
-    Call only while no other driver runs this study.
+    def __init__(self, searcher: KDNASSearch, interval_s: float) -> None:
+        self.searcher, self.interval_s, self.last_beat = searcher, interval_s, time.monotonic()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self.last_beat >= self.interval_s:
+            self.searcher.record_heartbeats()
+            self.last_beat = time.monotonic()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        logger.info("trial %s: its worker died; restarting it", trial.config.get(TRIAL_NUMBER_KEY))
+        self.searcher.record_restart(trial.trial_id)
+
+
+def driver_gone(trial: optuna.trial.FrozenTrial, stale_ids: set[int]) -> bool:
+    """Whether the driver of a RUNNING trial is gone: its heartbeat is stale, it recorded none, or it ran on this
+    host and its process has exited."""
+    driver = trial.system_attrs.get(DRIVER_ATTR)
+    if trial._trial_id in stale_ids or driver is None:
+        return True
+    if driver["host"] != socket.gethostname():
+        return False  # judged by its heartbeat
+    if driver["pid"] == os.getpid():
+        return True  # an earlier search in this process, which has ended
+    try:
+        os.kill(driver["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return False
+
+
+def reconcile_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int:
+    """Fail RUNNING trials whose driver is gone (reason: driver lost) and re-enqueue their params once.
+
+    Trials of drivers still running (their process on this host, or a fresh heartbeat) are left alone, so several
+    drivers can share a study.
     """
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = set(storage._get_stale_trial_ids(study._study_id)) if storage.heartbeat_interval else set()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    orphans = [t for t in running if driver_gone(t, stale)]
     for trial in orphans:
         storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, DRIVER_LOST)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -140,12 +277,8 @@ def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage)
 
 
 def trials_left(study: optuna.Study, n_trials: int) -> int:
-    """The trial budget minus trials already finished (those failed by a lost driver are retried, not counted)."""
-    done = [
-        t for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)
-        if t.user_attrs.get(FAILURE_ATTR) != DRIVER_LOST
-    ]
-    return max(0, n_trials - len(done))
+    """The trial budget minus trials finished or running (those failed by a lost driver are retried, not counted)."""
+    return max(0, n_trials - sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False)))
 
 
 def init_ray(address: str | None) -> None:
@@ -188,12 +321,12 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     references, teacher_logits = teacher_reference(config, task, output_dir / "cache")
     for ref in references:
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
+    inputs = prepare_inputs(config, task, teacher_logits)  # the last check of the inputs: the study is untouched so far
     study.set_user_attr("teachers", references)
     study.set_user_attr("task", {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)})
     recorded = dump_config(config)
     recorded["search"]["storage"] = mask_url(url)
     study.set_user_attr("config", recorded)
-    inputs = prepare_inputs(config, task, teacher_logits)
 
     orphans = reconcile_orphans(study, storage)
     if orphans:
@@ -205,14 +338,17 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
 
     search = config.search
     init_ray(search.ray_address)
+    if scheduler is None:
+        scheduler = make_scheduler(config, LATENCY_KEY)
     searcher = KDNASSearch(
-        space=SearchSpace(config.student.space).suggest,
+        space=SearchSpace(config.student.space, config.kd.space).suggest,
         metric=objective_names(config),
         mode=["max", "min"],
         storage=storage,
         study_name=search.study_name,
         sampler=make_sampler(config),
-        latency_budget_ms=config.latency.budget_ms,
+        stop_reasons=scheduler.stop_reasons if isinstance(scheduler, LatencyAwareASHA) else None,
+        n_trials=config.search.n_trials,
     )
     resources = {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu}
     trainable = tune.with_resources(tune.with_parameters(train_student, inputs=inputs), resources)
@@ -223,18 +359,23 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             scheduler=scheduler,
             num_samples=remaining,
             max_concurrent_trials=search.max_concurrent_trials,
+            reuse_actors=True,  # a trial's worker imports torch and kdnas once, not once per trial
         ),
         run_config=tune.RunConfig(
             name=search.study_name,
             storage_path=search.storage_path or str(output_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            callbacks=[ProgressLogger(task.metric)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[ProgressLogger(task.metric), SearchBookkeeping(searcher, HEARTBEAT_INTERVAL_S / 2)],
             verbose=0,
         ),
     )
     started = time.perf_counter()
     tuner.fit()
     logger.info("search finished in %.0f s", time.perf_counter() - started)
+    leftovers = reconcile_orphans(study, storage)  # e.g. a trial whose creation lost its connection half-way
+    if leftovers:
+        logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)
     return study
 
 

@@ -2,26 +2,70 @@
 
 Stock ``OptunaSearch`` writes no user_attrs, stores students stopped early by a scheduler as COMPLETE with
 half-trained values, and leaves trials with NaN or missing metrics RUNNING forever. This subclass records the
-arch, latency details and student path, tells PRUNED for early-stopped students, tells FAIL with a reason for
-errors and bad metrics, and sets a latency constraint when a budget is configured.
+arch, latency details and student path, tells PRUNED for early-stopped students and for students over a budget
+(never trained), tells FAIL with a reason for errors and bad metrics, and stores the budgets' constraints. It
+also keeps the trial budget across drivers sharing the study, and marks each trial with its driver and a heartbeat
+so that a resumed driver can tell orphans from trials another live driver is running.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass, field
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, ERROR_KEY, LATENCY_KEY
+from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, ERROR_KEY, INFEASIBLE_KEY
 
 TRIAL_NUMBER_KEY = "kdnas_trial_number"
 FAILURE_ATTR = "failure_reason"
 PRUNED_ATTR = "pruned_reason"
+RESTARTS_ATTR = "restarts"
+DRIVER_ATTR = "kdnas:driver"
+DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
+
+logger = logging.getLogger(__name__)
+
+
+def this_driver() -> dict[str, Any]:
+    """The identity recorded on every trial this process runs."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+STORAGE_RETRIES = 5
+
+
+def retrying(operation: Callable[[], Any]) -> Any:
+    """Run a storage ``operation``, retrying it (on a fresh connection) when the connection drops mid-way."""
+    for attempt in range(1, STORAGE_RETRIES + 1):
+        try:
+            return operation()
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError) as err:
+            if attempt == STORAGE_RETRIES:
+                raise
+            logger.warning("storage error (retry %d of %d): %s", attempt, STORAGE_RETRIES - 1,
+                           str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            time.sleep(attempt)
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up the trial budget: every finished or running trial but those whose driver was lost."""
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get(FAILURE_ATTR, DRIVER_LOST) != DRIVER_LOST  # a FAIL with no reason: lost mid-tell
+    return trial.state != TrialState.WAITING
 
 
 @dataclass(frozen=True)
@@ -32,16 +76,26 @@ class Outcome:
     values: list[float] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
 
 
-def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str]) -> Outcome:
-    """Classify a Tune trial's last result into COMPLETE, PRUNED or FAIL (with a reason)."""
+def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str], restarts: int = 0) -> Outcome:
+    """Classify a Tune trial's last result into COMPLETE, PRUNED or FAIL (with a reason).
+
+    A student over a budget is PRUNED with its violated constraints: it has no metric, and as PRUNED it stays off
+    the Pareto front and out of the objectives' statistics, while TPE still learns from its constraints.
+    """
     result = result or {}
     attrs = json.loads(result[ATTRS_KEY]) if ATTRS_KEY in result else {}
+    constraints = json.loads(result[CONSTRAINTS_KEY]) if CONSTRAINTS_KEY in result else {}
     if ERROR_KEY in result:
         return Outcome(TrialState.FAIL, attrs=attrs, reason=str(result[ERROR_KEY]))
+    if INFEASIBLE_KEY in result:
+        return Outcome(TrialState.PRUNED, attrs=attrs, reason=str(result[INFEASIBLE_KEY]), constraints=constraints)
     if error:
-        return Outcome(TrialState.FAIL, attrs=attrs, reason="the trial's process failed (see the Ray trial logs)")
+        retried = f" after {restarts} restart(s)" if restarts else ""
+        reason = f"the trial's process failed{retried} (see the Ray trial logs)"
+        return Outcome(TrialState.FAIL, attrs=attrs, reason=reason)
     if not result.get(COMPLETED_KEY):
         epoch = result.get("epoch")
         where = f"after epoch {epoch}" if epoch is not None else "before its first evaluation"
@@ -50,37 +104,85 @@ def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str]
     bad = [m for m, v in zip(metrics, values) if not isinstance(v, (int, float)) or not math.isfinite(v)]
     if bad:
         return Outcome(TrialState.FAIL, attrs=attrs, reason=f"missing or non-finite metric(s): {', '.join(bad)}")
-    return Outcome(TrialState.COMPLETE, values=[float(v) for v in values], attrs=attrs)
+    return Outcome(TrialState.COMPLETE, values=[float(v) for v in values], attrs=attrs, constraints=constraints)
 
 
 class KDNASSearch(OptunaSearch):
-    """``OptunaSearch`` that writes user_attrs, PRUNED/FAIL states with reasons, and latency constraints."""
+    """``OptunaSearch`` that writes user_attrs, PRUNED/FAIL states with reasons, and budget constraints.
 
-    def __init__(self, *args: Any, latency_budget_ms: float | None = None, **kwargs: Any) -> None:
+    ``stop_reasons`` (Tune trial id → reason, filled by a scheduler) explains students stopped early.
+
+    With ``n_trials``, it stops suggesting once the study holds that many trials counting toward the budget
+    (see :func:`counts_toward_budget`), whichever driver ran them.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        stop_reasons: Mapping[str, str] | None = None,
+        n_trials: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._latency_budget_ms = latency_budget_ms
+        self._stop_reasons = stop_reasons if stop_reasons is not None else {}
+        self._n_trials = n_trials
+        self._restarts: dict[str, int] = {}
 
-    def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
+    def _budget_reached(self) -> bool:
+        trials = self._ot_study.get_trials(deepcopy=False)
+        return sum(counts_toward_budget(t) for t in trials) >= self._n_trials
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        return retrying(lambda: self._suggest(trial_id))
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
+        if self._n_trials is not None and trial_id not in self._ot_trials and self._budget_reached():
+            return Searcher.FINISHED
+        with warnings.catch_warnings():  # heartbeats are recorded by this searcher, not by Study.optimize
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            config = super().suggest(trial_id)
         if config is not None:
-            config[TRIAL_NUMBER_KEY] = self._ot_trials[trial_id].number
+            ot_trial = self._ot_trials[trial_id]
+            config[TRIAL_NUMBER_KEY] = ot_trial.number
+            self._ot_study._storage.set_trial_system_attr(ot_trial._trial_id, DRIVER_ATTR, this_driver())
+            self._ot_study._storage.record_heartbeat(ot_trial._trial_id)
         return config
+
+    def record_heartbeats(self) -> None:
+        """Mark every trial this driver still runs as alive in the storage."""
+        live = [t._trial_id for tid, t in self._ot_trials.items() if tid not in self._completed_trials]
+        try:
+            for ot_trial_id in live:
+                self._ot_study._storage.record_heartbeat(ot_trial_id)
+        except Exception as err:  # a lost connection is retried at the next beat (pool_pre_ping reconnects)
+            logger.warning("could not record heartbeats: %s", str(err).splitlines()[0] if str(err) else err)
+
+    def record_restart(self, trial_id: str) -> None:
+        """Count a restart of Tune trial ``trial_id`` after its worker died, in the study too."""
+        self._restarts[trial_id] = self._restarts.get(trial_id, 0) + 1
+        if trial_id in self._ot_trials:
+            retrying(lambda: self._ot_trials[trial_id].set_user_attr(RESTARTS_ATTR, self._restarts[trial_id]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
-        outcome = trial_outcome(result, error, list(self._metric))
-        try:
-            for key, value in outcome.attrs.items():
-                ot_trial.set_user_attr(key, value)
-            if outcome.reason:
-                reason_key = PRUNED_ATTR if outcome.state == TrialState.PRUNED else FAILURE_ATTR
-                ot_trial.set_user_attr(reason_key, outcome.reason)
-            if outcome.state == TrialState.COMPLETE and self._latency_budget_ms is not None:
-                latency = outcome.values[self._metric.index(LATENCY_KEY)]
-                ot_trial.set_constraint(LATENCY_KEY, latency - self._latency_budget_ms)
-            self._ot_study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # already told, e.g. before a restore
+        outcome = trial_outcome(result, error, list(self._metric), self._restarts.get(trial_id, 0))
+        if outcome.state == TrialState.PRUNED and trial_id in self._stop_reasons:
+            outcome = replace(outcome, reason=self._stop_reasons[trial_id])
+
+        def tell() -> None:
+            try:
+                for key, value in outcome.attrs.items():
+                    ot_trial.set_user_attr(key, value)
+                if outcome.reason:
+                    reason_key = PRUNED_ATTR if outcome.state == TrialState.PRUNED else FAILURE_ATTR
+                    ot_trial.set_user_attr(reason_key, outcome.reason)
+                for key, value in outcome.constraints.items():
+                    ot_trial.set_constraint(key, value)
+                self._ot_study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # already told, e.g. before a restore
+
+        retrying(tell)
         self._completed_trials.add(trial_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import warnings
 
 import optuna
@@ -13,6 +14,9 @@ from kdnas.config import ConfigError, KDNASConfig
 from kdnas.search.trial import LATENCY_KEY
 
 SQLITE_LOCK_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10
+HEARTBEAT_INTERVAL_S = 30
+"""Drivers record a heartbeat on their running trials this often; after 4 intervals without one a trial is an orphan."""
 
 
 def mask_url(url: str) -> str:
@@ -24,16 +28,28 @@ def mask_url(url: str) -> str:
 
 
 def open_storage(url: str) -> RDBStorage:
-    """An Optuna RDB storage for ``url``: a lock timeout for SQLite, ``pool_pre_ping`` for servers."""
+    """An Optuna RDB storage for ``url`` with trial heartbeats: a lock timeout for SQLite; ``pool_pre_ping`` (a dropped
+    connection is replaced) and a connect timeout for servers."""
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    elif url.startswith("postgresql"):
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as err:  # sqlalchemy raises many kinds; all mean the same to the user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                  grace_period=4 * HEARTBEAT_INTERVAL_S)
+        except Exception as err:  # sqlalchemy raises many kinds; all mean the same to the user
+            attempt += 1
+            if isinstance(err, sqlalchemy.exc.IntegrityError) and attempt < 3:  # drivers racing to create tables
+                time.sleep(attempt)
+                continue
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
 
 
 def objective_names(config: KDNASConfig) -> list[str]:

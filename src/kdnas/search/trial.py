@@ -12,22 +12,31 @@ from typing import Any
 
 import torch
 
-from kdnas.config import KDNASConfig
+from transformers import PreTrainedModel
+
+from kdnas.config import KDConfig, KDNASConfig
 from kdnas.objectives.batches import Encoded
-from kdnas.objectives.combiners import combined_target, make_combiner
-from kdnas.objectives.latency import measure_configured
-from kdnas.objectives.losses import kd_loss
+from kdnas.objectives.distillation import Distillation
+from kdnas.objectives.intermediate import IntermediateDistiller
+from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.teachers import load_tokenizer
 from kdnas.objectives.training import evaluate, train
 from kdnas.space import StudentArch
+from kdnas.space.search_space import kd_recipe
+from kdnas.space.warm_start import WarmStartSource, apply_warm_start
 
 LATENCY_KEY = "latency_ms"
 COMPLETED_KEY = "kdnas_completed"
 ERROR_KEY = "kdnas_error"
 ATTRS_KEY = "kdnas_attrs"
+INFEASIBLE_KEY = "kdnas_infeasible"
+CONSTRAINTS_KEY = "kdnas_constraints"
+PARAMS_CONSTRAINT = "params"
 STUDENT_FILES = ("config.json", "model.safetensors")
 
 Report = Callable[[dict[str, Any]], None]
+Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]
+"""``checkpoint(metrics, state)``: report ``metrics`` together with the resumable training ``state``."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class TrialInputs:
     teacher_names: tuple[str, ...]
     teacher_logits: torch.Tensor  # [K, N_train, C], row-aligned with ``train``
     students_dir: str  # absolute
+    intermediate_teachers: tuple[tuple[str, PreTrainedModel], ...] = ()  # those sharing the student's tokenizer
+    latency_cache_dir: str | None = None  # absolute; None: measure every student afresh
+    warm_start: WarmStartSource | None = None  # the teacher students are initialised from
 
     @property
     def num_labels(self) -> int:
@@ -58,13 +70,59 @@ def student_dir(inputs: TrialInputs, trial_number: int) -> Path:
     return Path(inputs.students_dir) / f"trial-{trial_number:04d}"
 
 
+def budget_constraints(config: KDNASConfig, latency_ms: float, params: int) -> dict[str, float]:
+    """Optuna constraints (feasible when ≤ 0) for the configured budgets: latency and total parameter count."""
+    constraints = {}
+    if config.latency.budget_ms is not None:
+        constraints[LATENCY_KEY] = latency_ms - config.latency.budget_ms
+    if config.student.max_params is not None:
+        constraints[PARAMS_CONSTRAINT] = float(params - config.student.max_params)
+    return constraints
+
+
+def _infeasible_reason(config: KDNASConfig, constraints: dict[str, float], latency_ms: float, params: int) -> str:
+    over = []
+    if constraints.get(LATENCY_KEY, 0) > 0:
+        over.append(f"latency {latency_ms:.3g} ms > budget {config.latency.budget_ms:g} ms")
+    if constraints.get(PARAMS_CONSTRAINT, 0) > 0:
+        over.append(f"{params:,} parameters > student.max_params {config.student.max_params:,}")
+    return f"infeasible, not trained: {'; '.join(over)}"
+
+
+def _intermediate(
+    kd: KDConfig, arch: StudentArch, model: torch.nn.Module, inputs: TrialInputs, device: torch.device
+) -> IntermediateDistiller | None:
+    """The intermediate-layer distiller of this trial's recipe, or None when intermediate KD is off."""
+    if not kd.intermediate.enabled:
+        return None
+    wanted = kd.intermediate.teachers
+    teachers = [(name, m) for name, m in inputs.intermediate_teachers if wanted is None or name in wanted]
+    distiller = IntermediateDistiller(
+        kd.intermediate, student_hidden=arch.hidden_size, student_layers=arch.num_layers, teachers=teachers
+    )
+    if distiller.wants_attentions:
+        model.set_attn_implementation("eager")  # only eager attention returns the maps
+    return distiller.to_device(device)
+
+
 def run_trial(
-    params: dict[str, Any], inputs: TrialInputs, *, trial_number: int, device: torch.device | str, report: Report
+    params: dict[str, Any],
+    inputs: TrialInputs,
+    *,
+    trial_number: int,
+    device: torch.device | str,
+    report: Report,
+    checkpoint: Checkpoint | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one student with multi-teacher logit KD and report ``{metric, latency_ms, epoch}`` after each epoch.
 
     The last report also carries ``kdnas_completed`` and ``kdnas_attrs`` (JSON: arch, params, FLOPs, latency
-    details, KD recipe, student path), and is returned. Errors propagate to the caller.
+    details, KD recipe, warm start, student path) and ``kdnas_constraints``, and is returned. A student over a
+    latency or size budget is measured, not trained: its only report carries ``kdnas_infeasible`` (the reason).
+    Errors propagate to the caller.
+    With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
+    state) continues training after its epoch.
     """
     config = inputs.config
     arch = StudentArch.from_dict(params)
@@ -75,20 +133,37 @@ def run_trial(
     model.config.id2label = dict(enumerate(inputs.label_names))
     model.config.label2id = {name: i for i, name in enumerate(inputs.label_names)}
 
-    latency = measure_configured(
-        model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len
+    latency = measure_cached(
+        model,
+        model_key={"arch": arch.to_dict(), "vocab_size": len(tokenizer), "num_labels": inputs.num_labels},
+        vocab_size=len(tokenizer),
+        settings=config.latency,
+        seq_len=config.latency_seq_len,
+        cache_dir=Path(inputs.latency_cache_dir) if inputs.latency_cache_dir else None,
     )
+    cost = {
+        "arch": arch.to_dict(),
+        "arch_summary": arch.summary,
+        "params": sum(p.numel() for p in model.parameters()),
+        "encoder_params": sum(p.numel() for p in model.bert.encoder.parameters()),
+        "flops": arch.encoder_flops(config.latency_seq_len),
+        "latency": latency.to_dict(),
+    }
+    constraints = budget_constraints(config, latency.median_ms, cost["params"])
+    if any(v > 0 for v in constraints.values()):  # latency first: an infeasible student is never trained
+        reason = _infeasible_reason(config, constraints, latency.median_ms, cost["params"])
+        result = {inputs.metric: math.nan, LATENCY_KEY: latency.median_ms, "epoch": 0, INFEASIBLE_KEY: reason,
+                  CONSTRAINTS_KEY: json.dumps(constraints), ATTRS_KEY: json.dumps({**cost, "epochs_trained": 0})}
+        report(dict(result))
+        return result
+    warm_start = None if inputs.warm_start is None else apply_warm_start(model, inputs.warm_start)
     device = torch.device(device)
     started_at = time.time()
-    kd, training = config.kd, config.training
-    combiner = make_combiner(kd)
-    teacher_logits = inputs.teacher_logits.to(device)
-
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        target = combined_target(combiner, teacher_logits[:, index.to(device)], labels, logits, kd.temperature)
-        return kd_loss(logits, target, labels, alpha=kd.alpha, temperature=kd.temperature)
+    kd, training = kd_recipe(config.kd, params), config.training
+    distillation = Distillation(kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device))
 
     result: dict[str, Any] = {}
+    last_state: dict[str, Any] = {}
 
     def on_epoch(epoch: int) -> None:
         value = evaluate(model, inputs.eval, inputs.metric, device=device)
@@ -96,13 +171,16 @@ def run_trial(
             raise FloatingPointError(f"{inputs.metric} is {value} after epoch {epoch}")
         result.clear()
         result.update({inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch})
-        if epoch < training.epochs:
+        if epoch < training.epochs and checkpoint is not None:
+            checkpoint(dict(result), last_state)
+        elif epoch < training.epochs:
             report(dict(result))
 
     train(
         model,
         inputs.train,
-        loss_fn=loss_fn,
+        loss_fn=distillation,
+        extra_parameters=distillation.parameters(),
         epochs=training.epochs,
         batch_size=training.batch_size,
         learning_rate=training.learning_rate,
@@ -111,7 +189,10 @@ def run_trial(
         seed=training.seed,
         device=device,
         on_epoch=on_epoch,
+        state=resume,
+        on_state=None if checkpoint is None else lambda state: last_state.update(state),
     )
+    model.set_attn_implementation("sdpa")  # eager attention was only needed to read attention maps in training
     out = student_dir(inputs, trial_number)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -119,13 +200,9 @@ def run_trial(
     if missing:  # save_pretrained only logs when ``out`` is not a usable directory
         raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
     attrs = {
-        "arch": arch.to_dict(),
-        "arch_summary": arch.summary,
-        "params": sum(p.numel() for p in model.parameters()),
-        "encoder_params": sum(p.numel() for p in model.bert.encoder.parameters()),
-        "flops": arch.encoder_flops(config.latency_seq_len),
-        "latency": latency.to_dict(),
-        "kd": kd.model_dump(mode="json"),
+        **cost,
+        "warm_start": warm_start,
+        "kd": distillation.record(),
         "teachers": list(inputs.teacher_names),
         "epochs_trained": training.epochs,
         "train_device": str(device),
@@ -133,6 +210,6 @@ def run_trial(
         "train_finished_at": time.time(),
         "student_path": str(out),
     }
-    result.update({COMPLETED_KEY: True, ATTRS_KEY: json.dumps(attrs)})
+    result.update({COMPLETED_KEY: True, CONSTRAINTS_KEY: json.dumps(constraints), ATTRS_KEY: json.dumps(attrs)})
     report(dict(result))
     return result

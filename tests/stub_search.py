@@ -1,0 +1,46 @@
+"""The real search driver (KDNASSearch, OptunaSearch, Ray Tune, the study) with trivial trials and no teachers.
+
+As a script: ``python stub_search.py kdnas-arguments…`` runs ``kdnas`` with :func:`use_stub_trials` applied.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import ray.cloudpickle
+import torch
+from ray import tune
+
+from kdnas.search import runner
+from kdnas.search.searcher import TRIAL_NUMBER_KEY
+from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY, TrialInputs
+
+if __name__ != "__main__":
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+
+
+def stub_student(config: dict, inputs: TrialInputs) -> None:
+    """A trial that reports a made-up finished student at once."""
+    number = config[TRIAL_NUMBER_KEY]
+    attrs = {"arch_summary": f"L{config['num_layers']}", "stub": True}
+    tune.report({inputs.metric: 0.5 + number / 1e4, LATENCY_KEY: 1.0 + config["num_layers"], "epoch": 1,
+                 COMPLETED_KEY: True, ATTRS_KEY: json.dumps(attrs)})
+
+
+def use_stub_trials(monkeypatch=None) -> None:
+    """Make ``run_search`` skip teachers and run :func:`stub_student` trials (``monkeypatch`` undoes it)."""
+    stubs = {"fit_teachers": lambda *a, **k: [], "teacher_reference": lambda *a, **k: ([], torch.zeros(1, 1, 2)),
+             "train_student": stub_student}
+    for name, value in stubs.items():
+        if monkeypatch is None:
+            setattr(runner, name, value)
+        else:
+            monkeypatch.setattr(runner, name, value)
+
+
+if __name__ == "__main__":
+    from kdnas.cli import main
+
+    use_stub_trials()
+    sys.exit(main(sys.argv[1:]))
