@@ -231,3 +231,26 @@ def test_only_teachers_with_the_students_tokenizer_share_it():
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
     other = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]")
     assert not shares_tokenizer(minilm, other, texts)
+
+
+def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
+    from kdnas.search.checkpoint import load_state, save_state
+
+    def distillation(teacher):
+        inter = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map="emd"), student_hidden=16,
+                                      student_layers=2, teachers=[("t", teacher)])
+        return Distillation(KDConfig(intermediate=IntermediateConfig(enabled=True, layer_map="emd")),
+                            torch.randn(1, 3, 2), inter)
+
+    teacher, student = _bert(hidden=24, layers=3, heads=3), _bert(hidden=16, layers=2, heads=2, seed=5)
+    student.set_attn_implementation("eager")
+    first = distillation(teacher)
+    first(student, _batch(), torch.tensor([0, 1, 1]), torch.arange(3), 0.0)
+    save_state({"loss": first.state()}, tmp_path)
+    resumed = distillation(teacher)
+    resumed.load_state(load_state(tmp_path)["loss"])
+    before, after = first.intermediate.teachers[0].emd, resumed.intermediate.teachers[0].emd
+    assert not np.allclose(before.student_weights["hidden"], 0.5)  # the step moved them
+    for kind in ("hidden", "attention"):
+        assert np.allclose(after.student_weights[kind], before.student_weights[kind])
+        assert np.allclose(after.teacher_weights[kind], before.teacher_weights[kind])

@@ -57,6 +57,15 @@ class Distillation:
                 loss = loss + beta * inter(outputs, batch)
         return loss
 
+    def state(self) -> dict[str, Any]:
+        """The loss's own non-parameter state (EMD layer weights), to checkpoint with the training state."""
+        return {"emd": self.intermediate.emd_state() if self.intermediate is not None else {}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a state saved by :meth:`state`."""
+        if self.intermediate is not None:
+            self.intermediate.load_emd_state(state.get("emd", {}))
+
     def record(self) -> dict[str, Any]:
         """What the trial's ``kd`` user_attr records: the recipe, plus layer maps / EMD weights when used."""
         recipe = self.kd.model_dump(mode="json", exclude={"space"})

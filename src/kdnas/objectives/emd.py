@@ -72,10 +72,15 @@ class EMDLayerMapping:
             raise ValueError("no costs given")
         return total
 
-    def state(self) -> dict[str, dict[str, list[float]]]:
-        """The current layer weights, rounded, for the trial's record."""
+    def state_dict(self) -> dict[str, dict[str, list[float]]]:
+        """The current layer weights per kind, as plain lists (for records and checkpoints)."""
         return {
-            kind: {"student": np.round(self.student_weights[kind], 4).tolist(),
-                   "teacher": np.round(self.teacher_weights[kind], 4).tolist()}
+            kind: {"student": self.student_weights[kind].tolist(), "teacher": self.teacher_weights[kind].tolist()}
             for kind in self.student_weights
         }
+
+    def load_state_dict(self, state: dict[str, dict[str, list[float]]]) -> None:
+        """Restore layer weights saved by :meth:`state_dict`."""
+        for kind, weights in state.items():
+            self.student_weights[kind] = np.asarray(weights["student"], dtype=np.float64)
+            self.teacher_weights[kind] = np.asarray(weights["teacher"], dtype=np.float64)

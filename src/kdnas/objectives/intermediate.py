@@ -166,8 +166,22 @@ class IntermediateDistiller(torch.nn.Module):
         return costs
 
     def record(self) -> dict[str, dict]:
-        """Per teacher: its fixed layer map, or its EMD layer weights at the end of training."""
+        """Per teacher: its fixed layer map, or its EMD layer weights (rounded) at the end of training."""
         return {
-            t.name: {"layer_map": t.layers} if t.emd is None else {"layer_map": "emd", "emd_weights": t.emd.state()}
+            t.name: {"layer_map": t.layers} if t.emd is None else {
+                "layer_map": "emd",
+                "emd_weights": {kind: {side: [round(w, 4) for w in ws] for side, ws in sides.items()}
+                                for kind, sides in t.emd.state_dict().items()},
+            }
             for t in self.teachers
         }
+
+    def emd_state(self) -> dict[str, dict]:
+        """The EMD layer weights of every teacher matched by EMD (to checkpoint; projections are parameters)."""
+        return {t.name: t.emd.state_dict() for t in self.teachers if t.emd is not None}
+
+    def load_emd_state(self, state: dict[str, dict]) -> None:
+        """Restore EMD layer weights saved by :meth:`emd_state`."""
+        for teacher in self.teachers:
+            if teacher.emd is not None and teacher.name in state:
+                teacher.emd.load_state_dict(state[teacher.name])

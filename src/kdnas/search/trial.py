@@ -161,6 +161,8 @@ def run_trial(
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
     distillation = Distillation(kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device))
+    if resume is not None and "loss" in resume:
+        distillation.load_state(resume["loss"])
 
     result: dict[str, Any] = {}
     last_state: dict[str, Any] = {}
@@ -190,7 +192,7 @@ def run_trial(
         device=device,
         on_epoch=on_epoch,
         state=resume,
-        on_state=None if checkpoint is None else lambda state: last_state.update(state),
+        on_state=None if checkpoint is None else lambda state: last_state.update(state, loss=distillation.state()),
     )
     model.set_attn_implementation("sdpa")  # eager attention was only needed to read attention maps in training
     out = student_dir(inputs, trial_number)
