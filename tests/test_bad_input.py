@@ -70,8 +70,12 @@ CASES = {
     "bad storage URL": (["search", "--storage", "notadb://nowhere"], "cannot open storage notadb://nowhere"),
     "study with other objective directions": (["search", "--study-name", "other-directions"],
                                               "study 'other-directions' already exists with objectives"),
-    "latency budget below every student": (["export", "--latency-budget-ms", "1e-9"],
-                                           "no completed student within latency ≤ 1e-09 ms"),
+    "latency budget below every student (search)": (
+        ["search", "TEACHER:own-tokenizer", "--set", "latency.budget_ms=1e-6"],
+        "no student of student.space fits the budget: even the smallest, L1-H32-A2-F32, has latency ",
+    ),
+    "latency budget below every student (export)": (["export", "--latency-budget-ms", "1e-9"],
+                                                    "no completed student within latency ≤ 1e-09 ms"),
     "export of a FAIL trial": (["export", "--trial", "1"], "trial 1 is FAIL, not COMPLETE"),
     "unknown study": (["report", "--study-name", "nope"], "no study 'nope' in sqlite:///"),
     "tokenizer mismatch with intermediate KD on": (

@@ -21,7 +21,7 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from kdnas.config import build_config
+from kdnas.config import ConfigError, build_config
 from kdnas.dashboards.pareto import pareto_front
 from kdnas.search.runner import DRIVER_LOST, run_search
 from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
@@ -126,13 +126,12 @@ def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_
             "_attn_implementation", "sdpa") != "eager"
 
 
-def test_tight_latency_budget_leaves_students_infeasible_and_untrained(run_dir, ray_session):
-    study = run_search(_config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1}))
-    (trial,) = study.trials
-    assert trial.state == TrialState.PRUNED and trial.constraints["latency_ms"] > 0
-    assert trial.user_attrs[PRUNED_ATTR].startswith("infeasible, not trained: latency ")
-    assert trial.user_attrs["epochs_trained"] == 0 and "student_path" not in trial.user_attrs
-    assert pareto_front(study) == []
+def test_latency_budget_below_every_student_is_refused_before_the_study_is_touched(run_dir, ray_session):
+    config = _config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1})
+    with pytest.raises(ConfigError, match=r"^no student of student.space fits the budget: even the smallest, "
+                                          r"L1-H16-A2-F16, has latency [\d.e-]+ ms > budget 1e-06 ms$"):
+        run_search(config)
+    assert load_study(config.storage_url, config.search.study_name).trials == []
 
 
 def test_raising_trial_fails_with_its_reason(run_dir, ray_session, storage):

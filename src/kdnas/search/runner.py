@@ -43,8 +43,17 @@ from kdnas.search.searcher import (
     counts_toward_budget,
 )
 from kdnas.search.study import HEARTBEAT_INTERVAL_S, create_or_load_study, mask_url, objective_names, open_storage
-from kdnas.search.trial import ERROR_KEY, INFEASIBLE_KEY, LATENCY_KEY, TrialInputs, run_trial, student_dir
+from kdnas.search.trial import (
+    ERROR_KEY,
+    INFEASIBLE_KEY,
+    LATENCY_KEY,
+    TrialInputs,
+    build_and_measure,
+    run_trial,
+    student_dir,
+)
 from kdnas.space import SearchSpace
+from kdnas.space.search_space import smallest_student
 from kdnas.space.warm_start import WarmStartSource, warm_start_source
 
 logger = logging.getLogger(__name__)
@@ -168,6 +177,17 @@ def prepare_inputs(config: KDNASConfig, task: TaskData, teacher_logits: torch.Te
         latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
         warm_start=warm_start_teacher(config, task),
     )
+
+
+def check_budgets_reachable(inputs: TrialInputs) -> None:
+    """Refuse a latency or size budget that even the space's smallest student exceeds (every trial would be wasted)."""
+    config = inputs.config
+    if config.latency.budget_ms is None and config.student.max_params is None:
+        return
+    arch = smallest_student(config.student.space)
+    over = build_and_measure(arch, inputs).over_budget
+    if over:
+        raise ConfigError(f"no student of student.space fits the budget: even the smallest, {arch.summary}, has {over}")
 
 
 def report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
@@ -321,7 +341,8 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     references, teacher_logits = teacher_reference(config, task, output_dir / "cache")
     for ref in references:
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
-    inputs = prepare_inputs(config, task, teacher_logits)  # the last check of the inputs: the study is untouched so far
+    inputs = prepare_inputs(config, task, teacher_logits)  # the last checks of the inputs: the study is untouched so far
+    check_budgets_reachable(inputs)
     study.set_user_attr("teachers", references)
     study.set_user_attr("task", {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)})
     recorded = dump_config(config)

@@ -18,6 +18,7 @@ from kdnas.config import KDConfig, KDNASConfig
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller
+from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.teachers import load_tokenizer
 from kdnas.objectives.training import evaluate, train
@@ -80,13 +81,56 @@ def budget_constraints(config: KDNASConfig, latency_ms: float, params: int) -> d
     return constraints
 
 
-def _infeasible_reason(config: KDNASConfig, constraints: dict[str, float], latency_ms: float, params: int) -> str:
+def over_budget(config: KDNASConfig, constraints: dict[str, float], latency_ms: float, params: int) -> str:
+    """What a student exceeds, e.g. ``latency 3.2 ms > budget 1 ms`` (empty when it is feasible)."""
     over = []
     if constraints.get(LATENCY_KEY, 0) > 0:
         over.append(f"latency {latency_ms:.3g} ms > budget {config.latency.budget_ms:g} ms")
     if constraints.get(PARAMS_CONSTRAINT, 0) > 0:
         over.append(f"{params:,} parameters > student.max_params {config.student.max_params:,}")
-    return f"infeasible, not trained: {'; '.join(over)}"
+    return "; ".join(over)
+
+
+@dataclass(frozen=True)
+class MeasuredStudent:
+    """A freshly built student with its cost (parameters, FLOPs, measured latency) and budget constraints."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    latency: LatencyResult
+    cost: dict[str, Any]
+    constraints: dict[str, float]
+    over_budget: str  # empty when feasible
+
+
+def build_and_measure(arch: StudentArch, inputs: TrialInputs) -> MeasuredStudent:
+    """Build ``arch`` as an HF classifier and measure it (latency cached), before any training."""
+    config = inputs.config
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    torch.manual_seed(config.training.seed)
+    max_positions = max(config.data.max_seq_length, config.latency_seq_len)
+    model = arch.build(tokenizer, inputs.num_labels, max_positions=max_positions)
+    model.config.id2label = dict(enumerate(inputs.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(inputs.label_names)}
+    latency = measure_cached(
+        model,
+        model_key={"arch": arch.to_dict(), "vocab_size": len(tokenizer), "num_labels": inputs.num_labels},
+        vocab_size=len(tokenizer),
+        settings=config.latency,
+        seq_len=config.latency_seq_len,
+        cache_dir=Path(inputs.latency_cache_dir) if inputs.latency_cache_dir else None,
+    )
+    cost = {
+        "arch": arch.to_dict(),
+        "arch_summary": arch.summary,
+        "params": sum(p.numel() for p in model.parameters()),
+        "encoder_params": sum(p.numel() for p in model.bert.encoder.parameters()),
+        "flops": arch.encoder_flops(config.latency_seq_len),
+        "latency": latency.to_dict(),
+    }
+    constraints = budget_constraints(config, latency.median_ms, cost["params"])
+    over = over_budget(config, constraints, latency.median_ms, cost["params"])
+    return MeasuredStudent(model, tokenizer, latency, cost, constraints, over)
 
 
 def _intermediate(
@@ -126,32 +170,12 @@ def run_trial(
     """
     config = inputs.config
     arch = StudentArch.from_dict(params)
-    tokenizer = load_tokenizer(config.student.tokenizer)
-    torch.manual_seed(config.training.seed)
-    max_positions = max(config.data.max_seq_length, config.latency_seq_len)
-    model = arch.build(tokenizer, inputs.num_labels, max_positions=max_positions)
-    model.config.id2label = dict(enumerate(inputs.label_names))
-    model.config.label2id = {name: i for i, name in enumerate(inputs.label_names)}
-
-    latency = measure_cached(
-        model,
-        model_key={"arch": arch.to_dict(), "vocab_size": len(tokenizer), "num_labels": inputs.num_labels},
-        vocab_size=len(tokenizer),
-        settings=config.latency,
-        seq_len=config.latency_seq_len,
-        cache_dir=Path(inputs.latency_cache_dir) if inputs.latency_cache_dir else None,
+    student = build_and_measure(arch, inputs)
+    model, tokenizer, latency, cost, constraints = (
+        student.model, student.tokenizer, student.latency, student.cost, student.constraints
     )
-    cost = {
-        "arch": arch.to_dict(),
-        "arch_summary": arch.summary,
-        "params": sum(p.numel() for p in model.parameters()),
-        "encoder_params": sum(p.numel() for p in model.bert.encoder.parameters()),
-        "flops": arch.encoder_flops(config.latency_seq_len),
-        "latency": latency.to_dict(),
-    }
-    constraints = budget_constraints(config, latency.median_ms, cost["params"])
-    if any(v > 0 for v in constraints.values()):  # latency first: an infeasible student is never trained
-        reason = _infeasible_reason(config, constraints, latency.median_ms, cost["params"])
+    if student.over_budget:  # latency first: an infeasible student is never trained
+        reason = f"infeasible, not trained: {student.over_budget}"
         result = {inputs.metric: math.nan, LATENCY_KEY: latency.median_ms, "epoch": 0, INFEASIBLE_KEY: reason,
                   CONSTRAINTS_KEY: json.dumps(constraints), ATTRS_KEY: json.dumps({**cost, "epochs_trained": 0})}
         report(dict(result))

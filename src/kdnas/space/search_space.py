@@ -41,6 +41,16 @@ class SearchSpace:
         return params
 
 
+def smallest_student(config: SpaceConfig) -> StudentArch:
+    """The space's cheapest student: fewest layers, narrowest width, smallest FFN (the fastest and smallest)."""
+    return StudentArch(
+        num_layers=config.depth.min,
+        num_heads=min(config.heads),
+        head_dim=min(config.head_dim),
+        ffn_ratio=min(config.ffn_ratio),
+    )
+
+
 def kd_recipe(kd: KDConfig, params: dict[str, Any]) -> KDConfig:
     """``kd`` with the recipe choices sampled in ``params`` (``kd_*`` keys) applied."""
     update: dict[str, Any] = {}
