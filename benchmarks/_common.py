@@ -1,0 +1,120 @@
+"""Shared helpers of the benchmark scripts: where SST-2 is, its config sections, common flags, machine facts, JSON
+results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SST2_ENV = "KDNAS_SST2_DIR"
+DEFAULT_SST2 = REPO / ".." / "shared" / "data" / "sst2"
+
+
+def sst2_dir(cli_value: str | None) -> Path | None:
+    """The SST-2 folder (``train.tsv`` + ``dev.tsv``) from the flag, ``$KDNAS_SST2_DIR`` or beside the checkout."""
+    directory = Path(cli_value or os.environ.get(SST2_ENV) or DEFAULT_SST2).resolve()
+    return directory if (directory / "train.tsv").is_file() and (directory / "dev.tsv").is_file() else None
+
+
+def skip(name: str, reason: str) -> None:
+    """Say why the benchmark is skipped and exit 0 (a missing dataset is not a failure)."""
+    print(f"{name}: skipped: {reason}")
+    sys.exit(0)
+
+
+def require_sst2(name: str, cli_value: str | None, *, configure_logging: bool = True) -> Path:
+    """The SST-2 folder (see :func:`sst2_dir`), or skip benchmark ``name`` cleanly (exit 0) when there is none.
+
+    With ``configure_logging`` (the default), INFO logging with timestamps is set up once the data is found.
+    """
+    data = sst2_dir(cli_value)
+    if data is None:
+        skip(name, "no SST-2 train.tsv/dev.tsv found (pass --data or set KDNAS_SST2_DIR)")
+    if configure_logging:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return data
+
+
+def sst2_sections(data: Path, train_samples: int, teacher_epochs: float = 1.0, *,
+                  gpt2_teacher: bool = True) -> dict[str, Any]:
+    """The ``data`` and ``teachers`` config sections shared by the benchmarks.
+
+    ``data``: SST-2 ``train.tsv``/``dev.tsv`` from ``data``, sequences of 64 tokens, ``train_samples`` training
+    examples. ``teachers``: MiniLM fine-tuned for ``teacher_epochs`` epochs and, with ``gpt2_teacher``, a small GPT-2
+    trained from scratch for 3 epochs.
+    """
+    teachers: list[dict[str, Any]] = [
+        {"name": "minilm", "model": "minilm", "fit": {"epochs": teacher_epochs, "learning_rate": 5e-5}},
+    ]
+    if gpt2_teacher:
+        teachers.append({"name": "gpt2", "model": "gpt2",
+                         "scratch": {"layers": 2, "hidden": 256, "heads": 4, "vocab_size": 8000},
+                         "fit": {"epochs": 3, "learning_rate": 5e-4}})
+    return {
+        "data": {"source": "files", "train_file": str(data / "train.tsv"), "validation_file": str(data / "dev.tsv"),
+                 "max_seq_length": 64, "max_train_samples": train_samples},
+        "teachers": teachers,
+    }
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, name: str, train_samples: int,
+                    output_dir: str | None = None) -> None:
+    """Add the flags every benchmark has: ``--data``, ``--train-samples`` (default ``train_samples``), ``--out``
+    (default ``benchmarks/results/<name>.json``) and, when ``output_dir`` is given, ``--output-dir`` (default
+    ``runs/<output_dir>`` in the checkout)."""
+    parser.add_argument("--data", help="SST-2 folder with train.tsv and dev.tsv (default: $KDNAS_SST2_DIR or "
+                                       "../shared/data/sst2 beside the checkout)")
+    parser.add_argument("--train-samples", type=int, default=train_samples)
+    if output_dir is not None:
+        parser.add_argument("--output-dir", default=str(REPO / "runs" / output_dir))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"{name}.json"))
+
+
+def parse_student(text: str) -> dict[str, int]:
+    """A student architecture from ``"layers,heads,head_dim,ffn_ratio"`` (e.g. ``"2,4,32,4"``)."""
+    layers, heads, head_dim, ffn = (int(v) for v in text.split(","))
+    return {"num_layers": layers, "num_heads": heads, "head_dim": head_dim, "ffn_ratio": ffn}
+
+
+def fit_teachers_timed(config: Any, task: Any) -> tuple[list[dict[str, Any]], torch.Tensor, float]:
+    """Fit ``config``'s teachers on ``task`` and cache their logits under ``<output_dir>/cache``.
+
+    Returns the teachers' reference records, their train logits and the seconds both steps took.
+    """
+    from kdnas.search.runner import fit_teachers, teacher_reference
+
+    started = time.perf_counter()
+    fit_teachers(config, task)
+    references, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache")
+    return references, teacher_logits, time.perf_counter() - started
+
+
+def machine() -> dict[str, Any]:
+    """Facts that make a figure comparable: CPU, cores, torch, date."""
+    from kdnas.objectives.latency import device_name
+
+    return {
+        "cpu": device_name(torch.device("cpu")),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_result(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus machine facts) as indented JSON at ``path``."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**payload, "machine": machine()}, indent=2))
+    return out
