@@ -7,6 +7,7 @@ import html
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -92,6 +93,25 @@ def importance_figures(study: optuna.Study, metric: str) -> list[go.Figure]:
     return figures
 
 
+def _scheduled(value: Any) -> str:
+    return f"{value['start']:g}→{value['end']:g}" if isinstance(value, dict) else f"{value:g}"
+
+
+def kd_summary(recipe: dict[str, Any]) -> str:
+    """A short label of a trial's recorded KD recipe, e.g. ``mean T=2 α=0.5 + EMD (β=1)``."""
+    if not recipe:
+        return ""
+    combiner = recipe.get("combiner", "")
+    if combiner == "weighted":
+        combiner += str(recipe.get("teacher_weights"))
+    label = f"{combiner} T={_scheduled(recipe['temperature'])} α={_scheduled(recipe['alpha'])}"
+    inter = recipe.get("intermediate") or {}
+    if inter.get("enabled"):
+        mapping = inter.get("layer_map")
+        label += f" + {'EMD' if mapping == 'emd' else f'layers {mapping}'} (β={_scheduled(inter.get('weight', 1.0))})"
+    return label
+
+
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
     """One flat row per trial: state, values, arch, KD recipe, failure or pruning reason."""
     rows = []
@@ -105,7 +125,7 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
             "arch": t.user_attrs.get("arch_summary", ""),
             **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
             "params": t.user_attrs.get("params"),
-            "kd": json.dumps(t.user_attrs["kd"], sort_keys=True) if "kd" in t.user_attrs else "",
+            "kd": kd_summary(t.user_attrs.get("kd", {})),
             "reason": t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or "",
         })
     return rows
