@@ -254,3 +254,29 @@ def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
     for kind in ("hidden", "attention"):
         assert np.allclose(after.student_weights[kind], before.student_weights[kind])
         assert np.allclose(after.teacher_weights[kind], before.teacher_weights[kind])
+
+
+def test_exposed_attention_maps_are_dropout_free_in_training_and_restored():
+    from kdnas.objectives.intermediate import expose_attention
+
+    student = _bert().train()  # attention dropout 0.1 would zero and rescale entries of the maps
+    batch = _batch()
+    restore = expose_attention(student)
+    maps = student(**batch, output_attentions=True).attentions[0]
+    valid = batch["attention_mask"][:, None, None, :].expand_as(maps).bool()
+    assert (maps[valid] > 0).all() and torch.allclose(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=1e-5)
+    restore()
+    assert student.config._attn_implementation == "sdpa"
+    assert student.bert.encoder.layer[0].attention.self.dropout.p == 0.1
+
+
+def test_attention_kl_by_hand():
+    from kdnas.objectives.intermediate import attention_kl
+
+    mask = torch.tensor([[1, 1, 0]])
+    teacher = torch.tensor([[[[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.3, 0.3, 0.4]]]])  # last row: a padded query
+    heads = torch.tensor([[[[0.2, 0.8, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]],
+                           [[0.6, 0.4, 0.0], [0.7, 0.3, 0.0], [0.0, 1.0, 0.0]]]])  # averages to [0.4, 0.6], [0.6, 0.4]
+    kl_rows = [0.5 * np.log(0.5 / 0.4) + 0.5 * np.log(0.5 / 0.6), 0.9 * np.log(0.9 / 0.6) + 0.1 * np.log(0.1 / 0.4)]
+    assert attention_kl(heads, teacher, mask).item() == pytest.approx(np.mean(kl_rows), rel=1e-5)
+    assert attention_kl(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-7)

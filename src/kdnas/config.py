@@ -175,9 +175,10 @@ class IntermediateConfig(_Section):
 
     enabled: bool = False
     teachers: list[str] | None = None
-    weight: Scheduled = 1.0
+    weight: Scheduled = 0.1
     hidden: float = Field(1.0, ge=0)
-    attention: float = Field(0.1, ge=0)  # scores are in logit units: about 10× the hidden MSE at init
+    attention: float = Field(1.0, ge=0)
+    attention_loss: Literal["kl", "mse"] = "kl"
     embedding: float = Field(1.0, ge=0)
     layer_map: Literal["uniform", "skip", "last", "emd"] | list[int] = "uniform"
     emd_separate: bool = False

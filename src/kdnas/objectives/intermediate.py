@@ -10,7 +10,7 @@ width, one per teacher, shared by its layers as in BERT-EMD). Attention maps are
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +63,39 @@ def attention_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
     pairs = (mask[:, :, None] * mask[:, None, :]).to(student.dtype)
     diff = attention_scores(student, mask) - attention_scores(teacher.to(student.dtype), mask)
     return (diff.pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
+def expose_attention(model: PreTrainedModel) -> Callable[[], None]:
+    """Make ``model`` return its own attention maps while it trains; returns a function that undoes it.
+
+    Only eager attention returns maps, and in training those maps come after attention dropout, which zeroes
+    entries (log 0 would swamp the score loss) and rescales the rest; so attention dropout is off meanwhile.
+    """
+    previous = model.config._attn_implementation
+    dropouts = [(m, m.p) for name, m in model.named_modules()
+                if isinstance(m, torch.nn.Dropout) and name.endswith("attention.self.dropout")]
+    model.set_attn_implementation("eager")
+    for module, _ in dropouts:
+        module.p = 0.0
+
+    def restore() -> None:
+        model.set_attn_implementation(previous)
+        for module, p in dropouts:
+            module.p = p
+
+    return restore
+
+
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher ‖ student)`` of head-averaged attention distributions, averaged over unmasked query rows.
+
+    MiniLM's attention transfer; averaging the heads' distributions lets head counts differ.
+    """
+    rows = mask.to(student.dtype)  # [B, L]
+    target = teacher.to(student.dtype).mean(dim=1)  # [B, L, L]
+    log_student = student.mean(dim=1).clamp_min(1e-12).log()
+    per_row = (target * (target.clamp_min(1e-12).log() - log_student)).sum(-1)  # masked keys have 0 target mass
+    return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
 
 
 @dataclass
@@ -147,8 +180,12 @@ class IntermediateDistiller(torch.nn.Module):
             if cfg.hidden > 0:
                 total = total + cfg.hidden * masked_mse(student_hidden[i], out.hidden_states[j], mask) / m
             if cfg.attention > 0:
-                total = total + cfg.attention * attention_mse(student.attentions[i - 1], out.attentions[j - 1], mask) / m
+                total = total + cfg.attention * self._attention_loss(student.attentions[i - 1], out.attentions[j - 1],
+                                                                     mask) / m
         return total
+
+    def _attention_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (attention_kl if self.config.attention_loss == "kl" else attention_mse)(student, teacher, mask)
 
     def _cost_matrices(self, student_hidden, student: ModelOutput, teacher: ModelOutput, mask) -> dict:
         cfg, costs = self.config, {}
@@ -160,7 +197,8 @@ class IntermediateDistiller(torch.nn.Module):
             ])
         if cfg.attention > 0:
             costs["attention"] = cfg.attention * torch.stack([
-                torch.stack([attention_mse(student.attentions[i], teacher.attentions[j], mask) for j in range(n)])
+                torch.stack([self._attention_loss(student.attentions[i], teacher.attentions[j], mask)
+                             for j in range(n)])
                 for i in range(m)
             ])
         return costs

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from kdnas.config import KDConfig, KDNASConfig
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.distillation import Distillation
-from kdnas.objectives.intermediate import IntermediateDistiller
+from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.teachers import load_tokenizer
@@ -144,8 +144,6 @@ def _intermediate(
     distiller = IntermediateDistiller(
         kd.intermediate, student_hidden=arch.hidden_size, student_layers=arch.num_layers, teachers=teachers
     )
-    if distiller.wants_attentions:
-        model.set_attn_implementation("eager")  # only eager attention returns the maps
     return distiller.to_device(device)
 
 
@@ -185,6 +183,8 @@ def run_trial(
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
     distillation = Distillation(kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device))
+    wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
+    restore_attention = expose_attention(model) if wants_attentions else None
     if resume is not None and "loss" in resume:
         distillation.load_state(resume["loss"])
 
@@ -218,7 +218,8 @@ def run_trial(
         state=resume,
         on_state=None if checkpoint is None else lambda state: last_state.update(state, loss=distillation.state()),
     )
-    model.set_attn_implementation("sdpa")  # eager attention was only needed to read attention maps in training
+    if restore_attention is not None:
+        restore_attention()
     out = student_dir(inputs, trial_number)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
