@@ -75,5 +75,5 @@ def test_kd_summary_labels_recipes_compactly():
                       intermediate={"enabled": True, "layer_map": "emd", "weight": 0.5})
     assert kd_summary(ramped.model_dump(mode="json")) == "weighted[3.0, 1.0] T=4→1 α=0.5 + EMD (β=0.5)"
     uniform = KDConfig(intermediate={"enabled": True})
-    assert kd_summary(uniform.model_dump(mode="json")) == "mean T=2 α=0.5 + layers uniform (β=1)"
+    assert kd_summary(uniform.model_dump(mode="json")) == "mean T=2 α=0.5 + layers uniform (β=0.1)"
     assert kd_summary({}) == ""
