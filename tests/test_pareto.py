@@ -77,3 +77,4 @@ def test_kd_summary_labels_recipes_compactly():
     uniform = KDConfig(intermediate={"enabled": True})
     assert kd_summary(uniform.model_dump(mode="json")) == "mean T=2 α=0.5 + layers uniform (β=0.1)"
     assert kd_summary({}) == ""
+    assert kd_summary({"combiner": "gradient"}) == "gradient"  # older or partial records

@@ -1,6 +1,9 @@
 """The Ray trainable's device placement and error reporting, and the driver's study bookkeeping (no Ray)."""
 
 import math
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -11,7 +14,7 @@ from ray import tune
 
 from kdnas.config import KDNASConfig, build_config, load_config
 from kdnas.search import runner
-from kdnas.search.searcher import FAILURE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.search.searcher import DRIVER_ATTR, FAILURE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search.trial import ERROR_KEY, TrialInputs
 
 
@@ -53,6 +56,11 @@ def test_orphans_are_failed_reenqueued_and_not_counted(tmp_path):
     study.tell(done, [0.5, 1.0])
     orphan = study.ask()
     orphan.suggest_int("num_layers", 1, 4)
+    # a trial no driver has claimed yet may belong to a driver between creating and claiming it: left alone
+    assert runner.reconcile_orphans(study, storage) == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage.set_trial_system_attr(orphan._trial_id, DRIVER_ATTR, {"host": socket.gethostname(), "pid": dead.pid})
     assert runner.reconcile_orphans(study, storage) == 1
     failed = study.trials[orphan.number]
     assert failed.state == TrialState.FAIL and failed.user_attrs[FAILURE_ATTR] == runner.DRIVER_LOST
@@ -60,6 +68,15 @@ def test_orphans_are_failed_reenqueued_and_not_counted(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in waiting] == [failed.params]
     assert waiting[0].user_attrs["retry_of"] == orphan.number
     assert runner.trials_left(study, 3) == 2
+
+
+def test_an_unclaimed_trial_is_an_orphan_only_after_the_grace(tmp_path, monkeypatch):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    study.ask()
+    assert runner.reconcile_orphans(study, storage) == 0
+    monkeypatch.setattr(runner, "UNCLAIMED_GRACE_S", -1.0)
+    assert runner.reconcile_orphans(study, storage) == 1
 
 
 def test_samplers_are_seeded_and_chosen_from_config():

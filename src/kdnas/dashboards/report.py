@@ -104,7 +104,11 @@ def kd_summary(recipe: dict[str, Any]) -> str:
     combiner = recipe.get("combiner", "")
     if combiner == "weighted":
         combiner += str(recipe.get("teacher_weights"))
-    label = f"{combiner} T={_scheduled(recipe['temperature'])} α={_scheduled(recipe['alpha'])}"
+    parts = [combiner]
+    for name, key in (("T", "temperature"), ("α", "alpha")):
+        if key in recipe:
+            parts.append(f"{name}={_scheduled(recipe[key])}")
+    label = " ".join(parts)
     inter = recipe.get("intermediate") or {}
     if inter.get("enabled"):
         mapping = inter.get("layer_map")

@@ -10,6 +10,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +261,20 @@ class SearchBookkeeping(tune.Callback):
         self.searcher.record_restart(trial.trial_id)
 
 
+UNCLAIMED_GRACE_S = 60.0
+"""A driver records itself on a trial right after creating it; a RUNNING trial still without one after this long
+was left by a driver that died in between."""
+
+
 def driver_gone(trial: optuna.trial.FrozenTrial, stale_ids: set[int]) -> bool:
-    """Whether the driver of a RUNNING trial is gone: its heartbeat is stale, it recorded none, or it ran on this
-    host and its process has exited."""
+    """Whether the driver of a RUNNING trial is gone: its heartbeat is stale, it never recorded itself (within
+    :data:`UNCLAIMED_GRACE_S`), or it ran on this host and its process has exited."""
     driver = trial.system_attrs.get(DRIVER_ATTR)
-    if trial._trial_id in stale_ids or driver is None:
+    if trial._trial_id in stale_ids:
         return True
+    if driver is None:  # another driver may be between creating this trial and recording itself on it
+        started = trial.datetime_start
+        return started is None or (datetime.now() - started).total_seconds() > UNCLAIMED_GRACE_S
     if driver["host"] != socket.gethostname():
         return False  # judged by its heartbeat
     if driver["pid"] == os.getpid():
