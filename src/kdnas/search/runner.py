@@ -381,6 +381,9 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         n_trials=config.search.n_trials,
     )
     resources = {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu}
+    # keeping one checkpoint per trial forces an experiment snapshot at each epoch; that is cheap here, so Tune's
+    # warning about it would only be noise on every search
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(tune.with_parameters(train_student, inputs=inputs), resources)
     tuner = tune.Tuner(
         trainable,
