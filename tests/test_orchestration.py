@@ -154,7 +154,7 @@ def test_nan_loss_fails_with_its_reason(run_dir, ray_session, storage):
 
 
 def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
-    config = _config(run_dir, "concurrent", storage, data={"demo_train_size": 400},
+    config = _config(run_dir, "concurrent", storage, data={"demo_train_size": 400}, training={"epochs": 12},
                      search={"n_trials": 4, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 0.5}})
     study = run_search(config)
     spans = sorted((t.user_attrs["train_started_at"], t.user_attrs["train_finished_at"]) for t in study.trials)
