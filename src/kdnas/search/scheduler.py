@@ -4,7 +4,10 @@ Plain ASHA ranks every student by accuracy alone, so slow, accurate students sto
 of the Pareto front is never trained. Here, at each rung (epochs ``grace · rf^k`` below the last epoch), the
 students recorded at that rung are split by latency rank into ``latency_bins`` equal-count bins, and a student is
 stopped when its metric is below the ``1 − 1/rf`` quantile of the others already recorded in its bin (ASHA's rule,
-per bin). While a bin holds only the student itself, nothing stops it, so the first students of a search run on.
+per bin) *and* some student recorded at that rung dominates it (at least as fast and as good, one of them
+strictly). So a student on the rung's (metric, latency) front always runs on: the fastest student seen so far is
+never stopped, however slowly it learns in its first epochs. While a bin holds only the student itself, nothing
+stops it, so the first students of a search run on.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class LatencyAwareASHA(FIFOScheduler):
         if not others:
             return TrialScheduler.CONTINUE
         cutoff = float(np.percentile(others, (1 - 1 / self._reduction_factor) * 100))
-        if self._sign * value >= cutoff:
+        if self._sign * value >= cutoff or not self._dominated(trial.trial_id, recorded):
             return TrialScheduler.CONTINUE
         latencies = [recorded[p][1] for p in peers]
         self.stop_reasons[trial.trial_id] = (
@@ -82,6 +85,13 @@ class LatencyAwareASHA(FIFOScheduler):
             f"among {len(peers)} students of {min(latencies):.3g}–{max(latencies):.3g} ms at that epoch"
         )
         return TrialScheduler.STOP
+
+    @staticmethod
+    def _dominated(trial_id: str, recorded: dict[str, tuple[float, float]]) -> bool:
+        """Whether another student in ``recorded`` is at least as good and as fast as ``trial_id``, and better in one."""
+        value, latency = recorded[trial_id]
+        return any(v >= value and lat <= latency and (v > value or lat < latency)
+                   for k, (v, lat) in recorded.items() if k != trial_id)
 
     def _bin_of(self, trial_id: str, recorded: dict[str, tuple[float, float]]) -> list[str]:
         """The trials in ``trial_id``'s equal-count latency bin among those ``recorded`` at a rung."""
