@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -129,6 +130,17 @@ def test_scheduler_keeps_the_fastest_bins_best_student():
     assert plain["fast-best"] == TrialScheduler.STOP
 
 
+def test_scheduler_never_stops_a_student_on_the_rungs_front():
+    # one bin: by ASHA's rule alone, the fastest student (still at chance after its first epoch) would be stopped
+    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
+    assert _feed(scheduler, "slow", 1, 0.80, 3.0) == TrialScheduler.CONTINUE
+    assert _feed(scheduler, "mid", 1, 0.75, 2.0) == TrialScheduler.CONTINUE
+    assert _feed(scheduler, "fastest", 1, 0.50, 0.5) == TrialScheduler.CONTINUE  # nobody is faster
+    assert _feed(scheduler, "dominated", 1, 0.70, 2.5) == TrialScheduler.STOP  # "mid" is faster and better
+    assert _feed(scheduler, "later", 2, 0.1, 1.0) == TrialScheduler.CONTINUE  # alone at rung 2
+    assert set(scheduler.stop_reasons) == {"dominated"}
+
+
 def test_scheduler_judges_rungs_only_and_ignores_unmeasured_results():
     assert rungs(1, 2, 4) == [1, 2] and rungs(1, 3, 10) == [1, 3, 9] and rungs(2, 2, 2) == []
     scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
@@ -232,6 +244,47 @@ def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
     first, second = study.trials
     assert first.state == second.state == TrialState.PRUNED
     assert first.user_attrs[PRUNED_ATTR] == "why" and second.user_attrs[PRUNED_ATTR] == "stopped early after epoch 1"
+
+
+def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
+    from ray.tune.search import Searcher
+
+    from kdnas.search.searcher import PRUNED_ATTR, KDNASSearch
+    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.space import SearchSpace
+
+    config = KDNASConfig()
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
+                           storage=storage, study_name=config.search.study_name)
+    assert isinstance(searcher.suggest("running"), dict)
+    searcher.deadline = time.monotonic() - 1.0
+    assert searcher.suggest("late") == Searcher.FINISHED
+    searcher.on_trial_complete("running", {"accuracy": 0.5, "latency_ms": 1.0, "epoch": 2})
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs[PRUNED_ATTR] == "stopped when the search's time budget ran out after epoch 2"
+
+
+@pytest.mark.slow
+def test_search_stops_at_its_time_budget(run_dir, ray_session):
+    from conftest import tiny_raw
+
+    from kdnas.search.runner import run_search
+    from kdnas.search.searcher import PRUNED_ATTR
+
+    budget = 12.0
+    raw = tiny_raw(run_dir, training={"epochs": 200},  # no student finishes within the budget
+                   search={"n_trials": 50, "study_name": "time-budget", "time_budget_s": budget})
+    config = build_config(raw)
+    started = time.monotonic()
+    study = run_search(config)
+    assert time.monotonic() - started < budget + 90  # teachers are cached by earlier tests; the rest is Ray start-up
+    trials = study.trials
+    assert 1 <= len(trials) < 50 and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(t.user_attrs[PRUNED_ATTR].startswith("stopped when the search's time budget ran out") for t in trials)
+    assert trials[0].user_attrs["epochs_trained"] >= 1 and trials[0].user_attrs["latency"]["median_ms"] > 0
 
 
 @pytest.mark.slow

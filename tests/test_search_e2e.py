@@ -37,7 +37,7 @@ def test_search_records_complete_trials_with_values_and_attrs(searched):
     assert "***" in study.user_attrs["config"]["search"]["storage"] or "sqlite" in study.user_attrs["config"]["search"]["storage"]
 
 
-def test_rerun_reuses_teachers_and_logits_and_runs_nothing(searched, monkeypatch):
+def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, monkeypatch):
     from kdnas.objectives import teachers
     from kdnas.search.runner import run_search
 
@@ -47,8 +47,11 @@ def test_rerun_reuses_teachers_and_logits_and_runs_nothing(searched, monkeypatch
     config, study = searched
     monkeypatch.setattr(teachers, "predict_logits", must_not_run)
     monkeypatch.setattr(teachers, "train", must_not_run)
+    first = [t["latency_ms"] for t in study.user_attrs["teachers"]]
     again = run_search(config)
     assert [(t.number, t.values) for t in again.trials] == [(t.number, t.values) for t in study.trials]
+    teachers_again = again.user_attrs["teachers"]
+    assert [t["latency_ms"] for t in teachers_again] == first and all(t["latency"]["cached"] for t in teachers_again)
 
 
 def test_report_and_export_round_trip(searched, tmp_path):

@@ -27,7 +27,7 @@ def _load(args: argparse.Namespace) -> KDNASConfig:
     overrides = list(args.overrides)
     for flag, key in (("storage", "search.storage"), ("study_name", "search.study_name"),
                       ("output_dir", "output_dir"), ("n_trials", "search.n_trials"),
-                      ("ray_address", "search.ray_address")):
+                      ("time_budget_s", "search.time_budget_s"), ("ray_address", "search.ray_address")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="run (or resume) a student search")
     _config_arguments(search)
     search.add_argument("--n-trials", type=int, help="total number of trials in the study")
+    search.add_argument("--time-budget-s", type=float, help="stop this run's search after this many seconds "
+                                                            "(unfinished students are PRUNED)")
     search.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
     search.set_defaults(func=cmd_search)
 

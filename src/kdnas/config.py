@@ -291,6 +291,7 @@ class SearchConfig(_Section):
     study_name: str = Field("kdnas-demo", min_length=1)
     storage: str | None = None
     n_trials: int = Field(8, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     max_concurrent_trials: int = Field(1, ge=1)

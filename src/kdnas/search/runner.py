@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -23,7 +24,8 @@ from ray import tune
 from kdnas.config import ConfigError, KDNASConfig, build_config, dump_config
 from kdnas.data import TaskData, load_task
 from kdnas.objectives.batches import encode
-from kdnas.objectives.latency import measure_configured, resolve_device
+from kdnas.objectives.latency import resolve_device
+from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.metrics import score
 from kdnas.objectives.teachers import (
     cached_logits,
@@ -85,8 +87,14 @@ def teacher_reference(config: KDNASConfig, task: TaskData, cache_dir: Path) -> t
         max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
         train_logits.append(cached_logits(teacher, task, "train", max_length, cache_dir, device))
         eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
-        latency = measure_configured(
-            teacher.model, vocab_size=len(teacher.tokenizer), settings=config.latency, seq_len=config.latency_seq_len
+        latency = measure_cached(
+            teacher.model,
+            model_key={"teacher": json.loads(teacher.model.config.to_json_string(use_diff=False)),
+                       "vocab_size": len(teacher.tokenizer)},
+            vocab_size=len(teacher.tokenizer),
+            settings=config.latency,
+            seq_len=config.latency_seq_len,
+            cache_dir=latency_cache_dir(config) if config.latency.cache else None,
         )
         references.append(
             {
@@ -392,6 +400,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             scheduler=scheduler,
             num_samples=remaining,
             max_concurrent_trials=search.max_concurrent_trials,
+            time_budget_s=search.time_budget_s,
             reuse_actors=True,  # a trial's worker imports torch and kdnas once, not once per trial
         ),
         run_config=tune.RunConfig(
@@ -404,8 +413,14 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         ),
     )
     started = time.perf_counter()
+    if search.time_budget_s is not None:
+        searcher.deadline = time.monotonic() + search.time_budget_s
     tuner.fit()
     logger.info("search finished in %.0f s", time.perf_counter() - started)
+    cut = searcher.finish_out_of_time()
+    if cut:
+        logger.info("search.time_budget_s (%g s) ran out: %d unfinished student(s) recorded as PRUNED",
+                    search.time_budget_s, cut)
     leftovers = reconcile_orphans(study, storage)  # e.g. a trial whose creation lost its connection half-way
     if leftovers:
         logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)

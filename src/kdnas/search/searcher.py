@@ -113,7 +113,9 @@ class KDNASSearch(OptunaSearch):
     ``stop_reasons`` (Tune trial id → reason, filled by a scheduler) explains students stopped early.
 
     With ``n_trials``, it stops suggesting once the study holds that many trials counting toward the budget
-    (see :func:`counts_toward_budget`), whichever driver ran them.
+    (see :func:`counts_toward_budget`), whichever driver ran them. Once ``deadline`` (a ``time.monotonic()``
+    instant, set when the search's time budget starts) has passed, it suggests nothing more, and students Tune stops
+    unfinished are PRUNED with the time budget as their reason.
     """
 
     def __init__(
@@ -127,6 +129,11 @@ class KDNASSearch(OptunaSearch):
         self._stop_reasons = stop_reasons if stop_reasons is not None else {}
         self._n_trials = n_trials
         self._restarts: dict[str, int] = {}
+        self.deadline: float | None = None
+        self._last_results: dict[str, dict] = {}
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _budget_reached(self) -> bool:
         trials = self._ot_study.get_trials(deepcopy=False)
@@ -136,7 +143,8 @@ class KDNASSearch(OptunaSearch):
         return retrying(lambda: self._suggest(trial_id))
 
     def _suggest(self, trial_id: str) -> dict | str | None:
-        if self._n_trials is not None and trial_id not in self._ot_trials and self._budget_reached():
+        if trial_id not in self._ot_trials and (
+                self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
             return Searcher.FINISHED
         with warnings.catch_warnings():  # heartbeats are recorded by this searcher, not by Study.optimize
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -163,6 +171,20 @@ class KDNASSearch(OptunaSearch):
         if trial_id in self._ot_trials:
             retrying(lambda: self._ot_trials[trial_id].set_user_attr(RESTARTS_ATTR, self._restarts[trial_id]))
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._last_results[trial_id] = result
+        super().on_trial_result(trial_id, result)
+
+    def finish_out_of_time(self) -> int:
+        """Once the deadline has passed, tell the trials Tune left unfinished PRUNED (with their last epoch's
+        attrs); returns how many. Tune ends such trials without telling the searcher."""
+        if not self._out_of_time():
+            return 0
+        unfinished = [tid for tid in self._ot_trials if tid not in self._completed_trials]
+        for trial_id in unfinished:
+            self.on_trial_complete(trial_id, self._last_results.get(trial_id))
+        return len(unfinished)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
@@ -170,6 +192,9 @@ class KDNASSearch(OptunaSearch):
         outcome = trial_outcome(result, error, list(self._metric), self._restarts.get(trial_id, 0))
         if outcome.state == TrialState.PRUNED and trial_id in self._stop_reasons:
             outcome = replace(outcome, reason=self._stop_reasons[trial_id])
+        elif outcome.state == TrialState.PRUNED and INFEASIBLE_KEY not in (result or {}) and self._out_of_time():
+            reason = str(outcome.reason).replace("stopped early", "stopped when the search's time budget ran out")
+            outcome = replace(outcome, reason=reason)
 
         def tell() -> None:
             try:

@@ -196,7 +196,8 @@ def run_trial(
         if not math.isfinite(value):
             raise FloatingPointError(f"{inputs.metric} is {value} after epoch {epoch}")
         result.clear()
-        result.update({inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch})
+        result.update({inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch,
+                       ATTRS_KEY: json.dumps({**cost, "epochs_trained": epoch})})  # what a stopped student keeps
         if epoch < training.epochs and checkpoint is not None:
             checkpoint(dict(result), last_state)
         elif epoch < training.epochs:
