@@ -267,6 +267,52 @@ def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
     assert trial.user_attrs[PRUNED_ATTR] == "stopped when the search's time budget ran out after epoch 2"
 
 
+def test_searcher_hands_a_duplicate_student_the_earlier_result(tmp_path):
+    from kdnas.search.searcher import DUPLICATE_KEY, KDNASSearch, duplicate_result
+    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY
+    from kdnas.space import SearchSpace
+
+    config = KDNASConfig()
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
+                           storage=storage, study_name=config.search.study_name, reuse_duplicates=True)
+    first = searcher.suggest("t1")
+    assert DUPLICATE_KEY not in first
+    searcher.on_trial_complete("t1", {"accuracy": 0.7, "latency_ms": 1.5, "epoch": 4, COMPLETED_KEY: True,
+                                      ATTRS_KEY: json.dumps({"epochs_trained": 4, "params": 10}),
+                                      CONSTRAINTS_KEY: json.dumps({})})
+    study.enqueue_trial(study.trials[0].params)
+    second = searcher.suggest("t2")
+    assert second[DUPLICATE_KEY]["trial"] == 0
+    searcher.on_trial_complete("t2", duplicate_result(second[DUPLICATE_KEY]))
+    original, duplicate = study.trials
+    assert duplicate.state == TrialState.COMPLETE and duplicate.values == original.values == [0.7, 1.5]
+    assert duplicate.user_attrs == {**original.user_attrs, "duplicate_of": 0}
+    study.enqueue_trial(study.trials[0].params)
+    without = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
+                          storage=storage, study_name=config.search.study_name)
+    assert DUPLICATE_KEY not in without.suggest("t3")
+
+
+@pytest.mark.slow
+def test_search_trains_a_repeated_student_once(run_dir, ray_session):
+    from conftest import tiny_raw
+
+    from kdnas.search.runner import run_search
+
+    one_arch = {"depth": {"min": 1, "max": 1}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}
+    study = run_search(build_config(tiny_raw(run_dir, student={"space": one_arch},
+                                             search={"n_trials": 3, "study_name": "duplicates"})))
+    first, *repeats = study.trials
+    assert all(t.state == TrialState.COMPLETE for t in study.trials) and len(repeats) == 2
+    assert "duplicate_of" not in first.user_attrs and first.user_attrs["epochs_trained"] == 2
+    for trial in repeats:
+        assert trial.values == first.values and trial.user_attrs["duplicate_of"] == 0
+        assert trial.user_attrs["student_path"] == first.user_attrs["student_path"]
+
+
 @pytest.mark.slow
 def test_search_stops_at_its_time_budget(run_dir, ray_session):
     from conftest import tiny_raw

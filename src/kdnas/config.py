@@ -292,6 +292,7 @@ class SearchConfig(_Section):
     storage: str | None = None
     n_trials: int = Field(8, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
+    reuse_duplicates: bool = True
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     max_concurrent_trials: int = Field(1, ge=1)

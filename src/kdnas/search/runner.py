@@ -40,10 +40,12 @@ from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
 from kdnas.search.searcher import (
     DRIVER_ATTR,
     DRIVER_LOST,
+    DUPLICATE_KEY,
     FAILURE_ATTR,
     TRIAL_NUMBER_KEY,
     KDNASSearch,
     counts_toward_budget,
+    duplicate_result,
 )
 from kdnas.search.study import HEARTBEAT_INTERVAL_S, create_or_load_study, mask_url, objective_names, open_storage
 from kdnas.search.trial import (
@@ -222,6 +224,9 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
     torch.set_num_threads(max(1, int(resources.cpu)))
     use_gpu = resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
+    if DUPLICATE_KEY in config:  # the same student completed earlier in this search: report its result
+        tune.report(duplicate_result(config[DUPLICATE_KEY]))
+        return
     try:
         run_trial(config, inputs, trial_number=config[TRIAL_NUMBER_KEY], device=device, report=tune.report,
                   checkpoint=report_with_checkpoint, resume=last_state())
@@ -245,6 +250,9 @@ class ProgressLogger(tune.Callback):
             logger.info("trial %s %s failed: %s", number, arch, result[ERROR_KEY])
         elif INFEASIBLE_KEY in result:
             logger.info("trial %s %s: %s", number, arch, result[INFEASIBLE_KEY])
+        elif DUPLICATE_KEY in trial.config:
+            logger.info("trial %s %s: the same student as trial %s, its result reused without training",
+                        number, arch, trial.config[DUPLICATE_KEY]["trial"])
         elif self.metric in result:
             logger.info(
                 "trial %s %s: %s=%.4f latency=%.2f ms (epoch %s, %.0f s)",
@@ -387,6 +395,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         sampler=make_sampler(config),
         stop_reasons=scheduler.stop_reasons if isinstance(scheduler, LatencyAwareASHA) else None,
         n_trials=config.search.n_trials,
+        reuse_duplicates=config.search.reuse_duplicates,
     )
     resources = {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu}
     # keeping one checkpoint per trial forces an experiment snapshot at each epoch; that is cheap here, so Tune's

@@ -31,6 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, ERROR_KEY, INFEASIBLE_KEY
 
 TRIAL_NUMBER_KEY = "kdnas_trial_number"
+DUPLICATE_KEY = "kdnas_duplicate_of"
 FAILURE_ATTR = "failure_reason"
 PRUNED_ATTR = "pruned_reason"
 RESTARTS_ATTR = "restarts"
@@ -107,6 +108,14 @@ def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str]
     return Outcome(TrialState.COMPLETE, values=[float(v) for v in values], attrs=attrs, constraints=constraints)
 
 
+def duplicate_result(earlier: dict[str, Any]) -> dict[str, Any]:
+    """The Tune result of a student identical to ``earlier`` (a :data:`DUPLICATE_KEY` entry): its metrics, attrs and
+    constraints, marked ``duplicate_of`` the earlier trial."""
+    attrs = {**earlier["attrs"], "duplicate_of": earlier["trial"]}
+    return {**earlier["metrics"], "epoch": attrs.get("epochs_trained"), COMPLETED_KEY: True,
+            ATTRS_KEY: json.dumps(attrs), CONSTRAINTS_KEY: json.dumps(earlier["constraints"])}
+
+
 class KDNASSearch(OptunaSearch):
     """``OptunaSearch`` that writes user_attrs, PRUNED/FAIL states with reasons, and budget constraints.
 
@@ -116,6 +125,10 @@ class KDNASSearch(OptunaSearch):
     (see :func:`counts_toward_budget`), whichever driver ran them. Once ``deadline`` (a ``time.monotonic()``
     instant, set when the search's time budget starts) has passed, it suggests nothing more, and students Tune stops
     unfinished are PRUNED with the time budget as their reason.
+
+    With ``reuse_duplicates``, a suggestion whose parameters (architecture and sampled KD recipe) equal those of a
+    student this searcher saw complete carries that student's result under :data:`DUPLICATE_KEY`, for the
+    trainable to report instead of training again: with the study's fixed training seed it would learn the same.
     """
 
     def __init__(
@@ -123,6 +136,7 @@ class KDNASSearch(OptunaSearch):
         *args: Any,
         stop_reasons: Mapping[str, str] | None = None,
         n_trials: int | None = None,
+        reuse_duplicates: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -131,6 +145,8 @@ class KDNASSearch(OptunaSearch):
         self._restarts: dict[str, int] = {}
         self.deadline: float | None = None
         self._last_results: dict[str, dict] = {}
+        self._reuse_duplicates = reuse_duplicates
+        self._completed_by_params: dict[str, dict[str, Any]] = {}
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -152,6 +168,9 @@ class KDNASSearch(OptunaSearch):
         if config is not None:
             ot_trial = self._ot_trials[trial_id]
             config[TRIAL_NUMBER_KEY] = ot_trial.number
+            earlier = self._completed_by_params.get(_params_key(ot_trial.params))
+            if self._reuse_duplicates and earlier is not None:
+                config[DUPLICATE_KEY] = earlier
             self._ot_study._storage.set_trial_system_attr(ot_trial._trial_id, DRIVER_ATTR, this_driver())
             self._ot_study._storage.record_heartbeat(ot_trial._trial_id)
         return config
@@ -211,3 +230,11 @@ class KDNASSearch(OptunaSearch):
 
         retrying(tell)
         self._completed_trials.add(trial_id)
+        if outcome.state == TrialState.COMPLETE:
+            self._completed_by_params.setdefault(_params_key(ot_trial.params), {
+                "trial": ot_trial.number, "metrics": dict(zip(self._metric, outcome.values or [])),
+                "attrs": outcome.attrs, "constraints": outcome.constraints})
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
