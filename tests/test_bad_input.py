@@ -57,6 +57,7 @@ CASES = {
     "depth 0": (["search", "--set", "student.space.depth={min: 0, max: 2}"],
                 "student.space.depth.min: Input should be greater than or equal to 1"),
     "zero trials": (["search", "--n-trials", "0"], "search.n_trials: Input should be greater than or equal to 1"),
+    "negative time budget": (["search", "--time-budget-s", "-5"], "search.time_budget_s: Input should be greater than 0"),
     "missing config file": (["search", "--config", "/nonexistent/kdnas.yaml"],
                             "cannot read config /nonexistent/kdnas.yaml"),
     "missing teacher path": (["search", *_teacher("/nonexistent/teacher")],

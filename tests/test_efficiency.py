@@ -320,8 +320,8 @@ def test_search_stops_at_its_time_budget(run_dir, ray_session):
     from kdnas.search.runner import run_search
     from kdnas.search.searcher import PRUNED_ATTR
 
-    budget = 12.0
-    raw = tiny_raw(run_dir, training={"epochs": 200},  # no student finishes within the budget
+    budget = 25.0  # long enough for a first epoch after Ray starts the worker, even on a loaded machine
+    raw = tiny_raw(run_dir, training={"epochs": 1000},  # no student finishes within the budget
                    search={"n_trials": 50, "study_name": "time-budget", "time_budget_s": budget})
     config = build_config(raw)
     started = time.monotonic()
@@ -360,5 +360,9 @@ def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir,
         else:
             assert t.constraints == {"params": pytest.approx(t.user_attrs["params"] - 1_500_000)}
         earlier = [u for u in trials[: t.number] if u.params == t.params]
-        if earlier:
+        if "duplicate_of" in t.user_attrs:  # a repeat of a completed student: its result, not trained again
+            original = trials[t.user_attrs["duplicate_of"]]
+            assert original in earlier and t.values == original.values
+            assert t.user_attrs["latency"] == original.user_attrs["latency"]
+        elif earlier:  # a repeat of a stopped or infeasible student: measured again, from the latency cache
             assert t.user_attrs["latency"] == {**earlier[0].user_attrs["latency"], "cached": True}
