@@ -31,3 +31,35 @@ def test_errors_and_bad_metrics_fail_with_a_reason():
     assert nan.state == TrialState.FAIL and "accuracy" in nan.reason
     missing = trial_outcome({"accuracy": 0.5, COMPLETED_KEY: True}, False, METRICS)
     assert missing.state == TrialState.FAIL and "latency_ms" in missing.reason
+
+
+def test_a_connection_lost_mid_ask_leaves_no_unowned_trial(tmp_path, monkeypatch):
+    import optuna
+    import sqlalchemy
+
+    from kdnas.config import KDNASConfig
+    from kdnas.search import searcher as searcher_mod
+    from kdnas.search.searcher import DRIVER_ATTR, KDNASSearch, this_driver
+    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.space import SearchSpace
+
+    config = KDNASConfig()
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
+                           storage=storage, study_name=config.search.study_name, n_trials=5)
+    real_init, failures = optuna.Trial.__init__, []
+
+    def drop_once(self, study, trial_id):  # the connection drops right after the trial was created
+        if not failures:
+            failures.append(trial_id)
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        real_init(self, study, trial_id)
+
+    monkeypatch.setattr(optuna.Trial, "__init__", drop_once)
+    monkeypatch.setattr(searcher_mod.time, "sleep", lambda _: None)
+    config_1 = searcher.suggest("t1")
+    assert failures, "the injected connection loss happened"
+    (trial,) = study.trials
+    assert trial.number == config_1["kdnas_trial_number"] == 0 and trial.state == TrialState.RUNNING
+    assert trial.system_attrs[DRIVER_ATTR] == this_driver() and trial.params

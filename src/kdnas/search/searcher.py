@@ -16,10 +16,10 @@ import math
 import os
 import socket
 import time
-import warnings
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -147,6 +147,7 @@ class KDNASSearch(OptunaSearch):
         self._last_results: dict[str, dict] = {}
         self._reuse_duplicates = reuse_duplicates
         self._completed_by_params: dict[str, dict[str, Any]] = {}
+        self._storage_ids: dict[str, int] = {}
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -159,12 +160,12 @@ class KDNASSearch(OptunaSearch):
         return retrying(lambda: self._suggest(trial_id))
 
     def _suggest(self, trial_id: str) -> dict | str | None:
-        if trial_id not in self._ot_trials and (
-                self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
+        started = trial_id in self._ot_trials or trial_id in self._storage_ids
+        if not started and (self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
             return Searcher.FINISHED
-        with warnings.catch_warnings():  # heartbeats are recorded by this searcher, not by Study.optimize
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            config = super().suggest(trial_id)
+        if trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = self._ask(trial_id)
+        config = super().suggest(trial_id)
         if config is not None:
             ot_trial = self._ot_trials[trial_id]
             config[TRIAL_NUMBER_KEY] = ot_trial.number
@@ -174,6 +175,25 @@ class KDNASSearch(OptunaSearch):
             self._ot_study._storage.set_trial_system_attr(ot_trial._trial_id, DRIVER_ATTR, this_driver())
             self._ot_study._storage.record_heartbeat(ot_trial._trial_id)
         return config
+
+    def _ask(self, trial_id: str) -> optuna.Trial:
+        """``Study.ask()``, except that a new trial is created already claimed by this driver (its
+        :data:`DRIVER_ATTR` written in the same transaction) and a retry after a storage error reuses the trial
+        an earlier attempt created: a connection lost mid-ask can leave no RUNNING trial that nobody owns."""
+        study = self._ot_study
+        study._thread_local.cached_all_trials = None  # as ask() does: the sampler sees the latest trials
+        storage_id = self._storage_ids.get(trial_id)
+        if storage_id is None:
+            storage_id = study._pop_waiting_trial_id()  # an enqueued trial (e.g. a retry) first, as ask() does
+            if storage_id is None:
+                claimed = FrozenTrial(
+                    number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                    datetime_complete=None, params={}, distributions={}, user_attrs={},
+                    system_attrs={DRIVER_ATTR: this_driver()}, intermediate_values={}, trial_id=-1,
+                )
+                storage_id = study._storage.create_new_trial(study._study_id, template_trial=claimed)
+            self._storage_ids[trial_id] = storage_id
+        return optuna.Trial(study, storage_id)
 
     def record_heartbeats(self) -> None:
         """Mark every trial this driver still runs as alive in the storage."""
