@@ -16,6 +16,10 @@ given), on the same teachers and cached teacher logits as the search.
 
     python benchmarks/p3_quality.py [--data DIR] [--train-samples 4000] [--epochs 3] [--trials 12] [--seeds 0]
     python benchmarks/p3_quality.py --study NAME --storage URL      # (a) from an existing study
+    python benchmarks/p3_quality.py --warm-start --learning-rate 1e-4 --epochs 2 --out benchmarks/results/p3_quality_warm_start.json
+
+``--warm-start`` gives the students MiniLM's shape (12 heads of 32, FFN ×4; depth 1–3 searched) and starts them
+from MiniLM's layers (``student.warm_start``); (b) and (c) then compare warm-started L1/L2/L3 students.
 
 Writes ``benchmarks/results/p3_quality.json`` and prints one summary line.
 """
@@ -47,6 +51,9 @@ NAME = "p3_quality"
 GAP_TARGET_POINTS = 3.0
 SPEEDUP_TARGET = 5.0
 KD_GAIN_TARGET_POINTS = 1.0
+DEFAULT_ARCHS = ["1,2,32,4", "2,4,32,4", "3,4,32,4"]  # (b); (c) takes the second
+WARM_START_ARCHS = ["1,12,32,4", "2,12,32,4", "3,12,32,4"]
+MINILM_SHAPE = {"heads": [12], "head_dim": [32], "ffn_ratio": [4]}  # a student of this shape takes whole layers
 
 
 def arch_name(arch: dict[str, int]) -> str:
@@ -55,11 +62,14 @@ def arch_name(arch: dict[str, int]) -> str:
 
 def base_config(data: Path, args: argparse.Namespace, study_name: str) -> dict[str, Any]:
     """The benchmark's settings: SST-2 subset, two teachers, student space, training budget, search."""
+    space: dict[str, Any] = {"depth": {"min": 1, "max": 3}, "heads": [2, 4], "head_dim": [16, 32], "ffn_ratio": [2, 4]}
+    student: dict[str, Any] = {"space": space}
+    if args.warm_start:
+        student = {"space": {**space, **MINILM_SHAPE}, "warm_start": {"teacher": "minilm"}}
     return {
         "output_dir": str(Path(args.output_dir).resolve()),
         **sst2_sections(data, args.train_samples, args.teacher_epochs),
-        "student": {"space": {"depth": {"min": 1, "max": 3}, "heads": [2, 4], "head_dim": [16, 32],
-                              "ffn_ratio": [2, 4]}},
+        "student": student,
         "training": {"epochs": args.epochs, "learning_rate": args.learning_rate, "seed": args.seeds[0]},
         "search": {"study_name": study_name, "n_trials": args.trials, "seed": args.search_seed,
                    "max_concurrent_trials": args.concurrent_trials, "resources_per_trial": {"cpu": args.threads}},
@@ -113,9 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search-seed", type=int, default=0, help="(a) sampler seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of (b)/(c) (the first one "
                                                                          "also trains the search's students)")
-    parser.add_argument("--archs", nargs=3, default=["1,2,32,4", "2,4,32,4", "3,4,32,4"],
-                        help="(b) three students as layers,heads,head_dim,ffn_ratio")
-    parser.add_argument("--arch-c", default="2,4,32,4", help="(c) the student as layers,heads,head_dim,ffn_ratio")
+    parser.add_argument("--archs", nargs=3, help="(b) three students as layers,heads,head_dim,ffn_ratio (default "
+                                                  "1,2,32,4 2,4,32,4 3,4,32,4; with --warm-start 1,12,32,4 ...)")
+    parser.add_argument("--arch-c", help="(c) the student as layers,heads,head_dim,ffn_ratio (default 2,4,32,4; "
+                                         "with --warm-start 2,12,32,4)")
+    parser.add_argument("--warm-start", action="store_true", help="students of MiniLM's shape (depth 1-3), "
+                                                                   "initialised from MiniLM's layers")
     parser.add_argument("--study", help="(a) read this existing study instead of running a search")
     parser.add_argument("--storage", help="storage URL of --study (default: the SQLite study in --output-dir)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, and Ray CPUs per search trial (default "
@@ -125,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = require_sst2(NAME, args.data)
     torch.set_num_threads(args.threads)
-    archs = [parse_student(a) for a in args.archs]
-    arch_c = parse_student(args.arch_c)
+    default_archs = WARM_START_ARCHS if args.warm_start else DEFAULT_ARCHS
+    archs = [parse_student(a) for a in args.archs or default_archs]
+    arch_c = parse_student(args.arch_c or default_archs[1])
     timings: dict[str, float] = {}
 
     # (a) the search and its front against the best teacher
