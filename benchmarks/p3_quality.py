@@ -16,7 +16,8 @@ given), on the same teachers and cached teacher logits as the search.
 
     python benchmarks/p3_quality.py [--data DIR] [--train-samples 4000] [--epochs 3] [--trials 12] [--seeds 0]
     python benchmarks/p3_quality.py --study NAME --storage URL      # (a) from an existing study
-    python benchmarks/p3_quality.py --warm-start --learning-rate 1e-4 --epochs 2 --out benchmarks/results/p3_quality_warm_start.json
+    python benchmarks/p3_quality.py --warm-start --learning-rate 1e-4 --epochs 2 --trials 6 \
+        --out benchmarks/results/p3_quality_warm_start.json
 
 ``--warm-start`` gives the students MiniLM's shape (12 heads of 32, FFN ×4; depth 1–3 searched) and starts them
 from MiniLM's layers (``student.warm_start``); (b) and (c) then compare warm-started L1/L2/L3 students.

@@ -1,9 +1,15 @@
 import json
 import math
 
+import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
-from kdnas.search.searcher import trial_outcome
+from kdnas.config import KDNASConfig
+from kdnas.search import searcher as searcher_mod
+from kdnas.search.searcher import DRIVER_ATTR, KDNASSearch, this_driver, trial_outcome
+from kdnas.search.study import create_or_load_study, open_storage
+from kdnas.space import SearchSpace
 from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, ERROR_KEY
 
 METRICS = ["accuracy", "latency_ms"]
@@ -34,15 +40,6 @@ def test_errors_and_bad_metrics_fail_with_a_reason():
 
 
 def test_a_connection_lost_mid_ask_leaves_no_unowned_trial(tmp_path, monkeypatch):
-    import optuna
-    import sqlalchemy
-
-    from kdnas.config import KDNASConfig
-    from kdnas.search import searcher as searcher_mod
-    from kdnas.search.searcher import DRIVER_ATTR, KDNASSearch, this_driver
-    from kdnas.search.study import create_or_load_study, open_storage
-    from kdnas.space import SearchSpace
-
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
