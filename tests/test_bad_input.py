@@ -14,7 +14,7 @@ from kdnas.objectives.teachers import _train_tokenizer, load_tokenizer
 from kdnas.config import ScratchConfig
 from kdnas.space import StudentArch
 
-TINY_DATA = ["--set", "data.demo_train_size=40", "--set", "data.demo_eval_size=20"]
+TINY_DATA = ["--set", "data.demo_train_size=40", "--set", "data.demo_eval_size=20", "--set", "data.transfer.demo_size=20"]
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +73,24 @@ CASES = {
                                               "study 'other-directions' already exists with objectives"),
     "latency budget below every student (search)": (
         ["search", "TEACHER:own-tokenizer", "--set", "latency.budget_ms=1e-6"],
-        "no student of student.space fits the budget: even the smallest, L1-H32-A2-F32, has latency ",
+        "no student of student.space fits the budget: even the smallest, L1-H64-A2-F64, has latency ",
     ),
     "latency budget below every student (export)": (["export", "--latency-budget-ms", "1e-9"],
                                                     "no completed student within latency ≤ 1e-09 ms"),
     "export of a FAIL trial": (["export", "--trial", "1"], "trial 1 is FAIL, not COMPLETE"),
     "unknown study": (["report", "--study-name", "nope"], "no study 'nope' in sqlite:///"),
+    "missing transfer file": (["search", "--set", "data.transfer.files=[/nonexistent/transfer.csv]"],
+                              "data.transfer.files: no such file: /nonexistent/transfer.csv"),
+    "inheritance from a teacher without the students' vocabulary": (
+        ["search", "TEACHER:own-tokenizer", "--set", "student.inherit.teacher=own-tokenizer"],
+        "student.inherit.teacher: teacher 'own-tokenizer' does not use the students' vocabulary",
+    ),
+    "augmentation without a teacher of the students' vocabulary": (
+        ["search", "TEACHER:own-tokenizer", "--set", "data.transfer.augment_copies=2"],
+        "data.transfer.augment_copies: no teacher uses the students' vocabulary",
+    ),
+    "calibration size 0": (["search", "--set", "student.inherit.calibration_size=0"],
+                           "student.inherit.calibration_size: Input should be greater than or equal to 1"),
     "tokenizer mismatch with intermediate KD on": (
         ["search", "TEACHER:own-tokenizer", "--set", "kd.intermediate.enabled=true",
          "--set", "kd.intermediate.teachers=[own-tokenizer]"],

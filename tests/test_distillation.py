@@ -191,7 +191,7 @@ def test_distillation_follows_its_alpha_schedule():
     batch = _batch()
     labels = torch.tensor([0, 1, 1])
     teacher_logits = torch.randn(2, 3, 2)
-    kd = KDConfig(alpha=Ramp(start=1.0, end=0.0), temperature=2.0)
+    kd = KDConfig(alpha=Ramp(start=1.0, end=0.0), temperature=2.0, combiner="mean")
     loss = Distillation(kd, teacher_logits)
     index = torch.arange(3)
     ce = torch.nn.functional.cross_entropy(student(**batch).logits, labels)
@@ -239,7 +239,7 @@ def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
     def distillation(teacher):
         inter = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map="emd"), student_hidden=16,
                                       student_layers=2, teachers=[("t", teacher)])
-        return Distillation(KDConfig(intermediate=IntermediateConfig(enabled=True, layer_map="emd")),
+        return Distillation(KDConfig(combiner="mean", intermediate=IntermediateConfig(enabled=True, layer_map="emd")),
                             torch.randn(1, 3, 2), inter)
 
     teacher, student = _bert(hidden=24, layers=3, heads=3), _bert(hidden=16, layers=2, heads=2, seed=5)

@@ -1,4 +1,4 @@
-"""Search efficiency: latency cache, latency-first budgets, latency-aware early stopping, warm start."""
+"""Search efficiency: latency cache, latency-first budgets, latency-aware early stopping."""
 
 from __future__ import annotations
 
@@ -11,25 +11,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from transformers import BertConfig, BertForSequenceClassification
 
 from kdnas.config import ConfigError, KDNASConfig, LatencyConfig, build_config
 from kdnas.objectives import latency_cache
-from kdnas.objectives.teachers import load_tokenizer
 from kdnas.search import trial as trial_mod
 from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.searcher import trial_outcome
 from kdnas.search.trial import CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialInputs, run_trial
-from kdnas.space import StudentArch
-from kdnas.space.warm_start import apply_warm_start, layer_map, warm_start_source
 
 METRICS = ["accuracy", "latency_ms"]
 FAST = LatencyConfig(warmup=0, runs=3)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("minilm")
 
 
 # --- latency cache -------------------------------------------------------------------------------------------------
@@ -162,67 +153,6 @@ def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
     assert make_scheduler(config(n_trials=20, early_stopping={"mode": "off"}), "latency_ms") is None
     with pytest.raises(ConfigError, match="grace_epochs \\(4\\) must be below training.epochs \\(4\\)"):
         config(early_stopping={"mode": "on", "grace_epochs": 4})
-
-
-# --- warm start ----------------------------------------------------------------------------------------------------
-
-
-def test_layer_maps_spread_first_and_last():
-    assert layer_map(6, 12, "uniform") == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
-    assert layer_map(3, 6, "uniform") == [0, 3, 5] and layer_map(1, 6, "uniform") == [0]
-    assert layer_map(2, 6, "first") == [0, 1] and layer_map(2, 6, "last") == [4, 5]
-    with pytest.raises(ValueError):
-        layer_map(7, 6, "uniform")
-
-
-def _teacher(tokenizer, layers=4, hidden=32, heads=2, intermediate=64) -> BertForSequenceClassification:
-    torch.manual_seed(1)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate, num_labels=2)).eval()
-
-
-def _student(tokenizer, **arch) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    return StudentArch(**arch).build(tokenizer, num_labels=2, max_positions=24)
-
-
-def test_warm_start_copies_the_mapped_teacher_layers(tokenizer):
-    teacher = _teacher(tokenizer)
-    source = warm_start_source("t", teacher, tokenizer, tokenizer, "uniform")
-    student = _student(tokenizer, num_layers=2, num_heads=2, head_dim=16, ffn_ratio=2)
-    record = apply_warm_start(student, source)
-    assert record == {"teacher": "t", "rule": "uniform", "applied": True, "layer_map": [0, 3],
-                      "copied": ["embeddings", "attention", "ffn", "pooler", "classifier"], "skipped": {}}
-    for i, j in enumerate(record["layer_map"]):
-        theirs = teacher.bert.encoder.layer[j].state_dict()
-        for key, value in student.bert.encoder.layer[i].state_dict().items():
-            assert torch.equal(value, theirs[key]), (i, j, key)
-    ours, theirs = student.bert.embeddings, teacher.bert.embeddings
-    assert torch.equal(ours.word_embeddings.weight, theirs.word_embeddings.weight)
-    assert torch.equal(ours.position_embeddings.weight, theirs.position_embeddings.weight[:24])
-    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
-
-
-def test_warm_start_copies_only_what_matches_and_says_why(tokenizer):
-    source = warm_start_source("t", _teacher(tokenizer), tokenizer, tokenizer, "last")
-    student = _student(tokenizer, num_layers=1, num_heads=4, head_dim=8, ffn_ratio=1)
-    before = student.bert.encoder.layer[0].attention.self.query.weight.clone()
-    record = apply_warm_start(student, source)
-    assert record["applied"] and record["layer_map"] == [3]
-    assert record["copied"] == ["embeddings", "pooler", "classifier"]
-    assert record["skipped"] == {"attention": "4 heads, the teacher 2", "ffn": "FFN size 32, the teacher 64"}
-    assert torch.equal(student.bert.encoder.layer[0].attention.self.query.weight, before)
-
-    narrow = _student(tokenizer, num_layers=1, num_heads=2, head_dim=8, ffn_ratio=1)
-    assert apply_warm_start(narrow, source) == {"teacher": "t", "rule": "last", "applied": False,
-                                                "reason": "student width 16 differs from teacher 't''s 32"}
-    other_vocab = load_tokenizer("minilm")
-    other_vocab.add_tokens(["kdnas-new-token"])
-    unusable = warm_start_source("t", _teacher(tokenizer), other_vocab, tokenizer, "uniform")
-    assert unusable.state == {} and "does not use the students' vocabulary" in unusable.unusable
-    assert apply_warm_start(_student(tokenizer, num_layers=1, num_heads=2, head_dim=16, ffn_ratio=2),
-                            unusable)["applied"] is False
 
 
 # --- a real tiny search --------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_gradient_space_weights_cancel_teachers_pulling_apart():
 
 
 def test_make_combiner_from_config():
-    assert isinstance(make_combiner(KDConfig()), MeanCombiner)
+    assert isinstance(make_combiner(KDConfig(combiner="mean")), MeanCombiner)
     assert isinstance(make_combiner(KDConfig(combiner="confidence")), ConfidenceCombiner)
     assert make_combiner(KDConfig(combiner="gradient", disagreement_bound=0.7)).cap == 0.7
     assert isinstance(make_combiner(KDConfig(combiner="weighted", teacher_weights=[2, 1])), FixedWeightCombiner)

@@ -70,11 +70,11 @@ def test_kd_summary_labels_recipes_compactly():
     from kdnas.config import KDConfig
     from kdnas.dashboards.report import kd_summary
 
-    assert kd_summary(KDConfig().model_dump(mode="json")) == "mean T=2 α=0.5"
+    assert kd_summary(KDConfig(combiner="mean").model_dump(mode="json")) == "mean T=2 α=0.5"
     ramped = KDConfig(combiner="weighted", teacher_weights=[3, 1], temperature={"start": 4, "end": 1},
                       intermediate={"enabled": True, "layer_map": "emd", "weight": 0.5})
     assert kd_summary(ramped.model_dump(mode="json")) == "weighted[3.0, 1.0] T=4→1 α=0.5 + EMD (β=0.5)"
-    uniform = KDConfig(intermediate={"enabled": True})
+    uniform = KDConfig(combiner="mean", intermediate={"enabled": True})
     assert kd_summary(uniform.model_dump(mode="json")) == "mean T=2 α=0.5 + layers uniform (β=0.1)"
     assert kd_summary({}) == ""
     assert kd_summary({"combiner": "gradient"}) == "gradient"  # older or partial records

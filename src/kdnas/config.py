@@ -21,6 +21,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEMO_TRANSFER_SIZE = 6_000
+"""Unlabelled demo-generator sentences in the demo's transfer set."""
+AUTO_AUGMENT_COPIES = 4
+"""Augmented copies of each training text when ``data.transfer.augment_copies`` is unset and the task is not the
+demo (whose generator provides transfer text instead)."""
+
+
+class TransferConfig(_Section):
+    """A transfer set: text the students learn from through the teachers' soft labels only (no hard labels)."""
+
+    files: list[str] = Field(default_factory=list)
+    splits: list[str] = Field(default_factory=list)
+    demo_size: int = Field(DEMO_TRANSFER_SIZE, ge=0)
+    augment_copies: int | None = Field(None, ge=0)
+    replace_prob: float = Field(0.3, gt=0, le=1)
+    neighbours: int = Field(8, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+
+
 class DataConfig(_Section):
     """Where the task's examples come from and how they are scored."""
 
@@ -40,6 +59,7 @@ class DataConfig(_Section):
     demo_train_size: int = Field(3000, ge=10)
     demo_eval_size: int = Field(600, ge=10)
     seed: int = 0
+    transfer: TransferConfig = TransferConfig()
 
     @model_validator(mode="after")
     def _source_needs_its_fields(self) -> DataConfig:
@@ -47,7 +67,22 @@ class DataConfig(_Section):
             raise ValueError("data.hub_name is required when data.source is 'hub'")
         if self.source == "files" and not (self.train_file and self.validation_file):
             raise ValueError("data.train_file and data.validation_file are required when data.source is 'files'")
+        if self.transfer.splits and self.source != "hub":
+            raise ValueError("data.transfer.splits names splits of the hub dataset: it needs data.source 'hub'")
         return self
+
+    @property
+    def demo_transfer_size(self) -> int:
+        """Demo-generator sentences in the transfer set (none unless the task is the demo)."""
+        return self.transfer.demo_size if self.source == "demo" else 0
+
+    @property
+    def augment_copies(self) -> int:
+        """Augmented copies per training text: the configured number, else none for the demo, else
+        :data:`AUTO_AUGMENT_COPIES`."""
+        if self.transfer.augment_copies is not None:
+            return self.transfer.augment_copies
+        return 0 if self.source == "demo" else AUTO_AUGMENT_COPIES
 
 
 class FitConfig(_Section):
@@ -129,18 +164,20 @@ class SpaceConfig(_Section):
     """Student architecture ranges. Width is derived (heads × head_dim), so every sample is valid."""
 
     depth: RangeConfig = RangeConfig(min=1, max=4)
-    heads: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
-    head_dim: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    heads: list[int] = Field(default_factory=lambda: [2, 4, 6, 8], min_length=1)
+    head_dim: list[int] = Field(default_factory=lambda: [32], min_length=1)
     ffn_ratio: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
 
     _check_choices = field_validator("heads", "head_dim", "ffn_ratio")(_positive_choices)
 
 
-class WarmStartConfig(_Section):
-    """Initialise students from a teacher's layers (DistilBERT-style) where widths and vocabularies match."""
+class InheritConfig(_Section):
+    """Slice every student out of a BERT teacher that uses the students' vocabulary (Minitron / DynaBERT style)."""
 
+    enabled: bool = True
     teacher: str | None = None
-    layers: Literal["uniform", "first", "last"] = "uniform"
+    layers: Literal["uniform", "importance", "first", "last"] = "uniform"
+    calibration_size: int = Field(512, ge=1)
 
 
 class StudentConfig(_Section):
@@ -149,7 +186,24 @@ class StudentConfig(_Section):
     tokenizer: str = "minilm"
     space: SpaceConfig = SpaceConfig()
     max_params: int | None = Field(None, ge=1)
-    warm_start: WarmStartConfig = WarmStartConfig()
+    inherit: InheritConfig = InheritConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_warm_start(cls, data: Any) -> Any:
+        """``warm_start: {teacher, layers}`` (before inheritance) becomes ``inherit`` with the same meaning."""
+        if not isinstance(data, dict) or "warm_start" not in data:
+            return data
+        if "inherit" in data:
+            raise ValueError("student.warm_start is the old name of student.inherit: give only student.inherit")
+        data = dict(data)
+        warm = data.pop("warm_start") or {}
+        if not isinstance(warm, dict):
+            raise ValueError("student.warm_start must be a mapping")
+        teacher = warm.get("teacher")
+        data["inherit"] = {"enabled": teacher is not None, "teacher": teacher,
+                           **({"layers": warm["layers"]} if "layers" in warm else {})}
+        return data
 
 
 class Ramp(_Section):
@@ -197,7 +251,7 @@ class IntermediateConfig(_Section):
 class KDSpaceConfig(_Section):
     """KD recipe choices sampled by Optuna per trial; an unset field keeps the fixed ``kd`` value."""
 
-    combiner: list[Literal["mean", "weighted", "confidence", "gradient"]] | None = None
+    combiner: list[Literal["mean", "learned", "weighted", "confidence", "gradient"]] | None = None
     temperature: list[float] | None = None
     alpha: list[float] | None = None
     intermediate: list[Literal["off", "uniform", "skip", "last", "emd"]] | None = None
@@ -223,7 +277,7 @@ class KDConfig(_Section):
 
     alpha: Scheduled = 0.5
     temperature: Scheduled = 2.0
-    combiner: Literal["mean", "weighted", "confidence", "gradient"] = "mean"
+    combiner: Literal["mean", "learned", "weighted", "confidence", "gradient"] = "learned"
     teacher_weights: list[float] | None = None
     disagreement_bound: float = Field(0.6, gt=0, le=1)
     intermediate: IntermediateConfig = IntermediateConfig()
@@ -245,15 +299,35 @@ class KDConfig(_Section):
         return self
 
 
+INHERITED_LEARNING_RATE = 3e-4
+"""The default learning rate of a student that inherits its weights (measured best of 1e-4, 3e-4, 1e-3)."""
+RANDOM_LEARNING_RATE = 1e-3
+"""The default learning rate of a randomly initialised student."""
+
+
+class TrainingSpaceConfig(_Section):
+    """Training choices sampled by Optuna per trial; an unset field keeps the fixed ``training`` value."""
+
+    learning_rate: list[float] | None = None
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive_rates(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and (not values or len(set(values)) != len(values) or min(values) <= 0):
+            raise ValueError("must be a non-empty list of positive rates without repeats")
+        return values
+
+
 class TrainingConfig(_Section):
     """The training budget of one student."""
 
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
+    space: TrainingSpaceConfig = TrainingSpaceConfig()
 
 
 class LatencyConfig(_Section):
@@ -295,7 +369,7 @@ class SearchConfig(_Section):
     reuse_duplicates: bool = True
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
-    max_concurrent_trials: int = Field(1, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
     ray_address: str | None = None
     resources_per_trial: ResourcesConfig = ResourcesConfig()
     max_failures: int = Field(0, ge=0)
@@ -337,9 +411,9 @@ class KDNASConfig(_Section):
     @model_validator(mode="after")
     def _efficiency_settings_fit(self) -> KDNASConfig:
         names = [t.name for t in self.teachers]
-        warm = self.student.warm_start.teacher
-        if warm is not None and warm not in names:
-            raise ValueError(f"student.warm_start.teacher {warm!r} is not a teacher; teachers are {names}")
+        inherit = self.student.inherit.teacher
+        if inherit is not None and inherit not in names:
+            raise ValueError(f"student.inherit.teacher {inherit!r} is not a teacher; teachers are {names}")
         stopping = self.search.early_stopping
         if stopping.mode == "on" and stopping.grace_epochs >= self.training.epochs:
             raise ValueError(

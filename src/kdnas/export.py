@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
+from kdnas.dashboards.report import init_summary
 from kdnas.search.trial import missing_student_files
 
 RECORD_FILE = "kdnas_trial.json"
@@ -45,6 +46,7 @@ def model_card(record: dict) -> str:
         for t in record["teachers"]
     )
     kd = attrs.get("kd", {})
+    train_rows = attrs.get("train_rows", {})
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -73,6 +75,10 @@ after {lat.get('warmup', '?')} warm-up runs.
 | teacher | model | {metric} | latency (ms) | parameters |
 |---|---|---|---|---|
 {teachers}
+
+## Initialisation
+{init_summary(attrs.get('init', {})) or 'not recorded'}; learning rate {attrs.get('learning_rate', '?')}; trained on
+{train_rows.get('labelled', '?')} labelled and {train_rows.get('transfer', 0)} transfer examples (teachers' soft labels only).
 
 ## Distillation recipe
 {attrs.get('epochs_trained', '?')} epoch(s) with:

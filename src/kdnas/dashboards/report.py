@@ -104,6 +104,8 @@ def kd_summary(recipe: dict[str, Any]) -> str:
     combiner = recipe.get("combiner", "")
     if combiner == "weighted":
         combiner += str(recipe.get("teacher_weights"))
+    elif combiner == "learned" and "learned_teacher_weights" in recipe:
+        combiner += str(recipe["learned_teacher_weights"])
     parts = [combiner]
     for name, key in (("T", "temperature"), ("α", "alpha")):
         if key in recipe:
@@ -116,8 +118,20 @@ def kd_summary(recipe: dict[str, Any]) -> str:
     return label
 
 
+def init_summary(record: dict[str, Any]) -> str:
+    """A short label of how a trial's student was initialised, e.g. ``inherited from minilm (layers 0,5)``."""
+    if not record:
+        return ""
+    if record.get("init") == "random":
+        return "random"
+    layers = ",".join(str(i) for i in record.get("layers", []))
+    label = f"{record['init']} from {record.get('teacher')}" + (f" (layers {layers})" if layers else "")
+    randomised = record.get("random") or {}
+    return label + (f"; random: {', '.join(randomised)}" if randomised else "")
+
+
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
-    """One flat row per trial: state, values, arch, KD recipe, failure or pruning reason."""
+    """One flat row per trial: state, values, arch, KD recipe, initialisation, failure or pruning reason."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
@@ -130,6 +144,7 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
             **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
             "params": t.user_attrs.get("params"),
             "kd": kd_summary(t.user_attrs.get("kd", {})),
+            "init": init_summary(t.user_attrs.get("init", {})),
             "reason": t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or "",
         })
     return rows

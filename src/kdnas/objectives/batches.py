@@ -43,6 +43,23 @@ def encode(
     )
 
 
+def concat(first: Encoded, second: Encoded) -> Encoded:
+    """The rows of ``first`` followed by those of ``second`` (both tokenised alike, to the same length)."""
+    types = None if first.token_type_ids is None else torch.cat([first.token_type_ids, second.token_type_ids])
+    return Encoded(
+        input_ids=torch.cat([first.input_ids, second.input_ids]),
+        attention_mask=torch.cat([first.attention_mask, second.attention_mask]),
+        token_type_ids=types,
+        labels=torch.cat([first.labels, second.labels]),
+    )
+
+
+def head(data: Encoded, rows: int) -> Encoded:
+    """The first ``rows`` rows of ``data``."""
+    types = None if data.token_type_ids is None else data.token_type_ids[:rows]
+    return Encoded(data.input_ids[:rows], data.attention_mask[:rows], types, data.labels[:rows])
+
+
 def batch_at(data: Encoded, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     """The model inputs of rows ``index``, with columns past the longest row's last token trimmed."""
     mask = data.attention_mask[index]

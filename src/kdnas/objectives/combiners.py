@@ -118,6 +118,26 @@ class GradientSpaceCombiner:
         return min_norm_weights(gradients, cap).float().to(teacher_logits.device).expand(b, -1)
 
 
+def learned_teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> torch.Tensor:
+    """Teacher weights ``[K]`` of the mixture ``Σ_k w_k·softmax(z_k)`` that best explains the labels.
+
+    Maximum likelihood by EM over the labelled rows (label ``-100`` rows are skipped): a teacher whose
+    probabilities explain the labels worse is down-weighted, teachers of equal quality share the weight.
+    """
+    labelled = labels != -100
+    k = teacher_logits.shape[0]
+    if k == 1 or not labelled.any():
+        return torch.full((k,), 1.0 / k)
+    probs = torch.softmax(teacher_logits[:, labelled.to(teacher_logits.device)].double(), dim=-1)  # [K, N, C]
+    index = labels[labelled].to(probs.device).view(1, -1, 1).expand(k, -1, 1)
+    likelihood = probs.gather(-1, index).squeeze(-1).clamp_min(1e-12)  # [K, N]
+    weights = torch.full((k, 1), 1.0 / k, dtype=torch.float64, device=probs.device)
+    for _ in range(steps):
+        responsibility = weights * likelihood
+        weights = (responsibility / responsibility.sum(dim=0, keepdim=True)).mean(dim=1, keepdim=True)
+    return weights.squeeze(1).float().cpu()
+
+
 def combined_target(
     combiner: Combiner,
     teacher_logits: torch.Tensor,
@@ -131,10 +151,14 @@ def combined_target(
     return torch.einsum("bk,kbc->bc", weights.to(probs.dtype), probs)
 
 
-def make_combiner(kd: KDConfig) -> Combiner:
-    """The combiner the KD config names."""
+def make_combiner(kd: KDConfig, learned_weights: torch.Tensor | None = None) -> Combiner:
+    """The combiner the KD config names (``learned`` takes the weights of :func:`learned_teacher_weights`)."""
     if kd.combiner == "weighted":
         return FixedWeightCombiner(kd.teacher_weights or [])
+    if kd.combiner == "learned":
+        if learned_weights is None:
+            raise ValueError("the learned combiner needs the teachers' learned weights")
+        return FixedWeightCombiner(learned_weights.tolist())
     if kd.combiner == "confidence":
         return ConfidenceCombiner()
     if kd.combiner == "gradient":

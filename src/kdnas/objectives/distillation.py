@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from kdnas.config import KDConfig
-from kdnas.objectives.combiners import combined_target, make_combiner
+from kdnas.objectives.combiners import combined_target, learned_teacher_weights, make_combiner
 from kdnas.objectives.intermediate import IntermediateDistiller
 from kdnas.objectives.losses import kd_loss
 from kdnas.objectives.schedules import value_at
@@ -21,10 +21,16 @@ class Distillation:
     """A :data:`~kdnas.objectives.training.LossFn` for one student."""
 
     def __init__(
-        self, kd: KDConfig, teacher_logits: torch.Tensor, intermediate: IntermediateDistiller | None = None
+        self, kd: KDConfig, teacher_logits: torch.Tensor, intermediate: IntermediateDistiller | None = None,
+        labels: torch.Tensor | None = None,
     ) -> None:
+        """``labels`` (the training rows', ``-100`` for transfer rows) fit the ``learned`` combiner's weights."""
         self.kd = kd
-        self.combiner = make_combiner(kd)
+        uses_learned = kd.combiner == "learned"
+        if uses_learned and labels is None:
+            raise ValueError("kd.combiner 'learned' needs the training labels")
+        self.learned_weights = learned_teacher_weights(teacher_logits, labels) if uses_learned else None
+        self.combiner = make_combiner(kd, self.learned_weights)
         self.teacher_logits = teacher_logits  # [K, N, C], on the training device
         self.intermediate = intermediate
 
@@ -69,6 +75,8 @@ class Distillation:
     def record(self) -> dict[str, Any]:
         """What the trial's ``kd`` user_attr records: the recipe, plus layer maps / EMD weights when used."""
         recipe = self.kd.model_dump(mode="json", exclude={"space"})
+        if self.learned_weights is not None:
+            recipe["learned_teacher_weights"] = [round(w, 4) for w in self.learned_weights.tolist()]
         if self.intermediate is not None:
             recipe["intermediate_teachers"] = self.intermediate.record()
         return recipe

@@ -17,9 +17,11 @@ def kd_loss(
     """``alpha·CE(y, s) + (1 − alpha)·T²·KL(target ‖ softmax(s/T))`` with ``batchmean`` reduction.
 
     ``target_probs`` are the (combined) teachers' probabilities at temperature ``T``. ``alpha = 1`` is plain
-    cross-entropy training without distillation (``target_probs`` may then be None).
+    cross-entropy training without distillation (``target_probs`` may then be None). Rows labelled ``-100``
+    (transfer examples) take no part in the cross-entropy, which averages over the labelled rows (0 without any).
     """
-    hard = F.cross_entropy(student_logits, labels)
+    labelled = labels != -100
+    hard = F.cross_entropy(student_logits[labelled], labels[labelled]) if labelled.any() else student_logits.sum() * 0
     if alpha >= 1.0:
         return hard
     log_student = F.log_softmax(student_logits / temperature, dim=-1)

@@ -264,24 +264,38 @@ def _weights_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: int) -> str:
-    """Key of a teacher's logits: its weights, the task's content and split, and the tokenisation."""
-    parts = [_weights_digest(teacher.path), task.fingerprint(), split, str(max_length), str(len(teacher.tokenizer))]
+def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: int, content: str = "") -> str:
+    """Key of a teacher's cached outputs: its weights, the task's content and split (plus ``content``, the hash of
+    texts outside the task such as the transfer set), and the tokenisation."""
+    parts = [_weights_digest(teacher.path), task.fingerprint(), split, content, str(max_length),
+             str(len(teacher.tokenizer))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
+def save_atomically(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """Write a safetensors file so that readers see the whole file or none (write aside, then rename)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.partial")
+    save_file({name: value.contiguous() for name, value in tensors.items()}, partial)
+    partial.replace(file)
+
+
 def cached_logits(
-    teacher: Teacher, task: TaskData, split: str, max_length: int, cache_dir: Path, device: torch.device
+    teacher: Teacher, task: TaskData, split: str, max_length: int, cache_dir: Path, device: torch.device,
+    texts: list | None = None, content: str = "",
 ) -> torch.Tensor:
-    """The teacher's logits ``[N, C]`` on ``split``, computed once and then read from ``cache_dir``."""
-    key = logits_cache_key(teacher, task, split, max_length)
+    """The teacher's logits ``[N, C]`` on ``split``, computed once and then read from ``cache_dir``.
+
+    ``texts`` (identified by the hash ``content``) replace the split's own texts, e.g. for the transfer set.
+    """
+    key = logits_cache_key(teacher, task, split, max_length, content)
     file = Path(cache_dir) / f"{teacher.name}-{split}-{key}.safetensors"
     if file.exists():
         logger.info("teacher logits cache hit: %s %s (%s)", teacher.name, split, file.name)
         return load_file(file)["logits"]
-    logger.info("teacher logits cache miss: %s %s, running the teacher", teacher.name, split)
-    data = encode(teacher.tokenizer, task.texts(split), task.labels(split), max_length)
+    texts = task.texts(split) if texts is None else texts
+    logger.info("teacher logits cache miss: %s %s, running the teacher on %d texts", teacher.name, split, len(texts))
+    data = encode(teacher.tokenizer, texts, [0] * len(texts), max_length)
     logits = predict_logits(teacher.model, data, device=device)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"logits": logits.contiguous()}, file)
+    save_atomically({"logits": logits}, file)
     return logits

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import tempfile
 import time
@@ -23,11 +24,15 @@ from ray import tune
 
 from kdnas.config import ConfigError, KDNASConfig, build_config, dump_config
 from kdnas.data import TaskData, load_task
-from kdnas.objectives.batches import encode
+from kdnas.data.augment import augment_texts
+from kdnas.data.transfer import TransferSet, load_transfer_texts
+from kdnas.objectives.batches import concat, encode
+from kdnas.objectives.importance import cached_importance
 from kdnas.objectives.latency import resolve_device
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.metrics import score
 from kdnas.objectives.teachers import (
+    Teacher,
     cached_logits,
     fit_teacher,
     is_fitted,
@@ -59,10 +64,12 @@ from kdnas.search.trial import (
 )
 from kdnas.space import SearchSpace
 from kdnas.space.search_space import smallest_student
-from kdnas.space.warm_start import WarmStartSource, warm_start_source
+from kdnas.space.inheritance import InheritanceSource, inheritance_source
 
 logger = logging.getLogger(__name__)
 
+UNLABELLED = -100
+"""The label of a transfer example: cross-entropy ignores it, KD does not."""
 
 
 def driver_device() -> torch.device:
@@ -80,14 +87,21 @@ def fit_teachers(config: KDNASConfig, task: TaskData, *, force: bool = False) ->
     return records
 
 
-def teacher_reference(config: KDNASConfig, task: TaskData, cache_dir: Path) -> tuple[list[dict], torch.Tensor]:
-    """Teachers' eval metric and latency (measured as students are), and their train logits ``[K, N, C]``."""
+def teacher_reference(
+    config: KDNASConfig, task: TaskData, cache_dir: Path, transfer: TransferSet | None = None
+) -> tuple[list[dict], torch.Tensor]:
+    """Teachers' eval metric and latency (measured as students are), and their logits ``[K, N, C]`` on the train
+    split followed by the ``transfer`` set."""
     device = driver_device()
     references, train_logits = [], []
     for teacher_cfg in config.teachers:
         teacher = load_teacher(config, teacher_cfg, task.num_labels)
         max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
-        train_logits.append(cached_logits(teacher, task, "train", max_length, cache_dir, device))
+        logits = cached_logits(teacher, task, "train", max_length, cache_dir, device)
+        if transfer:
+            logits = torch.cat([logits, cached_logits(teacher, task, "transfer", max_length, cache_dir, device,
+                                                      texts=transfer.texts, content=transfer.fingerprint())])
+        train_logits.append(logits)
         eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
         latency = measure_cached(
             teacher.model,
@@ -110,6 +124,82 @@ def teacher_reference(config: KDNASConfig, task: TaskData, cache_dir: Path) -> t
         )
         teacher.model.to("cpu")
     return references, torch.stack(train_logits)
+
+
+def vocabulary_teachers(config: KDNASConfig, task: TaskData) -> list[Teacher]:
+    """The teachers that tokenise like the students (same vocabulary, same ids on a sample of the task)."""
+    student_tokenizer = load_tokenizer(config.student.tokenizer)
+    sample = task.texts("train")[:64]
+    teachers = [load_teacher(config, t, task.num_labels) for t in config.teachers]
+    return [t for t in teachers if shares_tokenizer(student_tokenizer, t.tokenizer, sample)]
+
+
+def inheritance_teacher(config: KDNASConfig, task: TaskData) -> Teacher | None:
+    """The teacher students inherit from: ``student.inherit.teacher``, else the first BERT teacher with the
+    students' vocabulary (None, with a warning, when there is none; an error when the named one cannot serve)."""
+    inherit = config.student.inherit
+    if not inherit.enabled:
+        return None
+    shared = {t.name: t for t in vocabulary_teachers(config, task)}
+    if inherit.teacher is not None:
+        teacher = shared.get(inherit.teacher)
+        if teacher is None:
+            raise ConfigError(f"student.inherit.teacher: teacher {inherit.teacher!r} does not use the students' "
+                              f"vocabulary (student.tokenizer {config.student.tokenizer!r})")
+        if teacher.model.config.model_type != "bert":
+            raise ConfigError(f"student.inherit.teacher: teacher {inherit.teacher!r} is a "
+                              f"{teacher.model.config.model_type} model; students inherit from BERT teachers only")
+        return teacher
+    teacher = next((t for t in shared.values() if t.model.config.model_type == "bert"), None)
+    if teacher is None:
+        logger.warning("no teacher is a BERT model with the students' vocabulary: students start from random weights")
+    return teacher
+
+
+def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> InheritanceSource | None:
+    """The inheritance teacher's weights and importance (ranked once on a seeded calibration subset, cached)."""
+    teacher = inheritance_teacher(config, task)
+    if teacher is None:
+        return None
+    inherit, texts = config.student.inherit, task.texts("train")
+    rows = sorted(random.Random(config.data.seed).sample(range(len(texts)), min(inherit.calibration_size, len(texts))))
+    max_length = config.data.max_seq_length
+    calibration = encode(teacher.tokenizer, [texts[i] for i in rows], [0] * len(rows), max_length)
+    importance, file = cached_importance(teacher, task, calibration, max_length, cache_dir, driver_device())
+    teacher.model.to("cpu")
+    return inheritance_source(teacher.name, teacher.model, importance, inherit.layers, calibration=len(rows),
+                              cache_file=file.name)
+
+
+def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None = None) -> TransferSet | None:
+    """The configured transfer texts (``found``, loaded when not given) plus augmented copies of the training texts;
+    None when there are none.
+
+    Augmentation draws neighbours from the input embeddings of a teacher that tokenises like the students
+    (``student.inherit.teacher`` when it is one); without such a teacher, automatic augmentation is skipped with a
+    warning and configured augmentation is an error.
+    """
+    settings, copies = config.data.transfer, config.data.augment_copies
+    found = load_transfer_texts(config.data, task) if found is None else found
+    augmented: list = []
+    teachers = sorted(vocabulary_teachers(config, task), key=lambda t: t.name != config.student.inherit.teacher) \
+        if copies else []
+    if copies and not teachers:
+        problem = f"no teacher uses the students' vocabulary (student.tokenizer {config.student.tokenizer!r})"
+        if settings.augment_copies is not None:
+            raise ConfigError(f"data.transfer.augment_copies: {problem} to draw word neighbours from")
+        logger.warning("no augmented transfer set: %s", problem)
+    elif copies:
+        embeddings = teachers[0].model.get_input_embeddings().weight.detach()
+        augmented = augment_texts(task.texts("train"), load_tokenizer(config.student.tokenizer), embeddings,
+                                  copies=copies, replace_prob=settings.replace_prob,
+                                  neighbours=settings.neighbours, seed=config.data.seed)
+    if not found.texts and not augmented:
+        return None
+    sources = {**found.sources, **({"augmented": len(augmented)} if augmented else {})}
+    transfer = TransferSet(found.texts + augmented, sources)
+    logger.info("transfer set: %d texts (%s)", len(transfer), ", ".join(f"{k} {v}" for k, v in sources.items()))
+    return transfer
 
 
 def uses_intermediate_kd(config: KDNASConfig) -> bool:
@@ -156,37 +246,31 @@ def latency_cache_dir(config: KDNASConfig) -> Path:
     return (Path(config.output_dir) / "cache" / "latency").resolve()
 
 
-def warm_start_teacher(config: KDNASConfig, task: TaskData) -> WarmStartSource | None:
-    """The weights of ``student.warm_start.teacher`` for every trial (None when warm start is off)."""
-    warm = config.student.warm_start
-    if warm.teacher is None:
-        return None
-    teacher_cfg = next(t for t in config.teachers if t.name == warm.teacher)
-    teacher = load_teacher(config, teacher_cfg, task.num_labels)
-    source = warm_start_source(
-        teacher.name, teacher.model, teacher.tokenizer, load_tokenizer(config.student.tokenizer), warm.layers
-    )
-    if source.unusable:
-        logger.warning("warm start is off: %s", source.unusable)
-    return source
-
-
-def prepare_inputs(config: KDNASConfig, task: TaskData, teacher_logits: torch.Tensor) -> TrialInputs:
-    """Tokenise the task for students once, for every trial, and load the intermediate-KD teachers."""
+def prepare_inputs(
+    config: KDNASConfig, task: TaskData, teacher_logits: torch.Tensor, transfer: TransferSet | None = None
+) -> TrialInputs:
+    """Tokenise the task (and the transfer set, unlabelled) for students once, for every trial; load the
+    intermediate-KD teachers and the inheritance source."""
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_length = config.data.max_seq_length
+    train = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
+    if transfer:
+        train = concat(train, encode(tokenizer, transfer.texts, [UNLABELLED] * len(transfer), max_length))
+    if train.labels.shape[0] != teacher_logits.shape[1]:
+        raise ValueError(f"{train.labels.shape[0]} training rows but teacher logits for {teacher_logits.shape[1]}")
     return TrialInputs(
         config=config,
         metric=task.metric,
         label_names=task.label_names,
-        train=encode(tokenizer, task.texts("train"), task.labels("train"), max_length),
+        train=train,
         eval=encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length),
         teacher_names=tuple(t.name for t in config.teachers),
         teacher_logits=teacher_logits,
         students_dir=str((Path(config.output_dir) / "students" / config.search.study_name).resolve()),
         intermediate_teachers=intermediate_teachers(config, task),
         latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
-        warm_start=warm_start_teacher(config, task),
+        inherit=inheritance(config, task, Path(config.output_dir) / "cache"),
+        transfer_rows=len(transfer) if transfer else 0,
     )
 
 
@@ -362,13 +446,19 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     task = load_task(config.data)
     logger.info("task %s: %d train / %d eval examples, metric %s",
                 task.name, len(task.train), len(task.eval), task.metric)
+    found = load_transfer_texts(config.data, task)  # a missing transfer file fails before teachers are fitted
     fit_teachers(config, task)
-    references, teacher_logits = teacher_reference(config, task, output_dir / "cache")
+    transfer = transfer_set(config, task, found)
+    references, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
     for ref in references:
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
-    inputs = prepare_inputs(config, task, teacher_logits)  # the last checks of the inputs: the study is untouched so far
+    # the last checks of the inputs: the study is untouched so far
+    inputs = prepare_inputs(config, task, teacher_logits, transfer)
     check_budgets_reachable(inputs)
     study.set_user_attr("teachers", references)
+    study.set_user_attr("inheritance", inputs.inherit.record() if inputs.inherit else None)
+    study.set_user_attr("transfer", {"size": len(transfer), "sources": transfer.sources,
+                                     "fingerprint": transfer.fingerprint()} if transfer else None)
     study.set_user_attr("task", {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)})
     recorded = dump_config(config)
     recorded["search"]["storage"] = mask_url(url)
@@ -387,7 +477,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     if scheduler is None:
         scheduler = make_scheduler(config, LATENCY_KEY)
     searcher = KDNASSearch(
-        space=SearchSpace(config.student.space, config.kd.space).suggest,
+        space=SearchSpace(config.student.space, config.kd.space, config.training.space).suggest,
         metric=objective_names(config),
         mode=["max", "min"],
         storage=storage,
@@ -450,8 +540,9 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     config = build_config(raw)
     task = load_task(config.data)
     fit_teachers(config, task)
-    _, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache")
-    inputs = prepare_inputs(config, task, teacher_logits)
+    transfer = transfer_set(config, task)
+    _, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache", transfer)
+    inputs = prepare_inputs(config, task, teacher_logits, transfer)
     inputs = replace(inputs, students_dir=str(Path(inputs.students_dir) / "retrained"))
     logger.info("retraining trial %d (%s epochs)", trial.number, config.training.epochs)
     run_trial(trial.params, inputs, trial_number=trial.number, device=driver_device(), report=lambda _: None)

@@ -14,8 +14,8 @@ import torch
 
 from transformers import PreTrainedModel
 
-from kdnas.config import KDConfig, KDNASConfig
-from kdnas.objectives.batches import Encoded
+from kdnas.config import INHERITED_LEARNING_RATE, RANDOM_LEARNING_RATE, KDConfig, KDNASConfig, Ramp
+from kdnas.objectives.batches import Encoded, head
 from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.latency import LatencyResult
@@ -24,7 +24,7 @@ from kdnas.objectives.teachers import load_tokenizer
 from kdnas.objectives.training import evaluate, train
 from kdnas.space import StudentArch
 from kdnas.space.search_space import kd_recipe
-from kdnas.space.warm_start import WarmStartSource, apply_warm_start
+from kdnas.space.inheritance import InheritanceSource, inherit
 
 LATENCY_KEY = "latency_ms"
 COMPLETED_KEY = "kdnas_completed"
@@ -54,7 +54,8 @@ class TrialInputs:
     students_dir: str  # absolute
     intermediate_teachers: tuple[tuple[str, PreTrainedModel], ...] = ()  # those sharing the student's tokenizer
     latency_cache_dir: str | None = None  # absolute; None: measure every student afresh
-    warm_start: WarmStartSource | None = None  # the teacher students are initialised from
+    inherit: InheritanceSource | None = None  # the teacher students are sliced out of; None: random init
+    transfer_rows: int = 0  # the last rows of ``train``: the transfer set (unlabelled, KD only)
 
     @property
     def num_labels(self) -> int:
@@ -133,6 +134,32 @@ def build_and_measure(arch: StudentArch, inputs: TrialInputs) -> MeasuredStudent
     return MeasuredStudent(model, tokenizer, latency, cost, constraints, over)
 
 
+def initialise(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
+    """Slice ``model`` out of the inheritance teacher (in place), or leave it random; the record says which."""
+    if inputs.inherit is None:
+        reason = "student.inherit.enabled is false" if not inputs.config.student.inherit.enabled else \
+            "no BERT teacher uses the students' vocabulary"
+        return {"init": "random", "random": {"all": reason}}
+    return inherit(model, inputs.inherit)
+
+
+def learning_rate(config: KDNASConfig, params: dict[str, Any], init: dict[str, Any]) -> float:
+    """The sampled learning rate, else ``training.learning_rate``, else the default for the student's init."""
+    if "learning_rate" in params:
+        return float(params["learning_rate"])
+    if config.training.learning_rate is not None:
+        return config.training.learning_rate
+    return RANDOM_LEARNING_RATE if init["init"] == "random" else INHERITED_LEARNING_RATE
+
+
+def training_rows(kd: KDConfig, inputs: TrialInputs) -> Encoded:
+    """The rows a student trains on: labelled and transfer rows, or labelled only when it learns no KD (α = 1)."""
+    no_kd = not isinstance(kd.alpha, Ramp) and kd.alpha >= 1.0 and not kd.intermediate.enabled
+    if no_kd and inputs.transfer_rows:
+        return head(inputs.train, len(inputs.train) - inputs.transfer_rows)
+    return inputs.train
+
+
 def _intermediate(
     kd: KDConfig, arch: StudentArch, model: torch.nn.Module, inputs: TrialInputs, device: torch.device
 ) -> IntermediateDistiller | None:
@@ -160,7 +187,7 @@ def run_trial(
     """Train one student with multi-teacher logit KD and report ``{metric, latency_ms, epoch}`` after each epoch.
 
     The last report also carries ``kdnas_completed`` and ``kdnas_attrs`` (JSON: arch, params, FLOPs, latency
-    details, KD recipe, warm start, student path) and ``kdnas_constraints``, and is returned. A student over a
+    details, KD recipe, initialisation, learning rate, student path) and ``kdnas_constraints``, and is returned. A student over a
     latency or size budget is measured, not trained: its only report carries ``kdnas_infeasible`` (the reason).
     Errors propagate to the caller.
     With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
@@ -178,11 +205,13 @@ def run_trial(
                   CONSTRAINTS_KEY: json.dumps(constraints), ATTRS_KEY: json.dumps({**cost, "epochs_trained": 0})}
         report(dict(result))
         return result
-    warm_start = None if inputs.warm_start is None else apply_warm_start(model, inputs.warm_start)
+    init = initialise(model, inputs)
     device = torch.device(device)
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
-    distillation = Distillation(kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device))
+    rate, rows = learning_rate(config, params, init), training_rows(kd, inputs)
+    distillation = Distillation(kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device),
+                                labels=inputs.train.labels)
     wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
     restore_attention = expose_attention(model) if wants_attentions else None
     if resume is not None and "loss" in resume:
@@ -205,12 +234,12 @@ def run_trial(
 
     train(
         model,
-        inputs.train,
+        rows,
         loss_fn=distillation,
         extra_parameters=distillation.parameters(),
         epochs=training.epochs,
         batch_size=training.batch_size,
-        learning_rate=training.learning_rate,
+        learning_rate=rate,
         weight_decay=training.weight_decay,
         warmup_ratio=training.warmup_ratio,
         seed=training.seed,
@@ -229,7 +258,10 @@ def run_trial(
         raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
     attrs = {
         **cost,
-        "warm_start": warm_start,
+        "init": init,
+        "learning_rate": rate,
+        "train_rows": {"labelled": len(inputs.train) - inputs.transfer_rows,
+                       "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows},
         "kd": distillation.record(),
         "teachers": list(inputs.teacher_names),
         "epochs_trained": training.epochs,

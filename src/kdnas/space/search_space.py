@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from kdnas.config import KDConfig, KDSpaceConfig, SpaceConfig
+from kdnas.config import KDConfig, KDSpaceConfig, SpaceConfig, TrainingSpaceConfig
 from kdnas.space.arch import StudentArch
 
 KD_PARAMS = {"kd_combiner": "combiner", "kd_temperature": "temperature", "kd_alpha": "alpha",
@@ -15,15 +15,18 @@ KD_PARAMS = {"kd_combiner": "combiner", "kd_temperature": "temperature", "kd_alp
 
 
 class SearchSpace:
-    """Samples students from a :class:`SpaceConfig`, and KD recipes from a :class:`KDSpaceConfig`.
+    """Samples students from a :class:`SpaceConfig`, KD recipes from a :class:`KDSpaceConfig` and learning rates
+    from a :class:`TrainingSpaceConfig`.
 
     Width is never sampled: it is ``heads × head_dim``, so each Optuna categorical keeps one fixed choice list
     (TPE needs that) and every sampled combination is a valid transformer.
     """
 
-    def __init__(self, config: SpaceConfig, kd_space: KDSpaceConfig | None = None) -> None:
+    def __init__(self, config: SpaceConfig, kd_space: KDSpaceConfig | None = None,
+                 training_space: TrainingSpaceConfig | None = None) -> None:
         self.config = config
         self.kd_space = kd_space or KDSpaceConfig()
+        self.training_space = training_space or TrainingSpaceConfig()
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample one student's parameters on ``trial`` (define-by-run)."""
@@ -38,6 +41,8 @@ class SearchSpace:
             choices = getattr(self.kd_space, field)
             if choices is not None:
                 params[name] = trial.suggest_categorical(name, choices)
+        if self.training_space.learning_rate is not None:
+            params["learning_rate"] = trial.suggest_categorical("learning_rate", self.training_space.learning_rate)
         return params
 
 

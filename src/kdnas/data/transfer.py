@@ -1,0 +1,82 @@
+"""The transfer set: unlabelled text that students learn from through the teachers' soft labels.
+
+Sources (``data.transfer``): local files read by the same loaders as the training files (their label column, if
+any, is ignored), splits of the task's hub dataset, sentences from the demo generator, and augmented copies of the
+training sentences (:mod:`kdnas.data.augment`). Validation texts never enter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from itertools import islice
+
+from kdnas.config import ConfigError, DataConfig
+from kdnas.data.demo import _sentences
+from kdnas.data.task import TaskData, _column, _hub_split, _load_file, _load_hub
+
+Text = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """Transfer texts (strings, or pairs for a sentence-pair task) and how many came from each source."""
+
+    texts: list[Text]
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """A short, stable hash of the texts."""
+        return hashlib.sha256(json.dumps(self.texts).encode()).hexdigest()[:16]
+
+
+def _split_texts(split, text_columns: tuple[str, ...]) -> list[Text]:
+    columns = [[str(t) for t in _column(split, column, "data.text_columns")] for column in text_columns]
+    return columns[0] if len(columns) == 1 else list(zip(*columns))
+
+
+def demo_transfer_texts(n: int, seed: int, exclude: set[str]) -> list[str]:
+    """``n`` demo sentences from their own seeded stream, none of them in ``exclude`` (the validation set)."""
+    stream = (sentence for sentence, _ in _sentences(random.Random(f"kdnas-transfer-{seed}")) if sentence not in exclude)
+    return list(islice(stream, n))
+
+
+def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
+    """The unaugmented transfer texts configured in ``cfg.transfer`` (files, hub splits, demo sentences).
+
+    Raises :class:`ConfigError` for a missing or unreadable file, an unknown split or a missing text column.
+    """
+    transfer, columns = cfg.transfer, task.text_columns
+    texts: list[Text] = []
+    sources: dict[str, int] = {}
+    for path in transfer.files:
+        found = _split_texts(_load_file("data.transfer.files", path), columns)
+        texts += found
+        sources[f"file:{path}"] = len(found)
+    if transfer.splits:
+        assert cfg.hub_name is not None
+        name = f"{cfg.hub_name}/{cfg.hub_config}" if cfg.hub_config else cfg.hub_name
+        splits = _load_hub(cfg.hub_name, cfg.hub_config, name)
+        for split in transfer.splits:
+            found = _split_texts(_hub_split(splits, name, "data.transfer.splits", split), columns)
+            texts += found
+            sources[f"split:{split}"] = len(found)
+    if cfg.demo_transfer_size:
+        exclude = {t for t in task.texts("eval") if isinstance(t, str)}
+        texts += demo_transfer_texts(cfg.demo_transfer_size, cfg.seed, exclude)
+        sources["demo"] = cfg.demo_transfer_size
+    held_out = set(task.texts("eval"))
+    kept = [t for t in texts if t not in held_out]
+    if len(kept) < len(texts):
+        sources["dropped_validation_texts"] = len(texts) - len(kept)
+    if transfer.max_samples is not None and len(kept) > transfer.max_samples:
+        kept = random.Random(cfg.seed).sample(kept, transfer.max_samples)
+        sources["max_samples"] = transfer.max_samples
+    if (transfer.files or transfer.splits or cfg.demo_transfer_size) and not kept:
+        raise ConfigError("data.transfer: the transfer sources hold no text outside the validation set")
+    return TransferSet(kept, sources)
