@@ -152,7 +152,7 @@ def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
     assert early_stopping_enabled(config(n_trials=2, early_stopping={"mode": "on"}))
     assert make_scheduler(config(n_trials=20, early_stopping={"mode": "off"}), "latency_ms") is None
     with pytest.raises(ConfigError, match="grace_epochs \\(4\\) must be below training.epochs \\(4\\)"):
-        config(early_stopping={"mode": "on", "grace_epochs": 4})
+        build_config({"search": {"early_stopping": {"mode": "on", "grace_epochs": 4}}, "training": {"epochs": 4}})
 
 
 # --- a real tiny search --------------------------------------------------------------------------------------------

@@ -123,8 +123,8 @@ def test_what_cannot_inherit_stays_random_with_the_reason(tokenizer, source):
 
 def test_learning_rate_follows_the_init_unless_set_or_sampled():
     config = build_config({})
-    assert learning_rate(config, {}, {"init": "inherited"}) == 3e-4
-    assert learning_rate(config, {}, {"init": "partial"}) == 3e-4
+    assert learning_rate(config, {}, {"init": "inherited"}) == 6e-4
+    assert learning_rate(config, {}, {"init": "partial"}) == 6e-4
     assert learning_rate(config, {}, {"init": "random"}) == 1e-3
     assert learning_rate(build_config({"training": {"learning_rate": 5e-4}}), {}, {"init": "random"}) == 5e-4
     assert learning_rate(config, {"learning_rate": 2e-4}, {"init": "random"}) == 2e-4

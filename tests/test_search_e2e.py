@@ -37,8 +37,29 @@ def test_search_records_complete_trials_with_values_and_attrs(searched):
     assert "***" in study.user_attrs["config"]["search"]["storage"] or "sqlite" in study.user_attrs["config"]["search"]["storage"]
 
 
+def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(searched):
+    from kdnas.dashboards.report import trial_rows
+
+    config, study = searched
+    inheritance, transfer = study.user_attrs["inheritance"], study.user_attrs["transfer"]
+    assert inheritance["teacher"] == "minilm" and inheritance["calibration_size"] == 160
+    assert len(inheritance["importance"]["heads"]) == 6 and len(inheritance["importance"]["layers"]) == 6
+    assert transfer["size"] == 160 and transfer["sources"] == {"demo": 160}
+    rows = {row["trial"]: row for row in trial_rows(study, "accuracy")}
+    for t in study.trials:
+        init = t.user_attrs["init"]
+        assert init["init"] == "partial" and init["teacher"] == "minilm"  # head size 8/16, MiniLM's is 32
+        assert init["random"] == {"attention": f"head size {t.params['head_dim']}, the teacher 32"}
+        assert len(init["layers"]) == t.params["num_layers"] and init["hidden_channels"] == t.user_attrs["arch"][
+            "hidden_size"]
+        assert t.user_attrs["learning_rate"] == 6e-4
+        assert t.user_attrs["train_rows"] == {"labelled": 160, "transfer": 160}
+        assert len(t.user_attrs["kd"]["learned_teacher_weights"]) == 2
+        assert rows[t.number]["init"].startswith("partial from minilm (layers ")
+
+
 def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, monkeypatch):
-    from kdnas.objectives import teachers
+    from kdnas.objectives import importance, teachers
     from kdnas.search.runner import run_search
 
     def must_not_run(*args, **kwargs):
@@ -47,6 +68,7 @@ def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, mon
     config, study = searched
     monkeypatch.setattr(teachers, "predict_logits", must_not_run)
     monkeypatch.setattr(teachers, "train", must_not_run)
+    monkeypatch.setattr(importance, "activation_importance", must_not_run)
     first = [t["latency_ms"] for t in study.user_attrs["teachers"]]
     again = run_search(config)
     assert [(t.number, t.values) for t in again.trials] == [(t.number, t.values) for t in study.trials]

@@ -21,7 +21,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DEMO_TRANSFER_SIZE = 6_000
+DEMO_TRANSFER_SIZE = 10_000
 """Unlabelled demo-generator sentences in the demo's transfer set."""
 AUTO_AUGMENT_COPIES = 4
 """Augmented copies of each training text when ``data.transfer.augment_copies`` is unset and the task is not the
@@ -299,8 +299,9 @@ class KDConfig(_Section):
         return self
 
 
-INHERITED_LEARNING_RATE = 3e-4
-"""The default learning rate of a student that inherits its weights (measured best of 1e-4, 3e-4, 1e-3)."""
+INHERITED_LEARNING_RATE = 6e-4
+"""The default learning rate of a student that inherits its weights (3e-4 beat 1e-4 on a 6-class task; 6e-4 beat
+3e-4 on the demo by 1.7 points for L2-H128 and L2-H256)."""
 RANDOM_LEARNING_RATE = 1e-3
 """The default learning rate of a randomly initialised student."""
 
@@ -321,7 +322,7 @@ class TrainingSpaceConfig(_Section):
 class TrainingConfig(_Section):
     """The training budget of one student."""
 
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.01, ge=0)

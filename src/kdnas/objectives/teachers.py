@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +231,7 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
     train_data = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
     eval_data = encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length)
     logger.info("fitting teacher %s on %d examples (%s epochs)", teacher.name, len(train_data), fit.epochs)
+    started = time.perf_counter()
     train(
         model,
         train_data,
@@ -245,7 +247,8 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    record = {**_fit_record(teacher, task, max_length), "metric": task.metric, "value": value}
+    record = {**_fit_record(teacher, task, max_length), "metric": task.metric, "value": value,
+              "fit_seconds": round(time.perf_counter() - started, 1)}
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
     logger.info("teacher %s: %s = %.4f, saved to %s", teacher.name, task.metric, value, out)
     return record
