@@ -31,7 +31,7 @@ def stub_student(config: dict, inputs: TrialInputs) -> None:
 def use_stub_trials(monkeypatch=None) -> None:
     """Make ``run_search`` skip teachers and run :func:`stub_student` trials (``monkeypatch`` undoes it)."""
     stubs = {"fit_teachers": lambda *a, **k: [], "teacher_reference": lambda *a, **k: ([], torch.zeros(1, 1, 2)),
-             "train_student": stub_student}
+             "inheritance": lambda *a, **k: None, "transfer_set": lambda *a, **k: None, "train_student": stub_student}
     for name, value in stubs.items():
         if monkeypatch is None:
             setattr(runner, name, value)

@@ -78,7 +78,8 @@ after {lat.get('warmup', '?')} warm-up runs.
 
 ## Initialisation
 {init_summary(attrs.get('init', {})) or 'not recorded'}; learning rate {attrs.get('learning_rate', '?')}; trained on
-{train_rows.get('labelled', '?')} labelled and {train_rows.get('transfer', 0)} transfer examples (teachers' soft labels only).
+{train_rows.get('labelled', '?')} labelled and {train_rows.get('transfer', 0)} transfer examples (the transfer set
+through the teachers' soft labels only).
 
 ## Distillation recipe
 {attrs.get('epochs_trained', '?')} epoch(s) with:

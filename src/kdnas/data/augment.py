@@ -48,7 +48,7 @@ def augment_texts(texts: list[Text], tokenizer: PreTrainedTokenizerBase, embeddi
     """``copies`` augmented versions of each of ``texts`` (copy-major order), deterministic for ``seed``."""
     if copies == 0 or not texts:
         return []
-    lower = bool(getattr(tokenizer, "do_lower_case", False)) or tokenizer("A")["input_ids"] == tokenizer("a")["input_ids"]
+    lower = tokenizer("A")["input_ids"] == tokenizer("a")["input_ids"]  # an uncased vocabulary
 
     def words_of(text: str) -> list[str]:
         return text.split()

@@ -42,7 +42,8 @@ def _split_texts(split, text_columns: tuple[str, ...]) -> list[Text]:
 
 def demo_transfer_texts(n: int, seed: int, exclude: set[str]) -> list[str]:
     """``n`` demo sentences from their own seeded stream, none of them in ``exclude`` (the validation set)."""
-    stream = (sentence for sentence, _ in _sentences(random.Random(f"kdnas-transfer-{seed}")) if sentence not in exclude)
+    generated = _sentences(random.Random(f"kdnas-transfer-{seed}"))
+    stream = (sentence for sentence, _ in generated if sentence not in exclude)
     return list(islice(stream, n))
 
 

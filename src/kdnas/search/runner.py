@@ -256,8 +256,6 @@ def prepare_inputs(
     train = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
     if transfer:
         train = concat(train, encode(tokenizer, transfer.texts, [UNLABELLED] * len(transfer), max_length))
-    if train.labels.shape[0] != teacher_logits.shape[1]:
-        raise ValueError(f"{train.labels.shape[0]} training rows but teacher logits for {teacher_logits.shape[1]}")
     return TrialInputs(
         config=config,
         metric=task.metric,

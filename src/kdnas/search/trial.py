@@ -187,8 +187,9 @@ def run_trial(
     """Train one student with multi-teacher logit KD and report ``{metric, latency_ms, epoch}`` after each epoch.
 
     The last report also carries ``kdnas_completed`` and ``kdnas_attrs`` (JSON: arch, params, FLOPs, latency
-    details, KD recipe, initialisation, learning rate, student path) and ``kdnas_constraints``, and is returned. A student over a
-    latency or size budget is measured, not trained: its only report carries ``kdnas_infeasible`` (the reason).
+    details, KD recipe, initialisation, learning rate, rows trained on, student path) and ``kdnas_constraints``, and
+    is returned. A student over a latency or size budget is measured, not trained: its only report carries
+    ``kdnas_infeasible`` (the reason).
     Errors propagate to the caller.
     With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
     state) continues training after its epoch.

@@ -167,7 +167,8 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
         put("classifier.weight", t["classifier.weight"][:, channels])
         put("classifier.bias", t["classifier.bias"])
     else:
-        random["classifier"] = f"{targets['classifier.weight'].shape[0]} labels, the teacher {t['classifier.weight'].shape[0]}"
+        labels, theirs = targets["classifier.weight"].shape[0], t["classifier.weight"].shape[0]
+        random["classifier"] = f"{labels} labels, the teacher {theirs}"
 
     if layers > source.num_layers:
         random["encoder"] = f"{layers} layers, teacher {source.teacher!r} only {source.num_layers}"
@@ -190,8 +191,9 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
             chosen_heads.append(picked)
             rows = _rows(picked, head_dim)
             for proj in ("query", "key", "value"):
-                put(ours + f"attention.self.{proj}.weight", t[theirs + f"attention.self.{proj}.weight"][rows][:, channels])
-                put(ours + f"attention.self.{proj}.bias", t[theirs + f"attention.self.{proj}.bias"][rows])
+                weight, bias = f"attention.self.{proj}.weight", f"attention.self.{proj}.bias"
+                put(ours + weight, t[theirs + weight][rows][:, channels])
+                put(ours + bias, t[theirs + bias][rows])
             put(ours + "attention.output.dense.weight", t[theirs + "attention.output.dense.weight"][channels][:, rows])
             put(ours + "attention.output.dense.bias", t[theirs + "attention.output.dense.bias"][channels])
         if "ffn" not in random:
