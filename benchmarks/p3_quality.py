@@ -81,17 +81,22 @@ def student_raw(data: Path, args: argparse.Namespace, teachers: list[dict[str, A
 
 
 class Runs:
-    """Trains students with :func:`run_trial`, preparing each config's inputs once; remembers every run."""
+    """Trains students with :func:`run_trial`, preparing each config's inputs once; remembers every run, also in
+    ``journal`` (JSON lines), so an interrupted benchmark restarted with the same settings skips finished runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Path) -> None:
         self.prepared: dict[str, tuple[TrialInputs, str]] = {}
+        self.journal = journal
+        self.done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
         self.runs: list[dict[str, Any]] = []
         self.configs: dict[str, dict] = {}
 
     def train(self, variant: str, raw: dict, arch: str, seed: int) -> float:
         key = json.dumps(raw, sort_keys=True)
-        for run in self.runs:  # the same config, arch and seed trains the same student: (c) reuses (b)'s
+        for run in self.runs + self.done:  # the same config, arch and seed trains the same student
             if (run["config_key"], run["arch_spec"], run["seed"]) == (key, arch, seed):
+                if run not in self.runs:
+                    self.runs.append({**run, "variant": variant})
                 return run["value"]
         if key not in self.prepared:
             config = build_config(raw)
@@ -111,6 +116,8 @@ class Runs:
                           "value": result[metric], "latency_ms": result["latency_ms"], "init": attrs["init"]["init"],
                           "learning_rate": attrs["learning_rate"], "train_rows": attrs["train_rows"],
                           "seconds": round(time.perf_counter() - started, 1)})
+        with self.journal.open("a") as handle:
+            handle.write(json.dumps(self.runs[-1]) + "\n")
         logging.info("%s %s seed %d: %s %.4f (%.0f s)", variant, attrs["arch_summary"], seed, metric,
                      result[metric], self.runs[-1]["seconds"])
         return result[metric]
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     result.pop("machine", None)
     teacher = fitted_teacher(data, args, "minilm", seed=0)
     result.update({"benchmark": NAME, "targets": TARGETS, "teacher": teacher, "args": vars(args)})
-    runs, summary = Runs(), []
+    runs, summary = Runs(Path(args.output_dir) / "p3-runs.jsonl"), []
     with_transfer = student_raw(data, args, [teacher])
     for part in args.parts:
         started = time.perf_counter()
@@ -203,9 +210,11 @@ def main(argv: list[str] | None = None) -> None:
             section["teachers"] = [teacher, second]
             summary.append(f"(d) 2 teachers - {better['name']} alone {section['mean_gain_points']:+.2f} pts")
         section["seconds"] = round(time.perf_counter() - started, 1)
+        if out.exists():  # parts run by another command meanwhile are kept
+            result = {**json.loads(out.read_text()), **{k: v for k, v in result.items() if k in ("teacher", "args")}}
         result[part] = section
         fresh = {r["variant"] for r in runs.runs}
-        result["runs"] = [r for r in result.get("runs", []) if r["variant"] not in fresh]
+        result["runs"] = [r for r in result.get("runs", []) if r.get("variant") not in fresh]
         result["runs"] += [{k: v for k, v in r.items() if k != "config_key"} for r in runs.runs]
         result.setdefault("configs", {}).update(runs.configs)
         write_result(out, result)
