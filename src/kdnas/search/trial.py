@@ -226,8 +226,9 @@ def run_trial(
         if not math.isfinite(value):
             raise FloatingPointError(f"{inputs.metric} is {value} after epoch {epoch}")
         result.clear()
+        stopped_attrs = {**cost, "init": init, "learning_rate": rate, "epochs_trained": epoch}  # kept if stopped
         result.update({inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch,
-                       ATTRS_KEY: json.dumps({**cost, "epochs_trained": epoch})})  # what a stopped student keeps
+                       ATTRS_KEY: json.dumps(stopped_attrs)})
         if epoch < training.epochs and checkpoint is not None:
             checkpoint(dict(result), last_state)
         elif epoch < training.epochs:
