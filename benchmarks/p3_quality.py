@@ -11,6 +11,8 @@ once and cached under ``--output-dir`` (its accuracy and fitting time are report
 (c) Inherited students with the transfer set (KD) against hard labels only (α = 1, no transfer set). Target: ≥ +1.
 (d) Two teachers (the MiniLM and a second MiniLM fitted with another seed, learned combiner) against the better
     one alone, for the middle architecture. Target: ≥ +0.5 point.
+(layers) ``student.inherit.layers``: the most important teacher layers against uniformly spread ones, for the
+    2- and 3-layer students (not run by default: ``--parts layers``).
 
     python benchmarks/p3_quality.py [--parts a b c d] [--data DIR] [--teacher-samples 20000] [--train-samples 4000]
         [--epochs 2] [--seeds 0 1 2] [--trials 10] [--layers uniform|importance]
@@ -64,9 +66,10 @@ def fitted_teacher(data: Path, args: argparse.Namespace, name: str, seed: int) -
             "epochs": args.teacher_epochs, "dev_accuracy": record["value"], "fit_seconds": record.get("fit_seconds")}
 
 
-def student_raw(data: Path, args: argparse.Namespace, teachers: list[dict[str, Any]], **sections: Any) -> dict:
-    """The students' config: a ``--train-samples`` subset, the fitted teachers as ready models, kdnas defaults."""
-    base = sst2_sections(data, args.train_samples, gpt2_teacher=False)
+def student_raw(sst2: Path, args: argparse.Namespace, teachers: list[dict[str, Any]], **sections: Any) -> dict:
+    """The students' config: a ``--train-samples`` subset, the fitted teachers as ready models, kdnas defaults;
+    ``sections`` are merged into it (one level deep)."""
+    base = sst2_sections(sst2, args.train_samples, gpt2_teacher=False)
     raw: dict[str, Any] = {
         "output_dir": args.output_dir,
         "data": base["data"],
@@ -159,7 +162,7 @@ def front_against_teacher(study: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, name=NAME, train_samples=4000, output_dir="bench-p3")
-    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d"], default=["b", "c", "d", "a"])
+    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d", "layers"], default=["b", "c", "d", "a"])
     parser.add_argument("--teacher-samples", type=int, default=20000, help="MiniLM's fine-tuning examples")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=2, help="student epochs")
@@ -201,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
             hard = student_raw(data, args, [teacher], kd={"alpha": 1.0}, data={"transfer": {"augment_copies": 0}})
             section = runs.compare(("transfer", with_transfer), ("hard_labels", hard), args.archs, args.seeds, 1.0)
             summary.append(f"(c) transfer - hard labels {section['mean_gain_points']:+.2f} pts")
+        elif part == "layers":
+            importance = student_raw(data, args, [teacher], student={"inherit": {"layers": "importance"}})
+            uniform = student_raw(data, args, [teacher], student={"inherit": {"layers": "uniform"}})
+            section = runs.compare(("importance", importance), ("uniform", uniform), args.archs[1:], args.seeds, 0.0)
+            summary.append(f"(layers) importance - uniform {section['mean_gain_points']:+.2f} pts")
         else:
             second = fitted_teacher(data, args, "minilm-seed1", seed=1)
             better = max((teacher, second), key=lambda t: t["dev_accuracy"])
