@@ -14,7 +14,7 @@ def tiny_raw(output_dir: Path, **sections) -> dict:
     """A config that runs in seconds: tiny demo data, tiny teachers, tiny students."""
     raw = {
         "output_dir": str(output_dir),
-        "data": {"demo_train_size": 160, "demo_eval_size": 48, "max_seq_length": 24, "transfer": {"demo_size": 160}},
+        "data": {"demo_train_size": 160, "demo_eval_size": 48, "max_seq_length": 24, "transfer": {"demo_size": 32}},
         "teachers": [
             {"name": "minilm", "model": "minilm", "fit": {"epochs": 0.5, "batch_size": 16}},
             {"name": "gpt2", "model": "gpt2", "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},

@@ -44,7 +44,7 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
     inheritance, transfer = study.user_attrs["inheritance"], study.user_attrs["transfer"]
     assert inheritance["teacher"] == "minilm" and inheritance["calibration_size"] == 160
     assert len(inheritance["importance"]["heads"]) == 6 and len(inheritance["importance"]["layers"]) == 6
-    assert transfer["size"] == 160 and transfer["sources"] == {"demo": 160}
+    assert transfer["size"] == 32 and transfer["sources"] == {"demo": 32}
     rows = {row["trial"]: row for row in trial_rows(study, "accuracy")}
     for t in study.trials:
         init = t.user_attrs["init"]
@@ -53,7 +53,7 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
         assert len(init["layers"]) == t.params["num_layers"] and init["hidden_channels"] == t.user_attrs["arch"][
             "hidden_size"]
         assert t.user_attrs["learning_rate"] == 6e-4
-        assert t.user_attrs["train_rows"] == {"labelled": 160, "transfer": 160}
+        assert t.user_attrs["train_rows"] == {"labelled": 160, "transfer": 32}
         assert len(t.user_attrs["kd"]["learned_teacher_weights"]) == 2
         assert rows[t.number]["init"].startswith("partial from minilm (layers ")
 
