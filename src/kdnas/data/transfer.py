@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from kdnas.config import ConfigError, DataConfig
+from kdnas.data.augment import Text
 from kdnas.data.demo import _sentences
 from kdnas.data.task import TaskData, _column, _hub_split, _load_file, _load_hub
-
-Text = str | tuple[str, str]
 
 
 @dataclass(frozen=True)
