@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import IntDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from kdnas.cli import main
+from kdnas.config import load_config
+from kdnas.data import load_task
+from kdnas.search.fingerprint import FINGERPRINT_ATTR, config_fingerprint, task_fingerprint
 from kdnas.objectives.teachers import _train_tokenizer, load_tokenizer
 from kdnas.config import ScratchConfig
 from kdnas.space import StudentArch
@@ -27,7 +32,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model = StudentArch(1, 2, 8, 1).build(tokenizer, labels, max_positions=64)
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
+    short = StudentArch(1, 2, 8, 1).build(minilm, 2, max_positions=64)
+    for name, files in (("short-positions", "all"), ("no-tokenizer", "weights"), ("truncated", "all"),
+                        ("foreign-tokenizer", "foreign")):
+        model = StudentArch(1, 2, 8, 1).build(own, 2, max_positions=64) if files == "foreign" else short
+        model.save_pretrained(root / name)
+        if files != "weights":
+            minilm.save_pretrained(root / name)
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
     (root / "no-label.csv").write_text("sentence,target\nit was good,1\nit was bad,0\n")
+    (root / "three-labels.csv").write_text("sentence,label\nit was good,1\nit was bad,0\nit was so-so,2\n")
+    (root / "latin1.tsv").write_bytes("sentence\tlabel\nit was caf\xe9 good\t1\nit was bad\t0\n".encode("latin-1"))
+    (root / "ragged.tsv").write_text("sentence\tlabel\nit was good\t1\nit was bad\n")
     (root / "empty.csv").write_text("sentence,label\n")
     (root / "ok.csv").write_text("sentence,label\nit was good,1\nit was bad,0\n")
     return {"root": root}
@@ -38,9 +55,10 @@ def _teacher(path: str) -> list[str]:
     return ["--set", f"teachers=[{{name: {name}, model: {path}}}]"]
 
 
-def _files(train: str, root: Path) -> list[str]:
+def _files(spec: str, root: Path) -> list[str]:
+    train, _, validation = spec.partition(":")
     return ["--set", "data.source=files", "--set", f"data.train_file={root / train}",
-            "--set", f"data.validation_file={root / 'ok.csv'}"]
+            "--set", f"data.validation_file={root / (validation or 'ok.csv')}"]
 
 
 CASES = {
@@ -81,6 +99,39 @@ CASES = {
     "unknown study": (["report", "--study-name", "nope"], "no study 'nope' in sqlite:///"),
     "missing transfer file": (["search", "--set", "data.transfer.files=[/nonexistent/transfer.csv]"],
                               "data.transfer.files: no such file: /nonexistent/transfer.csv"),
+    "rerun with another dataset": (["search", "--study-name", "fingerprinted", "FILES:ok.csv"],
+                                   "study 'fingerprinted' holds students that this config would not be comparable "
+                                   "with: data.train "),
+    "rerun with another latency batch size": (["search", "--study-name", "fingerprinted",
+                                               "--set", "latency.batch_size=8"], "latency.batch_size 1 → 8"),
+    "rerun with another sequence length": (["search", "--study-name", "fingerprinted",
+                                            "--set", "data.max_seq_length=48"], "data.max_seq_length 32 → 48"),
+    "rerun with other head choices": (["search", "--study-name", "fingerprinted", "--set", "student.space.heads=[2, 4]"],
+                                      "search space student.space.heads [2, 4, 6, 8] → [2, 4]. Keep the study's "
+                                      "settings, or start a new study with --study-name NAME"),
+    "label only in the validation file": (["search", "FILES:ok.csv:three-labels.csv"],
+                                          "label(s) ['2'] of the eval split never occur in the train split"),
+    "non-UTF-8 TSV": (["search", "FILES:latin1.tsv"], "data.train_file: cannot read "),
+    "ragged TSV": (["search", "FILES:ragged.tsv"], "data.label_column 'label' has a missing value in row 1"),
+    "sequence length above a teacher's position limit": (
+        ["search", "TEACHER:short-positions", "--set", "data.max_seq_length=100"],
+        "data.max_seq_length is 100 but teacher 'short-positions' accepts at most 64 tokens"),
+    "teacher without a tokenizer": (["search", "TEACHER:no-tokenizer"], "teacher 'no-tokenizer': "),
+    "teacher with truncated weights": (["search", "TEACHER:truncated"], "teacher 'truncated': cannot load "),
+    "teacher whose tokenizer is not its weights'": (["search", "TEACHER:foreign-tokenizer"],
+                                                    "does not belong to these weights"),
+    "output_dir is a file": (["search", "--output-dir", "{root}/ok.csv"], "output_dir: "),
+    "output_dir cannot be created": (["search", "--output-dir", "{root}/ok.csv/run"], "output_dir: cannot write to"),
+    "report --out is a file": (["report", "--out", "{root}/ok.csv"], "--out: "),
+    "export --out is a file": (["export", "--trial", "0", "--out", "{root}/ok.csv"], "--out: "),
+    "report without a study database": (["report", "--storage", "sqlite:///{root}/nowhere/study.db"],
+                                        "no study storage at sqlite:///"),
+    "studies without a study database": (["studies", "--storage", "sqlite:///{root}/nowhere.db"],
+                                         "no study storage at sqlite:///"),
+    "dashboard on a port in use": (["dashboard", "--port", "{busy_port}"], "cannot listen on 127.0.0.1:"),
+    "dashboard on port 99999": (["dashboard", "--port", "99999"], "--port 99999: a port is a number from 1 to 65535"),
+    "resources a local Ray can never provide": (["search", "--set", "search.resources_per_trial={cpu: 100}"],
+                                                "search.resources_per_trial.cpu is 100 but this machine has"),
     "inheritance from a teacher without the students' vocabulary": (
         ["search", "TEACHER:own-tokenizer", "--set", "student.inherit.teacher=own-tokenizer"],
         "student.inherit.teacher: teacher 'own-tokenizer' does not use the students' vocabulary",
@@ -112,7 +163,19 @@ def existing_study(tmp_path: Path) -> str:
     study.add_trial(create_trial(params={"num_layers": 1}, distributions=layers, state=TrialState.FAIL,
                                  user_attrs={"failure_reason": "NonFiniteLossError: non-finite loss nan"}))
     optuna.create_study(storage=url, study_name="other-directions", directions=["minimize", "minimize"])
+    fingerprinted = optuna.create_study(storage=url, study_name="fingerprinted", directions=["maximize", "minimize"])
+    fingerprinted.set_metric_names(["accuracy", "latency_ms"])
+    fingerprinted.set_user_attr(FINGERPRINT_ATTR, _baseline_fingerprint())
+    heads = {"num_heads": CategoricalDistribution([2, 4, 6, 8])}
+    fingerprinted.add_trial(create_trial(params={"num_heads": 4}, distributions=heads, values=[0.8, 1.5]))
     return url
+
+
+def _baseline_fingerprint() -> dict:
+    """The fingerprint the cases' common arguments give (the demo task at TINY_DATA's sizes)."""
+    config = load_config(None, [a for a in TINY_DATA if a != "--set"])
+    return {**config_fingerprint(config), **task_fingerprint(load_task(config.data))}
+
 
 
 def _snapshot(url: str) -> list:
@@ -125,25 +188,34 @@ def _snapshot(url: str) -> list:
     return snapshot
 
 
+@pytest.fixture(scope="module")
+def busy_port():
+    """A port something already listens on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_naming_the_culprit_exit_2_study_untouched(case, files, existing_study, tmp_path,
-                                                                         capsys):
+def test_bad_input_is_one_line_naming_the_culprit_exit_2_study_untouched(case, files, existing_study, busy_port,
+                                                                         tmp_path, capsys):
     args, expected = CASES[case]
     root = files["root"]
     expanded = []
-    for arg in args[1:]:
+    for arg in (a.replace("{root}", str(root)).replace("{busy_port}", str(busy_port)) for a in args[1:]):
         if arg.startswith("TEACHER:"):
             expanded += _teacher(str(root / arg.removeprefix("TEACHER:")))
         elif arg.startswith("FILES:"):
             expanded += _files(arg.removeprefix("FILES:"), root)
         else:
             expanded.append(arg)
-    common = ["--output-dir", str(tmp_path / "run"), *TINY_DATA]
+    common = [*TINY_DATA] if "--output-dir" in expanded else ["--output-dir", str(tmp_path / "run"), *TINY_DATA]
     if "--storage" not in expanded:
         common += ["--storage", existing_study]
     if "--study-name" not in expanded:
         common += ["--study-name", "existing"]
-    before = _snapshot(existing_study)
+    before, files_before = _snapshot(existing_study), sorted(root.rglob("*"))
     capsys.readouterr()
 
     code = main([args[0], *expanded, *common])
@@ -152,3 +224,120 @@ def test_bad_input_is_one_line_naming_the_culprit_exit_2_study_untouched(case, f
     assert code == 2
     assert len(errors) == 1 and expected in errors[0], errors
     assert _snapshot(existing_study) == before
+    assert sorted(root.rglob("*")) == files_before  # nothing created beside the inputs (no database, no report)
+
+
+def _cli(case_args: list[str], root: Path, url: str, tmp_path: Path) -> int:
+    return main([*case_args, *_teacher(str(root / "own-tokenizer")), "--output-dir", str(tmp_path / "run"),
+                 *TINY_DATA, "--storage", url])
+
+
+def test_a_study_from_before_fingerprints_resumes_records_one_and_then_refuses_other_data(files, existing_study,
+                                                                                            tmp_path, caplog, capsys):
+    caplog.set_level("INFO", logger="kdnas")
+    code = _cli(["search", "--study-name", "existing", "--n-trials", "1"], files["root"], existing_study, tmp_path)
+    study = optuna.load_study(study_name="existing", storage=existing_study)
+    assert code == 0 and "the study already holds 2 finished trial(s), search.n_trials is 1" in caplog.text
+    assert study.user_attrs["task"] == {"name": "demo"}  # never overwritten
+    assert study.user_attrs["fingerprint"]["latency.batch_size"] == 1
+    before = _snapshot(existing_study)
+    capsys.readouterr()
+    code = _cli(["search", "--study-name", "existing", "--set", "latency.batch_size=8"], files["root"],
+                existing_study, tmp_path)
+    assert code == 2 and "latency.batch_size 1 → 8" in capsys.readouterr().err
+    assert _snapshot(existing_study) == before
+
+
+def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates_no_study(files, existing_study,
+                                                                                          tmp_path, monkeypatch,
+                                                                                          capsys):
+    from kdnas.search import runner
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "teacher_reference", interrupt)
+    code = _cli(["search", "--study-name", "fresh"], files["root"], existing_study, tmp_path)
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and errors[-1].startswith("kdnas: error: interrupted; to resume, run the same command again: "
+                                                 "kdnas search --study-name fresh --set 'teachers=[{name: ")
+    assert "fresh" not in [s.study_name for s in optuna.get_all_study_summaries(existing_study)]
+
+
+def _running_trial(url: str) -> int:
+    """Add a RUNNING trial that this process drives to the study ``existing``; return its number."""
+    from kdnas.search.searcher import DRIVER_ATTR, this_driver
+
+    study = optuna.load_study(study_name="existing", storage=url)
+    trial = study.ask({"num_layers": IntDistribution(1, 4)})
+    study._storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, this_driver())
+    return trial.number
+
+
+def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing_study, tmp_path, monkeypatch,
+                                                                 capsys):
+    from kdnas.search import runner
+
+    def interrupted_search(config, **kwargs):
+        _running_trial(existing_study)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_search", interrupted_search)
+    code = main(["search", "--storage", existing_study, "--study-name", "existing", "--output-dir", str(tmp_path)])
+    trials = optuna.load_study(study_name="existing", storage=existing_study).trials
+    assert code == 130 and "to resume, run the same command again: kdnas search" in capsys.readouterr().err
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_study, tmp_path, monkeypatch, capsys):
+    from kdnas.search import runner
+    from kdnas.search.searcher import FAILURE_ATTR
+
+    def failing_search(config, **kwargs):
+        study = optuna.load_study(study_name="existing", storage=existing_study)
+        for _ in range(2):
+            number = _running_trial(existing_study)
+            study._storage.set_trial_user_attr(study.trials[number]._trial_id, FAILURE_ATTR, "OSError: disk full")
+            study.tell(number, state=TrialState.FAIL)
+        return study
+
+    monkeypatch.setattr(runner, "run_search", failing_search)
+    code = main(["search", "--storage", existing_study, "--study-name", "existing", "--output-dir", str(tmp_path)])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and errors == ["kdnas: error: no student completed (2 trial(s): 2× OSError: disk full); "
+                                    "see: kdnas trials --state fail"]
+
+
+def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up():
+    from types import SimpleNamespace
+
+    from kdnas.search.resources import ResourcesUnavailable, ResourceWait
+
+    wait = ResourceWait(0.01, {"cpu": 100.0, "gpu": 0.0})
+    pending = [SimpleNamespace(status="PENDING")]
+    wait.on_step_begin(0, pending)
+    wait.on_step_begin(1, [SimpleNamespace(status="RUNNING"), *pending])  # a running trial resets the clock
+    wait.on_step_begin(2, pending)
+    time.sleep(0.02)
+    with pytest.raises(ResourcesUnavailable, match=r"search.resource_wait_s \(0.01 s\): a trial needs 100 CPU"):
+        wait.on_step_begin(3, pending)
+
+
+def test_a_latency_measured_under_contention_is_measured_again_and_never_cached(tmp_path, monkeypatch):
+    from kdnas.config import LatencyConfig
+    from kdnas.objectives import latency_cache
+    from kdnas.objectives.latency import LatencyResult
+
+    def result(median: float, p90: float) -> LatencyResult:
+        return LatencyResult(median, p90, 0.1, "cuda", "gpu", 1, 1, 8, 3, 1)
+
+    measured = [result(3.4, 9.0), result(0.7, 2.5), result(0.8, 3.0)]  # every run's p90 far above its median
+    monkeypatch.setattr(latency_cache, "measure_configured", lambda *a, **k: measured.pop(0))
+    settings = LatencyConfig()
+    kwargs = {"model_key": {"arch": "L2"}, "vocab_size": 10, "settings": settings, "seq_len": 8,
+              "cache_dir": tmp_path}
+    assert latency_cache.measure_cached(None, **kwargs).median_ms == 0.7 and not measured  # the fastest, 3 tries
+    assert list(tmp_path.iterdir()) == []
+    measured.append(result(0.7, 0.75))
+    assert latency_cache.measure_cached(None, **kwargs).median_ms == 0.7
+    assert latency_cache.measure_cached(None, **kwargs).cached

@@ -153,11 +153,12 @@ def test_files_keep_only_text_and_label(tmp_path: Path) -> None:
 
 
 def test_string_labels_are_mapped(tmp_path: Path) -> None:
-    train = [{"sentence": "a", "label": "pos"}, {"sentence": "b", "label": "neg"}]
+    train = [{"sentence": "a", "label": "pos"}, {"sentence": "b", "label": "neg"},
+             {"sentence": "e", "label": "neutral"}]
     eval_ = [{"sentence": "c", "label": "neutral"}, {"sentence": "d", "label": "pos"}]
     task = load_task(_files_config(tmp_path, train, eval_))
     assert task.label_names == ("neg", "neutral", "pos")
-    assert task.labels("train") == [2, 0] and task.labels("eval") == [1, 2]
+    assert task.labels("train") == [2, 0, 1] and task.labels("eval") == [1, 2]
     assert task.train.features["label"].names == ["neg", "neutral", "pos"]
 
 

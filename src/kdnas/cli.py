@@ -6,10 +6,14 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from kdnas.config import ConfigError, KDNASConfig, load_config
+from kdnas.outputs import writable_dir
 
 logger = logging.getLogger("kdnas")
 
@@ -54,14 +58,67 @@ def _print_table(rows: list[dict]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (SIGINT): the search stops and says how to resume."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
+def _release_trials(config: KDNASConfig) -> None:
+    """Fail (and re-enqueue) the trials this driver leaves RUNNING, so a stopped search leaves none behind."""
+    from kdnas.search.runner import reconcile_orphans
+    from kdnas.search.study import find_study, open_existing_storage
+
+    try:
+        storage = open_existing_storage(config.storage_url)
+        study = find_study(storage, config.search.study_name)
+        released = reconcile_orphans(study, storage) if study is not None else 0
+    except Exception:  # e.g. the storage is what failed; the next run reconciles them instead
+        logger.debug("could not release this driver's trials", exc_info=True)
+        return
+    if released:
+        logger.info("%d running trial(s) were failed and will be retried by the next run", released)
+
+
+def _search_problem(study) -> str | None:
+    """Why the search produced no usable student (None when this run, or the study, holds a COMPLETE one)."""
+    from kdnas.search.searcher import DRIVER_ATTR, this_driver
+    from kdnas.search.study import outcome_problem
+
+    driver = this_driver()
+    mine = [t for t in study.trials if t.system_attrs.get(DRIVER_ATTR) == driver]
+    problem = outcome_problem(mine or study.trials)
+    return f"{problem}; see: kdnas trials --state fail" if problem else None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.dashboards.pareto import front_rows
     from kdnas.dashboards.report import write_report
+    from kdnas.search.resources import ResourcesUnavailable
     from kdnas.search.runner import run_search
     from kdnas.search.study import mask_url
 
-    study = run_search(config)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the search here, not in Tune
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
+    try:
+        study = run_search(config)
+    except BaseException as err:
+        if isinstance(err, ResourcesUnavailable) or not isinstance(err, ConfigError):
+            _release_trials(config)
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    problem = _search_problem(study)
+    if problem:
+        print(f"kdnas: error: {problem}", file=sys.stderr)
+        return 1
     print(f"\nPareto front ({config.data.metric} vs latency):")
     _print_table(front_rows(study, config.data.metric))
     paths = write_report(study, Path(config.output_dir) / "report", config.data.metric,
@@ -76,6 +133,7 @@ def cmd_teachers_fit(args: argparse.Namespace) -> int:
     from kdnas.data import load_task
     from kdnas.search.runner import fit_teachers
 
+    writable_dir(Path(config.output_dir), "output_dir")
     task = load_task(config.data)
     records = fit_teachers(config, task, force=args.force)
     if not records:
@@ -94,7 +152,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     metric = (study.metric_names or [config.data.metric])[0]
     print(f"Pareto front ({metric} vs latency):")
     _print_table(front_rows(study, metric))
-    out = Path(args.out) if args.out else Path(config.output_dir) / "report"
+    out = writable_dir(Path(args.out) if args.out else Path(config.output_dir) / "report",
+                       "--out" if args.out else "output_dir")
     paths = write_report(study, out, metric, latency_budget_ms=args.latency_budget_ms)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -121,6 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (LookupError, ValueError) as err:
         raise ConfigError(str(err)) from None
     out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
+    writable_dir(out, "--out" if args.out else "output_dir")
     source = None
     if args.retrain and trial.state == TrialState.COMPLETE and saved_student(trial) is None:
         from kdnas.search.runner import retrain_student
@@ -155,12 +215,16 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.launcher import serve_dashboard
+    from kdnas.dashboards.launcher import check_can_listen, serve_dashboard
     from kdnas.search.study import mask_url
 
     _study(config)  # a clear error when the study does not exist
+    check_can_listen(args.host, args.port)
     print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(config.storage_url)}", flush=True)
-    serve_dashboard(config.storage_url, config.search.study_name, host=args.host, port=args.port)
+    try:
+        serve_dashboard(config.storage_url, config.search.study_name, host=args.host, port=args.port)
+    except KeyboardInterrupt:  # the way to stop a dashboard
+        pass
     return 0
 
 
@@ -266,6 +330,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdnas`` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     logging.basicConfig(format="[kdnas] %(message)s", level=logging.WARNING)
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -274,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"kdnas: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        again = f"; to resume, run the same command again: kdnas {shlex.join(argv)}" if args.command == "search" else ""
+        print(f"kdnas: error: interrupted{again}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
+    except OSError as err:  # a file system or network failure during the run, named by its file or address
+        logger.debug("details", exc_info=True)
+        print(f"kdnas: error: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         from optuna.exceptions import StorageInternalError
         from sqlalchemy.exc import DBAPIError

@@ -374,6 +374,7 @@ class SearchConfig(_Section):
     ray_address: str | None = None
     resources_per_trial: ResourcesConfig = ResourcesConfig()
     max_failures: int = Field(0, ge=0)
+    resource_wait_s: float = Field(900.0, gt=0)
     storage_path: str | None = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import optuna
 from optuna_dashboard import run_server, save_note
 
 from kdnas.dashboards.pareto import pareto_front
-from kdnas.search.study import open_storage
+from kdnas.config import ConfigError
+from kdnas.search.study import open_existing_storage
 
 
 def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
@@ -30,8 +33,25 @@ def write_front_notes(study: optuna.Study) -> int:
     return len(front)
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse a port outside 1..65535, or an address this machine cannot listen on (e.g. a port in use)."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind(address)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err} (choose another --port or --host)"
+                          ) from None
+
+
 def serve_dashboard(storage_url: str, study_name: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Annotate ``study_name``'s Pareto front, then run optuna-dashboard on ``storage_url`` until interrupted."""
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     write_front_notes(optuna.load_study(study_name=study_name, storage=storage))
-    run_server(storage, host=host, port=port)
+    try:
+        run_server(storage, host=host, port=port)
+    except OSError as err:  # e.g. the port was taken since it was checked
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None

@@ -69,6 +69,11 @@ class TaskData:
         """A short, stable hash of the task's name, columns, label names and examples."""
         return self._fingerprint
 
+    def split_fingerprint(self, split: str) -> str:
+        """A short, stable hash of the examples of ``split`` alone: texts and label names."""
+        names = [self.label_names[i] for i in self.labels(split)]
+        return hashlib.sha256(json.dumps([self.texts(split), names]).encode()).hexdigest()[:16]
+
     def _dataset(self, split: str) -> datasets.Dataset:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
@@ -130,12 +135,16 @@ def _load_file(key: str, path: str) -> _Split:
     if suffix not in _READERS:
         raise ConfigError(f"{key}: unsupported file type {suffix!r} ({path}); use one of {', '.join(_READERS)}")
     builder, options = _READERS[suffix]
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would repeat the error we raise
     try:
         dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as err:
         if "corresponds to no data" in str(err):  # How `datasets` reports a file with no rows.
             raise ConfigError(f"{key}: {path} has no rows") from None
         raise ConfigError(f"{key}: cannot read {path}: {_first_line(err)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     return _Split(key, path, dataset)
 
 
@@ -166,6 +175,10 @@ def _label_ids(
         raise ConfigError(f"{label} holds floats in {name}; only integer or string class labels are supported")
     if len(kinds) > 1:
         raise ConfigError(f"{label} mixes value types in {name}: {sorted(k.__name__ for k in kinds)}")
+    unseen = set(eval_) - set(train)
+    if unseen and not isinstance(feature, datasets.ClassLabel):
+        raise ConfigError(f"{label}: label(s) {sorted(map(str, unseen))[:5]} of the eval split never occur in the "
+                          f"train split of {name} (train labels: {sorted(map(str, set(train)))[:10]})")
     ordered = sorted(values)
     index = {value: i for i, value in enumerate(ordered)}
     contiguous = ordered == list(range(len(ordered)))

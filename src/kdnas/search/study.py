@@ -5,12 +5,17 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage
 
 from kdnas.config import ConfigError, KDNASConfig
+from kdnas.search.fingerprint import FINGERPRINT_ATTR, fingerprint_differences, space_conflicts
+from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR
 from kdnas.search.trial import LATENCY_KEY
 
 SQLITE_LOCK_TIMEOUT_S = 60.0
@@ -57,29 +62,111 @@ def objective_names(config: KDNASConfig) -> list[str]:
     return [config.data.metric, LATENCY_KEY]
 
 
-def create_or_load_study(config: KDNASConfig, storage: RDBStorage) -> optuna.Study:
-    """Create the configured study, or load it when it exists with the same objectives."""
+def find_study(storage: RDBStorage, study_name: str) -> optuna.Study | None:
+    """The study named ``study_name`` in ``storage``, or None (nothing is created)."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return None
+
+
+def check_comparable(study: optuna.Study | None, config: KDNASConfig, fingerprint: dict[str, Any], *,
+                     space: bool = False) -> None:
+    """Refuse to add students to ``study`` that would not be comparable with its own: other objectives, a
+    ``fingerprint`` that differs from the recorded one (keys both hold), or (with ``space``) a search space Optuna
+    cannot sample consistently with the study's trials. Nothing is written."""
+    if study is None:
+        return
     names = objective_names(config)
     directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
-    study = optuna.create_study(
-        storage=storage, study_name=config.search.study_name, directions=directions, load_if_exists=True
-    )
     existing_names = study.metric_names
     if study.directions != directions or (existing_names is not None and existing_names != names):
         raise ConfigError(
-            f"study {config.search.study_name!r} already exists with objectives "
+            f"study {study.study_name!r} already exists with objectives "
             f"{existing_names or [d.name.lower() for d in study.directions]}, not {names}"
         )
-    if existing_names is None:
+    problems = fingerprint_differences(study.user_attrs.get(FINGERPRINT_ATTR) or {}, fingerprint)
+    if space:
+        problems += [f"search space {conflict}" for conflict in space_conflicts(study, config)]
+    if problems:
+        raise ConfigError(
+            f"study {study.study_name!r} holds students that this config would not be comparable with: "
+            f"{'; '.join(problems)}. Keep the study's settings, or start a new study with --study-name NAME"
+        )
+
+
+def create_or_load_study(config: KDNASConfig, storage: RDBStorage,
+                         fingerprint: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the configured study recording ``fingerprint``, or load it when it exists with the same objectives
+    and fingerprint (a study recorded before fingerprints existed gets this one now; None records none)."""
+    study = optuna.create_study(
+        storage=storage, study_name=config.search.study_name, directions=["maximize", "minimize"],
+        load_if_exists=True,
+    )
+    check_comparable(study, config, fingerprint or {})  # another driver may have created it meanwhile
+    if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(names)
+            study.set_metric_names(objective_names(config))
+    if fingerprint:
+        record_once(study, {FINGERPRINT_ATTR: fingerprint})
     return study
+
+
+def record_once(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Set each of ``attrs`` the study does not hold yet: a rerun never overwrites what the study recorded."""
+    held = study.user_attrs
+    for key, value in attrs.items():
+        if key not in held:
+            study.set_user_attr(key, value)
+
+
+def outcome_problem(trials: list[optuna.trial.FrozenTrial]) -> str | None:
+    """None when a trial is COMPLETE; else one line counting the trials' failure and pruning reasons."""
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return None
+    reasons = Counter(
+        (t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or t.state.name).splitlines()[0][:160]
+        for t in trials
+    )
+    shown = "; ".join(f"{n}× {reason}" for reason, n in reasons.most_common(3))
+    more = f"; {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
+    return f"no student completed ({len(trials)} trial(s): {shown or 'none ran'}{more})"
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ``url`` when it does not exist (opening it would create it), else None."""
+    try:
+        database = sqlalchemy.engine.make_url(url).database
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    if not url.startswith("sqlite") or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return None if Path(database).exists() else Path(database)
+
+
+def open_storage_if_exists(url: str) -> RDBStorage | None:
+    """:func:`open_storage`, or None for a SQLite file not created yet (whose directory must exist), so a search
+    whose inputs turn out bad leaves no database behind."""
+    missing = _missing_sqlite_file(url)
+    if missing is None:
+        return open_storage(url)
+    if not missing.parent.is_dir():
+        raise ConfigError(f"cannot open storage {mask_url(url)}: directory {missing.parent} does not exist")
+    return None
+
+
+def open_existing_storage(url: str) -> RDBStorage:
+    """:func:`open_storage` for readers: a SQLite file that does not exist is an error, never created."""
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        raise ConfigError(f"no study storage at {mask_url(url)}: {missing} does not exist (run kdnas search first)")
+    return open_storage(url)
 
 
 def load_study(url: str, study_name: str) -> optuna.Study:
     """Load an existing study, with a one-line error naming the study and the (masked) storage."""
-    storage = open_storage(url)
+    storage = open_existing_storage(url)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -89,7 +176,7 @@ def load_study(url: str, study_name: str) -> optuna.Study:
 
 def study_summaries(url: str) -> list[dict]:
     """One row per study in the storage: name, objectives, trial counts by state."""
-    storage = open_storage(url)
+    storage = open_existing_storage(url)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
