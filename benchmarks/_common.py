@@ -113,8 +113,10 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus machine facts) as indented JSON at ``path``."""
+    """Write ``payload`` (plus machine facts) as indented JSON at ``path``, with paths inside the checkout written
+    relative to it (``./…``, ``../shared/…``): a result holds no local absolute path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**payload, "machine": machine()}, indent=2))
+    text = json.dumps({**payload, "machine": machine()}, indent=2)
+    out.write_text(text.replace(str(REPO.parent) + "/", "../").replace("../" + REPO.name + "/", "./"))
     return out

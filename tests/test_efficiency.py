@@ -7,6 +7,7 @@ import math
 import time
 from types import SimpleNamespace
 
+import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -17,7 +18,7 @@ from kdnas.objectives import latency_cache
 from kdnas.search import trial as trial_mod
 from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.searcher import trial_outcome
-from kdnas.search.trial import CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialInputs, run_trial
+from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
 FAST = LatencyConfig(warmup=0, runs=3)
@@ -197,50 +198,100 @@ def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
     assert trial.user_attrs[PRUNED_ATTR] == "stopped when the search's time budget ran out after epoch 2"
 
 
-def test_searcher_hands_a_duplicate_student_the_earlier_result(tmp_path):
-    from kdnas.search.searcher import DUPLICATE_KEY, KDNASSearch, duplicate_result
-    from kdnas.search.study import create_or_load_study, open_storage
-    from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY
+def _searcher(config: KDNASConfig, storage, *, recipe: str = "r1", seed: int = 0, **kwargs):
+    from kdnas.search.searcher import KDNASSearch
     from kdnas.space import SearchSpace
+
+    space = SearchSpace(config.student.space)
+    return KDNASSearch(space=space.suggest, metric=METRICS, mode=["max", "min"], storage=storage,
+                       study_name=config.search.study_name, sampler=optuna.samplers.RandomSampler(seed=seed),
+                       recipe=recipe, space_size=space.size(), **kwargs)
+
+
+def _complete(searcher, trial_id: str, accuracy: float) -> None:
+    attrs = {"epochs_trained": 4, "params": 10, "train_started_at": 1.0, "train_finished_at": 9.0}
+    searcher.on_trial_complete(trial_id, {"accuracy": accuracy, "latency_ms": 1.5, "epoch": 4, COMPLETED_KEY: True,
+                                          ATTRS_KEY: json.dumps(attrs), CONSTRAINTS_KEY: json.dumps({})})
+
+
+def test_a_student_the_study_holds_is_recorded_as_a_repeat_and_the_sampler_asked_again(tmp_path):
+    from kdnas.search.searcher import TRIAL_NUMBER_KEY, counts_toward_budget
+    from kdnas.search.study import create_or_load_study, open_storage
 
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
-    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
-                           storage=storage, study_name=config.search.study_name, reuse_duplicates=True)
-    first = searcher.suggest("t1")
-    assert DUPLICATE_KEY not in first
-    searcher.on_trial_complete("t1", {"accuracy": 0.7, "latency_ms": 1.5, "epoch": 4, COMPLETED_KEY: True,
-                                      ATTRS_KEY: json.dumps({"epochs_trained": 4, "params": 10}),
-                                      CONSTRAINTS_KEY: json.dumps({})})
-    study.enqueue_trial(study.trials[0].params)
-    second = searcher.suggest("t2")
-    assert second[DUPLICATE_KEY]["trial"] == 0
-    searcher.on_trial_complete("t2", duplicate_result(second[DUPLICATE_KEY]))
-    original, duplicate = study.trials
-    assert duplicate.state == TrialState.COMPLETE and duplicate.values == original.values == [0.7, 1.5]
-    assert duplicate.user_attrs == {**original.user_attrs, "duplicate_of": 0}
-    study.enqueue_trial(study.trials[0].params)
-    without = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
-                          storage=storage, study_name=config.search.study_name)
-    assert DUPLICATE_KEY not in without.suggest("t3")
+    first_run = _searcher(config, storage, reuse_duplicates=True)
+    first_run.suggest("t1")
+    _complete(first_run, "t1", 0.7)
+    held = study.trials[0].params
+    study.enqueue_trial(held)  # the next run's sampler proposes the same student
+    second_run = _searcher(config, storage, reuse_duplicates=True, n_trials=2, seed=1)
+    config_2 = second_run.suggest("t2")
+    original, repeat, fresh = study.trials
+    assert repeat.state == TrialState.COMPLETE and repeat.values == original.values == [0.7, 1.5]
+    assert repeat.user_attrs["duplicate_of"] == 0 and repeat.user_attrs["recipe"] == "r1"
+    assert "train_started_at" not in repeat.user_attrs and repeat.user_attrs["params"] == 10  # it cost nothing
+    assert not counts_toward_budget(repeat) and counts_toward_budget(original)
+    assert config_2[TRIAL_NUMBER_KEY] == fresh.number == 2 and fresh.params != held
+    assert fresh.state == TrialState.RUNNING
+
+    study.enqueue_trial(held)  # another recipe (e.g. more epochs) or reuse off: the student is trained again
+    other_recipe = _searcher(config, storage, recipe="r2", reuse_duplicates=True)
+    assert other_recipe.suggest("t3")[TRIAL_NUMBER_KEY] == 3 and study.trials[3].params == held
+    study.enqueue_trial(held)
+    assert _searcher(config, storage, reuse_duplicates=False).suggest("t4")[TRIAL_NUMBER_KEY] == 4
+
+
+def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
+    from ray.tune.search import Searcher
+
+    from kdnas.search.study import create_or_load_study, open_storage
+
+    config = build_config({"student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8],
+                                                 "ffn_ratio": [1]}}})
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    searcher = _searcher(config, storage, reuse_duplicates=True)
+    searcher.suggest("t0")
+    searcher.suggest("t1")  # a proposal of the student t0 trains is recorded as its repeat, and another asked
+    trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert sorted(t.params["num_layers"] for t in trained) == [1, 2]
+    assert all(t.state == TrialState.PRUNED and t.user_attrs["pruned_reason"].endswith("which was training: not "
+               "trained twice") for t in study.trials if t not in trained)
+    assert searcher.suggest("t2") is None, "both students still train: wait, one may be cut by the time budget"
+    _complete(searcher, "t0", 0.6)
+    _complete(searcher, "t1", 0.7)
+    assert searcher.suggest("t2") == Searcher.FINISHED
+    assert searcher.exhausted == "the study holds all 2 students of the search space"
 
 
 @pytest.mark.slow
-def test_search_trains_a_repeated_student_once(run_dir, ray_session):
+def test_search_trains_a_repeated_student_once_and_counts_its_cost_once(run_dir, ray_session):
     from conftest import tiny_raw
 
+    from kdnas.search.duplicates import training_seconds
     from kdnas.search.runner import run_search
+    from kdnas.search.study import open_storage
 
-    one_arch = {"depth": {"min": 1, "max": 1}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}
-    study = run_search(build_config(tiny_raw(run_dir, student={"space": one_arch},
-                                             search={"n_trials": 3, "study_name": "duplicates"})))
-    first, *repeats = study.trials
-    assert all(t.state == TrialState.COMPLETE for t in study.trials) and len(repeats) == 2
+    config = build_config(tiny_raw(run_dir, search={"n_trials": 2, "study_name": "duplicates"}))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(storage=open_storage(config.storage_url), study_name="duplicates",
+                                directions=["maximize", "minimize"])
+    repeated = {"num_layers": 1, "num_heads": 2, "head_dim": 8, "ffn_ratio": 1}
+    for params in (repeated, repeated, {**repeated, "ffn_ratio": 2}):  # the sampler proposes a student twice
+        study.enqueue_trial(params)
+    started = time.perf_counter()
+    study = run_search(config)
+    wall = time.perf_counter() - started
+    first, repeat, other = study.trials
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 and other.params["ffn_ratio"] == 2
     assert "duplicate_of" not in first.user_attrs and first.user_attrs["epochs_trained"] == 2
-    for trial in repeats:
-        assert trial.values == first.values and trial.user_attrs["duplicate_of"] == 0
-        assert trial.user_attrs["student_path"] == first.user_attrs["student_path"]
+    assert repeat.values == first.values and repeat.user_attrs["duplicate_of"] == 0
+    assert repeat.user_attrs["student_path"] == first.user_attrs["student_path"]
+    assert training_seconds(repeat) == 0.0 < training_seconds(first)
+    compute = sum(training_seconds(t) for t in study.trials)
+    assert wall / compute >= 1.0, "P1's ratio counts the repeat's training, which never ran"
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Pareto analysis on hand-made studies: front, hypervolume, knee, budgets (no training)."""
 
+import json
+
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
@@ -78,3 +80,19 @@ def test_kd_summary_labels_recipes_compactly():
     assert kd_summary(uniform.model_dump(mode="json")) == "mean T=2 α=0.5 + layers uniform (β=0.1)"
     assert kd_summary({}) == ""
     assert kd_summary({"combiner": "gradient"}) == "gradient"  # older or partial records
+
+
+def test_a_repeated_student_is_one_point_of_the_front_listing_its_trials(tmp_path):
+    from kdnas.dashboards.pareto import front_rows
+    from kdnas.dashboards.report import write_report
+
+    study = _study([(0.8, 2.0), (0.9, 5.0)])
+    original = study.trials[0]
+    study.add_trial(create_trial(values=original.values, params=original.params, distributions=original.distributions,
+                                 user_attrs={**original.user_attrs, "duplicate_of": 0}))
+    assert [t.number for t in study.best_trials] == [0, 1, 2]
+    assert [t.number for t in pareto_front(study)] == [0, 1]
+    assert [(r["trial"], r["repeats"]) for r in front_rows(study, "accuracy")] == [(0, "2"), (1, "")]
+    assert best_under_budget(study, latency_ms=3.0).number == 0
+    summary = json.loads(write_report(study, tmp_path, "accuracy")["json"].read_text())
+    assert [(p["trial"], p["trials"]) for p in summary["front"]] == [(0, [0, 2]), (1, [1])]

@@ -38,6 +38,8 @@ from test_orchestration import POSTGRES_URL, _config, _postgres_reachable, _wait
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the dying trainable below runs on Ray workers
 TESTS = Path(__file__).parent
+STUB_SPACE = {"depth": {"min": 1, "max": 12}, "heads": [2, 4], "head_dim": [8, 16, 32], "ffn_ratio": [1, 2, 4]}
+"""216 students: a 40-trial stub search ends at its budget, not because it has tried every student."""
 
 
 def _states(study: optuna.Study) -> dict[TrialState, int]:
@@ -265,7 +267,7 @@ def _terminate_backends(database: str, stop: threading.Event, every_s: float, co
 def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postgres_db, monkeypatch):
     url, database = postgres_db
     n_trials = 40
-    config = _config(run_dir, "dropped", search={"n_trials": n_trials, "storage": url})
+    config = _config(run_dir, "dropped", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url})
     use_stub_trials(monkeypatch)
     stop, dropped, errors = threading.Event(), [0], []
     killer = threading.Thread(target=_terminate_backends, args=(database, stop, 0.5, dropped), daemon=True)
@@ -292,7 +294,8 @@ def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postg
 def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, ray_session, postgres_db, tmp_path):
     url, _ = postgres_db
     n_trials = 40
-    config = _config(run_dir, "four-drivers", search={"n_trials": n_trials, "storage": url})
+    config = _config(run_dir, "four-drivers", student={"space": STUB_SPACE},
+                     search={"n_trials": n_trials, "storage": url})
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     runner.init_ray(None)
@@ -307,8 +310,11 @@ def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, r
     study = load_study(url, config.search.study_name)
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    completed = len(study.trials)
+    counted = [t for t in study.trials if counts_toward_budget(t)]
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    repeats = [t for t in study.trials if not counts_toward_budget(t)]  # a student another driver held: not trained
+    assert all("duplicate_of" in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in repeats)
+    completed = len(counted)
     assert n_trials <= completed <= n_trials + 3  # each driver checks the budget before it asks: at most 3 over
     print(f"\n[reliability] 4 drivers on one PostgreSQL study (budget {n_trials}): {completed} trials, each recorded "
           f"once and COMPLETE; {time.perf_counter() - started:.0f} s")
@@ -324,7 +330,8 @@ def test_two_hundred_trivial_trials_are_all_recorded(run_dir, ray_session, monke
     if backend == "postgresql":
         url = request.getfixturevalue("postgres_db")[0]
     n_trials = 200
-    config = _config(run_dir, f"load-{uuid.uuid4().hex[:6]}", search={"n_trials": n_trials, "storage": url})
+    config = _config(run_dir, f"load-{uuid.uuid4().hex[:6]}",  # 200 trials of an 8-student space: repeats train
+                     search={"n_trials": n_trials, "storage": url, "reuse_duplicates": False})
     use_stub_trials(monkeypatch)
     started = time.perf_counter()
     study = runner.run_search(config)

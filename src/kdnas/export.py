@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
 from kdnas.dashboards.report import init_summary
+from kdnas.search.duplicates import DUPLICATE_ATTR
 from kdnas.search.trial import missing_student_files
 
 RECORD_FILE = "kdnas_trial.json"
@@ -22,6 +23,8 @@ def trial_record(study: optuna.Study, trial: FrozenTrial) -> dict:
     return {
         "study": study.study_name,
         "trial": trial.number,
+        "repeats": [t.number for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get(DUPLICATE_ATTR) == trial.number],
         "objectives": dict(zip(study.metric_names or ["metric", "latency_ms"], trial.values)),
         "params": trial.params,
         "user_attrs": attrs,

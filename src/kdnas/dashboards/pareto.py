@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from kdnas.search.duplicates import folded, is_repeat
 
 
 def _feasible(trial: FrozenTrial) -> bool:
@@ -50,9 +53,15 @@ def hypervolume_history(
     return history
 
 
+def front_students(study: optuna.Study) -> list[tuple[FrozenTrial, list[int]]]:
+    """The Pareto front's students, fastest first, each with the numbers of the trials holding it: itself and the
+    repeats folded into it."""
+    return sorted(folded(study.best_trials), key=lambda group: (group[0].values[1], -group[0].values[0]))
+
+
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated feasible COMPLETE trials (metric max, latency min), fastest first."""
-    return sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0]))
+    """Non-dominated feasible COMPLETE students (metric max, latency min), fastest first; one trial per student."""
+    return [trial for trial, _ in front_students(study)]
 
 
 def knee_point(front: list[FrozenTrial]) -> FrozenTrial:
@@ -78,7 +87,7 @@ def best_under_budget(
     """The feasible COMPLETE trial with the best metric within the budgets (ties: the faster one)."""
     candidates = [
         t
-        for t in feasible_completed(study)
+        for t, _ in folded(feasible_completed(study))
         if (latency_ms is None or t.values[1] <= latency_ms)
         and (params is None or t.user_attrs.get("params", math.inf) <= params)
     ]
@@ -89,14 +98,40 @@ def best_under_budget(
 
 
 def front_rows(study: optuna.Study, metric: str) -> list[dict]:
-    """The Pareto front, fastest first, as display rows."""
+    """The Pareto front, fastest first, as display rows (``repeats``: later trials that reused the student)."""
     return [
         {
             "trial": t.number,
+            "repeats": ", ".join(str(n) for n in numbers if n != t.number),
             "arch": t.user_attrs.get("arch_summary", "?"),
             metric: f"{t.values[0]:.4f}",
             "latency_ms": f"{t.values[1]:.3f}",
             "params": f"{t.user_attrs.get('params', 0) / 1e6:.2f}M",
         }
-        for t in pareto_front(study)
+        for t, numbers in front_students(study)
     ]
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    """Where a study stands: trials by state (repeats of a student counted apart as ``reused``), the front's size
+    (one point per student) and its hypervolume (reference: :func:`hypervolume_reference`)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {"complete": 0, "reused": 0, "pruned": 0, "failed": 0, "running": 0}
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+             TrialState.RUNNING: "running"}
+    for trial in trials:
+        if is_repeat(trial) and trial.state.is_finished():
+            counts["reused"] += 1
+        elif trial.state in names:
+            counts[names[trial.state]] += 1
+    front = pareto_front(study)
+    points = [(t.values[0], t.values[1]) for t in front]
+    return {"trials": len(trials), **counts, "front": len(front),
+            "hypervolume": hypervolume(points, hypervolume_reference(study))}
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """:func:`study_summary` as one line."""
+    return (f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed, "
+            f"{summary['running']} running, {summary['reused']} reused · front {summary['front']} · "
+            f"hypervolume {summary['hypervolume']:.4g}")

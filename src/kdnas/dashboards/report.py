@@ -13,7 +13,15 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
-from kdnas.dashboards.pareto import hypervolume_history, hypervolume_reference, pareto_front
+from kdnas.dashboards.pareto import (
+    front_students,
+    hypervolume_history,
+    hypervolume_reference,
+    pareto_front,
+    study_summary,
+    summary_line,
+)
+from kdnas.search.duplicates import DUPLICATE_ATTR
 from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR
 
 
@@ -145,7 +153,9 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
             "params": t.user_attrs.get("params"),
             "kd": kd_summary(t.user_attrs.get("kd", {})),
             "init": init_summary(t.user_attrs.get("init", {})),
-            "reason": t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or "",
+            "reason": t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or (
+                f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
+                if DUPLICATE_ATTR in t.user_attrs else ""),
         })
     return rows
 
@@ -199,7 +209,10 @@ def write_report(
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
 th{{background:#f4f4f4}}</style></head><body>
 <h1>kdnas study {html.escape(study.study_name)}</h1>
-<p>{len(rows)} trials. Latency is the measured median forward time; dominated students are faded.
+<p><b>{len(rows)} trials: {html.escape(summary_line(study_summary(study)))}</b>
+(hypervolume up to {metric} {reference[0]:g} and {reference[1]:.3g} ms; a reused trial is a repeat of a student
+the study holds, not trained again).</p>
+<p>Latency is the measured median forward time; dominated students are faded.
 Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
 {plots}
 <h2>Trials</h2>
@@ -212,9 +225,9 @@ Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
         writer.writeheader()
         writer.writerows(rows)
     front = [
-        {"trial": t.number, metric: t.values[0], "latency_ms": t.values[1], "params": t.user_attrs.get("params"),
-         "arch": t.user_attrs.get("arch")}
-        for t in pareto_front(study)
+        {"trial": t.number, "trials": numbers, metric: t.values[0], "latency_ms": t.values[1],
+         "params": t.user_attrs.get("params"), "arch": t.user_attrs.get("arch")}
+        for t, numbers in front_students(study)
     ]
     summary = {"reference_point": {metric: reference[0], "latency_ms": reference[1]},
                "hypervolume": history[-1][1] if history else 0.0, "front": front}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,13 +80,17 @@ def index_batches(
 
 @torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module, data: Encoded, *, batch_size: int = 64, device: torch.device | str = "cpu"
+    model: torch.nn.Module, data: Encoded, *, batch_size: int = 64, device: torch.device | str = "cpu",
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Logits ``[N, C]`` of ``model`` on every row of ``data``, on the CPU, in row order."""
+    """Logits ``[N, C]`` of ``model`` on every row of ``data``, on the CPU, in row order; ``on_batch(rows done,
+    rows)`` runs after each batch."""
     device = torch.device(device)
     model.to(device).eval()
-    outputs = [
-        model(**batch_at(data, index, device)).logits.float().cpu()
-        for index in index_batches(len(data), batch_size, shuffle=False)
-    ]
+    outputs, done = [], 0
+    for index in index_batches(len(data), batch_size, shuffle=False):
+        outputs.append(model(**batch_at(data, index, device)).logits.float().cpu())
+        done += len(index)
+        if on_batch is not None:
+            on_batch(done, len(data))
     return torch.cat(outputs)

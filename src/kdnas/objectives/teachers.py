@@ -28,6 +28,7 @@ from kdnas.config import ConfigError, KDNASConfig, ScratchConfig, TeacherConfig
 from kdnas.data import TaskData
 from kdnas.objectives.batches import encode, predict_logits
 from kdnas.objectives.training import evaluate, train
+from kdnas.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +70,20 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTo
 
 
 def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -> Teacher:
-    """Load a teacher classifier (safetensors weights only), checking it predicts ``num_labels`` classes."""
+    """Load a teacher classifier (safetensors weights only) and check it: it predicts ``num_labels`` classes, has a
+    tokenizer of its own whose ids its embeddings cover, and runs on the longest input it will be given."""
     path = teacher_path(config, teacher)
     if teacher.fit is not None and not (Path(path) / "config.json").exists():
         raise ConfigError(f"teacher {teacher.name!r} is not fitted yet (run: kdnas teachers fit)")
+    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+        raise ConfigError(f"teacher {teacher.name!r}: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                          "save the tokenizer the teacher was trained with beside its weights")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), use_safetensors=True, trust_remote_code=teacher.trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=teacher.trust_remote_code)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # missing, truncated or mismatched files raise many kinds; all mean the same here
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"teacher {teacher.name!r}: cannot load {path}: {first_line}") from None
     if model.config.num_labels != num_labels:
@@ -86,7 +91,70 @@ def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -
             f"teacher {teacher.name!r} predicts {model.config.num_labels} labels but the task has {num_labels}"
         )
     _ensure_pad_token(model, tokenizer)
-    return Teacher(name=teacher.name, path=str(path), model=model.eval(), tokenizer=tokenizer)
+    loaded = Teacher(name=teacher.name, path=str(path), model=model.eval(), tokenizer=tokenizer)
+    _check_runs(loaded, _input_lengths(config, teacher))
+    return loaded
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+"""Files of which a local teacher directory must hold one: without them ``transformers`` builds an empty tokenizer."""
+
+
+def _input_lengths(config: KDNASConfig, teacher: TeacherConfig) -> dict[str, int]:
+    """The input lengths the teacher will be given, by the config key that sets each."""
+    lengths = {"data.max_seq_length": config.data.max_seq_length, "latency.seq_len": config.latency_seq_len}
+    if teacher.fit is not None and teacher.fit.max_seq_length:
+        lengths[f"teachers[{teacher.name}].fit.max_seq_length"] = teacher.fit.max_seq_length
+    return lengths
+
+
+def _position_limit(model: PreTrainedModel) -> int | None:
+    """The longest input a model with learned absolute positions accepts (None when it has no such limit)."""
+    for attribute in ("max_position_embeddings", "n_positions"):
+        limit = getattr(model.config, attribute, None)
+        if isinstance(limit, int):
+            return limit - (model.config.pad_token_id or 0) - 1 if model.config.model_type in ("roberta",
+                                                                                               "xlm-roberta") else limit
+    return None
+
+
+@torch.inference_mode()
+def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> None:
+    """Check the teacher's tokenizer fits its embeddings, the input lengths fit its positions, and one forward pass
+    at the longest length gives finite logits, so a broken teacher fails before any of its output is cached."""
+    name, tokenizer, model = teacher.name, teacher.tokenizer, teacher.model
+    special = set(tokenizer.all_special_tokens)
+    if len(set(tokenizer.get_vocab()) - special) == 0:
+        raise ConfigError(f"teacher {name!r}: the tokenizer in {teacher.path} has no vocabulary beyond its special "
+                          "tokens; save the tokenizer the teacher was trained with beside its weights")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"teacher {name!r}: its tokenizer has {len(tokenizer)} tokens but its weights embed only "
+                          f"{rows}: the tokenizer in {teacher.path} does not belong to these weights")
+    limit = _position_limit(model)
+    key, length = max(lengths.items(), key=lambda item: item[1])
+    if limit is not None and length > limit:
+        raise ConfigError(f"{key} is {length} but teacher {name!r} accepts at most {limit} tokens "
+                          f"(its position limit); lower {key} to {limit} or less")
+    ids = torch.randint(0, len(tokenizer), (1, length), generator=torch.Generator().manual_seed(0))
+    try:
+        logits = model(input_ids=ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device)).logits
+    except Exception as err:  # any failure here would otherwise surface mid-way through caching its logits
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"teacher {name!r} cannot run on {length}-token inputs ({key}): {first_line}") from None
+    if not torch.isfinite(logits).all():
+        raise ConfigError(f"teacher {name!r}: its weights in {teacher.path} give non-finite logits")
+
+
+def teacher_identity(config: KDNASConfig, teacher: TeacherConfig) -> str:
+    """What a teacher is, for the study fingerprint: its fit settings when kdnas fits it (the data is fingerprinted
+    apart), else a digest of its weights."""
+    if teacher.fit is not None:
+        fit = teacher.fit.model_dump(mode="json")
+        scratch = teacher.scratch.model_dump(mode="json") if teacher.scratch else None
+        return f"{teacher.name}: {teacher.model} fitted with {json.dumps(fit)}, scratch {json.dumps(scratch)}"
+    return f"{teacher.name}: {teacher.model} weights {_weights_digest(str(teacher_path(config, teacher)))[:12]}"
 
 
 def shares_tokenizer(
@@ -232,16 +300,18 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
     eval_data = encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length)
     logger.info("fitting teacher %s on %d examples (%s epochs)", teacher.name, len(train_data), fit.epochs)
     started = time.perf_counter()
-    train(
-        model,
-        train_data,
-        epochs=fit.epochs,
-        batch_size=fit.batch_size,
-        learning_rate=fit.learning_rate,
-        weight_decay=fit.weight_decay,
-        seed=config.training.seed,
-        device=device,
-    )
+    with Progress(f"fitting teacher {teacher.name}", "step") as progress:
+        train(
+            model,
+            train_data,
+            epochs=fit.epochs,
+            batch_size=fit.batch_size,
+            learning_rate=fit.learning_rate,
+            weight_decay=fit.weight_decay,
+            seed=config.training.seed,
+            device=device,
+            on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
+        )
     value = evaluate(model, eval_data, task.metric, device=device)
     out = Path(teacher_path(config, teacher))
     out.mkdir(parents=True, exist_ok=True)
@@ -299,6 +369,7 @@ def cached_logits(
     texts = task.texts(split) if texts is None else texts
     logger.info("teacher logits cache miss: %s %s, running the teacher on %d texts", teacher.name, split, len(texts))
     data = encode(teacher.tokenizer, texts, [0] * len(texts), max_length)
-    logits = predict_logits(teacher.model, data, device=device)
+    with Progress(f"teacher {teacher.name} logits on {split}", "text") as progress:
+        logits = predict_logits(teacher.model, data, device=device, on_batch=progress.advance)
     save_atomically({"logits": logits}, file)
     return logits

@@ -61,6 +61,7 @@ def train(
     extra_parameters: list[torch.nn.Parameter] | None = None,
     state: dict | None = None,
     on_state: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> None:
     """Train ``model`` for ``epochs`` passes over ``data`` (a fractional last pass is allowed).
 
@@ -68,6 +69,7 @@ def train(
     ``extra_parameters`` (e.g. the loss's own projections) are optimised alongside the model's.
     ``on_state(state)`` runs after each full epoch, before ``on_epoch``, with the resumable training state (model,
     extra parameters, optimizer, schedule, RNG, step, epoch); training passed ``state`` resumes after its epoch.
+    ``on_step(step, total_steps, loss)`` runs after each optimisation step (e.g. to show progress).
     Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite, :class:`DivergedError` when an epoch's
     mean loss exceeds ``DIVERGENCE_FACTOR`` × the first step's loss.
     """
@@ -109,6 +111,8 @@ def train(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if on_step is not None:
+                on_step(step, total_steps, losses[-1])
         mean_loss = sum(losses) / max(1, len(losses))
         if initial_loss is not None and mean_loss > DIVERGENCE_FACTOR * initial_loss:
             raise DivergedError(

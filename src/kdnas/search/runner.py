@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdnas.config import ConfigError, KDNASConfig, build_config, dump_config
+from kdnas.outputs import writable_dir
 from kdnas.data import TaskData, load_task
 from kdnas.data.augment import augment_texts
 from kdnas.data.transfer import TransferSet, load_transfer_texts
@@ -41,21 +42,32 @@ from kdnas.objectives.teachers import (
     shares_tokenizer,
 )
 from kdnas.search.checkpoint import load_state, save_state
+from kdnas.search.progress import SearchProgress
 from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
 from kdnas.search.searcher import (
     DRIVER_ATTR,
     DRIVER_LOST,
-    DUPLICATE_KEY,
     FAILURE_ATTR,
     TRIAL_NUMBER_KEY,
     KDNASSearch,
     counts_toward_budget,
-    duplicate_result,
 )
-from kdnas.search.study import HEARTBEAT_INTERVAL_S, create_or_load_study, mask_url, objective_names, open_storage
+from kdnas.search.duplicates import recipe_key
+from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
+from kdnas.search.resources import ResourceWait, check_local_resources
+from kdnas.search.study import (
+    HEARTBEAT_INTERVAL_S,
+    check_comparable,
+    create_or_load_study,
+    find_study,
+    mask_url,
+    objective_names,
+    open_storage,
+    open_storage_if_exists,
+    record_once,
+)
 from kdnas.search.trial import (
     ERROR_KEY,
-    INFEASIBLE_KEY,
     LATENCY_KEY,
     TrialInputs,
     build_and_measure,
@@ -306,9 +318,6 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
     torch.set_num_threads(max(1, int(resources.cpu)))
     use_gpu = resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    if DUPLICATE_KEY in config:  # the same student completed earlier in this search: report its result
-        tune.report(duplicate_result(config[DUPLICATE_KEY]))
-        return
     try:
         run_trial(config, inputs, trial_number=config[TRIAL_NUMBER_KEY], device=device, report=tune.report,
                   checkpoint=report_with_checkpoint, resume=last_state())
@@ -316,31 +325,6 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
         logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())
         reason = f"{type(err).__name__}: {err}"[:1000]
         tune.report({inputs.metric: math.nan, LATENCY_KEY: math.nan, ERROR_KEY: reason})  # Tune wants both keys
-
-
-class ProgressLogger(tune.Callback):
-    """One line per finished student."""
-
-    def __init__(self, metric: str) -> None:
-        self.metric = metric
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        number = trial.config.get(TRIAL_NUMBER_KEY)
-        arch = "L{num_layers} A{num_heads}x{head_dim} F×{ffn_ratio}".format(**trial.config)
-        if ERROR_KEY in result:
-            logger.info("trial %s %s failed: %s", number, arch, result[ERROR_KEY])
-        elif INFEASIBLE_KEY in result:
-            logger.info("trial %s %s: %s", number, arch, result[INFEASIBLE_KEY])
-        elif DUPLICATE_KEY in trial.config:
-            logger.info("trial %s %s: the same student as trial %s, its result reused without training",
-                        number, arch, trial.config[DUPLICATE_KEY]["trial"])
-        elif self.metric in result:
-            logger.info(
-                "trial %s %s: %s=%.4f latency=%.2f ms (epoch %s, %.0f s)",
-                number, arch, self.metric, result[self.metric], result[LATENCY_KEY], result.get("epoch"),
-                result.get("time_total_s", 0.0),
-            )
 
 
 class SearchBookkeeping(tune.Callback):
@@ -416,9 +400,10 @@ def init_ray(address: str | None) -> None:
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
 
 
-def make_sampler(config: KDNASConfig) -> optuna.samplers.BaseSampler:
-    """The configured multi-objective sampler, seeded."""
-    seed = config.search.seed
+def make_sampler(config: KDNASConfig, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured multi-objective sampler, seeded with ``search.seed`` plus the number of trials the study held
+    before this run: a resumed run does not replay the proposals of the first."""
+    seed = config.search.seed + trials_before
     if config.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if config.search.sampler == "gp":
@@ -434,62 +419,85 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     ``scheduler`` is an optional Ray Tune scheduler; students it stops early are recorded as PRUNED.
     """
     resolve_device(config.latency.device)  # fail before any work when the latency device is absent
-    output_dir = Path(config.output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
+    check_local_resources(config)
     url = config.storage_url
-    storage = open_storage(url)
-    study = create_or_load_study(config, storage)
-    logger.info("study %r in %s", config.search.study_name, mask_url(url))
+    storage = open_storage_if_exists(url)
+    existing = find_study(storage, config.search.study_name) if storage else None
+    fingerprint = config_fingerprint(config)
+    check_comparable(existing, config, fingerprint, space=True)
 
     task = load_task(config.data)
     logger.info("task %s: %d train / %d eval examples, metric %s",
                 task.name, len(task.train), len(task.eval), task.metric)
+    fingerprint.update(task_fingerprint(task))
+    check_comparable(existing, config, fingerprint)
     found = load_transfer_texts(config.data, task)  # a missing transfer file fails before teachers are fitted
+    for teacher in config.teachers:  # a ready teacher's weights and tokenizer are checked before any fitting
+        if teacher.fit is None:
+            load_teacher(config, teacher, task.num_labels)
     fit_teachers(config, task)
     transfer = transfer_set(config, task, found)
+    fingerprint.update(transfer_fingerprint(transfer))
+    check_comparable(existing, config, fingerprint)
     references, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
     for ref in references:
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
-    # the last checks of the inputs: the study is untouched so far
     inputs = prepare_inputs(config, task, teacher_logits, transfer)
     check_budgets_reachable(inputs)
-    study.set_user_attr("teachers", references)
-    study.set_user_attr("inheritance", inputs.inherit.record() if inputs.inherit else None)
-    study.set_user_attr("transfer", {"size": len(transfer), "sources": transfer.sources,
-                                     "fingerprint": transfer.fingerprint()} if transfer else None)
-    study.set_user_attr("task", {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)})
+    # the inputs are checked: only now is the study created (or a pre-fingerprint study given its fingerprint)
+    storage = storage or open_storage(url)
+    study = create_or_load_study(config, storage, fingerprint)
+    logger.info("study %r in %s", config.search.study_name, mask_url(url))
     recorded = dump_config(config)
     recorded["search"]["storage"] = mask_url(url)
-    study.set_user_attr("config", recorded)
+    record_once(study, {
+        "teachers": references,
+        "inheritance": inputs.inherit.record() if inputs.inherit else None,
+        "transfer": {"size": len(transfer), "sources": transfer.sources,
+                     "fingerprint": transfer.fingerprint()} if transfer else None,
+        "task": {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)},
+        "config": recorded,
+    })
 
     orphans = reconcile_orphans(study, storage)
     if orphans:
         logger.info("resumed: %d trial(s) left RUNNING by a lost driver were failed and re-enqueued", orphans)
     remaining = trials_left(study, config.search.n_trials)
     if remaining == 0:
-        logger.info("the study already holds %d finished trials: nothing to run", config.search.n_trials)
+        held = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+        logger.info("the study already holds %d finished trial(s), search.n_trials is %d: nothing to run",
+                    held, config.search.n_trials)
         return study
 
     search = config.search
+    space = SearchSpace(config.student.space, config.kd.space, config.training.space)
+    logger.info("search space: %d distinct students", space.size())
+    if search.n_trials > space.size():
+        logger.warning("search.n_trials (%d) is more than the %d students the space holds: the search ends when "
+                       "it has trained them all", search.n_trials, space.size())
     init_ray(search.ray_address)
     if scheduler is None:
         scheduler = make_scheduler(config, LATENCY_KEY)
     searcher = KDNASSearch(
-        space=SearchSpace(config.student.space, config.kd.space, config.training.space).suggest,
+        space=space.suggest,
         metric=objective_names(config),
         mode=["max", "min"],
         storage=storage,
         study_name=search.study_name,
-        sampler=make_sampler(config),
+        sampler=make_sampler(config, len(study.get_trials(deepcopy=False))),
         stop_reasons=scheduler.stop_reasons if isinstance(scheduler, LatencyAwareASHA) else None,
         n_trials=config.search.n_trials,
         reuse_duplicates=config.search.reuse_duplicates,
+        recipe=recipe_key(dump_config(config)),
+        space_size=space.size(),
     )
     resources = {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu}
     # keeping one checkpoint per trial forces an experiment snapshot at each epoch; that is cheap here, so Tune's
     # warning about it would only be noise on every search
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(tune.with_parameters(train_student, inputs=inputs), resources)
+    progress = SearchProgress(study, task.metric, search.n_trials)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -505,15 +513,19 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             storage_path=search.storage_path or str(output_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ProgressLogger(task.metric), SearchBookkeeping(searcher, HEARTBEAT_INTERVAL_S / 2)],
+            callbacks=[progress, SearchBookkeeping(searcher, HEARTBEAT_INTERVAL_S / 2),
+                       ResourceWait(search.resource_wait_s, resources)],
             verbose=0,
         ),
     )
     started = time.perf_counter()
     if search.time_budget_s is not None:
         searcher.deadline = time.monotonic() + search.time_budget_s
-    tuner.fit()
-    logger.info("search finished in %.0f s", time.perf_counter() - started)
+    with progress:
+        tuner.fit()
+    logger.info("search finished in %.0f s: %s", time.perf_counter() - started, progress.status())
+    if searcher.exhausted:
+        logger.warning("the search ended before its trial budget: %s", searcher.exhausted)
     cut = searcher.finish_out_of_time()
     if cut:
         logger.info("search.time_budget_s (%g s) ran out: %d unfinished student(s) recorded as PRUNED",

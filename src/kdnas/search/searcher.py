@@ -5,7 +5,8 @@ half-trained values, and leaves trials with NaN or missing metrics RUNNING forev
 arch, latency details and student path, tells PRUNED for early-stopped students and for students over a budget
 (never trained), tells FAIL with a reason for errors and bad metrics, and stores the budgets' constraints. It
 also keeps the trial budget across drivers sharing the study, and marks each trial with its driver and a heartbeat
-so that a resumed driver can tell orphans from trials another live driver is running.
+so that a resumed driver can tell orphans from trials another live driver is running. A suggestion of a student
+the study already holds is recorded as a repeat (its result, not trained again) and the sampler asked again.
 """
 
 from __future__ import annotations
@@ -28,15 +29,18 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, is_repeat, known_students, repeat_of, \
+    student_key
 from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, ERROR_KEY, INFEASIBLE_KEY
 
 TRIAL_NUMBER_KEY = "kdnas_trial_number"
-DUPLICATE_KEY = "kdnas_duplicate_of"
 FAILURE_ATTR = "failure_reason"
 PRUNED_ATTR = "pruned_reason"
 RESTARTS_ATTR = "restarts"
 DRIVER_ATTR = "kdnas:driver"
 DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
+REPEATS_IN_A_ROW = 25
+"""A sampler that proposes this many students the study holds in a row has (nearly) exhausted the space."""
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,10 @@ def retrying(operation: Callable[[], Any]) -> Any:
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up the trial budget: every finished or running trial but those whose driver was lost."""
+    """Whether a trial uses up the trial budget: every finished or running trial but repeats of a student the study
+    holds and those whose driver was lost."""
+    if is_repeat(trial):
+        return False
     if trial.state == TrialState.FAIL:
         return trial.user_attrs.get(FAILURE_ATTR, DRIVER_LOST) != DRIVER_LOST  # a FAIL with no reason: lost mid-tell
     return trial.state != TrialState.WAITING
@@ -108,14 +115,6 @@ def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str]
     return Outcome(TrialState.COMPLETE, values=[float(v) for v in values], attrs=attrs, constraints=constraints)
 
 
-def duplicate_result(earlier: dict[str, Any]) -> dict[str, Any]:
-    """The Tune result of a student identical to ``earlier`` (a :data:`DUPLICATE_KEY` entry): its metrics, attrs and
-    constraints, marked ``duplicate_of`` the earlier trial."""
-    attrs = {**earlier["attrs"], "duplicate_of": earlier["trial"]}
-    return {**earlier["metrics"], "epoch": attrs.get("epochs_trained"), COMPLETED_KEY: True,
-            ATTRS_KEY: json.dumps(attrs), CONSTRAINTS_KEY: json.dumps(earlier["constraints"])}
-
-
 class KDNASSearch(OptunaSearch):
     """``OptunaSearch`` that writes user_attrs, PRUNED/FAIL states with reasons, and budget constraints.
 
@@ -126,9 +125,12 @@ class KDNASSearch(OptunaSearch):
     instant, set when the search's time budget starts) has passed, it suggests nothing more, and students Tune stops
     unfinished are PRUNED with the time budget as their reason.
 
-    With ``reuse_duplicates``, a suggestion whose parameters (architecture and sampled KD recipe) equal those of a
-    student this searcher saw complete carries that student's result under :data:`DUPLICATE_KEY`, for the
-    trainable to report instead of training again: with the study's fixed training seed it would learn the same.
+    With ``reuse_duplicates``, a suggestion whose parameters (architecture and sampled recipe) equal those of a
+    student the study holds under the same ``recipe`` (:func:`~kdnas.search.duplicates.recipe_key`; any run or
+    driver) is recorded at once as a repeat of it, with its result (with the study's fixed training seed it would
+    learn the same), and the sampler is asked again: repeats never reach Ray and do not use up the trial budget.
+    When the study holds all ``space_size`` students, or the sampler proposes :data:`REPEATS_IN_A_ROW` known
+    students in a row, the search ends and :attr:`exhausted` says why.
     """
 
     def __init__(
@@ -137,6 +139,8 @@ class KDNASSearch(OptunaSearch):
         stop_reasons: Mapping[str, str] | None = None,
         n_trials: int | None = None,
         reuse_duplicates: bool = False,
+        recipe: str = "",
+        space_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -146,7 +150,9 @@ class KDNASSearch(OptunaSearch):
         self.deadline: float | None = None
         self._last_results: dict[str, dict] = {}
         self._reuse_duplicates = reuse_duplicates
-        self._completed_by_params: dict[str, dict[str, Any]] = {}
+        self._recipe = recipe
+        self._space_size = space_size
+        self.exhausted: str | None = None
         self._storage_ids: dict[str, int] = {}
 
     def _out_of_time(self) -> bool:
@@ -163,18 +169,49 @@ class KDNASSearch(OptunaSearch):
         started = trial_id in self._ot_trials or trial_id in self._storage_ids
         if not started and (self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
             return Searcher.FINISHED
-        if trial_id not in self._ot_trials:
-            self._ot_trials[trial_id] = self._ask(trial_id)
-        config = super().suggest(trial_id)
-        if config is not None:
+        if not started and self._reuse_duplicates and self._space_size is not None:
+            known = known_students(self._ot_study.get_trials(deepcopy=False), self._recipe)
+            if len(known) >= self._space_size:  # wait for the running ones: one may be cut by the time budget
+                if any(t.state == TrialState.RUNNING for t in known.values()):
+                    return None
+                self.exhausted = f"the study holds all {self._space_size} students of the search space"
+                return Searcher.FINISHED
+        for _ in range(REPEATS_IN_A_ROW):
+            if trial_id not in self._ot_trials:
+                self._ot_trials[trial_id] = self._ask(trial_id)
+            config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
-            config[TRIAL_NUMBER_KEY] = ot_trial.number
-            earlier = self._completed_by_params.get(_params_key(ot_trial.params))
-            if self._reuse_duplicates and earlier is not None:
-                config[DUPLICATE_KEY] = earlier
-            self._ot_study._storage.set_trial_system_attr(ot_trial._trial_id, DRIVER_ATTR, this_driver())
-            self._ot_study._storage.record_heartbeat(ot_trial._trial_id)
-        return config
+            original = self._held_student(ot_trial) if self._reuse_duplicates else None
+            if original is None:
+                storage = self._ot_study._storage
+                storage.set_trial_user_attr(ot_trial._trial_id, RECIPE_ATTR, self._recipe)
+                storage.set_trial_system_attr(ot_trial._trial_id, DRIVER_ATTR, this_driver())
+                storage.record_heartbeat(ot_trial._trial_id)
+                return {**config, TRIAL_NUMBER_KEY: ot_trial.number}
+            self._tell_repeat(ot_trial, original)
+            del self._ot_trials[trial_id], self._storage_ids[trial_id]
+        self.exhausted = (f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
+                          "the search space is (nearly) exhausted")
+        return Searcher.FINISHED
+
+    def _held_student(self, ot_trial: optuna.Trial) -> FrozenTrial | None:
+        """The study's trial holding the student ``ot_trial`` sampled (same parameters and recipe), if any."""
+        known = known_students(self._ot_study.get_trials(deepcopy=False), self._recipe)
+        original = known.get(student_key(ot_trial.params))
+        return original if original is not None and original.number != ot_trial.number else None
+
+    def _tell_repeat(self, ot_trial: optuna.Trial, original: FrozenTrial) -> None:
+        """Record ``ot_trial`` as a repeat of ``original``: its result (COMPLETE or PRUNED), never trained."""
+        repeat = repeat_of(original)
+        for key, value in repeat.attrs.items():
+            ot_trial.set_user_attr(key, value)
+        if repeat.reason:
+            ot_trial.set_user_attr(PRUNED_ATTR, repeat.reason)
+        for key, value in repeat.constraints.items():
+            ot_trial.set_constraint(key, value)
+        self._ot_study.tell(ot_trial, repeat.values, state=repeat.state)
+        logger.info("trial %d %s: the same student as trial %d, its result reused without training",
+                    ot_trial.number, original.user_attrs.get("arch_summary", ""), original.number)
 
     def _ask(self, trial_id: str) -> optuna.Trial:
         """``Study.ask()``, except that a new trial is created already claimed by this driver (its
@@ -232,7 +269,7 @@ class KDNASSearch(OptunaSearch):
         if outcome.state == TrialState.PRUNED and trial_id in self._stop_reasons:
             outcome = replace(outcome, reason=self._stop_reasons[trial_id])
         elif outcome.state == TrialState.PRUNED and INFEASIBLE_KEY not in (result or {}) and self._out_of_time():
-            reason = str(outcome.reason).replace("stopped early", "stopped when the search's time budget ran out")
+            reason = str(outcome.reason).replace("stopped early", TIME_BUDGET_REASON)
             outcome = replace(outcome, reason=reason)
 
         def tell() -> None:
@@ -250,11 +287,3 @@ class KDNASSearch(OptunaSearch):
 
         retrying(tell)
         self._completed_trials.add(trial_id)
-        if outcome.state == TrialState.COMPLETE:
-            self._completed_by_params.setdefault(_params_key(ot_trial.params), {
-                "trial": ot_trial.number, "metrics": dict(zip(self._metric, outcome.values or [])),
-                "attrs": outcome.attrs, "constraints": outcome.constraints})
-
-
-def _params_key(params: Mapping[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)

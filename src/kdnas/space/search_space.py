@@ -45,6 +45,14 @@ class SearchSpace:
             params["learning_rate"] = trial.suggest_categorical("learning_rate", self.training_space.learning_rate)
         return params
 
+    def size(self) -> int:
+        """How many distinct students (architecture × sampled recipe) the space holds."""
+        c = self.config
+        count = (c.depth.max - c.depth.min + 1) * len(c.heads) * len(c.head_dim) * len(c.ffn_ratio)
+        for field in KD_PARAMS.values():
+            count *= len(getattr(self.kd_space, field) or [None])
+        return count * len(self.training_space.learning_rate or [None])
+
 
 def smallest_student(config: SpaceConfig) -> StudentArch:
     """The space's cheapest student: fewest layers, narrowest width, smallest FFN (the fastest and smallest)."""

@@ -1,0 +1,114 @@
+"""Students a study already holds: the identity of a student (parameters + recipe) and the copy a repeat gets.
+
+A student is its sampled parameters (architecture and sampled recipe) trained under the study's fixed training
+configuration. ``recipe_key`` hashes the part of the config that changes what a student learns or how it is
+measured, so a repeat is recognised across runs and drivers, and a rerun with another recipe (e.g. more epochs)
+trains its students afresh. Light on purpose: readers (report, export) fold repeats without the training stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+RECIPE_ATTR = "recipe"
+"""User attr: :func:`recipe_key` of the configuration the trial's student was (or is being) trained under."""
+DUPLICATE_ATTR = "duplicate_of"
+"""User attr of a repeat: the number of the trial whose student it is."""
+TIME_BUDGET_REASON = "stopped when the search's time budget ran out"
+"""How a student cut short by the search's time budget is PRUNED: not a property of the student, so it may rerun."""
+COST_ATTRS = ("train_started_at", "train_finished_at")
+"""Attrs that time the training itself: a repeat spent none, so it does not carry them."""
+
+_NOT_TRAINING = ("search", "output_dir")
+_SPACES = (("student", "space"), ("kd", "space"), ("training", "space"), ("latency", "cache"))
+
+
+def recipe_key(recorded: Mapping[str, Any]) -> str:
+    """A short hash of a recorded (``dump_config``) config without what does not change a given student: the search
+    settings, output paths, the search spaces (a sampled value is part of the student's parameters) and caching."""
+    kept = {k: v for k, v in recorded.items() if k not in _NOT_TRAINING}
+    for section, key in _SPACES:
+        kept[section] = {k: v for k, v in kept.get(section, {}).items() if k != key}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def student_key(params: Mapping[str, Any]) -> str:
+    """The sampled parameters as a comparable key."""
+    return json.dumps(dict(params), sort_keys=True)
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` holds a repeat of an earlier trial's student (not trained itself)."""
+    return DUPLICATE_ATTR in trial.user_attrs
+
+
+def holds_student(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` trained (or is training) a student a repeat may reuse: COMPLETE, RUNNING, or PRUNED for a
+    reason of its own (over a budget, stopped by the scheduler), not cut by the time budget; never a repeat."""
+    if is_repeat(trial) or not trial.params:
+        return False
+    if trial.state == TrialState.PRUNED:
+        return not str(trial.user_attrs.get("pruned_reason", "")).startswith(TIME_BUDGET_REASON)
+    return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
+
+
+def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, FrozenTrial]:
+    """Student key → the first trial holding that student under ``recipe``."""
+    known: dict[str, FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.user_attrs.get(RECIPE_ATTR) == recipe and holds_student(trial):
+            known.setdefault(student_key(trial.params), trial)
+    return known
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """How a repeat of ``original`` is told to Optuna: its state, values, attrs, reason and constraints."""
+
+    state: TrialState
+    values: list[float] | None
+    attrs: dict[str, Any]
+    reason: str | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
+
+
+def repeat_of(original: FrozenTrial) -> Repeat:
+    """The record of a repeat of ``original``'s student: its result without training (no training times)."""
+    attrs = {k: v for k, v in original.user_attrs.items()
+             if k not in COST_ATTRS and k not in ("pruned_reason", "failure_reason", "restarts", "retry_of")}
+    attrs[DUPLICATE_ATTR] = original.number
+    if original.state == TrialState.COMPLETE:
+        return Repeat(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
+    if original.state == TrialState.PRUNED:
+        reason = f"the same student as trial {original.number}: {original.user_attrs.get('pruned_reason', 'pruned')}"
+        return Repeat(TrialState.PRUNED, None, attrs, reason, dict(original.constraints))
+    return Repeat(TrialState.PRUNED, None, attrs,
+                  f"the same student as trial {original.number}, which was training: not trained twice")
+
+
+def folded(trials: Iterable[FrozenTrial]) -> list[tuple[FrozenTrial, list[int]]]:
+    """``trials`` with each repeat folded into its original: ``(trial, [its number, its repeats' numbers])``; a
+    repeat whose original is not among ``trials`` stands for itself."""
+    trials = list(trials)
+    numbers = {t.number for t in trials}
+    repeats: dict[int, list[int]] = {}
+    for t in trials:
+        if is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers:
+            repeats.setdefault(t.user_attrs[DUPLICATE_ATTR], []).append(t.number)
+    return [(t, sorted([t.number, *repeats.get(t.number, [])])) for t in trials
+            if not (is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers)]
+
+
+def training_seconds(trial: FrozenTrial) -> float:
+    """The compute ``trial`` itself spent training (and evaluating, saving) its student: 0 for a repeat, which reused
+    another trial's, and for a trial that never trained."""
+    attrs = trial.user_attrs
+    if is_repeat(trial) or not all(key in attrs for key in COST_ATTRS):
+        return 0.0
+    return float(attrs["train_finished_at"] - attrs["train_started_at"])
