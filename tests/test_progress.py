@@ -15,6 +15,8 @@ from kdnas.dashboards.pareto import study_summary, summary_line
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.training import train
 from kdnas.progress import Progress, duration
+from kdnas.search import progress as search_progress
+from kdnas.search.progress import SearchProgress
 
 
 def test_duration_reads_like_a_clock():
@@ -57,3 +59,20 @@ def test_the_study_summary_counts_states_repeats_and_the_front():
     assert summary == {"trials": 5, "complete": 2, "reused": 1, "pruned": 1, "failed": 1, "running": 0, "front": 2,
                        "hypervolume": pytest.approx((4.4 - 2.0) * 0.8 + (4.4 - 4.0) * 0.1)}
     assert summary_line(summary).startswith("2 complete, 1 pruned, 1 failed, 0 running, 1 reused · front 2 · ")
+
+
+def test_the_search_status_gives_the_time_left_capped_by_the_time_budget(monkeypatch):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    distributions = {"num_layers": IntDistribution(1, 4)}
+    clock = iter([100.0, 130.0, 0.0])
+    monkeypatch.setattr(search_progress.time, "monotonic", lambda: next(clock))
+    progress = SearchProgress(study, "accuracy", n_trials=10, time_budget_s=60.0)  # started at t=100
+    for number in range(2):
+        study.add_trial(create_trial(values=[0.7 + number / 10, 2.0 + number], params={"num_layers": number + 1},
+                                     distributions=distributions))
+    status = progress.status()  # t=130: 2 done in 30 s, 8 left at that rate is 2 min, but only 30 s of budget
+    assert status.startswith("2/10 done · 2 complete, 0 pruned, 0 failed, 0 running, 0 reused · front 2 · ")
+    assert status.endswith("· 30s, about 30s left")
+    assert progress.seconds_left(2, 30.0) == 30.0
+    unbounded = SearchProgress(optuna.create_study(directions=["maximize", "minimize"]), "accuracy", n_trials=10)
+    assert unbounded.seconds_left(2, 30.0) == pytest.approx(120.0)

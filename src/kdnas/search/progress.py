@@ -30,8 +30,8 @@ class SearchProgress(tune.Callback):
     """Logs one line per finished student followed by where the study stands; on a terminal, keeps a live bar
     below the lines. Use it as a context manager around ``Tuner.fit``."""
 
-    def __init__(self, study: optuna.Study, metric: str, n_trials: int) -> None:
-        self.study, self.metric, self.n_trials = study, metric, n_trials
+    def __init__(self, study: optuna.Study, metric: str, n_trials: int, time_budget_s: float | None = None) -> None:
+        self.study, self.metric, self.n_trials, self.time_budget_s = study, metric, n_trials, time_budget_s
         self.started = time.monotonic()
         self.done_before = finished_in_budget(study)
         self.bar: tqdm | None = None
@@ -52,10 +52,15 @@ class SearchProgress(tune.Callback):
         done = finished_in_budget(self.study)
         elapsed = time.monotonic() - self.started
         rate = (done - self.done_before) / elapsed if elapsed > 0 else 0.0
-        left = f", about {duration((self.n_trials - done) / rate)} left" if rate > 0 and done < self.n_trials else ""
+        left = f", about {duration(self.seconds_left(done, elapsed))} left" if rate > 0 and done < self.n_trials else ""
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         return f"{done}/{self.n_trials} done · {summary_line(study_summary(self.study))} · {duration(elapsed)}{left}"
+
+    def seconds_left(self, done: int, elapsed: float) -> float:
+        """The time left at the rate students finished so far, capped by what is left of the time budget."""
+        left = (self.n_trials - done) * elapsed / (done - self.done_before)
+        return left if self.time_budget_s is None else min(left, max(self.time_budget_s - elapsed, 0.0))
 
     def _event(self, line: str) -> None:
         status = self.status()

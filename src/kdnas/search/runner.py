@@ -497,7 +497,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     # warning about it would only be noise on every search
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(tune.with_parameters(train_student, inputs=inputs), resources)
-    progress = SearchProgress(study, task.metric, search.n_trials)
+    progress = SearchProgress(study, task.metric, search.n_trials, search.time_budget_s)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
