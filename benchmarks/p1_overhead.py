@@ -43,8 +43,8 @@ from _common import REPO, add_common_args, require_sst2, sst2_sections, write_re
 from kdnas.config import build_config, dump_config  # noqa: E402
 from kdnas.data import load_task  # noqa: E402
 from kdnas.search.runner import fit_teachers, run_search, teacher_reference  # noqa: E402
-from kdnas.search.duplicates import DUPLICATE_ATTR, is_repeat, training_seconds  # noqa: E402
-from kdnas.search.searcher import TRIAL_NUMBER_KEY  # noqa: E402
+from kdnas.records import DUPLICATE_ATTR, TRIAL_NUMBER_KEY  # noqa: E402
+from kdnas.search.duplicates import is_repeat, training_seconds  # noqa: E402
 
 NAME = "p1_overhead"
 TARGET = 1.10

@@ -38,7 +38,8 @@ from _common import (  # noqa: E402
 from kdnas.config import build_config, dump_config  # noqa: E402
 from kdnas.data import load_task  # noqa: E402
 from kdnas.search.runner import prepare_inputs  # noqa: E402
-from kdnas.search.trial import ATTRS_KEY, run_trial  # noqa: E402
+from kdnas.records import ATTRS_KEY  # noqa: E402
+from kdnas.search.trial import run_trial  # noqa: E402
 
 NAME = "p2_kd_overhead"
 TARGET = 1.15

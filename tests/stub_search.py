@@ -13,8 +13,9 @@ import torch
 from ray import tune
 
 from kdnas.search import runner
-from kdnas.search.searcher import TRIAL_NUMBER_KEY
-from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY, TrialInputs
+from kdnas.records import TRIAL_NUMBER_KEY
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY
+from kdnas.search.trial import TrialInputs
 
 if __name__ != "__main__":
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/

@@ -14,7 +14,8 @@ from optuna.trial import TrialState, create_trial
 from kdnas.cli import main
 from kdnas.config import load_config
 from kdnas.data import load_task
-from kdnas.search.fingerprint import FINGERPRINT_ATTR, config_fingerprint, task_fingerprint
+from kdnas.records import FINGERPRINT_ATTR
+from kdnas.search.fingerprint import config_fingerprint, task_fingerprint
 from kdnas.objectives.teachers import _train_tokenizer, load_tokenizer
 from kdnas.config import ScratchConfig
 from kdnas.space import StudentArch
@@ -266,7 +267,8 @@ def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates
 
 def _running_trial(url: str) -> int:
     """Add a RUNNING trial that this process drives to the study ``existing``; return its number."""
-    from kdnas.search.searcher import DRIVER_ATTR, this_driver
+    from kdnas.records import DRIVER_ATTR
+    from kdnas.search.searcher import this_driver
 
     study = optuna.load_study(study_name="existing", storage=url)
     trial = study.ask({"num_layers": IntDistribution(1, 4)})
@@ -291,7 +293,7 @@ def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing
 
 def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_study, tmp_path, monkeypatch, capsys):
     from kdnas.search import runner
-    from kdnas.search.searcher import FAILURE_ATTR
+    from kdnas.records import FAILURE_ATTR
 
     def failing_search(config, **kwargs):
         study = optuna.load_study(study_name="existing", storage=existing_study)

@@ -18,7 +18,8 @@ from kdnas.objectives import latency_cache
 from kdnas.search import trial as trial_mod
 from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.searcher import trial_outcome
-from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialInputs, run_trial
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY
+from kdnas.search.trial import TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
 FAST = LatencyConfig(warmup=0, runs=3)
@@ -160,7 +161,8 @@ def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
 
 
 def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
-    from kdnas.search.searcher import PRUNED_ATTR, KDNASSearch
+    from kdnas.records import PRUNED_ATTR
+    from kdnas.search.searcher import KDNASSearch
     from kdnas.search.study import create_or_load_study, open_storage
     from kdnas.space import SearchSpace
 
@@ -180,7 +182,8 @@ def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
 def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
     from ray.tune.search import Searcher
 
-    from kdnas.search.searcher import PRUNED_ATTR, KDNASSearch
+    from kdnas.records import PRUNED_ATTR
+    from kdnas.search.searcher import KDNASSearch
     from kdnas.search.study import create_or_load_study, open_storage
     from kdnas.space import SearchSpace
 
@@ -215,7 +218,8 @@ def _complete(searcher, trial_id: str, accuracy: float) -> None:
 
 
 def test_a_student_the_study_holds_is_recorded_as_a_repeat_and_the_sampler_asked_again(tmp_path):
-    from kdnas.search.searcher import TRIAL_NUMBER_KEY, counts_toward_budget
+    from kdnas.records import TRIAL_NUMBER_KEY
+    from kdnas.search.searcher import counts_toward_budget
     from kdnas.search.study import create_or_load_study, open_storage
 
     config = KDNASConfig()
@@ -299,7 +303,7 @@ def test_search_stops_at_its_time_budget(run_dir, ray_session):
     from conftest import tiny_raw
 
     from kdnas.search.runner import run_search
-    from kdnas.search.searcher import PRUNED_ATTR
+    from kdnas.records import PRUNED_ATTR
 
     budget = 25.0  # long enough for a first epoch after Ray starts the worker, even on a loaded machine
     raw = tiny_raw(run_dir, training={"epochs": 1000},  # no student finishes within the budget
@@ -319,7 +323,7 @@ def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir,
     from conftest import tiny_raw
 
     from kdnas.search.runner import run_search
-    from kdnas.search.searcher import PRUNED_ATTR
+    from kdnas.records import PRUNED_ATTR
 
     raw = tiny_raw(run_dir, training={"epochs": 3},
                    student={"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16, 32],

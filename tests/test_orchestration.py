@@ -24,7 +24,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from kdnas.config import ConfigError, build_config
 from kdnas.dashboards.pareto import pareto_front
 from kdnas.search.runner import DRIVER_LOST, run_search
-from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
+from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search.study import load_study
 
 from conftest import tiny_raw

@@ -30,7 +30,8 @@ from kdnas.cli import main
 from kdnas.objectives.training import DivergedError, NonFiniteLossError, train
 from kdnas.search import runner
 from kdnas.search.checkpoint import load_state, save_state
-from kdnas.search.searcher import DRIVER_LOST, FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY, counts_toward_budget
+from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
+from kdnas.search.searcher import DRIVER_LOST, counts_toward_budget
 from kdnas.search.study import load_study
 
 from stub_search import use_stub_trials

@@ -14,8 +14,9 @@ from ray import tune
 
 from kdnas.config import KDNASConfig, build_config, load_config
 from kdnas.search import runner
-from kdnas.search.searcher import DRIVER_ATTR, FAILURE_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search.trial import ERROR_KEY, TrialInputs
+from kdnas.records import DRIVER_ATTR, FAILURE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.records import ERROR_KEY
+from kdnas.search.trial import TrialInputs
 
 
 def _inputs(gpu: float) -> TrialInputs:

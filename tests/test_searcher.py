@@ -7,10 +7,11 @@ from optuna.trial import TrialState
 
 from kdnas.config import KDNASConfig
 from kdnas.search import searcher as searcher_mod
-from kdnas.search.searcher import DRIVER_ATTR, KDNASSearch, this_driver, trial_outcome
+from kdnas.records import DRIVER_ATTR
+from kdnas.search.searcher import KDNASSearch, this_driver, trial_outcome
 from kdnas.search.study import create_or_load_study, open_storage
 from kdnas.space import SearchSpace
-from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, ERROR_KEY
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, ERROR_KEY
 
 METRICS = ["accuracy", "latency_ms"]
 

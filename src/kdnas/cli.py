@@ -86,7 +86,8 @@ def _release_trials(config: KDNASConfig) -> None:
 
 def _search_problem(study) -> str | None:
     """Why the search produced no usable student (None when this run, or the study, holds a COMPLETE one)."""
-    from kdnas.search.searcher import DRIVER_ATTR, this_driver
+    from kdnas.records import DRIVER_ATTR
+    from kdnas.search.searcher import this_driver
     from kdnas.search.study import outcome_problem
 
     driver = this_driver()
@@ -315,16 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import datasets
+    """Quiet the libraries' own logs and progress bars (kdnas shows its own) through the environment, so commands
+    that only read a study never import transformers or datasets; Ray workers inherit it."""
+    for name, value in (("TOKENIZERS_PARALLELISM", "false"), ("RAY_AIR_NEW_OUTPUT", "0"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
     import optuna
-    import transformers
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
 from kdnas.dashboards.report import init_summary
-from kdnas.search.duplicates import DUPLICATE_ATTR
-from kdnas.search.trial import missing_student_files
+from kdnas.records import DUPLICATE_ATTR
+from kdnas.outputs import missing_student_files
 
 RECORD_FILE = "kdnas_trial.json"
 

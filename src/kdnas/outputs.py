@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from kdnas.config import ConfigError
+from kdnas.records import STUDENT_FILES
 
 
 def writable_dir(path: Path, what: str) -> Path:
@@ -20,3 +21,8 @@ def writable_dir(path: Path, what: str) -> Path:
     except OSError as err:
         raise ConfigError(f"{what}: cannot write to {path}: {err.strerror or err}") from None
     return path
+
+
+def missing_student_files(directory: Path) -> list[str]:
+    """The files a saved student needs that ``directory`` lacks (all of them when it is no directory)."""
+    return [name for name in STUDENT_FILES if not (directory / name).is_file()]

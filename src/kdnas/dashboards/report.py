@@ -21,8 +21,7 @@ from kdnas.dashboards.pareto import (
     study_summary,
     summary_line,
 )
-from kdnas.search.duplicates import DUPLICATE_ATTR
-from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR
+from kdnas.records import DUPLICATE_ATTR, FAILURE_ATTR, PRUNED_ATTR
 
 
 def _hover(t: FrozenTrial, metric: str) -> str:

@@ -16,14 +16,10 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-RECIPE_ATTR = "recipe"
-"""User attr: :func:`recipe_key` of the configuration the trial's student was (or is being) trained under."""
-DUPLICATE_ATTR = "duplicate_of"
-"""User attr of a repeat: the number of the trial whose student it is."""
+from kdnas.records import COST_ATTRS, DUPLICATE_ATTR, RECIPE_ATTR
+
 TIME_BUDGET_REASON = "stopped when the search's time budget ran out"
 """How a student cut short by the search's time budget is PRUNED: not a property of the student, so it may rerun."""
-COST_ATTRS = ("train_started_at", "train_finished_at")
-"""Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 
 _NOT_TRAINING = ("search", "output_dir")
 _SPACES = (("student", "space"), ("kd", "space"), ("training", "space"), ("latency", "cache"))

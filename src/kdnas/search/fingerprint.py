@@ -23,9 +23,6 @@ from kdnas.objectives.teachers import teacher_identity
 from kdnas.space import SearchSpace
 from kdnas.space.search_space import KD_PARAMS
 
-FINGERPRINT_ATTR = "fingerprint"
-"""The study user_attr holding the fingerprint (a flat ``{key: value}`` dict)."""
-
 PARAM_KEYS = {"num_layers": "student.space.depth", "num_heads": "student.space.heads",
               "head_dim": "student.space.head_dim", "ffn_ratio": "student.space.ffn_ratio",
               "learning_rate": "training.space.learning_rate", **{p: f"kd.space.{f}" for p, f in KD_PARAMS.items()}}

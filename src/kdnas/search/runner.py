@@ -41,17 +41,11 @@ from kdnas.objectives.teachers import (
     load_tokenizer,
     shares_tokenizer,
 )
+from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, LATENCY_KEY, TRIAL_NUMBER_KEY
 from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.progress import SearchProgress
 from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
-from kdnas.search.searcher import (
-    DRIVER_ATTR,
-    DRIVER_LOST,
-    FAILURE_ATTR,
-    TRIAL_NUMBER_KEY,
-    KDNASSearch,
-    counts_toward_budget,
-)
+from kdnas.search.searcher import DRIVER_LOST, KDNASSearch, counts_toward_budget
 from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
 from kdnas.search.resources import ResourceWait, check_local_resources
@@ -66,14 +60,7 @@ from kdnas.search.study import (
     open_storage_if_exists,
     record_once,
 )
-from kdnas.search.trial import (
-    ERROR_KEY,
-    LATENCY_KEY,
-    TrialInputs,
-    build_and_measure,
-    run_trial,
-    student_dir,
-)
+from kdnas.search.trial import TrialInputs, build_and_measure, run_trial, student_dir
 from kdnas.space import SearchSpace
 from kdnas.space.search_space import smallest_student
 from kdnas.space.inheritance import InheritanceSource, inheritance_source

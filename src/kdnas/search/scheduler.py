@@ -20,12 +20,11 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdnas.config import KDNASConfig
+from kdnas.records import EPOCH_KEY
 
 AUTO_MIN_TRIALS = 8
 """``mode: auto`` turns early stopping on from this many trials: with 3 latency bins, fewer trials leave a bin
 with one or two students per rung, so stops would rest on single comparisons and save little."""
-
-EPOCH_KEY = "epoch"
 
 
 def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:

@@ -31,13 +31,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, is_repeat, known_students, repeat_of, \
     student_key
-from kdnas.search.trial import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, ERROR_KEY, INFEASIBLE_KEY
+from kdnas.records import (ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR,
+                           INFEASIBLE_KEY, PRUNED_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY)
 
-TRIAL_NUMBER_KEY = "kdnas_trial_number"
-FAILURE_ATTR = "failure_reason"
-PRUNED_ATTR = "pruned_reason"
-RESTARTS_ATTR = "restarts"
-DRIVER_ATTR = "kdnas:driver"
 DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
 REPEATS_IN_A_ROW = 25
 """A sampler that proposes this many students the study holds in a row has (nearly) exhausted the space."""

@@ -14,9 +14,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 
 from kdnas.config import ConfigError, KDNASConfig
-from kdnas.search.fingerprint import FINGERPRINT_ATTR, fingerprint_differences, space_conflicts
-from kdnas.search.searcher import FAILURE_ATTR, PRUNED_ATTR
-from kdnas.search.trial import LATENCY_KEY
+from kdnas.records import FAILURE_ATTR, FINGERPRINT_ATTR, LATENCY_KEY, PRUNED_ATTR
 
 SQLITE_LOCK_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10
@@ -77,6 +75,8 @@ def check_comparable(study: optuna.Study | None, config: KDNASConfig, fingerprin
     cannot sample consistently with the study's trials. Nothing is written."""
     if study is None:
         return
+    from kdnas.search.fingerprint import fingerprint_differences, space_conflicts  # torch: not for study readers
+
     names = objective_names(config)
     directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     existing_names = study.metric_names

@@ -22,18 +22,12 @@ from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.teachers import load_tokenizer
 from kdnas.objectives.training import evaluate, train
+from kdnas.outputs import missing_student_files
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, LATENCY_KEY, PARAMS_CONSTRAINT
 from kdnas.space import StudentArch
 from kdnas.space.search_space import kd_recipe
 from kdnas.space.inheritance import InheritanceSource, inherit
 
-LATENCY_KEY = "latency_ms"
-COMPLETED_KEY = "kdnas_completed"
-ERROR_KEY = "kdnas_error"
-ATTRS_KEY = "kdnas_attrs"
-INFEASIBLE_KEY = "kdnas_infeasible"
-CONSTRAINTS_KEY = "kdnas_constraints"
-PARAMS_CONSTRAINT = "params"
-STUDENT_FILES = ("config.json", "model.safetensors")
 
 Report = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -60,11 +54,6 @@ class TrialInputs:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
-
-
-def missing_student_files(directory: Path) -> list[str]:
-    """The files a saved student needs that ``directory`` lacks (all of them when it is no directory)."""
-    return [name for name in STUDENT_FILES if not (directory / name).is_file()]
 
 
 def student_dir(inputs: TrialInputs, trial_number: int) -> Path:
