@@ -23,14 +23,18 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    add_common_args, fit_teachers_timed, parse_student, require_sst2, sst2_sections, write_result,
+from _common import (
+    add_common_args,
+    fit_teachers_timed,
+    parse_student,
+    require_sst2,
+    sst2_sections,
+    write_result,
 )
-
-from kdnas.config import build_config, dump_config  # noqa: E402
-from kdnas.data import load_task  # noqa: E402
-from kdnas.search.runner import prepare_inputs  # noqa: E402
-from kdnas.search.trial import run_trial  # noqa: E402
+from kdnas.config import build_config, dump_config
+from kdnas.data import load_task
+from kdnas.search.runner import prepare_inputs
+from kdnas.search.trial import run_trial
 
 RECIPES: dict[str, dict[str, Any]] = {
     "no KD (CE only)": {"alpha": 1.0},

@@ -38,13 +38,12 @@ import torch
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, add_common_args, require_sst2, sst2_sections, write_result  # noqa: E402
-
-from kdnas.config import build_config, dump_config  # noqa: E402
-from kdnas.data import load_task  # noqa: E402
-from kdnas.search.runner import fit_teachers, run_search, teacher_reference  # noqa: E402
-from kdnas.records import DUPLICATE_ATTR, TRIAL_NUMBER_KEY  # noqa: E402
-from kdnas.search.duplicates import is_repeat, training_seconds  # noqa: E402
+from _common import REPO, add_common_args, require_sst2, sst2_sections, write_result
+from kdnas.config import build_config, dump_config
+from kdnas.data import load_task
+from kdnas.records import DUPLICATE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.search.duplicates import is_repeat, training_seconds
+from kdnas.search.runner import fit_teachers, run_search, teacher_reference
 
 NAME = "p1_overhead"
 TARGET = 1.10
@@ -187,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         "per_trial": rows,
     })
     tune_part = f", {tune_ratio:.3f} vs Tune's time_total_s" if tune_ratio is not None else ""
-    print(f"{NAME}: {len(trials)} trials ({repeats} repeats reused, not trained), wall {wall:.1f} s / trial compute {compute:.1f} s = {ratio:.3f} "
+    print(f"{NAME}: {len(trials)} trials ({repeats} repeats reused, not trained), "
+          f"wall {wall:.1f} s / trial compute {compute:.1f} s = {ratio:.3f} "
           f"(target ≤ {TARGET}{tune_part}); overhead {per_trial:.2f} s per trial "
           f"(set-up {breakdown['driver_setup_s']:.1f} s, median trial compute "
           f"{statistics.median(r['compute_s'] for r in rows if r.get('compute_s')):.1f} s) → {path}")

@@ -38,14 +38,13 @@ import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, parse_student, require_sst2, sst2_sections, write_result  # noqa: E402
-
-from kdnas.config import build_config, dump_config  # noqa: E402
-from kdnas.dashboards.pareto import best_under_budget, pareto_front  # noqa: E402
-from kdnas.data import load_task  # noqa: E402
-from kdnas.objectives.teachers import RECORD_FILE  # noqa: E402
-from kdnas.search.runner import fit_teachers, prepare_inputs, run_search, teacher_reference, transfer_set  # noqa: E402
-from kdnas.search.trial import TrialInputs, run_trial  # noqa: E402
+from _common import add_common_args, parse_student, require_sst2, sst2_sections, write_result
+from kdnas.config import build_config, dump_config
+from kdnas.dashboards.pareto import best_under_budget, pareto_front
+from kdnas.data import load_task
+from kdnas.objectives.teachers import RECORD_FILE
+from kdnas.search.runner import fit_teachers, prepare_inputs, run_search, teacher_reference, transfer_set
+from kdnas.search.trial import TrialInputs, run_trial
 
 NAME = "p3_quality"
 TARGETS = {"a": "best student at >= 4x lower latency within 2.0 points of the teacher",

@@ -12,8 +12,8 @@ class and faster than the teacher" that the students dominate. Reported per run 
 the time to reach 90 % of the best-known hypervolume (the union of every run's students) and the area under the
 curve up to the shortest run's total compute, divided by that horizon × the best-known hypervolume.
 
-    python benchmarks/p4_early_stopping.py [--data DIR] [--seeds 0 1 2] [--time-budget-s 150] [--epochs 4]
-        [--train-samples 1000] [--arms tpe-off tpe-on nsga2 gp random]
+    python benchmarks/p4_early_stopping.py [--data DIR] [--seeds 0 1 2] [--time-budget-s 180] [--epochs 3]
+        [--train-samples 500] [--arms tpe-off tpe-on nsga2 gp random]
 
 Finished runs are journaled in ``<output-dir>/p4-runs.jsonl``: rerunning the command skips them. Writes
 ``benchmarks/results/p4_early_stopping.json`` and, with plotly and chromium at hand, the curves as HTML (in the
@@ -37,14 +37,13 @@ import optuna
 from optuna.trial import FrozenTrial
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, add_common_args, fit_teachers_timed, require_sst2, sst2_sections, write_result  # noqa: E402
-
-from kdnas.config import build_config, dump_config  # noqa: E402
-from kdnas.dashboards.pareto import feasible_completed, hypervolume  # noqa: E402
-from kdnas.data import load_task  # noqa: E402
-from kdnas.search.duplicates import is_repeat  # noqa: E402
-from kdnas.search.runner import run_search  # noqa: E402
-from kdnas.search.study import load_study  # noqa: E402
+from _common import REPO, add_common_args, fit_teachers_timed, require_sst2, sst2_sections, write_result
+from kdnas.config import build_config, dump_config
+from kdnas.dashboards.pareto import feasible_completed, hypervolume
+from kdnas.data import load_task
+from kdnas.search.duplicates import is_repeat
+from kdnas.search.runner import run_search
+from kdnas.search.study import load_study
 
 NAME = "p4_early_stopping"
 SPEEDUP_TARGET = 1.3
@@ -143,10 +142,10 @@ def plot(runs: dict[str, dict], level: float, html_path: Path, png_path: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, name=NAME, train_samples=1000, output_dir="bench-p4")
-    parser.add_argument("--time-budget-s", type=float, default=150.0, help="each run's search.time_budget_s")
+    add_common_args(parser, name=NAME, train_samples=500, output_dir="bench-p4")
+    parser.add_argument("--time-budget-s", type=float, default=180.0, help="each run's search.time_budget_s")
     parser.add_argument("--max-trials", type=int, default=200, help="each run's trial cap (not meant to be reached)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler and training seeds")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = parser.parse_args()

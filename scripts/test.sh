@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install kdnas with its test extras into ./.venv and run the whole test suite (offline).
+# Install kdnas with its test extras into ./.venv, lint with ruff, and run the whole test suite (offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m ruff check --quiet src tests benchmarks
 .venv/bin/python -m pytest "$@"

@@ -12,9 +12,8 @@ import ray.cloudpickle
 import torch
 from ray import tune
 
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
 from kdnas.search import runner
-from kdnas.records import TRIAL_NUMBER_KEY
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY
 from kdnas.search.trial import TrialInputs
 
 if __name__ != "__main__":

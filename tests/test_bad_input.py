@@ -12,15 +12,15 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from kdnas.cli import main
-from kdnas.config import load_config
+from kdnas.config import ScratchConfig, load_config
 from kdnas.data import load_task
+from kdnas.objectives.teachers import _train_tokenizer, load_tokenizer
 from kdnas.records import FINGERPRINT_ATTR
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint
-from kdnas.objectives.teachers import _train_tokenizer, load_tokenizer
-from kdnas.config import ScratchConfig
 from kdnas.space import StudentArch
 
-TINY_DATA = ["--set", "data.demo_train_size=40", "--set", "data.demo_eval_size=20", "--set", "data.transfer.demo_size=20"]
+TINY_DATA = ["--set", "data.demo_train_size=40", "--set", "data.demo_eval_size=20",
+             "--set", "data.transfer.demo_size=20"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ CASES = {
     "depth 0": (["search", "--set", "student.space.depth={min: 0, max: 2}"],
                 "student.space.depth.min: Input should be greater than or equal to 1"),
     "zero trials": (["search", "--n-trials", "0"], "search.n_trials: Input should be greater than or equal to 1"),
-    "negative time budget": (["search", "--time-budget-s", "-5"], "search.time_budget_s: Input should be greater than 0"),
+    "negative time budget": (["search", "--time-budget-s", "-5"],
+                             "search.time_budget_s: Input should be greater than 0"),
     "missing config file": (["search", "--config", "/nonexistent/kdnas.yaml"],
                             "cannot read config /nonexistent/kdnas.yaml"),
     "missing teacher path": (["search", *_teacher("/nonexistent/teacher")],
@@ -107,7 +108,8 @@ CASES = {
                                                "--set", "latency.batch_size=8"], "latency.batch_size 1 → 8"),
     "rerun with another sequence length": (["search", "--study-name", "fingerprinted",
                                             "--set", "data.max_seq_length=48"], "data.max_seq_length 32 → 48"),
-    "rerun with other head choices": (["search", "--study-name", "fingerprinted", "--set", "student.space.heads=[2, 4]"],
+    "rerun with other head choices": (
+        ["search", "--study-name", "fingerprinted", "--set", "student.space.heads=[2, 4]"],
                                       "search space student.space.heads [2, 4, 6, 8] → [2, 4]. Keep the study's "
                                       "settings, or start a new study with --study-name NAME"),
     "label only in the validation file": (["search", "FILES:ok.csv:three-labels.csv"],
@@ -292,8 +294,8 @@ def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing
 
 
 def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_study, tmp_path, monkeypatch, capsys):
-    from kdnas.search import runner
     from kdnas.records import FAILURE_ATTR
+    from kdnas.search import runner
 
     def failing_search(config, **kwargs):
         study = optuna.load_study(study_name="existing", storage=existing_study)

@@ -9,14 +9,9 @@ import datasets
 import pandas as pd
 import pytest
 
-from kdnas.config import ConfigError
-from kdnas.config import DataConfig
-from kdnas.data import demo_datasets
-from kdnas.data import generate_demo
-from kdnas.data import load_task
-from kdnas.data import TaskData
+from kdnas.config import ConfigError, DataConfig
+from kdnas.data import TaskData, demo_datasets, generate_demo, load_task
 from kdnas.data.demo import label_of
-
 
 SST2_DIR = Path(os.environ.get("KDNAS_SST2_DIR", Path(__file__).resolve().parents[1] / ".." / "shared/data/sst2"))
 

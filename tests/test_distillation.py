@@ -69,15 +69,16 @@ def test_attention_mse_compares_pre_softmax_scores_of_unmasked_pairs():
     a, b = scores[0, 0, :3, :3], other[0, 0, :3, :3]
     a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
     expected = ((a - b) ** 2).mean()
-    assert attention_mse(_probs(scores, mask), _probs(other, mask), mask).item() == pytest.approx(expected.item(), rel=1e-4)
+    mse = attention_mse(_probs(scores, mask), _probs(other, mask), mask)
+    assert mse.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_attention_scores_average_heads_so_head_counts_may_differ():
     mask = torch.ones(1, 3, dtype=torch.long)
     two_heads = torch.randn(1, 2, 3, 3)
     one_head = two_heads.mean(dim=1, keepdim=True)
-    assert torch.allclose(attention_scores(_probs(two_heads, mask), mask), attention_scores(_probs(one_head, mask), mask),
-                          atol=1e-5)
+    two, one = _probs(two_heads, mask), _probs(one_head, mask)
+    assert torch.allclose(attention_scores(two, mask), attention_scores(one, mask), atol=1e-5)
     assert attention_mse(_probs(two_heads, mask), _probs(one_head, mask), mask).item() == pytest.approx(0.0, abs=1e-9)
 
 
@@ -220,8 +221,8 @@ def test_kd_recipe_is_sampled_with_fixed_choices_and_applied():
 
 
 def test_only_teachers_with_the_students_tokenizer_share_it():
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     minilm = load_tokenizer("minilm")
     texts = ["a fine film", "dull and long"]

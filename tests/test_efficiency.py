@@ -15,10 +15,10 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from kdnas.config import ConfigError, KDNASConfig, LatencyConfig, build_config
 from kdnas.objectives import latency_cache
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY
 from kdnas.search import trial as trial_mod
 from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.searcher import trial_outcome
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY
 from kdnas.search.trial import TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
@@ -273,7 +273,6 @@ def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
 @pytest.mark.slow
 def test_search_trains_a_repeated_student_once_and_counts_its_cost_once(run_dir, ray_session):
     from conftest import tiny_raw
-
     from kdnas.search.duplicates import training_seconds
     from kdnas.search.runner import run_search
     from kdnas.search.study import open_storage
@@ -301,9 +300,8 @@ def test_search_trains_a_repeated_student_once_and_counts_its_cost_once(run_dir,
 @pytest.mark.slow
 def test_search_stops_at_its_time_budget(run_dir, ray_session):
     from conftest import tiny_raw
-
-    from kdnas.search.runner import run_search
     from kdnas.records import PRUNED_ATTR
+    from kdnas.search.runner import run_search
 
     budget = 25.0  # long enough for a first epoch after Ray starts the worker, even on a loaded machine
     raw = tiny_raw(run_dir, training={"epochs": 1000},  # no student finishes within the budget
@@ -321,9 +319,8 @@ def test_search_stops_at_its_time_budget(run_dir, ray_session):
 @pytest.mark.slow
 def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir, ray_session):
     from conftest import tiny_raw
-
-    from kdnas.search.runner import run_search
     from kdnas.records import PRUNED_ATTR
+    from kdnas.search.runner import run_search
 
     raw = tiny_raw(run_dir, training={"epochs": 3},
                    student={"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16, 32],

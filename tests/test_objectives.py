@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from kdnas.config import ConfigError, KDConfig
-
 from kdnas.objectives import latency as latency_mod
 from kdnas.objectives.combiners import (
     ConfidenceCombiner,
@@ -17,8 +16,8 @@ from kdnas.objectives.combiners import (
 )
 from kdnas.objectives.losses import kd_loss
 from kdnas.objectives.metrics import score
-from kdnas.space import StudentArch
 from kdnas.objectives.teachers import load_tokenizer
+from kdnas.space import StudentArch
 
 
 def test_kd_loss_matches_hand_computation():
@@ -117,7 +116,7 @@ def test_latency_measures_a_real_forward_with_fixed_threads():
     model = StudentArch(1, 2, 16, 2).build(tokenizer, num_labels=2, max_positions=64)
     threads_before = torch.get_num_threads()
     result = latency_mod.measure_latency(model, vocab_size=len(tokenizer), seq_len=16, threads=1, warmup=1, runs=5)
-    assert result.median_ms > 0 and result.p90_ms >= result.median_ms * 0.5
+    assert 0 < result.median_ms <= result.p90_ms
     assert (result.device, result.threads, result.seq_len, result.runs) == ("cpu", 1, 16, 5)
     assert torch.get_num_threads() == threads_before
 

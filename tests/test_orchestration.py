@@ -21,13 +21,12 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from conftest import tiny_raw
 from kdnas.config import ConfigError, build_config
 from kdnas.dashboards.pareto import pareto_front
-from kdnas.search.runner import DRIVER_LOST, run_search
 from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
+from kdnas.search.runner import DRIVER_LOST, run_search
 from kdnas.search.study import load_study
-
-from conftest import tiny_raw
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +112,8 @@ def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_
         assert recorded["combiner"] == trial.params["kd_combiner"]
         assert recorded["temperature"] == trial.params["kd_temperature"]
         assert recorded["alpha"] == {"start": 1.0, "end": 0.2}
-        assert recorded["intermediate"]["enabled"] and recorded["intermediate"]["layer_map"] == trial.params["kd_intermediate"]
+        intermediate = recorded["intermediate"]
+        assert intermediate["enabled"] and intermediate["layer_map"] == trial.params["kd_intermediate"]
         (teacher,) = recorded["intermediate_teachers"]  # gpt2 has its own tokenizer: logit KD only
         details = recorded["intermediate_teachers"]["minilm"]
         if trial.params["kd_intermediate"] == "emd":

@@ -4,8 +4,8 @@ import json
 
 import optuna
 import pytest
-from optuna.trial import TrialState, create_trial
 from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
 
 from kdnas.dashboards.pareto import (
     best_under_budget,

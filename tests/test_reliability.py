@@ -28,12 +28,11 @@ from ray import tune
 
 from kdnas.cli import main
 from kdnas.objectives.training import DivergedError, NonFiniteLossError, train
+from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search import runner
 from kdnas.search.checkpoint import load_state, save_state
-from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search.searcher import DRIVER_LOST, counts_toward_budget
 from kdnas.search.study import load_study
-
 from stub_search import use_stub_trials
 from test_orchestration import POSTGRES_URL, _config, _postgres_reachable, _wait_for
 
@@ -274,12 +273,13 @@ def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postg
     killer = threading.Thread(target=_terminate_backends, args=(database, stop, 0.5, dropped), daemon=True)
     killer.start()
     try:
-        for runs in range(1, 6):
+        for runs in range(1, 6):  # noqa: B007 (the count is printed below)
             try:
                 if not runner.trials_left(runner.run_search(config), n_trials):
                     break
             except Exception as err:  # the driver may stop on a dropped connection; rerunning must resume
-                where = [f"{f.name}:{f.lineno}" for f in traceback.extract_tb(err.__traceback__) if "kdnas" in f.filename]
+                frames = traceback.extract_tb(err.__traceback__)
+                where = [f"{f.name}:{f.lineno}" for f in frames if "kdnas" in f.filename]
                 errors.append(f"{type(err).__name__} in {where[-1] if where else '?'}")
     finally:
         stop.set()

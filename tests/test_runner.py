@@ -13,9 +13,8 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdnas.config import KDNASConfig, build_config, load_config
+from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search import runner
-from kdnas.records import DRIVER_ATTR, FAILURE_ATTR, TRIAL_NUMBER_KEY
-from kdnas.records import ERROR_KEY
 from kdnas.search.trial import TrialInputs
 
 

@@ -6,12 +6,11 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from kdnas.config import KDNASConfig
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY
 from kdnas.search import searcher as searcher_mod
-from kdnas.records import DRIVER_ATTR
 from kdnas.search.searcher import KDNASSearch, this_driver, trial_outcome
 from kdnas.search.study import create_or_load_study, open_storage
 from kdnas.space import SearchSpace
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, ERROR_KEY
 
 METRICS = ["accuracy", "latency_ms"]
 

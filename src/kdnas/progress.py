@@ -64,7 +64,8 @@ class Progress:
         """``description: done/total unit (pct), status, rate, time left``."""
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = f", about {duration((self.total - self.done) / rate)} left" if rate > 0 and self.done < self.total else ""
+        running = rate > 0 and self.done < self.total
+        left = f", about {duration((self.total - self.done) / rate)} left" if running else ""
         status = f", {self.status}" if self.status else ""
         percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         return (f"{self.description}: {self.unit} {self.done}/{self.total}{percent}{status}, "

@@ -30,7 +30,7 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     """Area dominated by ``(metric, latency)`` points (metric maximised, latency minimised) up to ``reference``."""
     ref_metric, ref_latency = reference
     area, best = 0.0, ref_metric
-    for metric, latency in sorted(((m, l) for m, l in points if m > ref_metric and l < ref_latency),
+    for metric, latency in sorted(((m, t) for m, t in points if m > ref_metric and t < ref_latency),
                                   key=lambda p: (p[1], -p[0])):
         if metric > best:
             area += (ref_latency - latency) * (metric - best)
@@ -92,7 +92,8 @@ def best_under_budget(
         and (params is None or t.user_attrs.get("params", math.inf) <= params)
     ]
     if not candidates:
-        limits = [f"latency ≤ {latency_ms} ms" if latency_ms is not None else "", f"params ≤ {params}" if params else ""]
+        limits = [f"latency ≤ {latency_ms} ms" if latency_ms is not None else "",
+                  f"params ≤ {params}" if params else ""]
         raise LookupError(f"no completed student within {' and '.join(x for x in limits if x) or 'the study'}")
     return max(candidates, key=lambda t: (t.values[0], -t.values[1]))
 

@@ -32,12 +32,11 @@ label drawn uniformly at random, so the classes are balanced.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from itertools import islice
-import random
 
 import datasets
-
 
 SUBJECTS = (
     "the film",

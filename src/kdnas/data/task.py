@@ -6,17 +6,14 @@ import csv
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 import random
-from typing import Any
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import datasets
 
-from kdnas.config import ConfigError
-from kdnas.config import DataConfig
+from kdnas.config import ConfigError, DataConfig
 from kdnas.data.demo import demo_datasets
-
 
 _READERS: dict[str, tuple[str, dict[str, Any]]] = {
     ".csv": ("csv", {"keep_default_na": False, "na_values": [""]}),

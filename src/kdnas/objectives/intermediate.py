@@ -136,7 +136,8 @@ class IntermediateDistiller(torch.nn.Module):
                     name, model, None, EMDLayerMapping(student_layers, teacher_layers, separate=config.emd_separate)
                 )
             else:
-                entry = IntermediateTeacher(name, model, layer_map(config.layer_map, student_layers, teacher_layers), None)
+                mapping = layer_map(config.layer_map, student_layers, teacher_layers)
+                entry = IntermediateTeacher(name, model, mapping, None)
             if config.attention > 0:
                 model.set_attn_implementation("eager")  # only eager attention returns the maps
             model.eval().requires_grad_(False)

@@ -87,7 +87,7 @@ class LatencyAwareASHA(FIFOScheduler):
 
     @staticmethod
     def _dominated(trial_id: str, recorded: dict[str, tuple[float, float]]) -> bool:
-        """Whether another student in ``recorded`` is at least as good and as fast as ``trial_id``, and better in one."""
+        """Whether another student in ``recorded`` is as good and as fast as ``trial_id``, and better in one."""
         value, latency = recorded[trial_id]
         return any(v >= value and lat <= latency and (v > value or lat < latency)
                    for k, (v, lat) in recorded.items() if k != trial_id)

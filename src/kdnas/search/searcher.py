@@ -17,8 +17,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -29,10 +28,19 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, is_repeat, known_students, repeat_of, \
-    student_key
-from kdnas.records import (ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR,
-                           INFEASIBLE_KEY, PRUNED_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY)
+from kdnas.records import (
+    ATTRS_KEY,
+    COMPLETED_KEY,
+    CONSTRAINTS_KEY,
+    DRIVER_ATTR,
+    ERROR_KEY,
+    FAILURE_ATTR,
+    INFEASIBLE_KEY,
+    PRUNED_ATTR,
+    RESTARTS_ATTR,
+    TRIAL_NUMBER_KEY,
+)
+from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, is_repeat, known_students, repeat_of, student_key
 
 DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
 REPEATS_IN_A_ROW = 25

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from transformers import PreTrainedModel
 
 from kdnas.config import INHERITED_LEARNING_RATE, RANDOM_LEARNING_RATE, KDConfig, KDNASConfig, Ramp
@@ -25,9 +24,8 @@ from kdnas.objectives.training import evaluate, train
 from kdnas.outputs import missing_student_files
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, LATENCY_KEY, PARAMS_CONSTRAINT
 from kdnas.space import StudentArch
-from kdnas.space.search_space import kd_recipe
 from kdnas.space.inheritance import InheritanceSource, inherit
-
+from kdnas.space.search_space import kd_recipe
 
 Report = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]
