@@ -47,12 +47,13 @@ class SearchProgress(tune.Callback):
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
 
-    def status(self) -> str:
-        """``done/N done · states · front · hypervolume · elapsed, time left``."""
+    def status(self, *, final: bool = False) -> str:
+        """``done/N done · states · front · hypervolume · elapsed, time left`` (``final``: without the time left)."""
         done = finished_in_budget(self.study)
         elapsed = time.monotonic() - self.started
         rate = (done - self.done_before) / elapsed if elapsed > 0 else 0.0
-        left = f", about {duration(self.seconds_left(done, elapsed))} left" if rate > 0 and done < self.n_trials else ""
+        estimate = rate > 0 and done < self.n_trials and not final
+        left = f", about {duration(self.seconds_left(done, elapsed))} left" if estimate else ""
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         return f"{done}/{self.n_trials} done · {summary_line(study_summary(self.study))} · {duration(elapsed)}{left}"
