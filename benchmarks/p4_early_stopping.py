@@ -13,7 +13,7 @@ the time to reach 90 % of the best-known hypervolume (the union of every run's s
 curve up to the shortest run's total compute, divided by that horizon × the best-known hypervolume.
 
     python benchmarks/p4_early_stopping.py [--data DIR] [--seeds 0 1 2] [--time-budget-s 180] [--epochs 3]
-        [--train-samples 500] [--arms tpe-off tpe-on nsga2 gp random]
+        [--train-samples 500] [--teacher-epochs 5] [--arms tpe-off tpe-on nsga2 gp random]
 
 Finished runs are journaled in ``<output-dir>/p4-runs.jsonl``: rerunning the command skips them. Writes
 ``benchmarks/results/p4_early_stopping.json`` and, with plotly and chromium at hand, the curves as HTML (in the
@@ -61,7 +61,7 @@ def search_config(data: Path, args: argparse.Namespace, arm: str, seed: int) -> 
     sampler, stopping = ARMS[arm]
     return {
         "output_dir": str(Path(args.output_dir).resolve()),
-        **sst2_sections(data, args.train_samples, gpt2_teacher=False),
+        **sst2_sections(data, args.train_samples, args.teacher_epochs, gpt2_teacher=False),
         "training": {"epochs": args.epochs, "seed": seed},
         "latency": {"warmup": 2, "runs": 10},
         "search": {"study_name": f"p4-{arm}-seed{seed}", "n_trials": args.max_trials, "seed": seed,
@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--time-budget-s", type=float, default=180.0, help="each run's search.time_budget_s")
     parser.add_argument("--max-trials", type=int, default=200, help="each run's trial cap (not meant to be reached)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--teacher-epochs", type=float, default=5.0,
+                        help="MiniLM fine-tuning epochs (on the same examples)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler and training seeds")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = parser.parse_args()

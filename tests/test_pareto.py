@@ -96,3 +96,59 @@ def test_a_repeated_student_is_one_point_of_the_front_listing_its_trials(tmp_pat
     assert best_under_budget(study, latency_ms=3.0).number == 0
     summary = json.loads(write_report(study, tmp_path, "accuracy")["json"].read_text())
     assert [(p["trial"], p["trials"]) for p in summary["front"]] == [(0, [0, 2]), (1, [1])]
+
+
+def test_dashboard_notes_follow_the_front_and_spare_a_persons_note():
+    from optuna_dashboard import get_note, save_note
+
+    from kdnas.dashboards.launcher import NOTE_HEAD, write_front_notes
+
+    study = _study([(0.8, 2.0), (0.9, 5.0), (0.5, 6.0)])
+
+    def notes():
+        return [get_note(optuna.trial.Trial(study, t._trial_id)) for t in study.get_trials()]
+
+    save_note(optuna.trial.Trial(study, study.trials[2]._trial_id), "mine")
+    assert write_front_notes(study) == 2
+    assert [n.startswith(NOTE_HEAD) for n in notes()] == [True, True, False] and notes()[2] == "mine"
+    study.add_trial(create_trial(values=[0.95, 1.0], params={"num_layers": 4},
+                                 distributions={"num_layers": IntDistribution(1, 20)}, user_attrs={"params": 4000}))
+    assert write_front_notes(study) == 1
+    assert notes()[:3] == ["", "", "mine"] and notes()[3].startswith(NOTE_HEAD) and "--trial 3" in notes()[3]
+
+
+def test_report_notes_importances_it_cannot_trust(tmp_path):
+    from kdnas.dashboards.report import importance_figures, write_report
+
+    assert importance_figures(_study([]), "accuracy") == (
+        [], "Parameter importances for accuracy and latency_ms are missing or unreliable with 0 completed trial(s).")
+    one = _study([(0.8, 2.0)])
+    page = write_report(one, tmp_path, "accuracy")["html"].read_text()
+    assert ('<p id="importance-note"><b>Note:</b> Parameter importances for accuracy and latency_ms are missing or '
+            "unreliable with 1 completed trial(s).</p>") in page
+    figures, note = importance_figures(_study([(0.5, 2.0), (0.9, 1.0), (0.8, 6.0), (0.7, 3.0)]), "accuracy")
+    assert len(figures) == 2 and note == ""
+
+
+def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
+    from kdnas.export import Retrained, export_trial, model_card, trial_record
+
+    study = _study([(0.8, 2.0)])
+    student = tmp_path / "retrained"
+    student.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (student / name).write_text("{}")
+    retrained = Retrained(student, 0.6543, 2.5, {"arch_summary": "L1", "epochs_trained": 1,
+                                                "student_path": str(student)})
+    out = export_trial(study, study.trials[0], tmp_path / "out", retrained=retrained)
+    record = json.loads((out / "kdnas_trial.json").read_text())
+    assert record["retrained"] and record["objectives"] == {"accuracy": 0.6543, "latency_ms": 2.5}
+    assert record["trial_objectives"] == {"accuracy": 0.8, "latency_ms": 2.0}
+    assert record["user_attrs"] == {"arch_summary": "L1", "epochs_trained": 1}
+    assert record["trial_user_attrs"] == {"params": 1000, "arch_summary": "L1"}
+    card = (out / "README.md").read_text()
+    assert "| 0.6543 | 2.500 ms |" in card and "**Retrained**" in card and "accuracy 0.8000 at 2.000 ms" in card
+    assert str(tmp_path) not in card + (out / "kdnas_trial.json").read_text()
+    saved = trial_record(study, study.trials[0])
+    assert not saved["retrained"] and saved["objectives"] == record["trial_objectives"]
+    assert "trial_objectives" not in saved and "**Retrained**" not in model_card(saved)

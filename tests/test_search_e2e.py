@@ -199,6 +199,13 @@ def test_export_with_missing_weights_says_so_then_retrains(searched, tmp_path):
         assert retrained.returncode == 0, retrained.stderr[-2000:]
         model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
         assert model.config.num_hidden_layers == trial.params["num_layers"]
+        record = json.loads((tmp_path / "out" / "kdnas_trial.json").read_text())
+        assert record["retrained"] and record["trial_objectives"] == dict(zip(study.metric_names, trial.values))
+        assert record["user_attrs"]["epochs_trained"] == 1 and record["trial_user_attrs"]["epochs_trained"] == 2
+        value, latency_ms = record["objectives"]["accuracy"], record["objectives"]["latency_ms"]
+        assert latency_ms == record["user_attrs"]["latency"]["median_ms"]
+        assert f"accuracy={value:.4f}, latency={latency_ms:.3f} ms" in retrained.stdout
+        assert f"| {value:.4f} | {latency_ms:.3f} ms |" in (tmp_path / "out" / "README.md").read_text()
         assert (Path(config.output_dir) / "students" / config.search.study_name / "retrained" / "trial-0000").is_dir()
     finally:
         shutil.move(hidden, saved)

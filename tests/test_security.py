@@ -20,7 +20,6 @@ from kdnas.dashboards.launcher import serve_dashboard
 from kdnas.objectives import teachers
 from kdnas.objectives.teachers import load_teacher, load_tokenizer
 from kdnas.space import StudentArch
-
 from test_orchestration import POSTGRES_URL, _postgres_reachable
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kdnas"

@@ -1,11 +1,11 @@
+import pytest
 import torch
 
+from conftest import tiny_raw
 from kdnas.config import build_config
 from kdnas.data import load_task
 from kdnas.objectives import teachers as teachers_mod
 from kdnas.search.runner import fit_teachers
-
-from conftest import tiny_raw
 
 
 def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
@@ -34,8 +34,6 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
 
 
 def test_teacher_with_other_label_count_is_refused(tmp_path):
-    import pytest
-
     from kdnas.config import ConfigError
 
     config = build_config(tiny_raw(tmp_path / "run"))
@@ -43,3 +41,27 @@ def test_teacher_with_other_label_count_is_refused(tmp_path):
     fit_teachers(config, task)
     with pytest.raises(ConfigError, match="predicts 2 labels but the task has 3"):
         teachers_mod.load_teacher(config, config.teachers[1], 3)
+
+
+def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    file = tmp_path / "cache" / "minilm-train-key.safetensors"
+    old, new = torch.randn(4, 2), torch.randn(4, 2)
+    teachers_mod.save_atomically({"logits": old}, file)
+    assert torch.equal(load_file(file)["logits"], old) and [p.name for p in file.parent.iterdir()] == [file.name]
+
+    def torn(tensors, path):  # a write that dies half-way, as a killed process or a full disk leaves it
+        with open(path, "wb") as handle:
+            handle.write(b"\x00" * 5)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(teachers_mod, "save_file", torn)
+    with pytest.raises(OSError, match="No space"):
+        teachers_mod.save_atomically({"logits": new}, file)
+    assert torch.equal(load_file(file)["logits"], old), "the cache file is never the half-written one"
+    assert [p.name for p in file.parent.iterdir()] == [file.name], "the temporary file is removed"
+    fresh = tmp_path / "cache" / "gpt2-train-key.safetensors"
+    with pytest.raises(OSError):
+        teachers_mod.save_atomically({"logits": new}, fresh)
+    assert not fresh.exists()

@@ -182,14 +182,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
     writable_dir(out, "--out" if args.out else "output_dir")
-    source = None
+    retrained = None
     if args.retrain and trial.state == TrialState.COMPLETE and saved_student(trial) is None:
         from kdnas.search.runner import retrain_student
 
-        source = retrain_student(study, trial, epochs=args.epochs)
-    export_trial(study, trial, out, source=source)
-    print(f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')}): "
-          f"{study.metric_names[0]}={trial.values[0]:.4f}, latency={trial.values[1]:.3f} ms -> {out}")
+        retrained = retrain_student(study, trial, epochs=args.epochs)
+    export_trial(study, trial, out, retrained=retrained)
+    value, latency_ms = (retrained.value, retrained.latency_ms) if retrained else trial.values
+    print(f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')})"
+          f"{', retrained' if retrained else ''}: {study.metric_names[0]}={value:.4f}, latency={latency_ms:.3f} ms"
+          f" -> {out}")
     return 0
 
 

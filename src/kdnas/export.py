@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -11,29 +12,52 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
 from kdnas.dashboards.report import init_summary
-from kdnas.records import DUPLICATE_ATTR
 from kdnas.outputs import missing_student_files
+from kdnas.records import DUPLICATE_ATTR
 
 RECORD_FILE = "kdnas_trial.json"
 
 
-def trial_record(study: optuna.Study, trial: FrozenTrial) -> dict:
-    """The trial's search record, without local paths."""
-    attrs = {k: v for k, v in trial.user_attrs.items() if k != "student_path"}
-    return {
+@dataclass(frozen=True)
+class Retrained:
+    """A trial's architecture trained again with the study's recipe (``export --retrain``), and what it scored."""
+
+    path: Path
+    value: float
+    latency_ms: float
+    attrs: dict
+
+
+def _without_paths(attrs: dict) -> dict:
+    return {k: v for k, v in attrs.items() if k != "student_path"}
+
+
+def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained | None = None) -> dict:
+    """The exported student's search record, without local paths.
+
+    With ``retrained``, ``objectives`` and ``user_attrs`` are the retrained student's own; the trial's are kept as
+    ``trial_objectives`` and ``trial_user_attrs``.
+    """
+    names = study.metric_names or ["metric", "latency_ms"]
+    attrs = _without_paths(trial.user_attrs)
+    record = {
         "study": study.study_name,
         "trial": trial.number,
+        "retrained": retrained is not None,
         "repeats": [t.number for t in study.get_trials(deepcopy=False)
                     if t.user_attrs.get(DUPLICATE_ATTR) == trial.number],
-        "objectives": dict(zip(study.metric_names or ["metric", "latency_ms"], trial.values)),
+        "objectives": dict(zip(names, trial.values if retrained is None else (retrained.value, retrained.latency_ms))),
         "params": trial.params,
-        "user_attrs": attrs,
+        "user_attrs": attrs if retrained is None else _without_paths(retrained.attrs),
         "task": study.user_attrs.get("task"),
         "teachers": [
             {k: t[k] for k in ("name", "model", "value", "latency_ms", "params")}
             for t in study.user_attrs.get("teachers", [])
         ],
     }
+    if retrained is not None:
+        record.update(trial_objectives=dict(zip(names, trial.values)), trial_user_attrs=attrs)
+    return record
 
 
 def model_card(record: dict) -> str:
@@ -50,6 +74,12 @@ def model_card(record: dict) -> str:
     )
     kd = attrs.get("kd", {})
     train_rows = attrs.get("train_rows", {})
+    retrained = ""
+    if record.get("retrained"):
+        before = record["trial_objectives"]
+        retrained = (f"\n\n**Retrained**: the trial's saved weights were gone, so its architecture was trained again "
+                     f"with the study's recipe; the results below are this student's own (the trial scored {metric} "
+                     f"{before[metric]:.4f} at {before[latency_name]:.3f} ms).")
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -58,7 +88,7 @@ tags: [kdnas, knowledge-distillation, neural-architecture-search]
 # kdnas student {attrs.get('arch_summary', '')}
 
 A BERT-style student found by kdnas (study `{record['study']}`, trial {record['trial']}) and distilled from
-{len(record['teachers'])} teacher(s).
+{len(record['teachers'])} teacher(s).{retrained}
 
 ## Results
 | task | {metric} | latency (median) | parameters |
@@ -107,14 +137,15 @@ def saved_student(trial: FrozenTrial) -> Path | None:
     return None
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path, *, source: Path | None = None) -> Path:
+def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path, *, retrained: Retrained | None = None
+                 ) -> Path:
     """Copy the trial's student (weights, config, tokenizer) to ``out_dir`` with a model card and its record.
 
-    ``source`` overrides the saved student's directory (e.g. a retrained one).
+    ``retrained`` (a student trained again from the trial) is exported instead of the saved one, with its own results.
     """
     if trial.state != TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no student to export")
-    source = source or saved_student(trial)
+    source = retrained.path if retrained else saved_student(trial)
     if source is None:
         raise ConfigError(
             f"trial {trial.number}: the saved student weights are missing "
@@ -125,7 +156,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path, *, sour
     for file in source.iterdir():
         if file.is_file():
             shutil.copy2(file, out_dir / file.name)
-    record = trial_record(study, trial)
+    record = trial_record(study, trial, retrained)
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     (out_dir / "README.md").write_text(model_card(record))
     return out_dir

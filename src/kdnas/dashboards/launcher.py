@@ -5,18 +5,21 @@ from __future__ import annotations
 import socket
 
 import optuna
-from optuna_dashboard import run_server, save_note
+from optuna_dashboard import get_note, run_server, save_note
 
-from kdnas.dashboards.pareto import pareto_front
 from kdnas.config import ConfigError
+from kdnas.dashboards.pareto import pareto_front
 from kdnas.search.study import open_existing_storage
+
+NOTE_HEAD = "**Pareto front**"
+"""How kdnas's note starts: only such a note is cleared from a trial off the front (others are a person's)."""
 
 
 def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     """The Markdown note optuna-dashboard shows on a Pareto-front trial."""
     lat = trial.user_attrs.get("latency", {})
     return (
-        f"**Pareto front** · `{trial.user_attrs.get('arch_summary', '?')}`\n\n"
+        f"{NOTE_HEAD} · `{trial.user_attrs.get('arch_summary', '?')}`\n\n"
         f"{metric} {trial.values[0]:.4f} · {trial.values[1]:.3f} ms median on {lat.get('device_name', '?')} "
         f"({lat.get('threads', '?')} thread(s), batch {lat.get('batch_size', '?')}, seq {lat.get('seq_len', '?')}) · "
         f"{trial.user_attrs.get('params', 0) / 1e6:.2f}M params\n\n"
@@ -25,11 +28,19 @@ def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
 
 
 def write_front_notes(study: optuna.Study) -> int:
-    """Put a note on every Pareto-front trial; return how many."""
+    """Put a note on every Pareto-front trial and clear kdnas's note from the trials that left the front (saved
+    empty, the public way to clear one); return how many trials are on the front."""
     metric = (study.metric_names or ["metric"])[0]
-    front = pareto_front(study)
-    for trial in front:
-        save_note(optuna.trial.Trial(study, trial._trial_id), front_note(trial, metric))
+    front = {t.number for t in pareto_front(study)}
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        note = get_note(trial)
+        if frozen.number in front:
+            wanted = front_note(frozen, metric)
+        else:
+            wanted = "" if note.startswith(NOTE_HEAD) else note
+        if note != wanted:
+            save_note(trial, wanted)
     return len(front)
 
 

@@ -80,24 +80,34 @@ def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float,
     return fig
 
 
-def importance_figures(study: optuna.Study, metric: str) -> list[go.Figure]:
-    """Optuna's parameter importances, one figure per objective (none with too few trials).
+def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure], str]:
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA), one figure per objective, and a one-sentence
+    note naming the objectives whose importances are missing or that Optuna warns are unreliable ("" if none).
 
-    Optuna's default evaluator ranks what drives a target *down*, so the maximised metric is negated.
+    PED-ANOVA ranks what drives a target *down*, so the maximised metric is negated (and its warning saying so dropped).
     """
-    figures = []
+    completed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    figures, doubtful = [], []
     for index, (name, sign) in enumerate(((metric, -1.0), ("latency_ms", 1.0))):
-        try:
-            with warnings.catch_warnings():  # the evaluator warns about the target's sign, handled above
-                warnings.simplefilter("ignore", UserWarning)
-                fig = optuna.visualization.plot_param_importances(
-                    study, target=lambda t, i=index, s=sign: s * t.values[i], target_name=name
-                )
-        except (ValueError, RuntimeError):  # fewer than two completed trials, or a constant space
-            continue
-        fig.update_layout(title=f"Parameter importances for {name}", template="plotly_white", height=320)
-        figures.append(fig)
-    return figures
+        fig, warned = None, False
+        if completed:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                try:
+                    fig = optuna.visualization.plot_param_importances(
+                        study, target=lambda t, i=index, s=sign: s * t.values[i], target_name=name
+                    )
+                except (ValueError, RuntimeError):  # e.g. a constant space
+                    pass
+            warned = any(issubclass(w.category, UserWarning) and "low `target`" not in str(w.message) for w in caught)
+        if fig is None or warned:
+            doubtful.append(name)
+        if fig is not None:
+            fig.update_layout(title=f"Parameter importances for {name}", template="plotly_white", height=320)
+            figures.append(fig)
+    note = (f"Parameter importances for {' and '.join(doubtful)} are missing or unreliable with {completed} "
+            "completed trial(s).") if doubtful else ""
+    return figures, note
 
 
 def _scheduled(value: Any) -> str:
@@ -193,8 +203,10 @@ def write_report(
     history = hypervolume_history(study, reference)
     figures = {"pareto": pareto_figure(study, metric, latency_budget_ms),
                "hypervolume": hypervolume_figure(history, reference, metric)}
-    for index, fig in enumerate(importance_figures(study, metric)):
+    importances, note = importance_figures(study, metric)
+    for index, fig in enumerate(importances):
         figures[f"importance-{index}"] = fig
+    importance_note = f'<p id="importance-note"><b>Note:</b> {html.escape(note)}</p>' if note else ""
     plots = "\n".join(
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
         for i, (name, fig) in enumerate(figures.items())
@@ -214,6 +226,7 @@ the study holds, not trained again).</p>
 <p>Latency is the measured median forward time; dominated students are faded.
 Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
 {plots}
+{importance_note}
 <h2>Trials</h2>
 {_table_html(rows)}
 </body></html>"""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,11 +348,17 @@ def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: i
 
 
 def save_atomically(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    """Write a safetensors file so that readers see the whole file or none (write aside, then rename)."""
+    """Write a safetensors file so that readers see the whole file or none: write a temporary file of its own in the
+    same directory, then ``os.replace`` it; a failed write removes it (a killed one leaves only a dot-file)."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f".{file.name}.partial")
-    save_file({name: value.contiguous() for name, value in tensors.items()}, partial)
-    partial.replace(file)
+    handle, partial = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, partial)
+        os.replace(partial, file)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def cached_logits(

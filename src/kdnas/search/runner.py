@@ -23,10 +23,10 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdnas.config import ConfigError, KDNASConfig, build_config, dump_config
-from kdnas.outputs import writable_dir
 from kdnas.data import TaskData, load_task
 from kdnas.data.augment import augment_texts
 from kdnas.data.transfer import TransferSet, load_transfer_texts
+from kdnas.export import Retrained
 from kdnas.objectives.batches import concat, encode
 from kdnas.objectives.importance import cached_importance
 from kdnas.objectives.latency import resolve_device
@@ -41,14 +41,23 @@ from kdnas.objectives.teachers import (
     load_tokenizer,
     shares_tokenizer,
 )
-from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, LATENCY_KEY, TRIAL_NUMBER_KEY
+from kdnas.outputs import writable_dir
+from kdnas.records import (
+    ATTRS_KEY,
+    DRIVER_ATTR,
+    ERROR_KEY,
+    FAILURE_ATTR,
+    INFEASIBLE_KEY,
+    LATENCY_KEY,
+    TRIAL_NUMBER_KEY,
+)
 from kdnas.search.checkpoint import load_state, save_state
-from kdnas.search.progress import SearchProgress
-from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
-from kdnas.search.searcher import DRIVER_LOST, KDNASSearch, counts_toward_budget
 from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
+from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
+from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
+from kdnas.search.searcher import DRIVER_LOST, KDNASSearch, counts_toward_budget
 from kdnas.search.study import (
     HEARTBEAT_INTERVAL_S,
     check_comparable,
@@ -62,8 +71,8 @@ from kdnas.search.study import (
 )
 from kdnas.search.trial import TrialInputs, build_and_measure, run_trial, student_dir
 from kdnas.space import SearchSpace
-from kdnas.space.search_space import smallest_student
 from kdnas.space.inheritance import InheritanceSource, inheritance_source
+from kdnas.space.search_space import smallest_student
 
 logger = logging.getLogger(__name__)
 
@@ -510,7 +519,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         searcher.deadline = time.monotonic() + search.time_budget_s
     with progress:
         tuner.fit()
-    logger.info("search finished in %.0f s: %s", time.perf_counter() - started, progress.status())
+    seconds = time.perf_counter() - started
     if searcher.exhausted:
         logger.warning("the search ended before its trial budget: %s", searcher.exhausted)
     cut = searcher.finish_out_of_time()
@@ -520,13 +529,16 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     leftovers = reconcile_orphans(study, storage)  # e.g. a trial whose creation lost its connection half-way
     if leftovers:
         logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)
+    logger.info("search finished in %.0f s: %s", seconds, progress.status(final=True))
     return study
 
 
-def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epochs: int | None = None) -> Path:
+def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epochs: int | None = None
+                    ) -> Retrained:
     """Train ``trial``'s architecture again with the study's recorded recipe (optionally for ``epochs``).
 
-    The student is saved under ``<output_dir>/students/<study>/retrained/`` and its directory returned.
+    The student is saved under ``<output_dir>/students/<study>/retrained/``; returned with its own metric, latency
+    and attrs.
     """
     recorded = study.user_attrs.get("config")
     if recorded is None:
@@ -542,5 +554,8 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     inputs = prepare_inputs(config, task, teacher_logits, transfer)
     inputs = replace(inputs, students_dir=str(Path(inputs.students_dir) / "retrained"))
     logger.info("retraining trial %d (%s epochs)", trial.number, config.training.epochs)
-    run_trial(trial.params, inputs, trial_number=trial.number, device=driver_device(), report=lambda _: None)
-    return student_dir(inputs, trial.number)
+    result = run_trial(trial.params, inputs, trial_number=trial.number, device=driver_device(), report=lambda _: None)
+    if INFEASIBLE_KEY in result:  # e.g. measured slower than latency.budget_ms on this machine
+        raise ConfigError(f"trial {trial.number} retrained: {result[INFEASIBLE_KEY]}")
+    return Retrained(student_dir(inputs, trial.number), result[inputs.metric], result[LATENCY_KEY],
+                     json.loads(result[ATTRS_KEY]))
