@@ -91,10 +91,11 @@ def fit_teachers_timed(config: Any, task: Any) -> tuple[list[dict[str, Any]], to
 
     Returns the teachers' reference records, their train logits and the seconds both steps took.
     """
-    from kdnas.search.runner import fit_teachers, teacher_reference
+    import kdnas
+    from kdnas.teachers.logits import teacher_reference
 
     started = time.perf_counter()
-    fit_teachers(config, task)
+    kdnas.fit_teachers(config, task)
     references, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache")
     return references, teacher_logits, time.perf_counter() - started
 

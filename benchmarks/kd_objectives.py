@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kdnas
 from _common import (
     add_common_args,
     fit_teachers_timed,
@@ -31,9 +32,8 @@ from _common import (
     sst2_sections,
     write_result,
 )
-from kdnas.config import build_config, dump_config
 from kdnas.data import load_task
-from kdnas.search.runner import prepare_inputs
+from kdnas.search.inputs import prepare_inputs
 from kdnas.search.trial import run_trial
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     student = parse_student(args.student)
 
     base = base_config(data, args)
-    config = build_config(base)
+    config = kdnas.load_config(base)
     task = load_task(config.data)
     references, teacher_logits, teacher_seconds = fit_teachers_timed(config, task)
 
@@ -83,13 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.recipes:
         for seed in args.seeds:
             raw = {**base, "kd": RECIPES[name], "training": {**base["training"], "seed": seed}}
-            config = build_config(raw)
+            config = kdnas.load_config(raw)
             inputs = prepare_inputs(config, task, teacher_logits)
             started = time.perf_counter()
             result = run_trial(student, inputs, trial_number=number, device="cpu", report=lambda _: None)
             seconds = time.perf_counter() - started
             runs.append({"recipe": name, "seed": seed, "accuracy": result[task.metric], "seconds": seconds,
-                         "kd": dump_config(config)["kd"]})
+                         "kd": config.model_dump(mode="json")["kd"]})
             logging.info("%s seed %d: accuracy %.4f in %.0f s", name, seed, result[task.metric], seconds)
             number += 1
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
         "teacher_seconds": teacher_seconds,
-        "config": dump_config(build_config(base)),
+        "config": kdnas.load_config(base).model_dump(mode="json"),
         "summary": summary,
         "runs": runs,
     })

@@ -38,12 +38,12 @@ import torch
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kdnas
 from _common import REPO, add_common_args, require_sst2, sst2_sections, write_result
-from kdnas.config import build_config, dump_config
 from kdnas.data import load_task
 from kdnas.records import DUPLICATE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search.duplicates import is_repeat, training_seconds
-from kdnas.search.runner import fit_teachers, run_search, teacher_reference
+from kdnas.teachers.logits import teacher_reference
 
 NAME = "p1_overhead"
 TARGET = 1.10
@@ -96,18 +96,18 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = (Path(args.runs_dir) / stamp).resolve()
     study_name = f"p1-overhead-{stamp}"
     raw = search_config(data, args, output_dir, study_name)
-    config = build_config(raw)
+    config = kdnas.load_config(raw)
 
     # Teachers are a one-off per study: fit them and cache their logits before the clock starts.
     started = time.perf_counter()
     task = load_task(config.data)
-    fit_teachers(config, task)
+    kdnas.fit_teachers(config, task)
     teacher_reference(config, task, output_dir / "cache")
     teacher_seconds = time.perf_counter() - started
 
     wall_start = time.time()
     started = time.perf_counter()
-    study = run_search(config)
+    study = kdnas.run_search(config)
     wall = time.perf_counter() - started
     wall_end = wall_start + wall
     ray.shutdown()
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": {"sampler": args.seed, "training": args.seed, "data_subset": config.data.seed},
         "args": vars(args),
         "study": {"name": study_name, "storage": config.storage_url, "output_dir": str(output_dir)},
-        "config": dump_config(config),
+        "config": config.model_dump(mode="json"),
         "per_trial": rows,
     })
     tune_part = f", {tune_ratio:.3f} vs Tune's time_total_s" if tune_ratio is not None else ""

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kdnas
 from _common import (
     add_common_args,
     fit_teachers_timed,
@@ -39,10 +40,9 @@ from _common import (
     sst2_sections,
     write_result,
 )
-from kdnas.config import build_config, dump_config
 from kdnas.data import load_task
 from kdnas.records import ATTRS_KEY
-from kdnas.search.runner import prepare_inputs
+from kdnas.search.inputs import prepare_inputs
 from kdnas.search.trial import run_trial
 
 NAME = "p2_kd_overhead"
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     student = parse_student(args.student)
 
     base = base_config(data, args)
-    config = build_config(base)
+    config = kdnas.load_config(base)
     task = load_task(config.data)
     references, teacher_logits, teacher_seconds = fit_teachers_timed(config, task)
     torch.set_num_threads(args.threads)  # teachers were fitted with torch's default threads
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         "kd": {**base, "kd": {"alpha": 0.5, "combiner": args.combiner}, "search": {"study_name": "p2-kd"}},
         "ce": {**base, "kd": {"alpha": 1.0}, "search": {"study_name": "p2-ce"}},
     }
-    inputs = {name: prepare_inputs(build_config(raw), task, teacher_logits) for name, raw in variants.items()}
+    inputs = {name: prepare_inputs(kdnas.load_config(raw), task, teacher_logits) for name, raw in variants.items()}
 
     def timed(name: str, number: int) -> dict[str, float]:
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
         "teacher_seconds": teacher_seconds,
         "args": vars(args),
-        "config": {name: dump_config(build_config(raw)) for name, raw in variants.items()},
+        "config": {name: kdnas.load_config(raw).model_dump(mode="json") for name, raw in variants.items()},
         "runs": runs,
     })
     print(f"{NAME}: 2-teacher KD ({args.combiner}) {medians['kd']:.2f} s vs CE only {medians['ce']:.2f} s per trial "

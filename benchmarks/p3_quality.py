@@ -38,13 +38,13 @@ import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kdnas
 from _common import add_common_args, parse_student, require_sst2, sst2_sections, write_result
-from kdnas.config import build_config, dump_config
-from kdnas.dashboards.pareto import best_under_budget, pareto_front
 from kdnas.data import load_task
-from kdnas.objectives.teachers import RECORD_FILE
-from kdnas.search.runner import fit_teachers, prepare_inputs, run_search, teacher_reference, transfer_set
+from kdnas.search.inputs import prepare_inputs, transfer_set
 from kdnas.search.trial import TrialInputs, run_trial
+from kdnas.teachers.fitting import RECORD_FILE
+from kdnas.teachers.logits import teacher_reference
 
 NAME = "p3_quality"
 TARGETS = {"a": "best student at >= 4x lower latency within 2.0 points of the teacher",
@@ -58,8 +58,8 @@ def fitted_teacher(data: Path, args: argparse.Namespace, name: str, seed: int) -
     """Fine-tune MiniLM on ``--teacher-samples`` examples with training seed ``seed`` (once; cached)."""
     sections = sst2_sections(data, args.teacher_samples, args.teacher_epochs, gpt2_teacher=False)
     sections["teachers"][0]["name"] = name
-    config = build_config({"output_dir": args.output_dir, **sections, "training": {"seed": seed}})
-    fit_teachers(config, load_task(config.data))
+    config = kdnas.load_config({"output_dir": args.output_dir, **sections, "training": {"seed": seed}})
+    kdnas.fit_teachers(config)
     path = Path(args.output_dir) / "teachers" / name
     record = json.loads((path / RECORD_FILE).read_text())
     return {"name": name, "path": str(path.resolve()), "seed": seed, "train_examples": args.teacher_samples,
@@ -102,14 +102,14 @@ class Runs:
                     self.runs.append({**run, "variant": variant})
                 return run["value"]
         if key not in self.prepared:
-            config = build_config(raw)
+            config = kdnas.load_config(raw)
             task = load_task(config.data)
             transfer = transfer_set(config, task)
             _, logits = teacher_reference(config, task, Path(config.output_dir) / "cache", transfer)
             self.prepared[key] = (prepare_inputs(config, task, logits, transfer), task.metric)
-            self.configs[variant] = dump_config(config)
+            self.configs[variant] = config.model_dump(mode="json")
         inputs, metric = self.prepared[key]
-        config = build_config({**raw, "training": {**raw.get("training", {}), "seed": seed}})
+        config = kdnas.load_config({**raw, "training": {**raw.get("training", {}), "seed": seed}})
         started = time.perf_counter()
         result = run_trial(parse_student(arch), replace(inputs, config=config), trial_number=len(self.runs),
                            device="cpu", report=lambda _: None)
@@ -143,12 +143,12 @@ def front_against_teacher(study: Any) -> dict[str, Any]:
     teacher = max(study.user_attrs["teachers"], key=lambda t: t["value"])
     rows = [{"trial": t.number, "arch": t.user_attrs.get("arch_summary"), "value": t.values[0],
              "latency_ms": t.values[1], "init": (t.user_attrs.get("init") or {}).get("init")}
-            for t in pareto_front(study)]
+            for t in kdnas.pareto_front(study)]
     section: dict[str, Any] = {"study": study.study_name, "teacher": {k: teacher[k] for k in ("name", "value",
                                                                                            "latency_ms")},
                                "front": rows, "best_at_speedup": None, "meets_target": False}
     try:
-        best = best_under_budget(study, latency_ms=teacher["latency_ms"] / SPEEDUP)
+        best = kdnas.best_under_budget(study, latency_ms=teacher["latency_ms"] / SPEEDUP)
     except LookupError:
         return section
     gap = 100 * (teacher["value"] - best.values[0])
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             raw = student_raw(data, args, [teacher], search={
                 "study_name": f"p3a-{time.strftime('%Y%m%d-%H%M%S')}", "n_trials": args.trials,
                 "max_concurrent_trials": 1})
-            section = front_against_teacher(run_search(build_config(raw)))
+            section = front_against_teacher(kdnas.run_search(kdnas.load_config(raw)))
             ray.shutdown()
             best = section["best_at_speedup"]
             summary.append(f"(a) {best['arch']} {best['value']:.4f} vs teacher {section['teacher']['value']:.4f}: "

@@ -37,13 +37,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kdnas
 from _common import REPO, add_common_args, fit_teachers_timed, require_sst2, sst2_sections, write_result
-from kdnas.config import build_config, dump_config
 from kdnas.dashboards.pareto import feasible_completed, hypervolume
 from kdnas.data import load_task
 from kdnas.search.duplicates import is_repeat
-from kdnas.search.runner import run_search
-from kdnas.search.study import load_study
 
 NAME = "p4_early_stopping"
 SPEEDUP_TARGET = 1.3
@@ -155,7 +153,7 @@ def main() -> None:
     output_dir = Path(args.output_dir).resolve()
     journal = output_dir / "p4-runs.jsonl"
 
-    first = build_config(search_config(data, args, args.arms[0], args.seeds[0]))
+    first = kdnas.load_config(search_config(data, args, args.arms[0], args.seeds[0]))
     task = load_task(first.data)
     references, _, teacher_seconds = fit_teachers_timed(first, task)
     counts = Counter(task.labels("eval"))
@@ -166,15 +164,15 @@ def main() -> None:
     runs: dict[str, dict] = {}
     for seed in args.seeds:
         for arm in args.arms:
-            config = build_config(search_config(data, args, arm, seed))
+            config = kdnas.load_config(search_config(data, args, arm, seed))
             name = config.search.study_name
             if name not in done:
                 started = time.perf_counter()
-                run_search(config)
+                kdnas.run_search(config)
                 done[name] = {"study": name, "seconds": round(time.perf_counter() - started, 1)}
                 with journal.open("a") as handle:
                     handle.write(json.dumps(done[name]) + "\n")
-            study = load_study(config.storage_url, name)
+            study = kdnas.load_study(config.storage_url, name)
             trials = study.get_trials(deepcopy=False)
             runs[name] = {"arm": arm, "seed": seed, "seconds": done[name]["seconds"],
                           "states": dict(Counter(t.state.name for t in trials)),
@@ -225,7 +223,7 @@ def main() -> None:
         "arms": arms,
         "runs": runs,
         "plot": png,
-        "config": dump_config(first),
+        "config": first.model_dump(mode="json"),
     })
     table = "; ".join(f"{arm}: t90 {a['time_to_90_mean_s']:.0f} s ({a['reached_90']}/{a['seeds']} reached), "
                       f"AUC {a['auc_mean']:.3f}" for arm, a in arms.items())

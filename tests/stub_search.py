@@ -1,4 +1,4 @@
-"""The real search driver (KDNASSearch, OptunaSearch, Ray Tune, the study) with trivial trials and no teachers.
+"""The real search driver (KDNASSearch, Ray Tune, the study) with trivial trials and no teachers.
 
 As a script: ``python stub_search.py kdnas-arguments…`` runs ``kdnas`` with :func:`use_stub_trials` applied.
 """
@@ -13,7 +13,7 @@ import torch
 from ray import tune
 
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
-from kdnas.search import runner
+from kdnas.search import inputs, runner
 from kdnas.search.trial import TrialInputs
 
 if __name__ != "__main__":
@@ -30,13 +30,15 @@ def stub_student(config: dict, inputs: TrialInputs) -> None:
 
 def use_stub_trials(monkeypatch=None) -> None:
     """Make ``run_search`` skip teachers and run :func:`stub_student` trials (``monkeypatch`` undoes it)."""
-    stubs = {"fit_teachers": lambda *a, **k: [], "teacher_reference": lambda *a, **k: ([], torch.zeros(1, 1, 2)),
-             "inheritance": lambda *a, **k: None, "transfer_set": lambda *a, **k: None, "train_student": stub_student}
-    for name, value in stubs.items():
+    stubs = {(runner, "fit_teachers"): lambda *a, **k: [],
+             (runner, "teacher_reference"): lambda *a, **k: ([], torch.zeros(1, 1, 2)),
+             (inputs, "inheritance"): lambda *a, **k: None, (runner, "transfer_set"): lambda *a, **k: None,
+             (runner, "train_student"): stub_student}
+    for (module, name), value in stubs.items():
         if monkeypatch is None:
-            setattr(runner, name, value)
+            setattr(module, name, value)
         else:
-            monkeypatch.setattr(runner, name, value)
+            monkeypatch.setattr(module, name, value)
 
 
 if __name__ == "__main__":

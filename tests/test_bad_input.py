@@ -14,10 +14,11 @@ from optuna.trial import TrialState, create_trial
 from kdnas.cli import main
 from kdnas.config import ScratchConfig, load_config
 from kdnas.data import load_task
-from kdnas.objectives.teachers import _train_tokenizer, load_tokenizer
 from kdnas.records import FINGERPRINT_ATTR
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint
 from kdnas.space import StudentArch
+from kdnas.teachers.fitting import _train_tokenizer
+from kdnas.teachers.loading import load_tokenizer
 
 TINY_DATA = ["--set", "data.demo_train_size=40", "--set", "data.demo_eval_size=20",
              "--set", "data.transfer.demo_size=20"]
@@ -270,7 +271,7 @@ def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates
 def _running_trial(url: str) -> int:
     """Add a RUNNING trial that this process drives to the study ``existing``; return its number."""
     from kdnas.records import DRIVER_ATTR
-    from kdnas.search.searcher import this_driver
+    from kdnas.search.orphans import this_driver
 
     study = optuna.load_study(study_name="existing", storage=url)
     trial = study.ask({"num_layers": IntDistribution(1, 4)})

@@ -15,34 +15,44 @@ from kdnas.objectives.intermediate import (
     IntermediateDistiller,
     attention_mse,
     attention_scores,
-    layer_map,
+    config_layer_map,
+    kd_layer_map,
     masked_mse,
 )
 from kdnas.objectives.schedules import value_at
-from kdnas.objectives.teachers import load_tokenizer, shares_tokenizer
 from kdnas.space.search_space import SearchSpace, kd_recipe
+from kdnas.teachers.loading import load_tokenizer
+from kdnas.teachers.roles import shares_tokenizer
 
 
 @pytest.mark.parametrize(
     ("kind", "m", "n", "expected"),
     [
-        ("uniform", 2, 6, [3, 6]),
-        ("uniform", 4, 6, [2, 3, 5, 6]),
-        ("uniform", 3, 3, [1, 2, 3]),
-        ("skip", 2, 6, [2, 4]),
-        ("skip", 4, 6, [2, 4, 6, 6]),
-        ("last", 2, 6, [5, 6]),
-        ("last", 1, 6, [6]),
-        ([1, 6], 2, 6, [1, 6]),
+        ("uniform", 2, 6, [2, 5]),
+        ("uniform", 4, 6, [1, 2, 4, 5]),
+        ("uniform", 3, 3, [0, 1, 2]),
+        ("skip", 2, 6, [1, 3]),
+        ("skip", 4, 6, [1, 3, 5, 5]),
+        ("last", 2, 6, [4, 5]),
+        ("last", 1, 6, [5]),
+        ([0, 5], 2, 6, [0, 5]),
     ],
 )
-def test_layer_maps(kind, m, n, expected):
-    assert layer_map(kind, m, n) == expected
+def test_layer_maps_are_0_based(kind, m, n, expected):
+    assert kd_layer_map(kind, m, n) == expected
 
 
-def test_explicit_layer_map_is_checked():
-    with pytest.raises(ValueError, match="must list 2 teacher layers between 1 and 6"):
-        layer_map([1, 7], 2, 6)
+def test_explicit_layer_map_is_checked_and_the_configs_counts_from_1():
+    with pytest.raises(ValueError, match="must list 2 teacher layer indices between 0 and 5"):
+        kd_layer_map([0, 6], 2, 6)
+    assert config_layer_map([1, 6]) == [0, 5] and config_layer_map("skip") == "skip"
+
+
+def test_a_fixed_layer_map_is_recorded_as_the_config_writes_it():
+    teacher = _bert(layers=3)
+    distiller = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map=[1, 3]), student_hidden=16,
+                                      student_layers=2, teachers=[("t", teacher)])
+    assert distiller.teachers[0].layers == [0, 2] and distiller.record() == {"t": {"layer_map": [1, 3]}}
 
 
 def test_masked_mse_ignores_padding():

@@ -144,6 +144,42 @@ def test_scheduler_judges_rungs_only_and_ignores_unmeasured_results():
     assert _feed(scheduler, "d", 1, 0.1, 1.0) == TrialScheduler.CONTINUE  # a repeated result is judged once
 
 
+CURVES = {  # name: (latency ms, accuracy after each of 4 epochs); Tune runs them one by one, in this order
+    "slow": (3.0, [0.80, 0.82, 0.84, 0.85]),
+    "mid": (2.0, [0.75, 0.78, 0.80, 0.81]),
+    "fastest": (0.5, [0.50, 0.60, 0.70, 0.72]),
+    "dominated": (2.5, [0.70, 0.71, 0.72, 0.73]),  # "mid" is faster and better after epoch 1
+}
+
+
+@pytest.mark.slow
+def test_latency_aware_asha_stops_the_dominated_student_in_a_real_tune_run(ray_session, tmp_path):
+    from ray import tune
+
+    from kdnas.search.runner import init_ray
+
+    def report_curve(config: dict) -> None:  # nested, so the workers get it by value
+        latency, curve = config["student"]
+        for epoch, accuracy in enumerate(curve, start=1):
+            tune.report({"epoch": epoch, "accuracy": accuracy, "latency_ms": latency})
+
+    init_ray(None)
+    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
+    tuner = tune.Tuner(
+        tune.with_resources(report_curve, {"cpu": 1}),
+        param_space={"student": tune.grid_search(list(CURVES.values()))},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="asha", verbose=0),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    names = {latency: name for name, (latency, _) in CURVES.items()}
+    epochs = {names[r.config["student"][0]]: r.metrics["epoch"] for r in results}
+    assert epochs == {"slow": 4, "mid": 4, "fastest": 4, "dominated": 1}
+    (reason,) = scheduler.stop_reasons.values()
+    assert reason.startswith("stopped early after epoch 1: accuracy 0.7000 below ")
+
+
 def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
     def config(**search):
         return build_config({"search": search})
@@ -219,7 +255,7 @@ def _complete(searcher, trial_id: str, accuracy: float) -> None:
 
 def test_a_student_the_study_holds_is_recorded_as_a_repeat_and_the_sampler_asked_again(tmp_path):
     from kdnas.records import TRIAL_NUMBER_KEY
-    from kdnas.search.searcher import counts_toward_budget
+    from kdnas.search.orphans import counts_toward_budget
     from kdnas.search.study import create_or_load_study, open_storage
 
     config = KDNASConfig()

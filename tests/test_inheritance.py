@@ -11,12 +11,12 @@ from kdnas.data import load_task
 from kdnas.data.augment import augment_texts
 from kdnas.data.transfer import load_transfer_texts
 from kdnas.objectives.batches import batch_at, encode
-from kdnas.objectives.importance import activation_importance
 from kdnas.objectives.losses import kd_loss
-from kdnas.objectives.teachers import load_tokenizer
 from kdnas.search.trial import learning_rate
 from kdnas.space import StudentArch
-from kdnas.space.inheritance import inherit, inheritance_source, select_layers
+from kdnas.space.inheritance import inherit, inheritance_layer_map, inheritance_source
+from kdnas.teachers.importance import activation_importance
+from kdnas.teachers.loading import load_tokenizer
 
 TEXTS = ["the film was not very good", "although the plot was dull , the acting was wonderful",
          "it is not true that the soundtrack was bad", "the cast felt truly awful and the story was boring"] * 4
@@ -57,12 +57,12 @@ def _student(tokenizer, **arch) -> BertForSequenceClassification:
 
 
 def test_layer_rules():
-    assert select_layers(6, 12, "uniform") == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
-    assert select_layers(3, 6, "uniform") == [0, 3, 5] and select_layers(1, 6, "uniform") == [0]
-    assert select_layers(2, 6, "first") == [0, 1] and select_layers(2, 6, "last") == [4, 5]
-    assert select_layers(2, 4, "importance", torch.tensor([0.3, 0.1, 0.5, 0.2])) == [0, 2]
+    assert inheritance_layer_map(6, 12, "uniform") == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
+    assert inheritance_layer_map(3, 6, "uniform") == [0, 3, 5] and inheritance_layer_map(1, 6, "uniform") == [0]
+    assert inheritance_layer_map(2, 6, "first") == [0, 1] and inheritance_layer_map(2, 6, "last") == [4, 5]
+    assert inheritance_layer_map(2, 4, "importance", torch.tensor([0.3, 0.1, 0.5, 0.2])) == [0, 2]
     with pytest.raises(ValueError):
-        select_layers(7, 6, "uniform")
+        inheritance_layer_map(7, 6, "uniform")
 
 
 def test_importance_has_one_score_per_part(teacher, source):

@@ -16,8 +16,8 @@ from kdnas.objectives.combiners import (
 )
 from kdnas.objectives.losses import kd_loss
 from kdnas.objectives.metrics import score
-from kdnas.objectives.teachers import load_tokenizer
 from kdnas.space import StudentArch
+from kdnas.teachers.loading import load_tokenizer
 
 
 def test_kd_loss_matches_hand_computation():

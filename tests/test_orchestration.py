@@ -25,7 +25,8 @@ from conftest import tiny_raw
 from kdnas.config import ConfigError, build_config
 from kdnas.dashboards.pareto import pareto_front
 from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search.runner import DRIVER_LOST, run_search
+from kdnas.search.orphans import DRIVER_LOST
+from kdnas.search.runner import run_search
 from kdnas.search.study import load_study
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ from kdnas.dashboards.pareto import (
 )
 
 
-def _study(points, *, constraints=None, states=None):
-    study = optuna.create_study(directions=["maximize", "minimize"])
+def _study(points, *, constraints=None, states=None, storage=None):
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=storage)
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         study.set_metric_names(["accuracy", "latency_ms"])
     for i, (acc, lat) in enumerate(points):
@@ -103,17 +103,18 @@ def test_dashboard_notes_follow_the_front_and_spare_a_persons_note():
 
     from kdnas.dashboards.launcher import NOTE_HEAD, write_front_notes
 
-    study = _study([(0.8, 2.0), (0.9, 5.0), (0.5, 6.0)])
+    storage = optuna.storages.InMemoryStorage()
+    study = _study([(0.8, 2.0), (0.9, 5.0), (0.5, 6.0)], storage=storage)
 
     def notes():
         return [get_note(optuna.trial.Trial(study, t._trial_id)) for t in study.get_trials()]
 
     save_note(optuna.trial.Trial(study, study.trials[2]._trial_id), "mine")
-    assert write_front_notes(study) == 2
+    assert write_front_notes(study, storage) == 2
     assert [n.startswith(NOTE_HEAD) for n in notes()] == [True, True, False] and notes()[2] == "mine"
     study.add_trial(create_trial(values=[0.95, 1.0], params={"num_layers": 4},
                                  distributions={"num_layers": IntDistribution(1, 20)}, user_attrs={"params": 4000}))
-    assert write_front_notes(study) == 1
+    assert write_front_notes(study, storage) == 1
     assert notes()[:3] == ["", "", "mine"] and notes()[3].startswith(NOTE_HEAD) and "--trial 3" in notes()[3]
 
 

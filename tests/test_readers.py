@@ -32,6 +32,10 @@ READERS = textwrap.dedent("""
             user_attrs={"arch_summary": f"L{number + 1}-H64", "params": 1000 * (number + 1),
                         "student_path": str(student), "kd": {}, "init": {}}))
 
+    import kdnas
+
+    api = [kdnas.load_config, kdnas.load_study, kdnas.pareto_front, kdnas.knee_point, kdnas.best_under_budget,
+           kdnas.write_report, kdnas.export_trial]  # the public API's readers
     from kdnas.cli import main
     from kdnas.dashboards import launcher  # noqa: F401  (kdnas dashboard's module; serving would block)
 

@@ -31,7 +31,7 @@ from kdnas.objectives.training import DivergedError, NonFiniteLossError, train
 from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search import runner
 from kdnas.search.checkpoint import load_state, save_state
-from kdnas.search.searcher import DRIVER_LOST, counts_toward_budget
+from kdnas.search.orphans import DRIVER_LOST, counts_toward_budget
 from kdnas.search.study import load_study
 from stub_search import use_stub_trials
 from test_orchestration import POSTGRES_URL, _config, _postgres_reachable, _wait_for
@@ -119,7 +119,7 @@ def dying_student(config: dict, inputs) -> None:
 
     Each attempt appends the epoch it resumed from (0: from scratch) to ``starts-<trial>``.
     """
-    from kdnas.search.runner import last_state, train_student
+    from kdnas.search.trainable import last_state, train_student
 
     folder = Path(inputs.students_dir)
     number = config[TRIAL_NUMBER_KEY]

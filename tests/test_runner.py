@@ -14,7 +14,7 @@ from ray import tune
 
 from kdnas.config import KDNASConfig, build_config, load_config
 from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search import runner
+from kdnas.search import orphans, runner, trainable
 from kdnas.search.trial import TrialInputs
 
 
@@ -29,8 +29,8 @@ def _inputs(gpu: float) -> TrialInputs:
 def test_trainable_places_students_on_gpu_when_given_one(monkeypatch, gpu, cuda, expected):
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(runner, "run_trial", lambda config, inputs, **kw: seen.update(kw))
-    runner.train_student({TRIAL_NUMBER_KEY: 7}, _inputs(gpu))
+    monkeypatch.setattr(trainable, "run_trial", lambda config, inputs, **kw: seen.update(kw))
+    trainable.train_student({TRIAL_NUMBER_KEY: 7}, _inputs(gpu))
     assert seen["device"].type == expected and seen["trial_number"] == 7
 
 
@@ -41,8 +41,8 @@ def test_trainable_reports_errors_with_their_reason(monkeypatch):
     def explode(*args, **kwargs):
         raise FloatingPointError("non-finite loss nan at step 3")
 
-    monkeypatch.setattr(runner, "run_trial", explode)
-    runner.train_student({TRIAL_NUMBER_KEY: 1}, _inputs(0))
+    monkeypatch.setattr(trainable, "run_trial", explode)
+    trainable.train_student({TRIAL_NUMBER_KEY: 1}, _inputs(0))
     (report,) = reports
     assert report[ERROR_KEY] == "FloatingPointError: non-finite loss nan at step 3"
     assert math.isnan(report["accuracy"]) and math.isnan(report["latency_ms"])
@@ -57,26 +57,43 @@ def test_orphans_are_failed_reenqueued_and_not_counted(tmp_path):
     orphan = study.ask()
     orphan.suggest_int("num_layers", 1, 4)
     # a trial no driver has claimed yet may belong to a driver between creating and claiming it: left alone
-    assert runner.reconcile_orphans(study, storage) == 0
+    assert orphans.reconcile_orphans(study, storage) == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     storage.set_trial_system_attr(orphan._trial_id, DRIVER_ATTR, {"host": socket.gethostname(), "pid": dead.pid})
-    assert runner.reconcile_orphans(study, storage) == 1
+    assert orphans.reconcile_orphans(study, storage) == 1
     failed = study.trials[orphan.number]
-    assert failed.state == TrialState.FAIL and failed.user_attrs[FAILURE_ATTR] == runner.DRIVER_LOST
+    assert failed.state == TrialState.FAIL and failed.user_attrs[FAILURE_ATTR] == orphans.DRIVER_LOST
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [failed.params]
     assert waiting[0].user_attrs["retry_of"] == orphan.number
-    assert runner.trials_left(study, 3) == 2
+    assert orphans.trials_left(study, 3) == 2
 
 
 def test_an_unclaimed_trial_is_an_orphan_only_after_the_grace(tmp_path, monkeypatch):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
     study.ask()
-    assert runner.reconcile_orphans(study, storage) == 0
-    monkeypatch.setattr(runner, "UNCLAIMED_GRACE_S", -1.0)
-    assert runner.reconcile_orphans(study, storage) == 1
+    assert orphans.reconcile_orphans(study, storage) == 0
+    monkeypatch.setattr(orphans, "UNCLAIMED_GRACE_S", -1.0)
+    assert orphans.reconcile_orphans(study, storage) == 1
+
+
+def test_a_trial_is_an_orphan_once_its_drivers_heartbeat_is_stale(tmp_path, monkeypatch):
+    from kdnas.records import HEARTBEAT_ATTR
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    elsewhere = {"host": "another-host", "pid": 1}
+    fresh, stale, legacy = study.ask(), study.ask(), study.ask()
+    for trial, beat in ((fresh, orphans.time.time()), (stale, orphans.time.time() - orphans.STALE_AFTER_S - 1)):
+        storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, beat)
+    for trial in (fresh, stale, legacy):  # legacy: written before kdnas recorded its own heartbeat
+        storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, elsewhere)
+    assert orphans.reconcile_orphans(study, storage) == 1
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
+    monkeypatch.setattr(orphans, "STALE_AFTER_S", -1.0)  # the legacy trial started longer ago than the grace
+    assert orphans.reconcile_orphans(study, storage) == 2
 
 
 def test_samplers_are_seeded_and_chosen_from_config():

@@ -59,15 +59,15 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
 
 
 def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, monkeypatch):
-    from kdnas.objectives import importance, teachers
     from kdnas.search.runner import run_search
+    from kdnas.teachers import fitting, importance, logits
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a teacher ran again")
 
     config, study = searched
-    monkeypatch.setattr(teachers, "predict_logits", must_not_run)
-    monkeypatch.setattr(teachers, "train", must_not_run)
+    monkeypatch.setattr(logits, "predict_logits", must_not_run)
+    monkeypatch.setattr(fitting, "train", must_not_run)
     monkeypatch.setattr(importance, "activation_importance", must_not_run)
     recorded = study.user_attrs
     again = run_search(config)

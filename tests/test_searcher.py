@@ -8,7 +8,8 @@ from optuna.trial import TrialState
 from kdnas.config import KDNASConfig
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY
 from kdnas.search import searcher as searcher_mod
-from kdnas.search.searcher import KDNASSearch, this_driver, trial_outcome
+from kdnas.search.orphans import this_driver
+from kdnas.search.searcher import KDNASSearch, trial_outcome
 from kdnas.search.study import create_or_load_study, open_storage
 from kdnas.space import SearchSpace
 
@@ -60,3 +61,23 @@ def test_a_connection_lost_mid_ask_leaves_no_unowned_trial(tmp_path, monkeypatch
     (trial,) = study.trials
     assert trial.number == config_1["kdnas_trial_number"] == 0 and trial.state == TrialState.RUNNING
     assert trial.system_attrs[DRIVER_ATTR] == this_driver() and trial.params
+
+
+def test_a_restored_searcher_tells_the_trials_its_snapshot_ran(tmp_path):
+    config = KDNASConfig()
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+
+    def searcher():
+        return KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
+                           storage=storage, study_name=config.search.study_name, n_trials=5)
+
+    first = searcher()
+    assert first.set_search_properties("accuracy", "max", {}) is False and first.metric == METRICS
+    number = first.suggest("t1")["kdnas_trial_number"]
+    first.save(str(tmp_path / "searcher.json"))
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.json"))
+    restored.on_trial_complete("t1", {"accuracy": 0.5, "latency_ms": 1.0, COMPLETED_KEY: True})
+    assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].values == [0.5, 1.0]
+    assert restored.suggest("t2")["kdnas_trial_number"] == number + 1

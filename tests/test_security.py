@@ -17,9 +17,9 @@ from optuna.trial import create_trial
 from kdnas.cli import build_parser, main
 from kdnas.config import ConfigError, TeacherConfig, build_config
 from kdnas.dashboards.launcher import serve_dashboard
-from kdnas.objectives import teachers
-from kdnas.objectives.teachers import load_teacher, load_tokenizer
 from kdnas.space import StudentArch
+from kdnas.teachers import loading
+from kdnas.teachers.loading import load_teacher, load_tokenizer
 from test_orchestration import POSTGRES_URL, _postgres_reachable
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kdnas"
@@ -62,8 +62,8 @@ def test_remote_code_is_off_unless_enabled(monkeypatch, trust):
         seen.append(kwargs.get("trust_remote_code"))
         raise OSError("stop here")
 
-    monkeypatch.setattr(teachers.AutoModelForSequenceClassification, "from_pretrained", record)
-    monkeypatch.setattr(teachers.AutoTokenizer, "from_pretrained", record)
+    monkeypatch.setattr(loading.AutoModelForSequenceClassification, "from_pretrained", record)
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", record)
     teacher = TeacherConfig(name="t", model="some/model", **({} if trust is None else {"trust_remote_code": trust}))
     config = build_config({"teachers": [teacher.model_dump()]})
     with pytest.raises(ConfigError):
@@ -117,3 +117,20 @@ def test_exports_reports_and_listings_hold_no_password_or_local_path(password_ur
             assert PASSWORD not in text, file
             if file.parent == out:
                 assert not [p for p in local if p in text], (file, [p for p in local if p in text])
+
+
+def test_benchmark_results_hold_no_local_absolute_path(tmp_path, monkeypatch):
+    import sys
+
+    repo = SRC.parents[1]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    common = __import__("_common")
+    monkeypatch.setattr(common, "REPO", tmp_path / "checkout")
+    written = common.write_result(tmp_path / "r.json", {"out": str(tmp_path / "checkout" / "runs" / "x"),
+                                                        "data": str(tmp_path / "shared" / "data")})
+    text = written.read_text()
+    assert '"out": "./runs/x"' in text and '"data": "../shared/data"' in text and str(tmp_path) not in text
+    sys.modules.pop("_common", None)
+    for result in sorted((repo / "benchmarks" / "results").glob("*.json")):
+        absolute = re.findall(r'"(/(?:work|root|home|tmp|Users)/[^"]*)"', result.read_text())
+        assert not absolute, (result.name, absolute[:3])

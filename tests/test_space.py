@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kdnas.config import SpaceConfig
-from kdnas.objectives.teachers import load_tokenizer
 from kdnas.space import SearchSpace, StudentArch
+from kdnas.teachers.loading import load_tokenizer
 
 
 def test_every_sampled_arch_is_valid_and_choices_are_fixed():

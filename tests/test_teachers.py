@@ -4,8 +4,9 @@ import torch
 from conftest import tiny_raw
 from kdnas.config import build_config
 from kdnas.data import load_task
-from kdnas.objectives import teachers as teachers_mod
-from kdnas.search.runner import fit_teachers
+from kdnas.teachers import logits as logits_mod
+from kdnas.teachers.fitting import fit_teachers
+from kdnas.teachers.loading import load_teacher
 
 
 def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
@@ -20,16 +21,16 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
     assert fit_teachers(config, task) == []
 
     calls = []
-    real = teachers_mod.predict_logits
-    monkeypatch.setattr(teachers_mod, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
-    teacher = teachers_mod.load_teacher(config, config.teachers[0], task.num_labels)
+    real = logits_mod.predict_logits
+    monkeypatch.setattr(logits_mod, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    teacher = load_teacher(config, config.teachers[0], task.num_labels)
     cache = tmp_path / "cache"
-    first = teachers_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
+    first = logits_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
     assert calls == [1] and first.shape == (len(task.train), 2)
-    second = teachers_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
+    second = logits_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
     assert calls == [1], "a cache hit must not run the teacher again"
     assert torch.equal(first, second)
-    teachers_mod.cached_logits(teacher, task, "train", 16, cache, torch.device("cpu"))
+    logits_mod.cached_logits(teacher, task, "train", 16, cache, torch.device("cpu"))
     assert calls == [1, 1], "another tokenisation is another cache key"
 
 
@@ -40,7 +41,7 @@ def test_teacher_with_other_label_count_is_refused(tmp_path):
     task = load_task(config.data)
     fit_teachers(config, task)
     with pytest.raises(ConfigError, match="predicts 2 labels but the task has 3"):
-        teachers_mod.load_teacher(config, config.teachers[1], 3)
+        load_teacher(config, config.teachers[1], 3)
 
 
 def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
@@ -48,7 +49,7 @@ def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
 
     file = tmp_path / "cache" / "minilm-train-key.safetensors"
     old, new = torch.randn(4, 2), torch.randn(4, 2)
-    teachers_mod.save_atomically({"logits": old}, file)
+    logits_mod.save_atomically({"logits": old}, file)
     assert torch.equal(load_file(file)["logits"], old) and [p.name for p in file.parent.iterdir()] == [file.name]
 
     def torn(tensors, path):  # a write that dies half-way, as a killed process or a full disk leaves it
@@ -56,12 +57,12 @@ def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
             handle.write(b"\x00" * 5)
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(teachers_mod, "save_file", torn)
+    monkeypatch.setattr(logits_mod, "save_file", torn)
     with pytest.raises(OSError, match="No space"):
-        teachers_mod.save_atomically({"logits": new}, file)
+        logits_mod.save_atomically({"logits": new}, file)
     assert torch.equal(load_file(file)["logits"], old), "the cache file is never the half-written one"
     assert [p.name for p in file.parent.iterdir()] == [file.name], "the temporary file is removed"
     fresh = tmp_path / "cache" / "gpt2-train-key.safetensors"
     with pytest.raises(OSError):
-        teachers_mod.save_atomically({"logits": new}, fresh)
+        logits_mod.save_atomically({"logits": new}, fresh)
     assert not fresh.exists()

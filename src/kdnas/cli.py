@@ -70,7 +70,7 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def _release_trials(config: KDNASConfig) -> None:
     """Fail (and re-enqueue) the trials this driver leaves RUNNING, so a stopped search leaves none behind."""
-    from kdnas.search.runner import reconcile_orphans
+    from kdnas.search.orphans import reconcile_orphans
     from kdnas.search.study import find_study, open_existing_storage
 
     try:
@@ -87,7 +87,7 @@ def _release_trials(config: KDNASConfig) -> None:
 def _search_problem(study) -> str | None:
     """Why the search produced no usable student (None when this run, or the study, holds a COMPLETE one)."""
     from kdnas.records import DRIVER_ATTR
-    from kdnas.search.searcher import this_driver
+    from kdnas.search.orphans import this_driver
     from kdnas.search.study import outcome_problem
 
     driver = this_driver()
@@ -132,7 +132,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_teachers_fit(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.data import load_task
-    from kdnas.search.runner import fit_teachers
+    from kdnas.teachers.fitting import fit_teachers
 
     writable_dir(Path(config.output_dir), "output_dir")
     task = load_task(config.data)
@@ -184,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     writable_dir(out, "--out" if args.out else "output_dir")
     retrained = None
     if args.retrain and trial.state == TrialState.COMPLETE and saved_student(trial) is None:
-        from kdnas.search.runner import retrain_student
+        from kdnas.search.retrain import retrain_student
 
         retrained = retrain_student(study, trial, epochs=args.epochs)
     export_trial(study, trial, out, retrained=retrained)
@@ -234,8 +234,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_latency(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.objectives.latency import measure_configured
-    from kdnas.objectives.teachers import load_tokenizer
     from kdnas.space import StudentArch
+    from kdnas.teachers.loading import load_tokenizer
 
     try:
         arch = StudentArch(args.layers, args.heads, args.head_dim, args.ffn_ratio)

@@ -6,6 +6,8 @@ Unknown keys and bad values raise :class:`ConfigError` with a one-line message n
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -480,22 +482,25 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KDNASConfig:
-    """Load a YAML config (or the built-in defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def load_config(source: str | Path | dict[str, Any] | None = None, overrides: Iterable[str] = ()) -> KDNASConfig:
+    """Load a YAML config file, or a dict of sections as the YAML would hold them (the built-in defaults when
+    ``source`` is None), and apply ``key=value`` overrides as ``--set`` does, e.g. ``"search.n_trials=20"``."""
     raw: dict[str, Any] = {}
-    if path is not None:
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    elif source is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(source).read_text()
         except OSError as err:
-            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+            raise ConfigError(f"cannot read config {source}: {err.strerror}") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping of sections")
+            raise ConfigError(f"config {source} must be a mapping of sections")
         raw = loaded or {}
-    for text in overrides or []:
+    for text in overrides:
         apply_override(raw, *parse_override(text))
     return build_config(raw)
 

@@ -137,7 +137,7 @@ def saved_student(trial: FrozenTrial) -> Path | None:
     return None
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path, *, retrained: Retrained | None = None
+def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, *, retrained: Retrained | None = None
                  ) -> Path:
     """Copy the trial's student (weights, config, tokenizer) to ``out_dir`` with a model card and its record.
 
@@ -152,6 +152,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: Path, *, retr
             f"({trial.user_attrs.get('student_path', 'no path recorded')}); add --retrain to train this "
             "architecture again with the trial's recipe"
         )
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for file in source.iterdir():
         if file.is_file():

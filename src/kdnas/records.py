@@ -43,6 +43,8 @@ PARAMS_CONSTRAINT = "params"
 # Optuna trial system attrs and study user attrs.
 DRIVER_ATTR = "kdnas:driver"
 """System attr: the driver process that runs the trial."""
+HEARTBEAT_ATTR = "kdnas:heartbeat"
+"""System attr: when (Unix time, the driver's clock) the trial's driver last recorded that it still runs the trial."""
 FINGERPRINT_ATTR = "fingerprint"
 """Study user attr: what makes its students comparable (a flat ``{key: value}`` dict)."""
 

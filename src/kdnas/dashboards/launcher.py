@@ -27,13 +27,14 @@ def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     )
 
 
-def write_front_notes(study: optuna.Study) -> int:
-    """Put a note on every Pareto-front trial and clear kdnas's note from the trials that left the front (saved
-    empty, the public way to clear one); return how many trials are on the front."""
+def write_front_notes(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """Put a note on every Pareto-front trial of ``study`` (held in ``storage``) and clear kdnas's note from the
+    trials that left the front (saved empty, the public way to clear one); return how many trials are on the front."""
     metric = (study.metric_names or ["metric"])[0]
     front = {t.number for t in pareto_front(study)}
+    study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
         note = get_note(trial)
         if frozen.number in front:
             wanted = front_note(frozen, metric)
@@ -61,7 +62,7 @@ def check_can_listen(host: str, port: int) -> None:
 def serve_dashboard(storage_url: str, study_name: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Annotate ``study_name``'s Pareto front, then run optuna-dashboard on ``storage_url`` until interrupted."""
     storage = open_existing_storage(storage_url)
-    write_front_notes(optuna.load_study(study_name=study_name, storage=storage))
+    write_front_notes(optuna.load_study(study_name=study_name, storage=storage), storage)
     try:
         run_server(storage, host=host, port=port)
     except OSError as err:  # e.g. the port was taken since it was checked

@@ -187,7 +187,7 @@ def _cell(value: object) -> str:
 
 def write_report(
     study: optuna.Study,
-    out_dir: Path,
+    out_dir: str | Path,
     metric: str,
     *,
     latency_budget_ms: float | None = None,
@@ -197,6 +197,7 @@ def write_report(
 
     The hypervolume uses ``reference`` (metric, latency ms), by default ``(0, 1.1 × slowest student)``.
     """
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, metric)
     reference = reference or hypervolume_reference(study)

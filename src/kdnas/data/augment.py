@@ -30,7 +30,7 @@ def neighbour_table(words: set[str], tokenizer: PreTrainedTokenizerBase, embeddi
     known = sorted(w for w in words if w in candidates)
     if not known:
         return {}
-    names = sorted(candidates, key=candidates.get)
+    names = sorted(candidates, key=candidates.__getitem__)
     table = torch.nn.functional.normalize(embeddings[[candidates[n] for n in names]].float(), dim=-1)
     position = {name: i for i, name in enumerate(names)}
     table_rows = table[[position[w] for w in known]]

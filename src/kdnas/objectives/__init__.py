@@ -1,1 +1,1 @@
-"""What a student is taught and scored by: KD losses, teacher combiners, teachers, metrics, latency."""
+"""What a student is taught and scored by: KD losses, teacher combiners, metrics, latency."""

@@ -26,10 +26,11 @@ class Distillation:
     ) -> None:
         """``labels`` (the training rows', ``-100`` for transfer rows) fit the ``learned`` combiner's weights."""
         self.kd = kd
-        uses_learned = kd.combiner == "learned"
-        if uses_learned and labels is None:
-            raise ValueError("kd.combiner 'learned' needs the training labels")
-        self.learned_weights = learned_teacher_weights(teacher_logits, labels) if uses_learned else None
+        self.learned_weights = None
+        if kd.combiner == "learned":
+            if labels is None:
+                raise ValueError("kd.combiner 'learned' needs the training labels")
+            self.learned_weights = learned_teacher_weights(teacher_logits, labels)
         self.combiner = make_combiner(kd, self.learned_weights)
         self.teacher_logits = teacher_logits  # [K, N, C], on the training device
         self.intermediate = intermediate

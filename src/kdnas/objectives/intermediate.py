@@ -21,25 +21,33 @@ from kdnas.config import IntermediateConfig
 from kdnas.objectives.emd import EMDLayerMapping
 
 
-def layer_map(kind: str | Sequence[int], student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher layer (1-based) matched to each student layer 1..M.
+def kd_layer_map(kind: str | Sequence[int], student_layers: int, teacher_layers: int) -> list[int]:
+    """The teacher layer that teaches each student layer: a layer map (see :mod:`kdnas.space`), 0-based.
 
-    ``uniform``: evenly spread, ending at the last layer (TinyBERT's ``g(m) = m·N/M``); ``skip``: every other
-    layer, 2, 4, … (PKD-skip, DistilBERT's selection); ``last``: the top M layers (PKD-last); or an explicit list.
+    ``uniform``: evenly spread, ending at the last layer (TinyBERT's ``g(m) = m·N/M`` with layers counted from 1);
+    ``skip``: every other layer, the 2nd, 4th, … (PKD-skip, DistilBERT's selection); ``last``: the top M layers
+    (PKD-last); or an explicit list of 0-based indices (the config's ``kd.intermediate.layer_map`` list counts from
+    1: see :func:`config_layer_map`).
     """
     m, n = student_layers, teacher_layers
     if not isinstance(kind, str):
         chosen = list(kind)
-        if len(chosen) != m or not all(1 <= j <= n for j in chosen):
-            raise ValueError(f"layer map {chosen} must list {m} teacher layers between 1 and {n}")
+        if len(chosen) != m or not all(0 <= j < n for j in chosen):
+            raise ValueError(f"layer map {chosen} must list {m} teacher layer indices between 0 and {n - 1}")
         return chosen
     if kind == "uniform":
-        return [math.ceil(i * n / m) for i in range(1, m + 1)]
+        return [math.ceil(i * n / m) - 1 for i in range(1, m + 1)]
     if kind == "skip":
-        return [min(2 * i, n) for i in range(1, m + 1)]
+        return [min(2 * i, n) - 1 for i in range(1, m + 1)]
     if kind == "last":
-        return [max(n - m + i, 1) for i in range(1, m + 1)]
+        return [max(n - m + i, 1) - 1 for i in range(1, m + 1)]
     raise ValueError(f"unknown layer map {kind!r}")
+
+
+def config_layer_map(value: str | Sequence[int]) -> str | list[int]:
+    """``kd.intermediate.layer_map`` as :func:`kd_layer_map` takes it: a list in the config names teacher layers by
+    their number, counting from 1 (as the README and recorded studies do), so it becomes 0-based indices here."""
+    return value if isinstance(value, str) else [j - 1 for j in value]
 
 
 def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,7 +111,7 @@ class IntermediateTeacher:
 
     name: str
     model: PreTrainedModel
-    layers: list[int] | None  # fixed map; None when matched by EMD
+    layers: list[int] | None  # fixed layer map (0-based, per student layer); None when matched by EMD
     emd: EMDLayerMapping | None
 
 
@@ -136,7 +144,7 @@ class IntermediateDistiller(torch.nn.Module):
                     name, model, None, EMDLayerMapping(student_layers, teacher_layers, separate=config.emd_separate)
                 )
             else:
-                mapping = layer_map(config.layer_map, student_layers, teacher_layers)
+                mapping = kd_layer_map(config_layer_map(config.layer_map), student_layers, teacher_layers)
                 entry = IntermediateTeacher(name, model, mapping, None)
             if config.attention > 0:
                 model.set_attn_implementation("eager")  # only eager attention returns the maps
@@ -176,11 +184,11 @@ class IntermediateDistiller(torch.nn.Module):
             costs = self._cost_matrices(student_hidden, student, out, mask)
             return total + teacher.emd.loss(costs) if costs else total
         m = len(student_hidden) - 1
-        for i, j in enumerate(teacher.layers, start=1):
+        for i, j in enumerate(teacher.layers):  # hidden_states[0] are the embeddings: layer i's output is at i + 1
             if cfg.hidden > 0:
-                total = total + cfg.hidden * masked_mse(student_hidden[i], out.hidden_states[j], mask) / m
+                total = total + cfg.hidden * masked_mse(student_hidden[i + 1], out.hidden_states[j + 1], mask) / m
             if cfg.attention > 0:
-                total = total + cfg.attention * self._attention_loss(student.attentions[i - 1], out.attentions[j - 1],
+                total = total + cfg.attention * self._attention_loss(student.attentions[i], out.attentions[j],
                                                                      mask) / m
         return total
 
@@ -204,9 +212,10 @@ class IntermediateDistiller(torch.nn.Module):
         return costs
 
     def record(self) -> dict[str, dict]:
-        """Per teacher: its fixed layer map, or its EMD layer weights (rounded) at the end of training."""
+        """Per teacher: its fixed layer map (teacher layer numbers counting from 1, as the config writes them), or
+        its EMD layer weights (rounded) at the end of training."""
         return {
-            t.name: {"layer_map": t.layers} if t.emd is None else {
+            t.name: {"layer_map": [j + 1 for j in t.layers]} if t.emd is None else {
                 "layer_map": "emd",
                 "emd_weights": {kind: {side: [round(w, 4) for w in ws] for side, ws in sides.items()}
                                 for kind, sides in t.emd.state_dict().items()},

@@ -19,10 +19,16 @@ from typing import Any
 
 import torch
 
-from kdnas.config import LatencyConfig
+from kdnas.config import KDNASConfig, LatencyConfig
 from kdnas.objectives.latency import LatencyResult, device_name, measure_configured, resolve_device
 
 logger = logging.getLogger(__name__)
+
+
+def latency_cache_dir(config: KDNASConfig) -> Path:
+    """Where latency measurements (students' and teachers') are cached: beside the teacher logits, shared by every
+    study of ``output_dir``."""
+    return (Path(config.output_dir) / "cache" / "latency").resolve()
 
 
 def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_len: int) -> str:

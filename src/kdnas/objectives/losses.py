@@ -24,6 +24,7 @@ def kd_loss(
     hard = F.cross_entropy(student_logits[labelled], labels[labelled]) if labelled.any() else student_logits.sum() * 0
     if alpha >= 1.0:
         return hard
+    assert target_probs is not None, "distillation (alpha < 1) needs the teachers' target probabilities"
     log_student = F.log_softmax(student_logits / temperature, dim=-1)
     soft = F.kl_div(log_student, target_probs, reduction="batchmean") * temperature**2
     return alpha * hard + (1.0 - alpha) * soft

@@ -19,9 +19,9 @@ from kdnas.config import KDNASConfig
 from kdnas.data import TaskData
 from kdnas.data.transfer import TransferSet
 from kdnas.objectives.latency import device_name, resolve_device
-from kdnas.objectives.teachers import teacher_identity
 from kdnas.space import SearchSpace
 from kdnas.space.search_space import KD_PARAMS
+from kdnas.teachers.loading import teacher_identity
 
 PARAM_KEYS = {"num_layers": "student.space.depth", "num_heads": "student.space.heads",
               "head_dim": "student.space.head_dim", "ffn_ratio": "student.space.ffn_ratio",

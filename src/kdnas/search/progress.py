@@ -16,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from kdnas.dashboards.pareto import study_summary, summary_line
 from kdnas.progress import duration, interactive
 from kdnas.records import COMPLETED_KEY, ERROR_KEY, INFEASIBLE_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
-from kdnas.search.searcher import counts_toward_budget
+from kdnas.search.orphans import counts_toward_budget
 
 logger = logging.getLogger(__name__)
 

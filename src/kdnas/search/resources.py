@@ -56,7 +56,7 @@ def _missing(needed: dict[str, float]) -> str:
     if not ray.is_initialized():
         return f"a trial needs {wanted} (search.resources_per_trial)"
     free = ray.available_resources()
-    largest = max((n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")),
+    largest: dict[str, float] = max((n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")),
                   key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)), default={})
     return (f"a trial needs {wanted} (search.resources_per_trial); free now: {free.get('CPU', 0.0):g} CPU, "
             f"{free.get('GPU', 0.0):g} GPU; the largest node has {largest.get('CPU', 0.0):g} CPU, "

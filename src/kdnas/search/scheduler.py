@@ -52,7 +52,7 @@ class LatencyAwareASHA(FIFOScheduler):
         latency_bins: int = 3,
     ) -> None:
         super().__init__()
-        self._metric, self._sign = metric, 1.0 if mode == "max" else -1.0
+        self._objective, self._sign = metric, 1.0 if mode == "max" else -1.0
         self._latency_attr, self._time_attr = latency_attr, time_attr
         self._reduction_factor, self._latency_bins = reduction_factor, latency_bins
         self._rungs: dict[int, dict[str, tuple[float, float]]] = {
@@ -60,11 +60,15 @@ class LatencyAwareASHA(FIFOScheduler):
         }
         self.stop_reasons: dict[str, str] = {}
 
+    @property
+    def metric(self) -> str:
+        return self._objective
+
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return metric is None or metric == self._metric  # it has its own metric; TuneConfig sets none
+        return metric is None or metric == self._objective  # it has its own metric; TuneConfig sets none
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        t, value, latency = (result.get(k) for k in (self._time_attr, self._metric, self._latency_attr))
+        t, value, latency = (result.get(k) for k in (self._time_attr, self._objective, self._latency_attr))
         if t not in self._rungs or not _finite(value) or not _finite(latency):
             return TrialScheduler.CONTINUE
         recorded = self._rungs[t]
@@ -80,7 +84,7 @@ class LatencyAwareASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         latencies = [recorded[p][1] for p in peers]
         self.stop_reasons[trial.trial_id] = (
-            f"stopped early after epoch {t}: {self._metric} {value:.4f} below {self._sign * cutoff:.4f}, the cutoff "
+            f"stopped early after epoch {t}: {self._objective} {value:.4f} below {self._sign * cutoff:.4f}, the cutoff "
             f"among {len(peers)} students of {min(latencies):.3g}–{max(latencies):.3g} ms at that epoch"
         )
         return TrialScheduler.STOP

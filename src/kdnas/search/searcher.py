@@ -1,12 +1,15 @@
-"""KDNASSearch: Ray Tune's OptunaSearch, made to record every student truthfully in the Optuna study.
+"""KDNASSearch: a Ray Tune ``Searcher`` over Optuna's public ask/tell API that records every student truthfully.
 
 Stock ``OptunaSearch`` writes no user_attrs, stores students stopped early by a scheduler as COMPLETE with
-half-trained values, and leaves trials with NaN or missing metrics RUNNING forever. This subclass records the
+half-trained values, and leaves trials with NaN or missing metrics RUNNING forever. This searcher records the
 arch, latency details and student path, tells PRUNED for early-stopped students and for students over a budget
 (never trained), tells FAIL with a reason for errors and bad metrics, and stores the budgets' constraints. It
 also keeps the trial budget across drivers sharing the study, and marks each trial with its driver and a heartbeat
 so that a resumed driver can tell orphans from trials another live driver is running. A suggestion of a student
 the study already holds is recorded as a repeat (its result, not trained again) and the sampler asked again.
+
+It touches Optuna only through public API (``optuna.Study``, ``optuna.Trial`` and the public methods of
+``optuna.storages.BaseStorage``) and Ray only through the public ``Searcher`` contract.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,6 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from kdnas.records import (
     ATTRS_KEY,
@@ -35,23 +35,19 @@ from kdnas.records import (
     DRIVER_ATTR,
     ERROR_KEY,
     FAILURE_ATTR,
+    HEARTBEAT_ATTR,
     INFEASIBLE_KEY,
     PRUNED_ATTR,
     RESTARTS_ATTR,
     TRIAL_NUMBER_KEY,
 )
-from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, is_repeat, known_students, repeat_of, student_key
+from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, known_students, repeat_of, student_key
+from kdnas.search.orphans import counts_toward_budget, this_driver
 
-DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
 REPEATS_IN_A_ROW = 25
 """A sampler that proposes this many students the study holds in a row has (nearly) exhausted the space."""
 
 logger = logging.getLogger(__name__)
-
-
-def this_driver() -> dict[str, Any]:
-    """The identity recorded on every trial this process runs."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 STORAGE_RETRIES = 5
@@ -68,16 +64,6 @@ def retrying(operation: Callable[[], Any]) -> Any:
             logger.warning("storage error (retry %d of %d): %s", attempt, STORAGE_RETRIES - 1,
                            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
             time.sleep(attempt)
-
-
-def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up the trial budget: every finished or running trial but repeats of a student the study
-    holds and those whose driver was lost."""
-    if is_repeat(trial):
-        return False
-    if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get(FAILURE_ATTR, DRIVER_LOST) != DRIVER_LOST  # a FAIL with no reason: lost mid-tell
-    return trial.state != TrialState.WAITING
 
 
 @dataclass(frozen=True)
@@ -119,8 +105,14 @@ def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str]
     return Outcome(TrialState.COMPLETE, values=[float(v) for v in values], attrs=attrs, constraints=constraints)
 
 
-class KDNASSearch(OptunaSearch):
-    """``OptunaSearch`` that writes user_attrs, PRUNED/FAIL states with reasons, and budget constraints.
+class KDNASSearch(Searcher):
+    """A Tune ``Searcher`` over an Optuna study that writes user_attrs, PRUNED/FAIL states with reasons, and budget
+    constraints.
+
+    ``space`` is a define-by-run function sampling a student's parameters on an ``optuna.Trial`` (its return value,
+    a dict or None, adds to them); ``metric`` and ``mode`` name the study's objectives and their directions ("max",
+    "min"). The study ``study_name`` in ``storage`` is created when missing; ``study_id`` (its id in ``storage``) is
+    looked up when not given. ``sampler`` samples the students (TPE by default).
 
     ``stop_reasons`` (Tune trial id → reason, filled by a scheduler) explains students stopped early.
 
@@ -139,137 +131,61 @@ class KDNASSearch(OptunaSearch):
 
     def __init__(
         self,
-        *args: Any,
+        space: Callable[[optuna.Trial], dict[str, Any] | None],
+        metric: list[str],
+        mode: list[str],
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+        *,
+        study_id: int | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
         stop_reasons: Mapping[str, str] | None = None,
         n_trials: int | None = None,
         reuse_duplicates: bool = False,
         recipe: str = "",
         space_size: int | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        self._storage = storage
+        self._study_name = study_name
+        self._sampler = sampler if sampler is not None else optuna.samplers.TPESampler()
+        self._study = optuna.create_study(
+            storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
+            directions=["maximize" if m == "max" else "minimize" for m in mode], load_if_exists=True,
+        )
+        self._study_id = study_id if study_id is not None else storage.get_study_id_from_name(study_name)
         self._stop_reasons = stop_reasons if stop_reasons is not None else {}
         self._n_trials = n_trials
-        self._restarts: dict[str, int] = {}
-        self.deadline: float | None = None
-        self._last_results: dict[str, dict] = {}
         self._reuse_duplicates = reuse_duplicates
         self._recipe = recipe
         self._space_size = space_size
+        self.deadline: float | None = None
         self.exhausted: str | None = None
-        self._storage_ids: dict[str, int] = {}
+        self._ot_trials: dict[str, optuna.Trial] = {}  # Tune trial id → its Optuna trial, while it runs
+        self._storage_ids: dict[str, int] = {}  # Tune trial id → its trial's id in the storage
+        self._completed: set[str] = set()
+        self._restarts: dict[str, int] = {}
+        self._last_results: dict[str, dict] = {}
 
-    def _out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+    # --- Ray Tune's Searcher contract -------------------------------------------------------------------------------
 
-    def _budget_reached(self) -> bool:
-        trials = self._ot_study.get_trials(deepcopy=False)
-        return sum(counts_toward_budget(t) for t in trials) >= self._n_trials
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Nothing to take from Tune: the objectives (``metric``, ``mode``) and the space are this searcher's own
+        (False: a ``param_space`` given to Tune is not used, and Tune refuses one that needs sampling)."""
+        return False
 
     def suggest(self, trial_id: str) -> dict | str | None:
         return retrying(lambda: self._suggest(trial_id))
 
-    def _suggest(self, trial_id: str) -> dict | str | None:
-        started = trial_id in self._ot_trials or trial_id in self._storage_ids
-        if not started and (self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
-            return Searcher.FINISHED
-        if not started and self._reuse_duplicates and self._space_size is not None:
-            known = known_students(self._ot_study.get_trials(deepcopy=False), self._recipe)
-            if len(known) >= self._space_size:  # wait for the running ones: one may be cut by the time budget
-                if any(t.state == TrialState.RUNNING for t in known.values()):
-                    return None
-                self.exhausted = f"the study holds all {self._space_size} students of the search space"
-                return Searcher.FINISHED
-        for _ in range(REPEATS_IN_A_ROW):
-            if trial_id not in self._ot_trials:
-                self._ot_trials[trial_id] = self._ask(trial_id)
-            config = super().suggest(trial_id)
-            ot_trial = self._ot_trials[trial_id]
-            original = self._held_student(ot_trial) if self._reuse_duplicates else None
-            if original is None:
-                storage = self._ot_study._storage
-                storage.set_trial_user_attr(ot_trial._trial_id, RECIPE_ATTR, self._recipe)
-                storage.set_trial_system_attr(ot_trial._trial_id, DRIVER_ATTR, this_driver())
-                storage.record_heartbeat(ot_trial._trial_id)
-                return {**config, TRIAL_NUMBER_KEY: ot_trial.number}
-            self._tell_repeat(ot_trial, original)
-            del self._ot_trials[trial_id], self._storage_ids[trial_id]
-        self.exhausted = (f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
-                          "the search space is (nearly) exhausted")
-        return Searcher.FINISHED
-
-    def _held_student(self, ot_trial: optuna.Trial) -> FrozenTrial | None:
-        """The study's trial holding the student ``ot_trial`` sampled (same parameters and recipe), if any."""
-        known = known_students(self._ot_study.get_trials(deepcopy=False), self._recipe)
-        original = known.get(student_key(ot_trial.params))
-        return original if original is not None and original.number != ot_trial.number else None
-
-    def _tell_repeat(self, ot_trial: optuna.Trial, original: FrozenTrial) -> None:
-        """Record ``ot_trial`` as a repeat of ``original``: its result (COMPLETE or PRUNED), never trained."""
-        repeat = repeat_of(original)
-        for key, value in repeat.attrs.items():
-            ot_trial.set_user_attr(key, value)
-        if repeat.reason:
-            ot_trial.set_user_attr(PRUNED_ATTR, repeat.reason)
-        for key, value in repeat.constraints.items():
-            ot_trial.set_constraint(key, value)
-        self._ot_study.tell(ot_trial, repeat.values, state=repeat.state)
-        logger.info("trial %d %s: the same student as trial %d, its result reused without training",
-                    ot_trial.number, original.user_attrs.get("arch_summary", ""), original.number)
-
-    def _ask(self, trial_id: str) -> optuna.Trial:
-        """``Study.ask()``, except that a new trial is created already claimed by this driver (its
-        :data:`DRIVER_ATTR` written in the same transaction) and a retry after a storage error reuses the trial
-        an earlier attempt created: a connection lost mid-ask can leave no RUNNING trial that nobody owns."""
-        study = self._ot_study
-        study._thread_local.cached_all_trials = None  # as ask() does: the sampler sees the latest trials
-        storage_id = self._storage_ids.get(trial_id)
-        if storage_id is None:
-            storage_id = study._pop_waiting_trial_id()  # an enqueued trial (e.g. a retry) first, as ask() does
-            if storage_id is None:
-                claimed = FrozenTrial(
-                    number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                    datetime_complete=None, params={}, distributions={}, user_attrs={},
-                    system_attrs={DRIVER_ATTR: this_driver()}, intermediate_values={}, trial_id=-1,
-                )
-                storage_id = study._storage.create_new_trial(study._study_id, template_trial=claimed)
-            self._storage_ids[trial_id] = storage_id
-        return optuna.Trial(study, storage_id)
-
-    def record_heartbeats(self) -> None:
-        """Mark every trial this driver still runs as alive in the storage."""
-        live = [t._trial_id for tid, t in self._ot_trials.items() if tid not in self._completed_trials]
-        try:
-            for ot_trial_id in live:
-                self._ot_study._storage.record_heartbeat(ot_trial_id)
-        except Exception as err:  # a lost connection is retried at the next beat (pool_pre_ping reconnects)
-            logger.warning("could not record heartbeats: %s", str(err).splitlines()[0] if str(err) else err)
-
-    def record_restart(self, trial_id: str) -> None:
-        """Count a restart of Tune trial ``trial_id`` after its worker died, in the study too."""
-        self._restarts[trial_id] = self._restarts.get(trial_id, 0) + 1
-        if trial_id in self._ot_trials:
-            retrying(lambda: self._ot_trials[trial_id].set_user_attr(RESTARTS_ATTR, self._restarts[trial_id]))
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._last_results[trial_id] = result
-        super().on_trial_result(trial_id, result)
-
-    def finish_out_of_time(self) -> int:
-        """Once the deadline has passed, tell the trials Tune left unfinished PRUNED (with their last epoch's
-        attrs); returns how many. Tune ends such trials without telling the searcher."""
-        if not self._out_of_time():
-            return 0
-        unfinished = [tid for tid in self._ot_trials if tid not in self._completed_trials]
-        for trial_id in unfinished:
-            self.on_trial_complete(trial_id, self._last_results.get(trial_id))
-        return len(unfinished)
+        self._last_results[trial_id] = result  # multi-objective: Optuna takes no intermediate values
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
+        if trial_id in self._completed or trial_id not in self._ot_trials:
+            return
         ot_trial = self._ot_trials[trial_id]
-        outcome = trial_outcome(result, error, list(self._metric), self._restarts.get(trial_id, 0))
+        outcome = trial_outcome(result, error, list(self.metric), self._restarts.get(trial_id, 0))
         if outcome.state == TrialState.PRUNED and trial_id in self._stop_reasons:
             outcome = replace(outcome, reason=self._stop_reasons[trial_id])
         elif outcome.state == TrialState.PRUNED and INFEASIBLE_KEY not in (result or {}) and self._out_of_time():
@@ -285,9 +201,176 @@ class KDNASSearch(OptunaSearch):
                     ot_trial.set_user_attr(reason_key, outcome.reason)
                 for key, value in outcome.constraints.items():
                     ot_trial.set_constraint(key, value)
-                self._ot_study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
+                ot_trial.study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # already told, e.g. before a restore
 
         retrying(tell)
-        self._completed_trials.add(trial_id)
+        self._completed.add(trial_id)
+        del self._ot_trials[trial_id]  # its Optuna trial (and the study view it holds) is not needed any more
+        self._last_results.pop(trial_id, None)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Save which Tune trial runs which storage trial, as JSON (Tune snapshots its experiment with it)."""
+        state = {"storage_ids": self._storage_ids, "running": sorted(self._ot_trials),
+                 "completed": sorted(self._completed), "restarts": self._restarts, "exhausted": self.exhausted,
+                 "deadline_left": None if self.deadline is None else self.deadline - time.monotonic()}
+        with open(checkpoint_path, "w") as out:
+            json.dump(state, out)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore what :meth:`save` saved; the running trials' Optuna trials are opened again from the storage."""
+        with open(checkpoint_path) as source:
+            state = json.load(source)
+        self._storage_ids, self._completed = dict(state["storage_ids"]), set(state["completed"])
+        self._restarts, self.exhausted = dict(state["restarts"]), state["exhausted"]
+        if state["deadline_left"] is not None:
+            self.deadline = time.monotonic() + state["deadline_left"]
+        self._ot_trials = {tid: self._open(self._storage_ids[tid]) for tid in state["running"]}
+
+    # --- kdnas's additions ----------------------------------------------------------------------------------------
+
+    def record_heartbeats(self) -> None:
+        """Mark every trial this driver still runs as alive in the storage."""
+        now = time.time()
+        for trial_id in list(self._ot_trials):
+            try:
+                self._beat(self._storage_ids[trial_id], now)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # told meanwhile
+            except Exception as err:  # a lost connection is retried at the next beat (pool_pre_ping reconnects)
+                logger.warning("could not record heartbeats: %s", str(err).splitlines()[0] if str(err) else err)
+                return
+
+    def record_restart(self, trial_id: str) -> None:
+        """Count a restart of Tune trial ``trial_id`` after its worker died, in the study too."""
+        self._restarts[trial_id] = self._restarts.get(trial_id, 0) + 1
+        if trial_id in self._ot_trials:
+            retrying(lambda: self._ot_trials[trial_id].set_user_attr(RESTARTS_ATTR, self._restarts[trial_id]))
+
+    def finish_out_of_time(self) -> int:
+        """Once the deadline has passed, tell the trials Tune left unfinished PRUNED (with their last epoch's
+        attrs); returns how many. Tune ends such trials without telling the searcher."""
+        if not self._out_of_time():
+            return 0
+        unfinished = [tid for tid in self._ot_trials if tid not in self._completed]
+        for trial_id in unfinished:
+            self.on_trial_complete(trial_id, self._last_results.get(trial_id))
+        return len(unfinished)
+
+    # --- internals --------------------------------------------------------------------------------------------------
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _budget_reached(self) -> bool:
+        trials = self._study.get_trials(deepcopy=False)
+        return sum(counts_toward_budget(t) for t in trials) >= self._n_trials
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
+        started = trial_id in self._storage_ids
+        if not started and (self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
+            return Searcher.FINISHED
+        if not started and self._reuse_duplicates and self._space_size is not None:
+            known = known_students(self._study.get_trials(deepcopy=False), self._recipe)
+            if len(known) >= self._space_size:  # wait for the running ones: one may be cut by the time budget
+                if any(t.state == TrialState.RUNNING for t in known.values()):
+                    return None
+                self.exhausted = f"the study holds all {self._space_size} students of the search space"
+                return Searcher.FINISHED
+        for _ in range(REPEATS_IN_A_ROW):
+            if trial_id not in self._ot_trials:
+                self._ot_trials[trial_id] = self._ask(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            config = self._sample(ot_trial)
+            original = self._held_student(ot_trial) if self._reuse_duplicates else None
+            if original is None:
+                storage_id = self._storage_ids[trial_id]
+                self._storage.set_trial_user_attr(storage_id, RECIPE_ATTR, self._recipe)
+                self._beat(storage_id, time.time())  # before the driver: a claimed trial always has a heartbeat
+                self._storage.set_trial_system_attr(storage_id, DRIVER_ATTR, this_driver())
+                return {**config, TRIAL_NUMBER_KEY: ot_trial.number}
+            self._tell_repeat(ot_trial, original)
+            del self._ot_trials[trial_id], self._storage_ids[trial_id]
+        self.exhausted = (f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
+                          "the search space is (nearly) exhausted")
+        return Searcher.FINISHED
+
+    def _sample(self, ot_trial: optuna.Trial) -> dict[str, Any]:
+        """The student's parameters, sampled on ``ot_trial`` by the define-by-run space (as ``OptunaSearch`` does:
+        the suggested values, updated with what the space returns)."""
+        returned = self._space(ot_trial)
+        if returned is not None and not isinstance(returned, dict):
+            raise TypeError(f"the search space returned {type(returned).__name__}, not a dict or None")
+        return {**ot_trial.params, **(returned or {})}
+
+    def _beat(self, storage_id: int, now: float) -> None:
+        """Record that this driver still runs storage trial ``storage_id``: kdnas's heartbeat attr (what
+        :func:`~kdnas.search.orphans.driver_gone` reads) and Optuna's own heartbeat (what Optuna's tools read)."""
+        self._storage.set_trial_system_attr(storage_id, HEARTBEAT_ATTR, now)
+        record_heartbeat = getattr(self._storage, "record_heartbeat", None)  # storages with heartbeat support
+        if callable(record_heartbeat):
+            record_heartbeat(storage_id)
+
+    def _held_student(self, ot_trial: optuna.Trial) -> FrozenTrial | None:
+        """The study's trial holding the student ``ot_trial`` sampled (same parameters and recipe), if any."""
+        known = known_students(self._study.get_trials(deepcopy=False), self._recipe)
+        original = known.get(student_key(ot_trial.params))
+        return original if original is not None and original.number != ot_trial.number else None
+
+    def _tell_repeat(self, ot_trial: optuna.Trial, original: FrozenTrial) -> None:
+        """Record ``ot_trial`` as a repeat of ``original``: its result (COMPLETE or PRUNED), never trained."""
+        repeat = repeat_of(original)
+        for key, value in repeat.attrs.items():
+            ot_trial.set_user_attr(key, value)
+        if repeat.reason:
+            ot_trial.set_user_attr(PRUNED_ATTR, repeat.reason)
+        for key, value in repeat.constraints.items():
+            ot_trial.set_constraint(key, value)
+        ot_trial.study.tell(ot_trial, repeat.values, state=repeat.state)
+        logger.info("trial %d %s: the same student as trial %d, its result reused without training",
+                    ot_trial.number, original.user_attrs.get("arch_summary", ""), original.number)
+
+    def _fresh_study(self) -> optuna.Study:
+        """A new view of the study: the sampler of a ``Study`` caches the trials it saw until that study's next
+        ask or tell, and trials here are created through the storage, so each ask gets a view of its own (as
+        ``Study.ask()`` clears its cache)."""
+        return optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
+                                 pruner=optuna.pruners.NopPruner())
+
+    def _claim_waiting(self) -> int | None:
+        """Set the oldest WAITING (enqueued, e.g. a retry) trial RUNNING and return its storage id, as
+        ``Study.ask()`` does; None when there is none (another driver may claim one first)."""
+        for waiting in self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            storage_id = self._storage.get_trial_id_from_study_id_trial_number(self._study_id, waiting.number)
+            try:
+                if self._storage.set_trial_state_values(storage_id, state=TrialState.RUNNING):
+                    return storage_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    def _ask(self, trial_id: str) -> optuna.Trial:
+        """``Study.ask()``, except that a new trial is created already claimed by this driver (its
+        :data:`DRIVER_ATTR` and heartbeat written in the same transaction) and a retry after a storage error reuses
+        the trial an earlier attempt created: a connection lost mid-ask can leave no RUNNING trial that nobody
+        owns. Waiting (enqueued) trials come first, as in ``Study.ask()``."""
+        storage_id = self._storage_ids.get(trial_id)
+        if storage_id is None:
+            storage_id = self._claim_waiting()
+            if storage_id is None:
+                claimed = FrozenTrial(
+                    number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                    datetime_complete=None, params={}, distributions={}, user_attrs={},
+                    system_attrs={HEARTBEAT_ATTR: time.time(), DRIVER_ATTR: this_driver()}, intermediate_values={},
+                    trial_id=-1,
+                )
+                storage_id = self._storage.create_new_trial(self._study_id, template_trial=claimed)
+            self._storage_ids[trial_id] = storage_id
+        return self._open(storage_id)
+
+    def _open(self, storage_id: int) -> optuna.Trial:
+        """The ``optuna.Trial`` of storage trial ``storage_id``, on a fresh view of the study."""
+        study = self._fresh_study()
+        study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # the view reads the trial it is to sample
+        return optuna.Trial(study, storage_id)

@@ -19,13 +19,13 @@ from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
-from kdnas.objectives.teachers import load_tokenizer
 from kdnas.objectives.training import evaluate, train
 from kdnas.outputs import missing_student_files
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, LATENCY_KEY, PARAMS_CONSTRAINT
 from kdnas.space import StudentArch
 from kdnas.space.inheritance import InheritanceSource, inherit
 from kdnas.space.search_space import kd_recipe
+from kdnas.teachers.loading import load_tokenizer
 
 Report = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]

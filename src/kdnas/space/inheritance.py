@@ -4,7 +4,7 @@ A student of ``L`` layers, ``A`` heads of size ``d`` and FFN size ``F`` takes ``
 spread, or the most important), in each the ``A`` most important heads and the ``F`` most important FFN neurons,
 and everywhere the ``A·d`` most important hidden channels: embeddings (word, position, token type), every matrix
 and LayerNorm, pooler and classifier. Importance comes from
-``kdnas.objectives.importance.activation_importance``, computed once per study. Where a shape cannot inherit
+``kdnas.teachers.importance.activation_importance``, computed once per study. Where a shape cannot inherit
 (another head size, more heads, layers, channels or neurons than the teacher has), the affected part keeps its
 random initialisation and the record says why. A student of the teacher's full shape is an exact copy.
 """
@@ -49,9 +49,10 @@ def importance_from_tensors(tensors: dict[str, torch.Tensor]) -> Importance:
     return Importance(tensors["layers"], tensors["heads"], tensors["neurons"], tensors["channels"])
 
 
-def select_layers(student_layers: int, teacher_layers: int, rule: LayerRule,
-                  layer_scores: torch.Tensor | None = None) -> list[int]:
-    """The teacher layers (0-based, ascending) a student of ``student_layers`` layers takes.
+def inheritance_layer_map(student_layers: int, teacher_layers: int, rule: LayerRule,
+                          layer_scores: torch.Tensor | None = None) -> list[int]:
+    """The teacher layer each student layer is sliced from: a layer map (see :mod:`kdnas.space`), 0-based and
+    ascending.
 
     ``uniform`` spreads the student over the teacher, first and last layer included (rounded
     ``linspace(0, T−1, S)``: DistilBERT's ``[0, 2, 4, 7, 9, 11]`` for 6 of 12); ``importance`` takes the
@@ -173,7 +174,7 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
     if layers > source.num_layers:
         random["encoder"] = f"{layers} layers, teacher {source.teacher!r} only {source.num_layers}"
         return {**record, "init": "partial", "hidden_channels": width, "random": random}
-    chosen_layers = select_layers(layers, source.num_layers, source.rule, importance.layers)
+    chosen_layers = inheritance_layer_map(layers, source.num_layers, source.rule, importance.layers)
     if head_dim != source.head_dim:
         random["attention"] = f"head size {head_dim}, the teacher {source.head_dim}"
     elif heads > source.num_heads:

@@ -18,8 +18,9 @@ from transformers import PreTrainedModel
 
 from kdnas.data import TaskData
 from kdnas.objectives.batches import Encoded, batch_at, index_batches
-from kdnas.objectives.teachers import Teacher, logits_cache_key, save_atomically
 from kdnas.space.inheritance import Importance, importance_from_tensors
+from kdnas.teachers.loading import Teacher
+from kdnas.teachers.logits import logits_cache_key, save_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,112 @@
+"""What every trial of a search shares, prepared once by the driver: the tokenised task and transfer set, the teachers'
+logits, the intermediate-KD teachers and the inheritance source; budgets no student could meet are refused."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from kdnas.config import ConfigError, KDNASConfig
+from kdnas.data import TaskData
+from kdnas.data.augment import augment_texts
+from kdnas.data.transfer import TransferSet, load_transfer_texts
+from kdnas.objectives.batches import concat, encode
+from kdnas.objectives.latency_cache import latency_cache_dir
+from kdnas.search.trial import TrialInputs, build_and_measure
+from kdnas.space.inheritance import InheritanceSource, inheritance_source
+from kdnas.space.search_space import smallest_student
+from kdnas.teachers.importance import cached_importance
+from kdnas.teachers.loading import driver_device, load_tokenizer
+from kdnas.teachers.roles import inheritance_teacher, intermediate_teachers, vocabulary_teachers
+
+logger = logging.getLogger(__name__)
+
+
+UNLABELLED = -100
+"""The label of a transfer example: cross-entropy ignores it, KD does not."""
+
+
+def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> InheritanceSource | None:
+    """The inheritance teacher's weights and importance (ranked once on a seeded calibration subset, cached)."""
+    teacher = inheritance_teacher(config, task)
+    if teacher is None:
+        return None
+    inherit, texts = config.student.inherit, task.texts("train")
+    rows = sorted(random.Random(config.data.seed).sample(range(len(texts)), min(inherit.calibration_size, len(texts))))
+    max_length = config.data.max_seq_length
+    calibration = encode(teacher.tokenizer, [texts[i] for i in rows], [0] * len(rows), max_length)
+    importance, file = cached_importance(teacher, task, calibration, max_length, cache_dir, driver_device())
+    teacher.model.to("cpu")
+    return inheritance_source(teacher.name, teacher.model, importance, inherit.layers, calibration=len(rows),
+                              cache_file=file.name)
+
+
+def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None = None) -> TransferSet | None:
+    """The configured transfer texts (``found``, loaded when not given) plus augmented copies of the training texts;
+    None when there are none.
+
+    Augmentation draws neighbours from the input embeddings of a teacher that tokenises like the students
+    (``student.inherit.teacher`` when it is one); without such a teacher, automatic augmentation is skipped with a
+    warning and configured augmentation is an error.
+    """
+    settings, copies = config.data.transfer, config.data.augment_copies
+    found = load_transfer_texts(config.data, task) if found is None else found
+    augmented: list = []
+    teachers = sorted(vocabulary_teachers(config, task), key=lambda t: t.name != config.student.inherit.teacher) \
+        if copies else []
+    if copies and not teachers:
+        problem = f"no teacher uses the students' vocabulary (student.tokenizer {config.student.tokenizer!r})"
+        if settings.augment_copies is not None:
+            raise ConfigError(f"data.transfer.augment_copies: {problem} to draw word neighbours from")
+        logger.warning("no augmented transfer set: %s", problem)
+    elif copies:
+        embeddings = teachers[0].model.get_input_embeddings().weight.detach()
+        augmented = augment_texts(task.texts("train"), load_tokenizer(config.student.tokenizer), embeddings,
+                                  copies=copies, replace_prob=settings.replace_prob,
+                                  neighbours=settings.neighbours, seed=config.data.seed)
+    if not found.texts and not augmented:
+        return None
+    sources = {**found.sources, **({"augmented": len(augmented)} if augmented else {})}
+    transfer = TransferSet(found.texts + augmented, sources)
+    logger.info("transfer set: %d texts (%s)", len(transfer), ", ".join(f"{k} {v}" for k, v in sources.items()))
+    return transfer
+
+
+def prepare_inputs(
+    config: KDNASConfig, task: TaskData, teacher_logits: torch.Tensor, transfer: TransferSet | None = None
+) -> TrialInputs:
+    """Tokenise the task (and the transfer set, unlabelled) for students once, for every trial; load the
+    intermediate-KD teachers and the inheritance source."""
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    max_length = config.data.max_seq_length
+    train = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
+    if transfer:
+        train = concat(train, encode(tokenizer, transfer.texts, [UNLABELLED] * len(transfer), max_length))
+    return TrialInputs(
+        config=config,
+        metric=task.metric,
+        label_names=task.label_names,
+        train=train,
+        eval=encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length),
+        teacher_names=tuple(t.name for t in config.teachers),
+        teacher_logits=teacher_logits,
+        students_dir=str((Path(config.output_dir) / "students" / config.search.study_name).resolve()),
+        intermediate_teachers=intermediate_teachers(config, task),
+        latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
+        inherit=inheritance(config, task, Path(config.output_dir) / "cache"),
+        transfer_rows=len(transfer) if transfer else 0,
+    )
+
+
+def check_budgets_reachable(inputs: TrialInputs) -> None:
+    """Refuse a latency or size budget that even the space's smallest student exceeds (every trial would be wasted)."""
+    config = inputs.config
+    if config.latency.budget_ms is None and config.student.max_params is None:
+        return
+    arch = smallest_student(config.student.space)
+    over = build_and_measure(arch, inputs).over_budget
+    if over:
+        raise ConfigError(f"no student of student.space fits the budget: even the smallest, {arch.summary}, has {over}")

