@@ -6,6 +6,11 @@ dashboard) import their names from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import TrialState
+
 # Keys of a worker's Tune result (``search/trial.py`` reports them, ``search/searcher.py`` stores them).
 LATENCY_KEY = "latency_ms"
 """The student's measured latency: the second objective."""
@@ -31,6 +36,8 @@ PRUNED_ATTR = "pruned_reason"
 """Why a PRUNED trial stopped (infeasible, stopped early, time budget, a repeat of a student still training)."""
 RESTARTS_ATTR = "restarts"
 """How often Tune restarted the trial from its checkpoint."""
+RETRY_ATTR = "retry_of"
+"""On a trial enqueued again after its driver was lost: the number of the trial it retries."""
 RECIPE_ATTR = "recipe"
 """Hash of the configuration the trial's student was (or is being) trained under."""
 DUPLICATE_ATTR = "duplicate_of"
@@ -50,3 +57,14 @@ FINGERPRINT_ATTR = "fingerprint"
 
 STUDENT_FILES = ("config.json", "model.safetensors")
 """The files of a saved student."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial is told to Optuna: its state, values, user attrs, reason (PRUNED or FAIL) and constraints."""
+
+    state: TrialState
+    values: list[float] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    constraints: dict[str, float] = field(default_factory=dict)

@@ -11,12 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.records import COST_ATTRS, DUPLICATE_ATTR, RECIPE_ATTR
+from kdnas.records import (
+    COST_ATTRS,
+    DUPLICATE_ATTR,
+    FAILURE_ATTR,
+    PRUNED_ATTR,
+    RECIPE_ATTR,
+    RESTARTS_ATTR,
+    RETRY_ATTR,
+    Outcome,
+)
 
 TIME_BUDGET_REASON = "stopped when the search's time budget ran out"
 """How a student cut short by the search's time budget is PRUNED: not a property of the student, so it may rerun."""
@@ -50,7 +58,7 @@ def holds_student(trial: FrozenTrial) -> bool:
     if is_repeat(trial) or not trial.params:
         return False
     if trial.state == TrialState.PRUNED:
-        return not str(trial.user_attrs.get("pruned_reason", "")).startswith(TIME_BUDGET_REASON)
+        return not str(trial.user_attrs.get(PRUNED_ATTR, "")).startswith(TIME_BUDGET_REASON)
     return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
 
 
@@ -63,28 +71,17 @@ def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, Froz
     return known
 
 
-@dataclass(frozen=True)
-class Repeat:
-    """How a repeat of ``original`` is told to Optuna: its state, values, attrs, reason and constraints."""
-
-    state: TrialState
-    values: list[float] | None
-    attrs: dict[str, Any]
-    reason: str | None = None
-    constraints: dict[str, float] = field(default_factory=dict)
-
-
-def repeat_of(original: FrozenTrial) -> Repeat:
+def repeat_of(original: FrozenTrial) -> Outcome:
     """The record of a repeat of ``original``'s student: its result without training (no training times)."""
     attrs = {k: v for k, v in original.user_attrs.items()
-             if k not in COST_ATTRS and k not in ("pruned_reason", "failure_reason", "restarts", "retry_of")}
+             if k not in COST_ATTRS and k not in (PRUNED_ATTR, FAILURE_ATTR, RESTARTS_ATTR, RETRY_ATTR)}
     attrs[DUPLICATE_ATTR] = original.number
     if original.state == TrialState.COMPLETE:
-        return Repeat(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
+        return Outcome(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
     if original.state == TrialState.PRUNED:
-        reason = f"the same student as trial {original.number}: {original.user_attrs.get('pruned_reason', 'pruned')}"
-        return Repeat(TrialState.PRUNED, None, attrs, reason, dict(original.constraints))
-    return Repeat(TrialState.PRUNED, None, attrs,
+        reason = f"the same student as trial {original.number}: {original.user_attrs.get(PRUNED_ATTR, 'pruned')}"
+        return Outcome(TrialState.PRUNED, None, attrs, reason, dict(original.constraints))
+    return Outcome(TrialState.PRUNED, None, attrs,
                   f"the same student as trial {original.number}, which was training: not trained twice")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.records import DRIVER_ATTR, FAILURE_ATTR, HEARTBEAT_ATTR
+from kdnas.records import DRIVER_ATTR, FAILURE_ATTR, HEARTBEAT_ATTR, RETRY_ATTR
 from kdnas.search.duplicates import is_repeat
 from kdnas.search.study import HEARTBEAT_INTERVAL_S
 
@@ -92,7 +92,7 @@ def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage)
             continue  # finished meanwhile (e.g. another driver reconciled it)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
         released += 1
     return released
 

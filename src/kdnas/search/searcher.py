@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ from kdnas.records import (
     PRUNED_ATTR,
     RESTARTS_ATTR,
     TRIAL_NUMBER_KEY,
+    Outcome,
 )
 from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, known_students, repeat_of, student_key
 from kdnas.search.orphans import counts_toward_budget, this_driver
@@ -66,15 +67,15 @@ def retrying(operation: Callable[[], Any]) -> Any:
             time.sleep(attempt)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How a finished Tune trial is told to Optuna."""
-
-    state: TrialState
-    values: list[float] | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
-    constraints: dict[str, float] = field(default_factory=dict)
+def tell_outcome(ot_trial: optuna.Trial, outcome: Outcome) -> None:
+    """Write ``outcome``'s attrs, reason (PRUNED or FAIL) and constraints on ``ot_trial``, then tell it."""
+    for key, value in outcome.attrs.items():
+        ot_trial.set_user_attr(key, value)
+    if outcome.reason:
+        ot_trial.set_user_attr(PRUNED_ATTR if outcome.state == TrialState.PRUNED else FAILURE_ATTR, outcome.reason)
+    for key, value in outcome.constraints.items():
+        ot_trial.set_constraint(key, value)
+    ot_trial.study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
 
 
 def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str], restarts: int = 0) -> Outcome:
@@ -194,14 +195,7 @@ class KDNASSearch(Searcher):
 
         def tell() -> None:
             try:
-                for key, value in outcome.attrs.items():
-                    ot_trial.set_user_attr(key, value)
-                if outcome.reason:
-                    reason_key = PRUNED_ATTR if outcome.state == TrialState.PRUNED else FAILURE_ATTR
-                    ot_trial.set_user_attr(reason_key, outcome.reason)
-                for key, value in outcome.constraints.items():
-                    ot_trial.set_constraint(key, value)
-                ot_trial.study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
+                tell_outcome(ot_trial, outcome)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # already told, e.g. before a restore
 
@@ -320,14 +314,7 @@ class KDNASSearch(Searcher):
 
     def _tell_repeat(self, ot_trial: optuna.Trial, original: FrozenTrial) -> None:
         """Record ``ot_trial`` as a repeat of ``original``: its result (COMPLETE or PRUNED), never trained."""
-        repeat = repeat_of(original)
-        for key, value in repeat.attrs.items():
-            ot_trial.set_user_attr(key, value)
-        if repeat.reason:
-            ot_trial.set_user_attr(PRUNED_ATTR, repeat.reason)
-        for key, value in repeat.constraints.items():
-            ot_trial.set_constraint(key, value)
-        ot_trial.study.tell(ot_trial, repeat.values, state=repeat.state)
+        tell_outcome(ot_trial, repeat_of(original))
         logger.info("trial %d %s: the same student as trial %d, its result reused without training",
                     ot_trial.number, original.user_attrs.get("arch_summary", ""), original.number)
 
