@@ -45,8 +45,9 @@ def require_sst2(name: str, cli_value: str | None, *, configure_logging: bool = 
     return data
 
 
-def sst2_sections(data: Path, train_samples: int, teacher_epochs: float = 1.0, *,
-                  gpt2_teacher: bool = True) -> dict[str, Any]:
+def sst2_sections(
+    data: Path, train_samples: int, teacher_epochs: float = 1.0, *, gpt2_teacher: bool = True
+) -> dict[str, Any]:
     """The ``data`` and ``teachers`` config sections shared by the benchmarks.
 
     ``data``: SST-2 ``train.tsv``/``dev.tsv`` from ``data``, sequences of 64 tokens, ``train_samples`` training
@@ -57,23 +58,37 @@ def sst2_sections(data: Path, train_samples: int, teacher_epochs: float = 1.0, *
         {"name": "minilm", "model": "minilm", "fit": {"epochs": teacher_epochs, "learning_rate": 5e-5}},
     ]
     if gpt2_teacher:
-        teachers.append({"name": "gpt2", "model": "gpt2",
-                         "scratch": {"layers": 2, "hidden": 256, "heads": 4, "vocab_size": 8000},
-                         "fit": {"epochs": 3, "learning_rate": 5e-4}})
+        teachers.append(
+            {
+                "name": "gpt2",
+                "model": "gpt2",
+                "scratch": {"layers": 2, "hidden": 256, "heads": 4, "vocab_size": 8000},
+                "fit": {"epochs": 3, "learning_rate": 5e-4},
+            }
+        )
     return {
-        "data": {"source": "files", "train_file": str(data / "train.tsv"), "validation_file": str(data / "dev.tsv"),
-                 "max_seq_length": 64, "max_train_samples": train_samples},
+        "data": {
+            "source": "files",
+            "train_file": str(data / "train.tsv"),
+            "validation_file": str(data / "dev.tsv"),
+            "max_seq_length": 64,
+            "max_train_samples": train_samples,
+        },
         "teachers": teachers,
     }
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, name: str, train_samples: int,
-                    output_dir: str | None = None) -> None:
+def add_common_args(
+    parser: argparse.ArgumentParser, *, name: str, train_samples: int, output_dir: str | None = None
+) -> None:
     """Add the flags every benchmark has: ``--data``, ``--train-samples`` (default ``train_samples``), ``--out``
     (default ``benchmarks/results/<name>.json``) and, when ``output_dir`` is given, ``--output-dir`` (default
     ``runs/<output_dir>`` in the checkout)."""
-    parser.add_argument("--data", help="SST-2 folder with train.tsv and dev.tsv (default: $KDNAS_SST2_DIR or "
-                                       "../shared/data/sst2 beside the checkout)")
+    parser.add_argument(
+        "--data",
+        help="SST-2 folder with train.tsv and dev.tsv (default: $KDNAS_SST2_DIR or "
+        "../shared/data/sst2 beside the checkout)",
+    )
     parser.add_argument("--train-samples", type=int, default=train_samples)
     if output_dir is not None:
         parser.add_argument("--output-dir", default=str(REPO / "runs" / output_dir))

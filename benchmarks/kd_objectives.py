@@ -44,7 +44,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "2 teachers, gradient-space (AE-KD)": {"combiner": "gradient"},
     "2 teachers, mean + EMD intermediate": {"combiner": "mean", "intermediate": {"enabled": True, "layer_map": "emd"}},
     "2 teachers, mean + uniform intermediate": {
-        "combiner": "mean", "intermediate": {"enabled": True, "layer_map": "uniform"}
+        "combiner": "mean",
+        "intermediate": {"enabled": True, "layer_map": "uniform"},
     },
 }
 
@@ -88,8 +89,15 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             result = run_trial(student, inputs, trial_number=number, device="cpu", report=lambda _: None)
             seconds = time.perf_counter() - started
-            runs.append({"recipe": name, "seed": seed, "accuracy": result[task.metric], "seconds": seconds,
-                         "kd": config.model_dump(mode="json")["kd"]})
+            runs.append(
+                {
+                    "recipe": name,
+                    "seed": seed,
+                    "accuracy": result[task.metric],
+                    "seconds": seconds,
+                    "kd": config.model_dump(mode="json")["kd"],
+                }
+            )
             logging.info("%s seed %d: accuracy %.4f in %.0f s", name, seed, result[task.metric], seconds)
             number += 1
 
@@ -97,25 +105,38 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.recipes:
         accs = [r["accuracy"] for r in runs if r["recipe"] == name]
         secs = [r["seconds"] for r in runs if r["recipe"] == name]
-        summary.append({"recipe": name, "mean": statistics.mean(accs), "std": statistics.pstdev(accs),
-                        "min": min(accs), "max": max(accs), "seconds_mean": statistics.mean(secs)})
-    out = write_result(args.out, {
-        "benchmark": "kd_objectives",
-        "student": student,
-        "train_examples": len(task.train),
-        "eval_examples": len(task.eval),
-        "epochs": args.epochs,
-        "seeds": args.seeds,
-        "threads": args.threads,
-        "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
-        "teacher_seconds": teacher_seconds,
-        "config": kdnas.load_config(base).model_dump(mode="json"),
-        "summary": summary,
-        "runs": runs,
-    })
+        summary.append(
+            {
+                "recipe": name,
+                "mean": statistics.mean(accs),
+                "std": statistics.pstdev(accs),
+                "min": min(accs),
+                "max": max(accs),
+                "seconds_mean": statistics.mean(secs),
+            }
+        )
+    out = write_result(
+        args.out,
+        {
+            "benchmark": "kd_objectives",
+            "student": student,
+            "train_examples": len(task.train),
+            "eval_examples": len(task.eval),
+            "epochs": args.epochs,
+            "seeds": args.seeds,
+            "threads": args.threads,
+            "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
+            "teacher_seconds": teacher_seconds,
+            "config": kdnas.load_config(base).model_dump(mode="json"),
+            "summary": summary,
+            "runs": runs,
+        },
+    )
     for row in summary:
-        print(f"kd_objectives: {row['recipe']:<42} accuracy {row['mean']:.4f} ± {row['std']:.4f} "
-              f"(min {row['min']:.4f}, max {row['max']:.4f}; {row['seconds_mean']:.0f} s/run)")
+        print(
+            f"kd_objectives: {row['recipe']:<42} accuracy {row['mean']:.4f} ± {row['std']:.4f} "
+            f"(min {row['min']:.4f}, max {row['max']:.4f}; {row['seconds_mean']:.0f} s/run)"
+        )
     print(f"kd_objectives: results in {out}")
 
 

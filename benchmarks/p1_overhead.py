@@ -54,12 +54,18 @@ def search_config(data: Path, args: argparse.Namespace, output_dir: Path, study_
     return {
         "output_dir": str(output_dir),
         **sst2_sections(data, args.train_samples),
-        "student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2, 4], "head_dim": [16, 32],
-                              "ffn_ratio": [1, 2]}},
+        "student": {
+            "space": {"depth": {"min": 1, "max": 2}, "heads": [2, 4], "head_dim": [16, 32], "ffn_ratio": [1, 2]}
+        },
         "training": {"epochs": args.epochs, "seed": args.seed},
-        "search": {"study_name": study_name, "n_trials": args.trials, "seed": args.seed,
-                   "max_concurrent_trials": 1, "resources_per_trial": {"cpu": args.trial_cpus},
-                   "early_stopping": {"mode": "off"}},
+        "search": {
+            "study_name": study_name,
+            "n_trials": args.trials,
+            "seed": args.seed,
+            "max_concurrent_trials": 1,
+            "resources_per_trial": {"cpu": args.trial_cpus},
+            "early_stopping": {"mode": "off"},
+        },
     }
 
 
@@ -82,12 +88,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4, help="student epochs (default 4, kdnas's default)")
     parser.add_argument("--seed", type=int, default=0, help="sampler and training seed")
-    parser.add_argument("--trial-cpus", type=float, default=1.0, help="search.resources_per_trial.cpu (default 1, "
-                                                                      "kdnas's default; torch threads per trial)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the driver, i.e. teacher fitting "
-                                                                 "(default 1: 2 threads on 2 busy cores run slower)")
-    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "bench-p1"),
-                        help="a fresh output directory is made in here for every run")
+    parser.add_argument(
+        "--trial-cpus",
+        type=float,
+        default=1.0,
+        help="search.resources_per_trial.cpu (default 1, kdnas's default; torch threads per trial)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the driver, i.e. teacher fitting (default 1: 2 threads on 2 busy cores run slower)",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        default=str(REPO / "runs" / "bench-p1"),
+        help="a fresh output directory is made in here for every run",
+    )
     args = parser.parse_args(argv)
     data = require_sst2(NAME, args.data)
     torch.set_num_threads(args.threads)
@@ -129,14 +146,17 @@ def main(argv: list[str] | None = None) -> None:
             asked = t.datetime_start.timestamp()
             told = t.datetime_complete.timestamp() if t.datetime_complete else None
             latency = attrs.get("latency", {})
-            row.update({
-                "compute_s": training_seconds(t),
-                "asked_to_train_s": attrs["train_started_at"] - asked,
-                "trained_to_told_s": (told - attrs["train_finished_at"]) if told else None,
-                "latency_cached": latency.get("cached"),
-                "latency_measure_s_est": 0.0 if latency.get("cached") else
-                (latency.get("warmup", 0) + latency.get("runs", 0)) * latency.get("median_ms", 0.0) / 1000,
-            })
+            row.update(
+                {
+                    "compute_s": training_seconds(t),
+                    "asked_to_train_s": attrs["train_started_at"] - asked,
+                    "trained_to_told_s": (told - attrs["train_finished_at"]) if told else None,
+                    "latency_cached": latency.get("cached"),
+                    "latency_measure_s_est": 0.0
+                    if latency.get("cached")
+                    else (latency.get("warmup", 0) + latency.get("runs", 0)) * latency.get("median_ms", 0.0) / 1000,
+                }
+            )
         row["tune_time_total_s"] = tune_total.get(t.number)
         rows.append(row)
 
@@ -146,8 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     per_trial = (wall - compute) / len(trials)
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
-    gaps = [b.datetime_start.timestamp() - a.datetime_complete.timestamp()
-            for a, b in zip(trials, trials[1:]) if a.datetime_complete and b.datetime_start]
+    gaps = [
+        b.datetime_start.timestamp() - a.datetime_complete.timestamp()
+        for a, b in zip(trials, trials[1:])
+        if a.datetime_complete and b.datetime_start
+    ]
     breakdown = {
         "driver_setup_s": min(starts) - wall_start,
         "asked_to_train_s_sum": sum(r.get("asked_to_train_s", 0.0) for r in rows),
@@ -159,38 +182,43 @@ def main(argv: list[str] | None = None) -> None:
     tune_sum = sum(v for v in tune_total.values())
     tune_ratio = wall / tune_sum if len(tune_total) == len(trials) and tune_sum > 0 else None
 
-    path = write_result(args.out, {
-        "benchmark": NAME,
-        "target": f"wall / sum(trial compute) <= {TARGET}",
-        "compute_definition": "sum over trials of user_attrs train_finished_at - train_started_at (training, "
-                              "per-epoch evaluation, saving the student); 0 for a repeat of a student the study "
-                              "holds (its result reused, nothing trained)",
-        "ratio": ratio,
-        "meets_target": ratio <= TARGET,
-        "per_trial_overhead_s": per_trial,
-        "wall_s": wall,
-        "compute_s": compute,
-        "tune_time_total_s_sum": tune_sum if tune_total else None,
-        "ratio_vs_tune_time_total_s": tune_ratio,
-        "breakdown_s": breakdown,
-        "teacher_seconds_before_clock": teacher_seconds,
-        "trials": len(trials),
-        "states": states,
-        "repeats": repeats,
-        "train_examples": len(task.train),
-        "eval_examples": len(task.eval),
-        "seeds": {"sampler": args.seed, "training": args.seed, "data_subset": config.data.seed},
-        "args": vars(args),
-        "study": {"name": study_name, "storage": config.storage_url, "output_dir": str(output_dir)},
-        "config": config.model_dump(mode="json"),
-        "per_trial": rows,
-    })
+    path = write_result(
+        args.out,
+        {
+            "benchmark": NAME,
+            "target": f"wall / sum(trial compute) <= {TARGET}",
+            "compute_definition": "sum over trials of user_attrs train_finished_at - train_started_at (training, "
+            "per-epoch evaluation, saving the student); 0 for a repeat of a student the study "
+            "holds (its result reused, nothing trained)",
+            "ratio": ratio,
+            "meets_target": ratio <= TARGET,
+            "per_trial_overhead_s": per_trial,
+            "wall_s": wall,
+            "compute_s": compute,
+            "tune_time_total_s_sum": tune_sum if tune_total else None,
+            "ratio_vs_tune_time_total_s": tune_ratio,
+            "breakdown_s": breakdown,
+            "teacher_seconds_before_clock": teacher_seconds,
+            "trials": len(trials),
+            "states": states,
+            "repeats": repeats,
+            "train_examples": len(task.train),
+            "eval_examples": len(task.eval),
+            "seeds": {"sampler": args.seed, "training": args.seed, "data_subset": config.data.seed},
+            "args": vars(args),
+            "study": {"name": study_name, "storage": config.storage_url, "output_dir": str(output_dir)},
+            "config": config.model_dump(mode="json"),
+            "per_trial": rows,
+        },
+    )
     tune_part = f", {tune_ratio:.3f} vs Tune's time_total_s" if tune_ratio is not None else ""
-    print(f"{NAME}: {len(trials)} trials ({repeats} repeats reused, not trained), "
-          f"wall {wall:.1f} s / trial compute {compute:.1f} s = {ratio:.3f} "
-          f"(target ≤ {TARGET}{tune_part}); overhead {per_trial:.2f} s per trial "
-          f"(set-up {breakdown['driver_setup_s']:.1f} s, median trial compute "
-          f"{statistics.median(r['compute_s'] for r in rows if r.get('compute_s')):.1f} s) → {path}")
+    print(
+        f"{NAME}: {len(trials)} trials ({repeats} repeats reused, not trained), "
+        f"wall {wall:.1f} s / trial compute {compute:.1f} s = {ratio:.3f} "
+        f"(target ≤ {TARGET}{tune_part}); overhead {per_trial:.2f} s per trial "
+        f"(set-up {breakdown['driver_setup_s']:.1f} s, median trial compute "
+        f"{statistics.median(r['compute_s'] for r in rows if r.get('compute_s')):.1f} s) → {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -65,12 +65,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each variant (median)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every run")
-    parser.add_argument("--student", default="2,4,32,4", help="layers,heads,head_dim,ffn_ratio (default 2,4,32,4: "
-                                                             "2 layers, width 128)")
-    parser.add_argument("--combiner", choices=["mean", "confidence", "gradient"], default="mean",
-                        help="how the two teachers are combined in the KD run (default mean)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the timed runs (default 1, as a "
-                                                                 "search trial with resources_per_trial.cpu 1)")
+    parser.add_argument(
+        "--student", default="2,4,32,4", help="layers,heads,head_dim,ffn_ratio (default 2,4,32,4: 2 layers, width 128)"
+    )
+    parser.add_argument(
+        "--combiner",
+        choices=["mean", "confidence", "gradient"],
+        default="mean",
+        help="how the two teachers are combined in the KD run (default mean)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the timed runs (default 1, as a search trial with resources_per_trial.cpu 1)",
+    )
     args = parser.parse_args(argv)
     data = require_sst2(NAME, args.data)
     student = parse_student(args.student)
@@ -92,8 +101,12 @@ def main(argv: list[str] | None = None) -> None:
         result = run_trial(student, inputs[name], trial_number=number, device="cpu", report=lambda _: None)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         attrs = json.loads(result[ATTRS_KEY])
-        return {"seconds": seconds, "cpu_s": cpu_seconds,
-                "train_s": attrs["train_finished_at"] - attrs["train_started_at"], task.metric: result[task.metric]}
+        return {
+            "seconds": seconds,
+            "cpu_s": cpu_seconds,
+            "train_s": attrs["train_finished_at"] - attrs["train_started_at"],
+            task.metric: result[task.metric],
+        }
 
     warmup = {name: timed(name, 0)["seconds"] for name in variants}  # untimed: fills the latency cache
     runs: list[dict[str, Any]] = []
@@ -102,45 +115,57 @@ def main(argv: list[str] | None = None) -> None:
         for name in order:
             run = {"variant": name, "repeat": repeat, **timed(name, repeat + 1)}
             runs.append(run)
-            logging.info("%s repeat %d: %.2f s (training %.2f s), %s %.4f",
-                         name, repeat, run["seconds"], run["train_s"], task.metric, run[task.metric])
+            logging.info(
+                "%s repeat %d: %.2f s (training %.2f s), %s %.4f",
+                name,
+                repeat,
+                run["seconds"],
+                run["train_s"],
+                task.metric,
+                run[task.metric],
+            )
 
     seconds = {name: [r["seconds"] for r in runs if r["variant"] == name] for name in variants}
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     train_medians = {name: statistics.median(r["train_s"] for r in runs if r["variant"] == name) for name in variants}
     cpu_medians = {name: statistics.median(r["cpu_s"] for r in runs if r["variant"] == name) for name in variants}
     ratio = medians["kd"] / medians["ce"]
-    path = write_result(args.out, {
-        "benchmark": NAME,
-        "target": f"median run_trial seconds, 2-teacher KD / CE only <= {TARGET}",
-        "ratio": ratio,
-        "meets_target": ratio <= TARGET,
-        "median_s": medians,
-        "train_only_ratio": train_medians["kd"] / train_medians["ce"],
-        "train_only_median_s": train_medians,
-        "cpu_time_ratio": cpu_medians["kd"] / cpu_medians["ce"],
-        "cpu_time_median_s": cpu_medians,
-        "min_s": {name: min(values) for name, values in seconds.items()},
-        "max_s": {name: max(values) for name, values in seconds.items()},
-        "warmup_s": warmup,
-        "student": student,
-        "combiner": args.combiner,
-        "train_examples": len(task.train),
-        "eval_examples": len(task.eval),
-        "epochs": args.epochs,
-        "repeats": args.repeats,
-        "seeds": {"training": args.seed, "data_subset": config.data.seed},
-        "threads": args.threads,
-        "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
-        "teacher_seconds": teacher_seconds,
-        "args": vars(args),
-        "config": {name: kdnas.load_config(raw).model_dump(mode="json") for name, raw in variants.items()},
-        "runs": runs,
-    })
-    print(f"{NAME}: 2-teacher KD ({args.combiner}) {medians['kd']:.2f} s vs CE only {medians['ce']:.2f} s per trial "
-          f"= {ratio:.3f} (target ≤ {TARGET}; training alone {train_medians['kd'] / train_medians['ce']:.3f}, CPU time "
-          f"{cpu_medians['kd'] / cpu_medians['ce']:.3f}; "
-          f"median of {args.repeats}, {len(task.train)} examples × {args.epochs} epochs) → {path}")
+    path = write_result(
+        args.out,
+        {
+            "benchmark": NAME,
+            "target": f"median run_trial seconds, 2-teacher KD / CE only <= {TARGET}",
+            "ratio": ratio,
+            "meets_target": ratio <= TARGET,
+            "median_s": medians,
+            "train_only_ratio": train_medians["kd"] / train_medians["ce"],
+            "train_only_median_s": train_medians,
+            "cpu_time_ratio": cpu_medians["kd"] / cpu_medians["ce"],
+            "cpu_time_median_s": cpu_medians,
+            "min_s": {name: min(values) for name, values in seconds.items()},
+            "max_s": {name: max(values) for name, values in seconds.items()},
+            "warmup_s": warmup,
+            "student": student,
+            "combiner": args.combiner,
+            "train_examples": len(task.train),
+            "eval_examples": len(task.eval),
+            "epochs": args.epochs,
+            "repeats": args.repeats,
+            "seeds": {"training": args.seed, "data_subset": config.data.seed},
+            "threads": args.threads,
+            "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
+            "teacher_seconds": teacher_seconds,
+            "args": vars(args),
+            "config": {name: kdnas.load_config(raw).model_dump(mode="json") for name, raw in variants.items()},
+            "runs": runs,
+        },
+    )
+    print(
+        f"{NAME}: 2-teacher KD ({args.combiner}) {medians['kd']:.2f} s vs CE only {medians['ce']:.2f} s per trial "
+        f"= {ratio:.3f} (target ≤ {TARGET}; training alone {train_medians['kd'] / train_medians['ce']:.3f}, CPU time "
+        f"{cpu_medians['kd'] / cpu_medians['ce']:.3f}; "
+        f"median of {args.repeats}, {len(task.train)} examples × {args.epochs} epochs) → {path}"
+    )
 
 
 if __name__ == "__main__":

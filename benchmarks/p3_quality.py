@@ -47,9 +47,12 @@ from kdnas.teachers.fitting import RECORD_FILE
 from kdnas.teachers.logits import teacher_reference
 
 NAME = "p3_quality"
-TARGETS = {"a": "best student at >= 4x lower latency within 2.0 points of the teacher",
-           "b": "inherited - random >= +3.0 points mean", "c": "transfer set (KD) - hard labels only >= +1.0 point",
-           "d": "2 teachers - the better one alone >= +0.5 point"}
+TARGETS = {
+    "a": "best student at >= 4x lower latency within 2.0 points of the teacher",
+    "b": "inherited - random >= +3.0 points mean",
+    "c": "transfer set (KD) - hard labels only >= +1.0 point",
+    "d": "2 teachers - the better one alone >= +0.5 point",
+}
 ARCHS = ["1,4,32,2", "2,6,32,2", "3,8,32,2"]  # L1-H128, L2-H192, L3-H256: MiniLM's head size, FFN 2x
 SPEEDUP = 4.0
 
@@ -62,8 +65,15 @@ def fitted_teacher(data: Path, args: argparse.Namespace, name: str, seed: int) -
     kdnas.fit_teachers(config)
     path = Path(args.output_dir) / "teachers" / name
     record = json.loads((path / RECORD_FILE).read_text())
-    return {"name": name, "path": str(path.resolve()), "seed": seed, "train_examples": args.teacher_samples,
-            "epochs": args.teacher_epochs, "dev_accuracy": record["value"], "fit_seconds": record.get("fit_seconds")}
+    return {
+        "name": name,
+        "path": str(path.resolve()),
+        "seed": seed,
+        "train_examples": args.teacher_samples,
+        "epochs": args.teacher_epochs,
+        "dev_accuracy": record["value"],
+        "fit_seconds": record.get("fit_seconds"),
+    }
 
 
 def student_raw(sst2: Path, args: argparse.Namespace, teachers: list[dict[str, Any]], **sections: Any) -> dict:
@@ -111,29 +121,58 @@ class Runs:
         inputs, metric = self.prepared[key]
         config = kdnas.load_config({**raw, "training": {**raw.get("training", {}), "seed": seed}})
         started = time.perf_counter()
-        result = run_trial(parse_student(arch), replace(inputs, config=config), trial_number=len(self.runs),
-                           device="cpu", report=lambda _: None)
+        result = run_trial(
+            parse_student(arch),
+            replace(inputs, config=config),
+            trial_number=len(self.runs),
+            device="cpu",
+            report=lambda _: None,
+        )
         attrs = json.loads(result["kdnas_attrs"])
-        self.runs.append({"variant": variant, "config_key": key, "arch": attrs["arch_summary"], "arch_spec": arch,
-                          "seed": seed,
-                          "value": result[metric], "latency_ms": result["latency_ms"], "init": attrs["init"]["init"],
-                          "learning_rate": attrs["learning_rate"], "train_rows": attrs["train_rows"],
-                          "seconds": round(time.perf_counter() - started, 1)})
+        self.runs.append(
+            {
+                "variant": variant,
+                "config_key": key,
+                "arch": attrs["arch_summary"],
+                "arch_spec": arch,
+                "seed": seed,
+                "value": result[metric],
+                "latency_ms": result["latency_ms"],
+                "init": attrs["init"]["init"],
+                "learning_rate": attrs["learning_rate"],
+                "train_rows": attrs["train_rows"],
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         with self.journal.open("a") as handle:
             handle.write(json.dumps(self.runs[-1]) + "\n")
-        logging.info("%s %s seed %d: %s %.4f (%.0f s)", variant, attrs["arch_summary"], seed, metric,
-                     result[metric], self.runs[-1]["seconds"])
+        logging.info(
+            "%s %s seed %d: %s %.4f (%.0f s)",
+            variant,
+            attrs["arch_summary"],
+            seed,
+            metric,
+            result[metric],
+            self.runs[-1]["seconds"],
+        )
         return result[metric]
 
-    def compare(self, better: tuple[str, dict], worse: tuple[str, dict], archs: list[str], seeds: list[int],
-                target: float) -> dict[str, Any]:
+    def compare(
+        self, better: tuple[str, dict], worse: tuple[str, dict], archs: list[str], seeds: list[int], target: float
+    ) -> dict[str, Any]:
         """Mean gain (points) of variant ``better`` over ``worse`` per architecture and overall."""
         per_arch = []
         for arch in archs:
             ours = [self.train(better[0], better[1], arch, s) for s in seeds]
             theirs = [self.train(worse[0], worse[1], arch, s) for s in seeds]
-            per_arch.append({"arch": arch, better[0]: statistics.mean(ours), worse[0]: statistics.mean(theirs),
-                             "gain_points": 100 * (statistics.mean(ours) - statistics.mean(theirs))})
+            per_arch.append(
+                {
+                    "arch": arch,
+                    better[0]: statistics.mean(ours),
+                    worse[0]: statistics.mean(theirs),
+                    "gain_points": 100 * (statistics.mean(ours) - statistics.mean(theirs)),
+                }
+            )
         gain = statistics.mean(a["gain_points"] for a in per_arch)
         return {"per_arch": per_arch, "mean_gain_points": gain, "target_points": target, "meets_target": gain >= target}
 
@@ -141,20 +180,36 @@ class Runs:
 def front_against_teacher(study: Any) -> dict[str, Any]:
     """(a): the most accurate front student at ≥ ``SPEEDUP``× lower latency than the best teacher."""
     teacher = max(study.user_attrs["teachers"], key=lambda t: t["value"])
-    rows = [{"trial": t.number, "arch": t.user_attrs.get("arch_summary"), "value": t.values[0],
-             "latency_ms": t.values[1], "init": (t.user_attrs.get("init") or {}).get("init")}
-            for t in kdnas.pareto_front(study)]
-    section: dict[str, Any] = {"study": study.study_name, "teacher": {k: teacher[k] for k in ("name", "value",
-                                                                                           "latency_ms")},
-                               "front": rows, "best_at_speedup": None, "meets_target": False}
+    rows = [
+        {
+            "trial": t.number,
+            "arch": t.user_attrs.get("arch_summary"),
+            "value": t.values[0],
+            "latency_ms": t.values[1],
+            "init": (t.user_attrs.get("init") or {}).get("init"),
+        }
+        for t in kdnas.pareto_front(study)
+    ]
+    section: dict[str, Any] = {
+        "study": study.study_name,
+        "teacher": {k: teacher[k] for k in ("name", "value", "latency_ms")},
+        "front": rows,
+        "best_at_speedup": None,
+        "meets_target": False,
+    }
     try:
         best = kdnas.best_under_budget(study, latency_ms=teacher["latency_ms"] / SPEEDUP)
     except LookupError:
         return section
     gap = 100 * (teacher["value"] - best.values[0])
-    section["best_at_speedup"] = {"trial": best.number, "arch": best.user_attrs.get("arch_summary"),
-                                  "value": best.values[0], "latency_ms": best.values[1], "gap_points": gap,
-                                  "latency_ratio": teacher["latency_ms"] / best.values[1]}
+    section["best_at_speedup"] = {
+        "trial": best.number,
+        "arch": best.user_attrs.get("arch_summary"),
+        "value": best.values[0],
+        "latency_ms": best.values[1],
+        "gap_points": gap,
+        "latency_ratio": teacher["latency_ms"] / best.values[1],
+    }
     section["meets_target"] = gap <= 2.0
     return section
 
@@ -168,8 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="student epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of (b)-(d)")
     parser.add_argument("--archs", nargs=3, default=ARCHS, help="(b)/(c) students as layers,heads,head_dim,ffn_ratio")
-    parser.add_argument("--layers", choices=["uniform", "importance"], default="uniform",
-                        help="student.inherit.layers for every student")
+    parser.add_argument(
+        "--layers",
+        choices=["uniform", "importance"],
+        default="uniform",
+        help="student.inherit.layers for every student",
+    )
     parser.add_argument("--trials", type=int, default=8, help="(a) search trials")
     parser.add_argument("--threads", type=int, default=1, help="torch threads and Ray CPUs per search trial")
     args = parser.parse_args(argv)
@@ -186,15 +245,25 @@ def main(argv: list[str] | None = None) -> None:
     for part in args.parts:
         started = time.perf_counter()
         if part == "a":
-            raw = student_raw(data, args, [teacher], search={
-                "study_name": f"p3a-{time.strftime('%Y%m%d-%H%M%S')}", "n_trials": args.trials,
-                "max_concurrent_trials": 1})
+            raw = student_raw(
+                data,
+                args,
+                [teacher],
+                search={
+                    "study_name": f"p3a-{time.strftime('%Y%m%d-%H%M%S')}",
+                    "n_trials": args.trials,
+                    "max_concurrent_trials": 1,
+                },
+            )
             section = front_against_teacher(kdnas.run_search(kdnas.load_config(raw)))
             ray.shutdown()
             best = section["best_at_speedup"]
-            summary.append(f"(a) {best['arch']} {best['value']:.4f} vs teacher {section['teacher']['value']:.4f}: "
-                           f"{best['gap_points']:+.1f} pts at {best['latency_ratio']:.1f}x" if best else
-                           "(a) no student at >= 4x")
+            summary.append(
+                f"(a) {best['arch']} {best['value']:.4f} vs teacher {section['teacher']['value']:.4f}: "
+                f"{best['gap_points']:+.1f} pts at {best['latency_ratio']:.1f}x"
+                if best
+                else "(a) no student at >= 4x"
+            )
             section["config"] = raw
         elif part == "b":
             random_init = student_raw(data, args, [teacher], student={"inherit": {"enabled": False}})
@@ -226,8 +295,10 @@ def main(argv: list[str] | None = None) -> None:
         result["runs"] += [{k: v for k, v in r.items() if k != "config_key"} for r in runs.runs]
         result.setdefault("configs", {}).update(runs.configs)
         write_result(out, result)
-    print(f"{NAME}: teacher {teacher['dev_accuracy']:.4f} ({teacher['train_examples']} examples, "
-          f"{teacher['fit_seconds']} s); " + "; ".join(summary) + f" -> {out}")
+    print(
+        f"{NAME}: teacher {teacher['dev_accuracy']:.4f} ({teacher['train_examples']} examples, "
+        f"{teacher['fit_seconds']} s); " + "; ".join(summary) + f" -> {out}"
+    )
 
 
 if __name__ == "__main__":

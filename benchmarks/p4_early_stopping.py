@@ -62,8 +62,14 @@ def search_config(data: Path, args: argparse.Namespace, arm: str, seed: int) -> 
         **sst2_sections(data, args.train_samples, args.teacher_epochs, gpt2_teacher=False),
         "training": {"epochs": args.epochs, "seed": seed},
         "latency": {"warmup": 2, "runs": 10},
-        "search": {"study_name": f"p4-{arm}-seed{seed}", "n_trials": args.max_trials, "seed": seed,
-                   "sampler": sampler, "time_budget_s": args.time_budget_s, "early_stopping": {"mode": stopping}},
+        "search": {
+            "study_name": f"p4-{arm}-seed{seed}",
+            "n_trials": args.max_trials,
+            "seed": seed,
+            "sampler": sampler,
+            "time_budget_s": args.time_budget_s,
+            "early_stopping": {"mode": stopping},
+        },
     }
 
 
@@ -82,8 +88,11 @@ def anytime_curve(study: optuna.Study, majority: float, teacher_ms: float) -> li
     spans = [s for s in (trial_span(t, end) for t in trials) if s is not None]
     if not spans:
         return [(0.0, 0.0)]
-    finished = sorted((t.datetime_complete.timestamp(), normalise(t, majority, teacher_ms))
-                      for t in feasible_completed(study) if not is_repeat(t))
+    finished = sorted(
+        (t.datetime_complete.timestamp(), normalise(t, majority, teacher_ms))
+        for t in feasible_completed(study)
+        if not is_repeat(t)
+    )
     curve, points = [(0.0, 0.0)], []
     for moment, point in finished:
         points.append(point)
@@ -120,21 +129,44 @@ def plot(runs: dict[str, dict], level: float, html_path: Path, png_path: Path) -
     fig = go.Figure()
     for name, run in runs.items():
         xs, ys = zip(*run["curve"])
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": colours[run["arm"]],
-                                                                  "dash": ["solid", "dash", "dot"][run["seed"] % 3]},
-                                 name=name, legendgroup=run["arm"]))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"shape": "hv", "color": colours[run["arm"]], "dash": ["solid", "dash", "dot"][run["seed"] % 3]},
+                name=name,
+                legendgroup=run["arm"],
+            )
+        )
     fig.add_hline(y=level, line={"dash": "dot", "color": "black"}, annotation_text=f"{FRACTION:.0%} of best-known")
-    fig.update_layout(title="P4: hypervolume against compute (SST-2; normalised, reference: majority class, teacher "
-                            "latency)", xaxis_title="cumulative compute (s)", yaxis_title="hypervolume",
-                      width=1100, height=600, template="plotly_white")
+    fig.update_layout(
+        title="P4: hypervolume against compute (SST-2; normalised, reference: majority class, teacher latency)",
+        xaxis_title="cumulative compute (s)",
+        yaxis_title="hypervolume",
+        width=1100,
+        height=600,
+        template="plotly_white",
+    )
     html_path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(html_path, include_plotlyjs=True)
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         return None
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png_path}",
-                    "--window-size=1120,640", "--virtual-time-budget=5000", html_path.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={png_path}",
+            "--window-size=1120,640",
+            "--virtual-time-budget=5000",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     return str(png_path.relative_to(REPO)) if png_path.exists() else None
 
 
@@ -144,8 +176,9 @@ def main() -> None:
     parser.add_argument("--time-budget-s", type=float, default=180.0, help="each run's search.time_budget_s")
     parser.add_argument("--max-trials", type=int, default=200, help="each run's trial cap (not meant to be reached)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--teacher-epochs", type=float, default=5.0,
-                        help="MiniLM fine-tuning epochs (on the same examples)")
+    parser.add_argument(
+        "--teacher-epochs", type=float, default=5.0, help="MiniLM fine-tuning epochs (on the same examples)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler and training seeds")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = parser.parse_args()
@@ -158,8 +191,11 @@ def main() -> None:
     references, _, teacher_seconds = fit_teachers_timed(first, task)
     counts = Counter(task.labels("eval"))
     majority = max(counts.values()) / sum(counts.values())
-    done = {json.loads(line)["study"]: json.loads(line) for line in journal.read_text().splitlines()} \
-        if journal.exists() else {}
+    done = (
+        {json.loads(line)["study"]: json.loads(line) for line in journal.read_text().splitlines()}
+        if journal.exists()
+        else {}
+    )
 
     runs: dict[str, dict] = {}
     for seed in args.seeds:
@@ -174,14 +210,22 @@ def main() -> None:
                     handle.write(json.dumps(done[name]) + "\n")
             study = kdnas.load_study(config.storage_url, name)
             trials = study.get_trials(deepcopy=False)
-            runs[name] = {"arm": arm, "seed": seed, "seconds": done[name]["seconds"],
-                          "states": dict(Counter(t.state.name for t in trials)),
-                          "repeats": sum(is_repeat(t) for t in trials),
-                          "stopped_early": sum("students of" in t.user_attrs.get("pruned_reason", "") for t in trials),
-                          "study": study}
+            runs[name] = {
+                "arm": arm,
+                "seed": seed,
+                "seconds": done[name]["seconds"],
+                "states": dict(Counter(t.state.name for t in trials)),
+                "repeats": sum(is_repeat(t) for t in trials),
+                "stopped_early": sum("students of" in t.user_attrs.get("pruned_reason", "") for t in trials),
+                "study": study,
+            }
     teacher_ms = max(references, key=lambda r: r["value"])["latency_ms"]
-    every_point = [normalise(t, majority, teacher_ms) for run in runs.values()
-                   for t in feasible_completed(run["study"]) if not is_repeat(t)]
+    every_point = [
+        normalise(t, majority, teacher_ms)
+        for run in runs.values()
+        for t in feasible_completed(run["study"])
+        if not is_repeat(t)
+    ]
     best = hypervolume(every_point, (0.0, 1.0))
     for run in runs.values():
         run["curve"] = anytime_curve(run.pop("study"), majority, teacher_ms)
@@ -195,38 +239,56 @@ def main() -> None:
     for arm in args.arms:
         mine = [r for r in runs.values() if r["arm"] == arm]
         reached = [r["time_to_90"] for r in mine if r["time_to_90"] is not None]
-        arms[arm] = {"seeds": len(mine), "reached_90": len(reached),
-                     "time_to_90_mean_s": statistics.mean(r["time_to_90"] if r["time_to_90"] is not None
-                                                          else r["curve"][-1][0] for r in mine),
-                     "auc_mean": statistics.mean(r["auc"] for r in mine),
-                     "final_hypervolume_mean": statistics.mean(r["final_hypervolume"] for r in mine),
-                     "stopped_early_mean": statistics.mean(r["stopped_early"] for r in mine)}
+        arms[arm] = {
+            "seeds": len(mine),
+            "reached_90": len(reached),
+            "time_to_90_mean_s": statistics.mean(
+                r["time_to_90"] if r["time_to_90"] is not None else r["curve"][-1][0] for r in mine
+            ),
+            "auc_mean": statistics.mean(r["auc"] for r in mine),
+            "final_hypervolume_mean": statistics.mean(r["final_hypervolume"] for r in mine),
+            "stopped_early_mean": statistics.mean(r["stopped_early"] for r in mine),
+        }
     speedup = None
     if "tpe-off" in arms and "tpe-on" in arms and best > 0 and arms["tpe-on"]["time_to_90_mean_s"] > 0:
         speedup = arms["tpe-off"]["time_to_90_mean_s"] / arms["tpe-on"]["time_to_90_mean_s"]
-    png = plot(runs, FRACTION * best, output_dir / "p4_early_stopping.html",
-               REPO / "benchmarks" / "results" / "p4_early_stopping.png")
-    path = write_result(args.out, {
-        "benchmark": NAME,
-        "target": f"time to {FRACTION:.0%} of the best-known hypervolume: stopping off / on >= {SPEEDUP_TARGET}",
-        "definition": __doc__.split("\n\n")[0],
-        "args": {**vars(args), "output_dir": str(Path(args.output_dir).resolve().relative_to(REPO))
-                 if Path(args.output_dir).resolve().is_relative_to(REPO) else args.output_dir,
-                 "data": None, "out": None},
-        "teacher_seconds": round(teacher_seconds, 1),
-        "teacher": {k: v for k, v in max(references, key=lambda r: r["value"]).items() if k != "latency"},
-        "majority_class_accuracy": majority,
-        "best_known_hypervolume": best,
-        "horizon_s": horizon,
-        "speedup_time_to_90": speedup,
-        "meets_target": speedup is not None and speedup >= SPEEDUP_TARGET,
-        "arms": arms,
-        "runs": runs,
-        "plot": png,
-        "config": first.model_dump(mode="json"),
-    })
-    table = "; ".join(f"{arm}: t90 {a['time_to_90_mean_s']:.0f} s ({a['reached_90']}/{a['seeds']} reached), "
-                      f"AUC {a['auc_mean']:.3f}" for arm, a in arms.items())
+    png = plot(
+        runs,
+        FRACTION * best,
+        output_dir / "p4_early_stopping.html",
+        REPO / "benchmarks" / "results" / "p4_early_stopping.png",
+    )
+    path = write_result(
+        args.out,
+        {
+            "benchmark": NAME,
+            "target": f"time to {FRACTION:.0%} of the best-known hypervolume: stopping off / on >= {SPEEDUP_TARGET}",
+            "definition": __doc__.split("\n\n")[0],
+            "args": {
+                **vars(args),
+                "output_dir": str(Path(args.output_dir).resolve().relative_to(REPO))
+                if Path(args.output_dir).resolve().is_relative_to(REPO)
+                else args.output_dir,
+                "data": None,
+                "out": None,
+            },
+            "teacher_seconds": round(teacher_seconds, 1),
+            "teacher": {k: v for k, v in max(references, key=lambda r: r["value"]).items() if k != "latency"},
+            "majority_class_accuracy": majority,
+            "best_known_hypervolume": best,
+            "horizon_s": horizon,
+            "speedup_time_to_90": speedup,
+            "meets_target": speedup is not None and speedup >= SPEEDUP_TARGET,
+            "arms": arms,
+            "runs": runs,
+            "plot": png,
+            "config": first.model_dump(mode="json"),
+        },
+    )
+    table = "; ".join(
+        f"{arm}: t90 {a['time_to_90_mean_s']:.0f} s ({a['reached_90']}/{a['seeds']} reached), AUC {a['auc_mean']:.3f}"
+        for arm, a in arms.items()
+    )
     shown = "n/a" if speedup is None else f"{speedup:.2f}×"
     print(f"{NAME}: {table}; early stopping reaches 90 % {shown} sooner (target ≥ {SPEEDUP_TARGET}×) → {path}")
 

@@ -17,8 +17,12 @@ def tiny_raw(output_dir: Path, **sections) -> dict:
         "data": {"demo_train_size": 160, "demo_eval_size": 48, "max_seq_length": 24, "transfer": {"demo_size": 32}},
         "teachers": [
             {"name": "minilm", "model": "minilm", "fit": {"epochs": 0.5, "batch_size": 16}},
-            {"name": "gpt2", "model": "gpt2", "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},
-             "fit": {"epochs": 1, "learning_rate": 1e-3}},
+            {
+                "name": "gpt2",
+                "model": "gpt2",
+                "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},
+                "fit": {"epochs": 1, "learning_rate": 1e-3},
+            },
         ],
         "student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16], "ffn_ratio": [1, 2]}},
         "training": {"epochs": 2, "batch_size": 32},

@@ -24,16 +24,26 @@ def stub_student(config: dict, inputs: TrialInputs) -> None:
     """A trial that reports a made-up finished student at once."""
     number = config[TRIAL_NUMBER_KEY]
     attrs = {"arch_summary": f"L{config['num_layers']}", "stub": True}
-    tune.report({inputs.metric: 0.5 + number / 1e4, LATENCY_KEY: 1.0 + config["num_layers"], "epoch": 1,
-                 COMPLETED_KEY: True, ATTRS_KEY: json.dumps(attrs)})
+    tune.report(
+        {
+            inputs.metric: 0.5 + number / 1e4,
+            LATENCY_KEY: 1.0 + config["num_layers"],
+            "epoch": 1,
+            COMPLETED_KEY: True,
+            ATTRS_KEY: json.dumps(attrs),
+        }
+    )
 
 
 def use_stub_trials(monkeypatch=None) -> None:
     """Make ``run_search`` skip teachers and run :func:`stub_student` trials (``monkeypatch`` undoes it)."""
-    stubs = {(runner, "fit_teachers"): lambda *a, **k: [],
-             (runner, "teacher_reference"): lambda *a, **k: ([], torch.zeros(1, 1, 2)),
-             (inputs, "inheritance"): lambda *a, **k: None, (runner, "transfer_set"): lambda *a, **k: None,
-             (runner, "train_student"): stub_student}
+    stubs = {
+        (runner, "fit_teachers"): lambda *a, **k: [],
+        (runner, "teacher_reference"): lambda *a, **k: ([], torch.zeros(1, 1, 2)),
+        (inputs, "inheritance"): lambda *a, **k: None,
+        (runner, "transfer_set"): lambda *a, **k: None,
+        (runner, "train_student"): stub_student,
+    }
     for (module, name), value in stubs.items():
         if monkeypatch is None:
             setattr(module, name, value)

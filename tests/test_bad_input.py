@@ -20,8 +20,14 @@ from kdnas.space import StudentArch
 from kdnas.teachers.fitting import _train_tokenizer
 from kdnas.teachers.loading import load_tokenizer
 
-TINY_DATA = ["--set", "data.demo_train_size=40", "--set", "data.demo_eval_size=20",
-             "--set", "data.transfer.demo_size=20"]
+TINY_DATA = [
+    "--set",
+    "data.demo_train_size=40",
+    "--set",
+    "data.demo_eval_size=20",
+    "--set",
+    "data.transfer.demo_size=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +41,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     short = StudentArch(1, 2, 8, 1).build(minilm, 2, max_positions=64)
-    for name, files in (("short-positions", "all"), ("no-tokenizer", "weights"), ("truncated", "all"),
-                        ("foreign-tokenizer", "foreign")):
+    for name, files in (
+        ("short-positions", "all"),
+        ("no-tokenizer", "weights"),
+        ("truncated", "all"),
+        ("foreign-tokenizer", "foreign"),
+    ):
         model = StudentArch(1, 2, 8, 1).build(own, 2, max_positions=64) if files == "foreign" else short
         model.save_pretrained(root / name)
         if files != "weights":
@@ -59,83 +69,129 @@ def _teacher(path: str) -> list[str]:
 
 def _files(spec: str, root: Path) -> list[str]:
     train, _, validation = spec.partition(":")
-    return ["--set", "data.source=files", "--set", f"data.train_file={root / train}",
-            "--set", f"data.validation_file={root / (validation or 'ok.csv')}"]
+    return [
+        "--set",
+        "data.source=files",
+        "--set",
+        f"data.train_file={root / train}",
+        "--set",
+        f"data.validation_file={root / (validation or 'ok.csv')}",
+    ]
 
 
 CASES = {
     "unknown config key": (["search", "--set", "search.n_trails=3"], "search.n_trails: unknown key"),
     "wrong type": (["search", "--set", "training.epochs=many"], "training.epochs: Input should be a valid integer"),
     "wrong type of section": (["search", "--set", "latency=fast"], "latency: Input should be a valid dictionary"),
-    "empty choice list": (["search", "--set", "student.space.heads=[]"],
-                          "student.space.heads: List should have at least 1 item"),
-    "inverted range": (["search", "--set", "student.space.depth={min: 3, max: 1}"],
-                       "student.space.depth: min (3) is greater than max (1)"),
-    "heads not dividing the width": (["search", "--set",
-                                      "teachers=[{name: t, scratch: {hidden: 30, heads: 4}, fit: {}}]"],
-                                     "scratch.hidden (30) must be divisible by scratch.heads (4)"),
-    "depth 0": (["search", "--set", "student.space.depth={min: 0, max: 2}"],
-                "student.space.depth.min: Input should be greater than or equal to 1"),
+    "empty choice list": (
+        ["search", "--set", "student.space.heads=[]"],
+        "student.space.heads: List should have at least 1 item",
+    ),
+    "inverted range": (
+        ["search", "--set", "student.space.depth={min: 3, max: 1}"],
+        "student.space.depth: min (3) is greater than max (1)",
+    ),
+    "heads not dividing the width": (
+        ["search", "--set", "teachers=[{name: t, scratch: {hidden: 30, heads: 4}, fit: {}}]"],
+        "scratch.hidden (30) must be divisible by scratch.heads (4)",
+    ),
+    "depth 0": (
+        ["search", "--set", "student.space.depth={min: 0, max: 2}"],
+        "student.space.depth.min: Input should be greater than or equal to 1",
+    ),
     "zero trials": (["search", "--n-trials", "0"], "search.n_trials: Input should be greater than or equal to 1"),
-    "negative time budget": (["search", "--time-budget-s", "-5"],
-                             "search.time_budget_s: Input should be greater than 0"),
-    "missing config file": (["search", "--config", "/nonexistent/kdnas.yaml"],
-                            "cannot read config /nonexistent/kdnas.yaml"),
-    "missing teacher path": (["search", *_teacher("/nonexistent/teacher")],
-                             "teacher 'teacher': cannot load /nonexistent/teacher"),
-    "teacher with another label count": (["search", "TEACHER:three-labels"],
-                                         "teacher 'three-labels' predicts 3 labels but the task has 2"),
-    "dataset without the label column": (["search", "FILES:no-label.csv"],
-                                         "data.label_column 'label' is not a column of"),
+    "negative time budget": (
+        ["search", "--time-budget-s", "-5"],
+        "search.time_budget_s: Input should be greater than 0",
+    ),
+    "missing config file": (
+        ["search", "--config", "/nonexistent/kdnas.yaml"],
+        "cannot read config /nonexistent/kdnas.yaml",
+    ),
+    "missing teacher path": (
+        ["search", *_teacher("/nonexistent/teacher")],
+        "teacher 'teacher': cannot load /nonexistent/teacher",
+    ),
+    "teacher with another label count": (
+        ["search", "TEACHER:three-labels"],
+        "teacher 'three-labels' predicts 3 labels but the task has 2",
+    ),
+    "dataset without the label column": (
+        ["search", "FILES:no-label.csv"],
+        "data.label_column 'label' is not a column of",
+    ),
     "empty dataset": (["search", "FILES:empty.csv"], "data.train_file: "),
     "unknown metric": (["search", "--set", "data.metric=bleu"], "data.metric: Input should be 'accuracy', 'f1'"),
     "bad storage URL": (["search", "--storage", "notadb://nowhere"], "cannot open storage notadb://nowhere"),
-    "study with other objective directions": (["search", "--study-name", "other-directions"],
-                                              "study 'other-directions' already exists with objectives"),
+    "study with other objective directions": (
+        ["search", "--study-name", "other-directions"],
+        "study 'other-directions' already exists with objectives",
+    ),
     "latency budget below every student (search)": (
         ["search", "TEACHER:own-tokenizer", "--set", "latency.budget_ms=1e-6"],
         "no student of student.space fits the budget: even the smallest, L1-H64-A2-F64, has latency ",
     ),
-    "latency budget below every student (export)": (["export", "--latency-budget-ms", "1e-9"],
-                                                    "no completed student within latency ≤ 1e-09 ms"),
+    "latency budget below every student (export)": (
+        ["export", "--latency-budget-ms", "1e-9"],
+        "no completed student within latency ≤ 1e-09 ms",
+    ),
     "export of a FAIL trial": (["export", "--trial", "1"], "trial 1 is FAIL, not COMPLETE"),
     "unknown study": (["report", "--study-name", "nope"], "no study 'nope' in sqlite:///"),
-    "missing transfer file": (["search", "--set", "data.transfer.files=[/nonexistent/transfer.csv]"],
-                              "data.transfer.files: no such file: /nonexistent/transfer.csv"),
-    "rerun with another dataset": (["search", "--study-name", "fingerprinted", "FILES:ok.csv"],
-                                   "study 'fingerprinted' holds students that this config would not be comparable "
-                                   "with: data.train "),
-    "rerun with another latency batch size": (["search", "--study-name", "fingerprinted",
-                                               "--set", "latency.batch_size=8"], "latency.batch_size 1 → 8"),
-    "rerun with another sequence length": (["search", "--study-name", "fingerprinted",
-                                            "--set", "data.max_seq_length=48"], "data.max_seq_length 32 → 48"),
+    "missing transfer file": (
+        ["search", "--set", "data.transfer.files=[/nonexistent/transfer.csv]"],
+        "data.transfer.files: no such file: /nonexistent/transfer.csv",
+    ),
+    "rerun with another dataset": (
+        ["search", "--study-name", "fingerprinted", "FILES:ok.csv"],
+        "study 'fingerprinted' holds students that this config would not be comparable with: data.train ",
+    ),
+    "rerun with another latency batch size": (
+        ["search", "--study-name", "fingerprinted", "--set", "latency.batch_size=8"],
+        "latency.batch_size 1 → 8",
+    ),
+    "rerun with another sequence length": (
+        ["search", "--study-name", "fingerprinted", "--set", "data.max_seq_length=48"],
+        "data.max_seq_length 32 → 48",
+    ),
     "rerun with other head choices": (
         ["search", "--study-name", "fingerprinted", "--set", "student.space.heads=[2, 4]"],
-                                      "search space student.space.heads [2, 4, 6, 8] → [2, 4]. Keep the study's "
-                                      "settings, or start a new study with --study-name NAME"),
-    "label only in the validation file": (["search", "FILES:ok.csv:three-labels.csv"],
-                                          "label(s) ['2'] of the eval split never occur in the train split"),
+        "search space student.space.heads [2, 4, 6, 8] → [2, 4]. Keep the study's "
+        "settings, or start a new study with --study-name NAME",
+    ),
+    "label only in the validation file": (
+        ["search", "FILES:ok.csv:three-labels.csv"],
+        "label(s) ['2'] of the eval split never occur in the train split",
+    ),
     "non-UTF-8 TSV": (["search", "FILES:latin1.tsv"], "data.train_file: cannot read "),
     "ragged TSV": (["search", "FILES:ragged.tsv"], "data.label_column 'label' has a missing value in row 1"),
     "sequence length above a teacher's position limit": (
         ["search", "TEACHER:short-positions", "--set", "data.max_seq_length=100"],
-        "data.max_seq_length is 100 but teacher 'short-positions' accepts at most 64 tokens"),
+        "data.max_seq_length is 100 but teacher 'short-positions' accepts at most 64 tokens",
+    ),
     "teacher without a tokenizer": (["search", "TEACHER:no-tokenizer"], "teacher 'no-tokenizer': "),
     "teacher with truncated weights": (["search", "TEACHER:truncated"], "teacher 'truncated': cannot load "),
-    "teacher whose tokenizer is not its weights'": (["search", "TEACHER:foreign-tokenizer"],
-                                                    "does not belong to these weights"),
+    "teacher whose tokenizer is not its weights'": (
+        ["search", "TEACHER:foreign-tokenizer"],
+        "does not belong to these weights",
+    ),
     "output_dir is a file": (["search", "--output-dir", "{root}/ok.csv"], "output_dir: "),
     "output_dir cannot be created": (["search", "--output-dir", "{root}/ok.csv/run"], "output_dir: cannot write to"),
     "report --out is a file": (["report", "--out", "{root}/ok.csv"], "--out: "),
     "export --out is a file": (["export", "--trial", "0", "--out", "{root}/ok.csv"], "--out: "),
-    "report without a study database": (["report", "--storage", "sqlite:///{root}/nowhere/study.db"],
-                                        "no study storage at sqlite:///"),
-    "studies without a study database": (["studies", "--storage", "sqlite:///{root}/nowhere.db"],
-                                         "no study storage at sqlite:///"),
+    "report without a study database": (
+        ["report", "--storage", "sqlite:///{root}/nowhere/study.db"],
+        "no study storage at sqlite:///",
+    ),
+    "studies without a study database": (
+        ["studies", "--storage", "sqlite:///{root}/nowhere.db"],
+        "no study storage at sqlite:///",
+    ),
     "dashboard on a port in use": (["dashboard", "--port", "{busy_port}"], "cannot listen on 127.0.0.1:"),
     "dashboard on port 99999": (["dashboard", "--port", "99999"], "--port 99999: a port is a number from 1 to 65535"),
-    "resources a local Ray can never provide": (["search", "--set", "search.resources_per_trial={cpu: 100}"],
-                                                "search.resources_per_trial.cpu is 100 but this machine has"),
+    "resources a local Ray can never provide": (
+        ["search", "--set", "search.resources_per_trial={cpu: 100}"],
+        "search.resources_per_trial.cpu is 100 but this machine has",
+    ),
     "inheritance from a teacher without the students' vocabulary": (
         ["search", "TEACHER:own-tokenizer", "--set", "student.inherit.teacher=own-tokenizer"],
         "student.inherit.teacher: teacher 'own-tokenizer' does not use the students' vocabulary",
@@ -144,11 +200,19 @@ CASES = {
         ["search", "TEACHER:own-tokenizer", "--set", "data.transfer.augment_copies=2"],
         "data.transfer.augment_copies: no teacher uses the students' vocabulary",
     ),
-    "calibration size 0": (["search", "--set", "student.inherit.calibration_size=0"],
-                           "student.inherit.calibration_size: Input should be greater than or equal to 1"),
+    "calibration size 0": (
+        ["search", "--set", "student.inherit.calibration_size=0"],
+        "student.inherit.calibration_size: Input should be greater than or equal to 1",
+    ),
     "tokenizer mismatch with intermediate KD on": (
-        ["search", "TEACHER:own-tokenizer", "--set", "kd.intermediate.enabled=true",
-         "--set", "kd.intermediate.teachers=[own-tokenizer]"],
+        [
+            "search",
+            "TEACHER:own-tokenizer",
+            "--set",
+            "kd.intermediate.enabled=true",
+            "--set",
+            "kd.intermediate.teachers=[own-tokenizer]",
+        ],
         "kd.intermediate.teachers: teacher 'own-tokenizer' does not share the student's tokenizer ('minilm')",
     ),
 }
@@ -162,10 +226,22 @@ def existing_study(tmp_path: Path) -> str:
     study.set_metric_names(["accuracy", "latency_ms"])
     study.set_user_attr("task", {"name": "demo"})
     layers = {"num_layers": IntDistribution(1, 4)}
-    study.add_trial(create_trial(params={"num_layers": 2}, distributions=layers, values=[0.8, 1.5],
-                                 user_attrs={"arch_summary": "L2-H32-A2-F32"}))
-    study.add_trial(create_trial(params={"num_layers": 1}, distributions=layers, state=TrialState.FAIL,
-                                 user_attrs={"failure_reason": "NonFiniteLossError: non-finite loss nan"}))
+    study.add_trial(
+        create_trial(
+            params={"num_layers": 2},
+            distributions=layers,
+            values=[0.8, 1.5],
+            user_attrs={"arch_summary": "L2-H32-A2-F32"},
+        )
+    )
+    study.add_trial(
+        create_trial(
+            params={"num_layers": 1},
+            distributions=layers,
+            state=TrialState.FAIL,
+            user_attrs={"failure_reason": "NonFiniteLossError: non-finite loss nan"},
+        )
+    )
     optuna.create_study(storage=url, study_name="other-directions", directions=["minimize", "minimize"])
     fingerprinted = optuna.create_study(storage=url, study_name="fingerprinted", directions=["maximize", "minimize"])
     fingerprinted.set_metric_names(["accuracy", "latency_ms"])
@@ -179,7 +255,6 @@ def _baseline_fingerprint() -> dict:
     """The fingerprint the cases' common arguments give (the demo task at TINY_DATA's sizes)."""
     config = load_config(None, [a for a in TINY_DATA if a != "--set"])
     return {**config_fingerprint(config), **task_fingerprint(load_task(config.data))}
-
 
 
 def _snapshot(url: str) -> list:
@@ -202,8 +277,9 @@ def busy_port():
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_naming_the_culprit_exit_2_study_untouched(case, files, existing_study, busy_port,
-                                                                         tmp_path, capsys):
+def test_bad_input_is_one_line_naming_the_culprit_exit_2_study_untouched(
+    case, files, existing_study, busy_port, tmp_path, capsys
+):
     args, expected = CASES[case]
     root = files["root"]
     expanded = []
@@ -232,12 +308,22 @@ def test_bad_input_is_one_line_naming_the_culprit_exit_2_study_untouched(case, f
 
 
 def _cli(case_args: list[str], root: Path, url: str, tmp_path: Path) -> int:
-    return main([*case_args, *_teacher(str(root / "own-tokenizer")), "--output-dir", str(tmp_path / "run"),
-                 *TINY_DATA, "--storage", url])
+    return main(
+        [
+            *case_args,
+            *_teacher(str(root / "own-tokenizer")),
+            "--output-dir",
+            str(tmp_path / "run"),
+            *TINY_DATA,
+            "--storage",
+            url,
+        ]
+    )
 
 
-def test_a_study_from_before_fingerprints_resumes_records_one_and_then_refuses_other_data(files, existing_study,
-                                                                                            tmp_path, caplog, capsys):
+def test_a_study_from_before_fingerprints_resumes_records_one_and_then_refuses_other_data(
+    files, existing_study, tmp_path, caplog, capsys
+):
     caplog.set_level("INFO", logger="kdnas")
     code = _cli(["search", "--study-name", "existing", "--n-trials", "1"], files["root"], existing_study, tmp_path)
     study = optuna.load_study(study_name="existing", storage=existing_study)
@@ -246,15 +332,16 @@ def test_a_study_from_before_fingerprints_resumes_records_one_and_then_refuses_o
     assert study.user_attrs["fingerprint"]["latency.batch_size"] == 1
     before = _snapshot(existing_study)
     capsys.readouterr()
-    code = _cli(["search", "--study-name", "existing", "--set", "latency.batch_size=8"], files["root"],
-                existing_study, tmp_path)
+    code = _cli(
+        ["search", "--study-name", "existing", "--set", "latency.batch_size=8"], files["root"], existing_study, tmp_path
+    )
     assert code == 2 and "latency.batch_size 1 → 8" in capsys.readouterr().err
     assert _snapshot(existing_study) == before
 
 
-def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates_no_study(files, existing_study,
-                                                                                          tmp_path, monkeypatch,
-                                                                                          capsys):
+def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates_no_study(
+    files, existing_study, tmp_path, monkeypatch, capsys
+):
     from kdnas.search import runner
 
     def interrupt(*args, **kwargs):
@@ -263,8 +350,10 @@ def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates
     monkeypatch.setattr(runner, "teacher_reference", interrupt)
     code = _cli(["search", "--study-name", "fresh"], files["root"], existing_study, tmp_path)
     errors = capsys.readouterr().err.strip().splitlines()
-    assert code == 130 and errors[-1].startswith("kdnas: error: interrupted; to resume, run the same command again: "
-                                                 "kdnas search --study-name fresh --set 'teachers=[{name: ")
+    assert code == 130 and errors[-1].startswith(
+        "kdnas: error: interrupted; to resume, run the same command again: "
+        "kdnas search --study-name fresh --set 'teachers=[{name: "
+    )
     assert "fresh" not in [s.study_name for s in optuna.get_all_study_summaries(existing_study)]
 
 
@@ -279,8 +368,7 @@ def _running_trial(url: str) -> int:
     return trial.number
 
 
-def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing_study, tmp_path, monkeypatch,
-                                                                 capsys):
+def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing_study, tmp_path, monkeypatch, capsys):
     from kdnas.search import runner
 
     def interrupted_search(config, **kwargs):
@@ -309,8 +397,9 @@ def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_
     monkeypatch.setattr(runner, "run_search", failing_search)
     code = main(["search", "--storage", existing_study, "--study-name", "existing", "--output-dir", str(tmp_path)])
     errors = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and errors == ["kdnas: error: no student completed (2 trial(s): 2× OSError: disk full); "
-                                    "see: kdnas trials --state fail"]
+    assert code == 1 and errors == [
+        "kdnas: error: no student completed (2 trial(s): 2× OSError: disk full); see: kdnas trials --state fail"
+    ]
 
 
 def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up():
@@ -339,8 +428,7 @@ def test_a_latency_measured_under_contention_is_measured_again_and_never_cached(
     measured = [result(3.4, 9.0), result(0.7, 2.5), result(0.8, 3.0)]  # every run's p90 far above its median
     monkeypatch.setattr(latency_cache, "measure_configured", lambda *a, **k: measured.pop(0))
     settings = LatencyConfig()
-    kwargs = {"model_key": {"arch": "L2"}, "vocab_size": 10, "settings": settings, "seq_len": 8,
-              "cache_dir": tmp_path}
+    kwargs = {"model_key": {"arch": "L2"}, "vocab_size": 10, "settings": settings, "seq_len": 8, "cache_dir": tmp_path}
     assert latency_cache.measure_cached(None, **kwargs).median_ms == 0.7 and not measured  # the fastest, 3 tries
     assert list(tmp_path.iterdir()) == []
     measured.append(result(0.7, 0.75))

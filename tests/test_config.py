@@ -31,10 +31,14 @@ def test_defaults_are_the_demo_and_overrides_apply(tmp_path):
         ("student:\n  space:\n    head_dim: [16, -8]\n", "student.space.head_dim: every choice must be a positive"),
         ("kd:\n  alpha: 1.5\n", "kd.alpha must lie in [0, 1]"),
         ("kd:\n  temperature: {start: 4, end: 0}\n", "kd.temperature must be positive"),
-        ("kd:\n  intermediate: {layer_map: [2, 4]}\n",
-         "kd.intermediate.layer_map lists 2 layers, so student.space.depth must be fixed at 2 (it is 1..4)"),
-        ("kd:\n  intermediate: {teachers: [bert]}\n",
-         "kd.intermediate.teachers names unknown teacher(s) ['bert']; teachers are ['minilm', 'gpt2']"),
+        (
+            "kd:\n  intermediate: {layer_map: [2, 4]}\n",
+            "kd.intermediate.layer_map lists 2 layers, so student.space.depth must be fixed at 2 (it is 1..4)",
+        ),
+        (
+            "kd:\n  intermediate: {teachers: [bert]}\n",
+            "kd.intermediate.teachers names unknown teacher(s) ['bert']; teachers are ['minilm', 'gpt2']",
+        ),
         ("kd:\n  space: {alpha: [0.5, 2]}\n", "kd.space.alpha choices must lie in [0, 1]"),
         ("data:\n  metric: bleu\n", "data.metric: Input should be 'accuracy', 'f1' or 'mcc'"),
         ("data:\n  source: files\n", "data.train_file and data.validation_file are required"),
@@ -52,8 +56,12 @@ def test_bad_config_is_one_clear_line_with_exit_code_2(tmp_path, yaml_text, mess
     with pytest.raises(ConfigError, match=None) as err:
         load_config(path)
     assert message in str(err.value)
-    proc = subprocess.run([sys.executable, "-m", "kdnas.cli", "search", "--config", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdnas.cli", "search", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kdnas: error: ") and message in lines[0]

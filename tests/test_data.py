@@ -67,9 +67,7 @@ def test_demo_is_deterministic() -> None:
 def test_demo_is_balanced_and_compositional() -> None:
     examples = generate_demo(4000, 0)
     assert 0.4 <= sum(label for _, label in examples) / len(examples) <= 0.6
-    compositional = [
-        s for s, _ in examples if {"not", "never", "hardly", "but", "although"} & set(s.split())
-    ]
+    compositional = [s for s, _ in examples if {"not", "never", "hardly", "but", "although"} & set(s.split())]
     assert len(compositional) / len(examples) > 0.5
 
 
@@ -101,9 +99,7 @@ def test_label_rules(sentence: str, label: int) -> None:
     assert label_of(sentence) == label
 
 
-@pytest.mark.parametrize(
-    "sentence", ["the film was good and the acting was awful", "the film was purple"]
-)
+@pytest.mark.parametrize("sentence", ["the film was good and the acting was awful", "the film was purple"])
 def test_label_rules_reject_ungrammatical(sentence: str) -> None:
     with pytest.raises(ValueError):
         label_of(sentence)
@@ -148,8 +144,11 @@ def test_files_keep_only_text_and_label(tmp_path: Path) -> None:
 
 
 def test_string_labels_are_mapped(tmp_path: Path) -> None:
-    train = [{"sentence": "a", "label": "pos"}, {"sentence": "b", "label": "neg"},
-             {"sentence": "e", "label": "neutral"}]
+    train = [
+        {"sentence": "a", "label": "pos"},
+        {"sentence": "b", "label": "neg"},
+        {"sentence": "e", "label": "neutral"},
+    ]
     eval_ = [{"sentence": "c", "label": "neutral"}, {"sentence": "d", "label": "pos"}]
     task = load_task(_files_config(tmp_path, train, eval_))
     assert task.label_names == ("neg", "neutral", "pos")
@@ -255,7 +254,7 @@ def test_hub_split_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         (ROWS, {"text_columns": ["text"]}, r"^data\.text_columns 'text' is not a column of .*train\.csv; columns: "),
         ([], {}, r"^data\.train_file: .*train\.csv has no rows$"),
         ([{"sentence": "a", "label": 1}, {"sentence": "b", "label": 1}], {}, r"^data\.label_column 'label' has fewer "),
-                (
+        (
             [{"sentence": "a", "label": 1}, {"sentence": "", "label": 0}],
             {},
             r"^data\.text_columns 'sentence' has a missing value in row 1 of .*train\.csv$",
@@ -303,9 +302,7 @@ def test_file_errors(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (SST2_DIR / "train.tsv").is_file(), reason=f"SST-2 not found in {SST2_DIR}")
 def test_real_sst2() -> None:
-    cfg = DataConfig(
-        source="files", train_file=str(SST2_DIR / "train.tsv"), validation_file=str(SST2_DIR / "dev.tsv")
-    )
+    cfg = DataConfig(source="files", train_file=str(SST2_DIR / "train.tsv"), validation_file=str(SST2_DIR / "dev.tsv"))
     task = load_task(cfg)
     assert isinstance(task, TaskData)
     assert (len(task.train), len(task.eval)) == (67349, 872)

@@ -50,8 +50,12 @@ def test_explicit_layer_map_is_checked_and_the_configs_counts_from_1():
 
 def test_a_fixed_layer_map_is_recorded_as_the_config_writes_it():
     teacher = _bert(layers=3)
-    distiller = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map=[1, 3]), student_hidden=16,
-                                      student_layers=2, teachers=[("t", teacher)])
+    distiller = IntermediateDistiller(
+        IntermediateConfig(enabled=True, layer_map=[1, 3]),
+        student_hidden=16,
+        student_layers=2,
+        teachers=[("t", teacher)],
+    )
     assert distiller.teachers[0].layers == [0, 2] and distiller.record() == {"t": {"layer_map": [1, 3]}}
 
 
@@ -149,23 +153,36 @@ def test_emd_loss_decreases_on_a_toy_pair():
 
 def _bert(hidden=16, layers=2, heads=2, seed=0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=16, num_labels=2)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config).eval()
 
 
 def _batch():
     torch.manual_seed(1)
-    return {"input_ids": torch.randint(1, 50, (3, 6)), "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2,
-                                                                                       [1] * 3 + [0] * 3])}
+    return {
+        "input_ids": torch.randint(1, 50, (3, 6)),
+        "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3]),
+    }
 
 
 @pytest.mark.parametrize("mapping", ["uniform", "emd"])
 def test_identical_student_and_teacher_give_zero_intermediate_loss(mapping):
     teacher = _bert()
     student = copy.deepcopy(teacher)
-    distiller = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map=mapping), student_hidden=16,
-                                      student_layers=2, teachers=[("t", teacher)])
+    distiller = IntermediateDistiller(
+        IntermediateConfig(enabled=True, layer_map=mapping),
+        student_hidden=16,
+        student_layers=2,
+        teachers=[("t", teacher)],
+    )
     with torch.no_grad():
         distiller.projections["t"].weight.copy_(torch.eye(16))
         distiller.projections["t"].bias.zero_()
@@ -177,8 +194,12 @@ def test_identical_student_and_teacher_give_zero_intermediate_loss(mapping):
 
 def test_intermediate_loss_trains_student_and_projection_not_teacher():
     teacher, student = _bert(hidden=24, layers=3, heads=3), _bert(hidden=16, layers=2, heads=2, seed=5)
-    distiller = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map="emd"), student_hidden=16,
-                                      student_layers=2, teachers=[("t", teacher)])
+    distiller = IntermediateDistiller(
+        IntermediateConfig(enabled=True, layer_map="emd"),
+        student_hidden=16,
+        student_layers=2,
+        teachers=[("t", teacher)],
+    )
     student.set_attn_implementation("eager")
     batch = _batch()
     out = student(**batch, output_hidden_states=True, output_attentions=True)
@@ -212,8 +233,12 @@ def test_distillation_follows_its_alpha_schedule():
 
 def test_kd_recipe_is_sampled_with_fixed_choices_and_applied():
     kd = KDConfig(intermediate=IntermediateConfig(hidden=2.0))
-    space = SearchSpace(SpaceConfig(), KDSpaceConfig(combiner=["mean", "gradient"], temperature=[1.0, 4.0],
-                                                     alpha=[0.0, 0.5], intermediate=["off", "emd"]))
+    space = SearchSpace(
+        SpaceConfig(),
+        KDSpaceConfig(
+            combiner=["mean", "gradient"], temperature=[1.0, 4.0], alpha=[0.0, 0.5], intermediate=["off", "emd"]
+        ),
+    )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(40):
@@ -248,10 +273,17 @@ def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
     from kdnas.search.checkpoint import load_state, save_state
 
     def distillation(teacher):
-        inter = IntermediateDistiller(IntermediateConfig(enabled=True, layer_map="emd"), student_hidden=16,
-                                      student_layers=2, teachers=[("t", teacher)])
-        return Distillation(KDConfig(combiner="mean", intermediate=IntermediateConfig(enabled=True, layer_map="emd")),
-                            torch.randn(1, 3, 2), inter)
+        inter = IntermediateDistiller(
+            IntermediateConfig(enabled=True, layer_map="emd"),
+            student_hidden=16,
+            student_layers=2,
+            teachers=[("t", teacher)],
+        )
+        return Distillation(
+            KDConfig(combiner="mean", intermediate=IntermediateConfig(enabled=True, layer_map="emd")),
+            torch.randn(1, 3, 2),
+            inter,
+        )
 
     teacher, student = _bert(hidden=24, layers=3, heads=3), _bert(hidden=16, layers=2, heads=2, seed=5)
     student.set_attn_implementation("eager")
@@ -286,8 +318,9 @@ def test_attention_kl_by_hand():
 
     mask = torch.tensor([[1, 1, 0]])
     teacher = torch.tensor([[[[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.3, 0.3, 0.4]]]])  # last row: a padded query
-    heads = torch.tensor([[[[0.2, 0.8, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]],
-                           [[0.6, 0.4, 0.0], [0.7, 0.3, 0.0], [0.0, 1.0, 0.0]]]])  # averages to [0.4, 0.6], [0.6, 0.4]
+    heads = torch.tensor(
+        [[[[0.2, 0.8, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], [[0.6, 0.4, 0.0], [0.7, 0.3, 0.0], [0.0, 1.0, 0.0]]]]
+    )  # averages to [0.4, 0.6], [0.6, 0.4]
     kl_rows = [0.5 * np.log(0.5 / 0.4) + 0.5 * np.log(0.5 / 0.6), 0.9 * np.log(0.9 / 0.6) + 0.1 * np.log(0.1 / 0.4)]
     assert attention_kl(heads, teacher, mask).item() == pytest.approx(np.mean(kl_rows), rel=1e-5)
     assert attention_kl(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-7)

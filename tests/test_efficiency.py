@@ -41,8 +41,9 @@ def test_latency_cache_hit_skips_the_measurement(tmp_path, monkeypatch):
     key = {"arch": {"num_layers": 1}}
 
     def measure(settings: LatencyConfig = FAST, model_key=key):
-        return latency_cache.measure_cached(model, model_key=model_key, vocab_size=10, settings=settings,
-                                            seq_len=8, cache_dir=tmp_path)
+        return latency_cache.measure_cached(
+            model, model_key=model_key, vocab_size=10, settings=settings, seq_len=8, cache_dir=tmp_path
+        )
 
     first, second = measure(), measure()
     assert calls == [1] and not first.cached and second.cached
@@ -58,9 +59,17 @@ def test_latency_cache_hit_skips_the_measurement(tmp_path, monkeypatch):
 
 def _inputs(tmp_path, **sections) -> TrialInputs:
     raw = {"latency": {"warmup": 0, "runs": 3, **sections.pop("latency", {})}, **sections}
-    return TrialInputs(config=build_config(raw), metric="accuracy", label_names=("neg", "pos"), train=None,
-                       eval=None, teacher_names=(), teacher_logits=torch.zeros(0), students_dir=str(tmp_path),
-                       latency_cache_dir=str(tmp_path / "latency"))
+    return TrialInputs(
+        config=build_config(raw),
+        metric="accuracy",
+        label_names=("neg", "pos"),
+        train=None,
+        eval=None,
+        teacher_names=(),
+        teacher_logits=torch.zeros(0),
+        students_dir=str(tmp_path),
+        latency_cache_dir=str(tmp_path / "latency"),
+    )
 
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
@@ -68,8 +77,10 @@ ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
 
 @pytest.mark.parametrize(
     ("sections", "violated", "reason"),
-    [({"latency": {"budget_ms": 1e-6}}, "latency_ms", "ms > budget 1e-06 ms"),
-     ({"student": {"max_params": 1000}}, "params", "parameters > student.max_params 1,000")],
+    [
+        ({"latency": {"budget_ms": 1e-6}}, "latency_ms", "ms > budget 1e-06 ms"),
+        ({"student": {"max_params": 1000}}, "params", "parameters > student.max_params 1,000"),
+    ],
 )
 def test_infeasible_candidate_is_measured_and_never_trained(tmp_path, monkeypatch, sections, violated, reason):
     def no_training(*args, **kwargs):
@@ -89,8 +100,12 @@ def test_infeasible_candidate_is_measured_and_never_trained(tmp_path, monkeypatc
 
 
 def test_feasible_results_carry_their_constraints():
-    result = {"accuracy": 0.8, "latency_ms": 2.0, "kdnas_completed": True, CONSTRAINTS_KEY: json.dumps(
-        {"latency_ms": -1.0, "params": -5.0})}
+    result = {
+        "accuracy": 0.8,
+        "latency_ms": 2.0,
+        "kdnas_completed": True,
+        CONSTRAINTS_KEY: json.dumps({"latency_ms": -1.0, "params": -5.0}),
+    }
     outcome = trial_outcome(result, False, METRICS)
     assert outcome.state == TrialState.COMPLETE and outcome.constraints == {"latency_ms": -1.0, "params": -5.0}
     assert trial_mod.budget_constraints(KDNASConfig(), 2.0, 10) == {}
@@ -113,7 +128,7 @@ def test_scheduler_keeps_the_fastest_bins_best_student():
     assert decisions == {"slow-best": "CONTINUE", "fast-best": "CONTINUE", "slow": "CONTINUE", "fast": "STOP"}
     assert scheduler.stop_reasons == {
         "fast": "stopped early after epoch 1: accuracy 0.5500 below 0.6000, the cutoff among 2 students of "
-                "1–1.1 ms at that epoch"
+        "1–1.1 ms at that epoch"
     }
     # plain ASHA, fed the same students, stops the fast end of the front
     asha = AsyncHyperBandScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=4, reduction_factor=2)
@@ -205,8 +220,14 @@ def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
-    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
-                           storage=storage, study_name=config.search.study_name, stop_reasons={"t1": "why"})
+    searcher = KDNASSearch(
+        space=SearchSpace(config.student.space).suggest,
+        metric=METRICS,
+        mode=["max", "min"],
+        storage=storage,
+        study_name=config.search.study_name,
+        stop_reasons={"t1": "why"},
+    )
     for trial_id in ("t1", "t2"):
         searcher.suggest(trial_id)
         searcher.on_trial_complete(trial_id, {"accuracy": 0.5, "latency_ms": 1.0, "epoch": 1})
@@ -226,8 +247,13 @@ def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
-    searcher = KDNASSearch(space=SearchSpace(config.student.space).suggest, metric=METRICS, mode=["max", "min"],
-                           storage=storage, study_name=config.search.study_name)
+    searcher = KDNASSearch(
+        space=SearchSpace(config.student.space).suggest,
+        metric=METRICS,
+        mode=["max", "min"],
+        storage=storage,
+        study_name=config.search.study_name,
+    )
     assert isinstance(searcher.suggest("running"), dict)
     searcher.deadline = time.monotonic() - 1.0
     assert searcher.suggest("late") == Searcher.FINISHED
@@ -242,15 +268,32 @@ def _searcher(config: KDNASConfig, storage, *, recipe: str = "r1", seed: int = 0
     from kdnas.space import SearchSpace
 
     space = SearchSpace(config.student.space)
-    return KDNASSearch(space=space.suggest, metric=METRICS, mode=["max", "min"], storage=storage,
-                       study_name=config.search.study_name, sampler=optuna.samplers.RandomSampler(seed=seed),
-                       recipe=recipe, space_size=space.size(), **kwargs)
+    return KDNASSearch(
+        space=space.suggest,
+        metric=METRICS,
+        mode=["max", "min"],
+        storage=storage,
+        study_name=config.search.study_name,
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+        recipe=recipe,
+        space_size=space.size(),
+        **kwargs,
+    )
 
 
 def _complete(searcher, trial_id: str, accuracy: float) -> None:
     attrs = {"epochs_trained": 4, "params": 10, "train_started_at": 1.0, "train_finished_at": 9.0}
-    searcher.on_trial_complete(trial_id, {"accuracy": accuracy, "latency_ms": 1.5, "epoch": 4, COMPLETED_KEY: True,
-                                          ATTRS_KEY: json.dumps(attrs), CONSTRAINTS_KEY: json.dumps({})})
+    searcher.on_trial_complete(
+        trial_id,
+        {
+            "accuracy": accuracy,
+            "latency_ms": 1.5,
+            "epoch": 4,
+            COMPLETED_KEY: True,
+            ATTRS_KEY: json.dumps(attrs),
+            CONSTRAINTS_KEY: json.dumps({}),
+        },
+    )
 
 
 def test_a_student_the_study_holds_is_recorded_as_a_repeat_and_the_sampler_asked_again(tmp_path):
@@ -288,8 +331,9 @@ def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
 
     from kdnas.search.study import create_or_load_study, open_storage
 
-    config = build_config({"student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8],
-                                                 "ffn_ratio": [1]}}})
+    config = build_config(
+        {"student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}}}
+    )
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
     searcher = _searcher(config, storage, reuse_duplicates=True)
@@ -297,8 +341,11 @@ def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
     searcher.suggest("t1")  # a proposal of the student t0 trains is recorded as its repeat, and another asked
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
     assert sorted(t.params["num_layers"] for t in trained) == [1, 2]
-    assert all(t.state == TrialState.PRUNED and t.user_attrs["pruned_reason"].endswith("which was training: not "
-               "trained twice") for t in study.trials if t not in trained)
+    assert all(
+        t.state == TrialState.PRUNED and t.user_attrs["pruned_reason"].endswith("which was training: not trained twice")
+        for t in study.trials
+        if t not in trained
+    )
     assert searcher.suggest("t2") is None, "both students still train: wait, one may be cut by the time budget"
     _complete(searcher, "t0", 0.6)
     _complete(searcher, "t1", 0.7)
@@ -315,8 +362,9 @@ def test_search_trains_a_repeated_student_once_and_counts_its_cost_once(run_dir,
 
     config = build_config(tiny_raw(run_dir, search={"n_trials": 2, "study_name": "duplicates"}))
     run_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=open_storage(config.storage_url), study_name="duplicates",
-                                directions=["maximize", "minimize"])
+    study = optuna.create_study(
+        storage=open_storage(config.storage_url), study_name="duplicates", directions=["maximize", "minimize"]
+    )
     repeated = {"num_layers": 1, "num_heads": 2, "head_dim": 8, "ffn_ratio": 1}
     for params in (repeated, repeated, {**repeated, "ffn_ratio": 2}):  # the sampler proposes a student twice
         study.enqueue_trial(params)
@@ -340,8 +388,11 @@ def test_search_stops_at_its_time_budget(run_dir, ray_session):
     from kdnas.search.runner import run_search
 
     budget = 25.0  # long enough for a first epoch after Ray starts the worker, even on a loaded machine
-    raw = tiny_raw(run_dir, training={"epochs": 1000},  # no student finishes within the budget
-                   search={"n_trials": 50, "study_name": "time-budget", "time_budget_s": budget})
+    raw = tiny_raw(
+        run_dir,
+        training={"epochs": 1000},  # no student finishes within the budget
+        search={"n_trials": 50, "study_name": "time-budget", "time_budget_s": budget},
+    )
     config = build_config(raw)
     started = time.monotonic()
     study = run_search(config)
@@ -358,12 +409,15 @@ def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir,
     from kdnas.records import PRUNED_ATTR
     from kdnas.search.runner import run_search
 
-    raw = tiny_raw(run_dir, training={"epochs": 3},
-                   student={"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16, 32],
-                                      "ffn_ratio": [1, 2]},
-                            "max_params": 1_500_000},  # width 64 (about 1.98M parameters) is over it
-                   search={"n_trials": 6, "study_name": "efficiency",
-                           "early_stopping": {"mode": "on", "latency_bins": 2}})
+    raw = tiny_raw(
+        run_dir,
+        training={"epochs": 3},
+        student={
+            "space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16, 32], "ffn_ratio": [1, 2]},
+            "max_params": 1_500_000,
+        },  # width 64 (about 1.98M parameters) is over it
+        search={"n_trials": 6, "study_name": "efficiency", "early_stopping": {"mode": "on", "latency_bins": 2}},
+    )
     study = run_search(build_config(raw))
     trials = study.trials
     reasons = {t.number: t.user_attrs.get(PRUNED_ATTR) for t in trials if t.state == TrialState.PRUNED}

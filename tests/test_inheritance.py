@@ -18,8 +18,12 @@ from kdnas.space.inheritance import inherit, inheritance_layer_map, inheritance_
 from kdnas.teachers.importance import activation_importance
 from kdnas.teachers.loading import load_tokenizer
 
-TEXTS = ["the film was not very good", "although the plot was dull , the acting was wonderful",
-         "it is not true that the soundtrack was bad", "the cast felt truly awful and the story was boring"] * 4
+TEXTS = [
+    "the film was not very good",
+    "although the plot was dull , the acting was wonderful",
+    "it is not true that the soundtrack was bad",
+    "the cast felt truly awful and the story was boring",
+] * 4
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +35,17 @@ def tokenizer():
 def teacher(tokenizer) -> BertForSequenceClassification:
     """A BERT teacher of 4 layers, width 32 (4 heads of 8), FFN 64, with the students' vocabulary."""
     torch.manual_seed(1)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=64, num_labels=2, max_position_embeddings=64)).eval()
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=2,
+            max_position_embeddings=64,
+        )
+    ).eval()
     with torch.no_grad():  # LayerNorm gains that differ per channel, so channel importance is not a tie
         for name, param in model.named_parameters():
             if "LayerNorm.weight" in name:
@@ -100,8 +112,7 @@ def test_a_sliced_student_holds_the_selected_rows_and_columns(tokenizer, teacher
         rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in heads.tolist()])
         neurons = importance.neurons[j].argsort(descending=True)[:32].sort().values
         assert torch.equal(ours.attention.self.query.weight, theirs.attention.self.query.weight[rows][:, channels])
-        assert torch.equal(ours.attention.output.dense.weight,
-                           theirs.attention.output.dense.weight[channels][:, rows])
+        assert torch.equal(ours.attention.output.dense.weight, theirs.attention.output.dense.weight[channels][:, rows])
         assert torch.equal(ours.intermediate.dense.weight, theirs.intermediate.dense.weight[neurons][:, channels])
         assert torch.equal(ours.output.dense.bias, theirs.output.dense.bias[channels])
         assert torch.equal(ours.output.LayerNorm.weight, theirs.output.LayerNorm.weight[channels])
@@ -115,8 +126,12 @@ def test_what_cannot_inherit_stays_random_with_the_reason(tokenizer, source):
     assert record["random"] == {"attention": "head size 4, the teacher 8", "ffn": "FFN size 160, the teacher 64"}
     assert torch.equal(student.bert.encoder.layer[0].attention.self.query.weight, before)
     too_wide = inherit(_student(tokenizer, num_layers=1, num_heads=8, head_dim=8, ffn_ratio=1), source)
-    assert too_wide == {"teacher": "t", "rule": "uniform", "init": "random",
-                        "random": {"all": "student width 64 exceeds teacher 't''s 32"}}
+    assert too_wide == {
+        "teacher": "t",
+        "rule": "uniform",
+        "init": "random",
+        "random": {"all": "student width 64 exceeds teacher 't''s 32"},
+    }
     too_deep = inherit(_student(tokenizer, num_layers=5, num_heads=2, head_dim=8, ffn_ratio=1), source)
     assert too_deep["init"] == "partial" and too_deep["random"] == {"encoder": "5 layers, teacher 't' only 4"}
 
@@ -172,8 +187,13 @@ def test_transfer_texts_come_from_files_and_the_demo_never_from_validation(tmp_p
     assert len(transfer) == 30 and transfer.sources == {"demo": 30}
     assert not set(transfer.texts) & set(task.texts("eval"))
     assert transfer.fingerprint() == load_transfer_texts(build_config(raw).data, task).fingerprint()
-    files = {"data": {"demo_train_size": 20, "demo_eval_size": 10,
-                      "transfer": {"files": [str(tmp_path / "more.csv")], "demo_size": 0}}}
+    files = {
+        "data": {
+            "demo_train_size": 20,
+            "demo_eval_size": 10,
+            "transfer": {"files": [str(tmp_path / "more.csv")], "demo_size": 0},
+        }
+    }
     found = load_transfer_texts(build_config(files).data, task)
     assert found.texts == ["an unlabelled sentence", "another one"]
 

@@ -64,8 +64,7 @@ def storage(request):
 def _config(run_dir, study_name, storage=(None, ""), **sections):
     url, suffix = storage
     raw = tiny_raw(run_dir, **sections)
-    raw["search"] = {**raw["search"], "study_name": study_name + suffix, "storage": url,
-                     **sections.get("search", {})}
+    raw["search"] = {**raw["search"], "study_name": study_name + suffix, "storage": url, **sections.get("search", {})}
     return build_config(raw)
 
 
@@ -102,8 +101,11 @@ def test_every_teacher_combiner_trains_and_is_recorded(run_dir, ray_session, kd)
 
 
 def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_dir, ray_session, caplog):
-    kd = {"alpha": {"start": 1.0, "end": 0.2}, "intermediate": {"weight": {"start": 1.0, "end": 0.0}},
-          "space": {"intermediate": ["emd", "skip"], "combiner": ["mean", "confidence"], "temperature": [1.0, 4.0]}}
+    kd = {
+        "alpha": {"start": 1.0, "end": 0.2},
+        "intermediate": {"weight": {"start": 1.0, "end": 0.0}},
+        "space": {"intermediate": ["emd", "skip"], "combiner": ["mean", "confidence"], "temperature": [1.0, 4.0]},
+    }
     study = run_search(_config(run_dir, "recipe", kd=kd, search={"n_trials": 2, "sampler": "random", "seed": 3}))
     assert "teacher gpt2 has another tokenizer than the student: it takes part in logit KD only" in caplog.text
     layer_maps = set()
@@ -123,14 +125,21 @@ def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_
         else:
             assert details["layer_map"] == [min(2 * i, 6) for i in range(1, trial.params["num_layers"] + 1)]
         layer_maps.add(trial.params["kd_intermediate"])
-        assert json.loads(Path(trial.user_attrs["student_path"], "config.json").read_text()).get(
-            "_attn_implementation", "sdpa") != "eager"
+        assert (
+            json.loads(Path(trial.user_attrs["student_path"], "config.json").read_text()).get(
+                "_attn_implementation", "sdpa"
+            )
+            != "eager"
+        )
 
 
 def test_latency_budget_below_every_student_is_refused_before_the_study_is_touched(run_dir, ray_session):
     config = _config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1})
-    with pytest.raises(ConfigError, match=r"^no student of student.space fits the budget: even the smallest, "
-                                          r"L1-H16-A2-F16, has latency [\d.e-]+ ms > budget 1e-06 ms$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^no student of student.space fits the budget: even the smallest, "
+        r"L1-H16-A2-F16, has latency [\d.e-]+ ms > budget 1e-06 ms$",
+    ):
         run_search(config)
     with pytest.raises(ConfigError, match="no study 'infeasible'"):  # refused before the study was created
         load_study(config.storage_url, config.search.study_name)
@@ -156,8 +165,14 @@ def test_nan_loss_fails_with_its_reason(run_dir, ray_session, storage):
 
 
 def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
-    config = _config(run_dir, "concurrent", storage, data={"demo_train_size": 400}, training={"epochs": 12},
-                     search={"n_trials": 4, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 0.5}})
+    config = _config(
+        run_dir,
+        "concurrent",
+        storage,
+        data={"demo_train_size": 400},
+        training={"epochs": 12},
+        search={"n_trials": 4, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 0.5}},
+    )
     study = run_search(config)
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
     spans = sorted((t.user_attrs["train_started_at"], t.user_attrs["train_finished_at"]) for t in trained)
@@ -175,8 +190,9 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path, storage):
-    config = _config(run_dir, "resume", storage, data={"demo_train_size": 400}, training={"epochs": 4},
-                     search={"n_trials": 4})
+    config = _config(
+        run_dir, "resume", storage, data={"demo_train_size": 400}, training={"epochs": 4}, search={"n_trials": 4}
+    )
     config_file = tmp_path / "resume.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     command = [sys.executable, "-m", "kdnas.cli", "search", "--config", str(config_file)]
@@ -209,8 +225,9 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path,
         assert by_number[n].state == TrialState.FAIL and by_number[n].user_attrs[FAILURE_ATTR] == DRIVER_LOST
         retries = [t for t in after.trials if t.user_attrs.get("retry_of") == n]
         assert len(retries) == 1 and retries[0].params == by_number[n].params
-    counted = [t for t in after.trials if t.user_attrs.get(FAILURE_ATTR) != DRIVER_LOST and "duplicate_of" not in
-               t.user_attrs]  # a repeat of a student the study holds: its result, not trained, not counted
+    counted = [
+        t for t in after.trials if t.user_attrs.get(FAILURE_ATTR) != DRIVER_LOST and "duplicate_of" not in t.user_attrs
+    ]  # a repeat of a student the study holds: its result, not trained, not counted
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
 
 
@@ -225,8 +242,23 @@ def test_search_on_postgresql_with_masked_password(run_dir, ray_session, tmp_pat
         study = run_search(config)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
         assert "s3cret-pw" not in str(study.user_attrs)
-        proc = subprocess.run([sys.executable, "-m", "kdnas.cli", "report", "--storage", url, "--study-name", name,
-                               "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kdnas.cli",
+                "report",
+                "--storage",
+                url,
+                "--study-name",
+                name,
+                "--out",
+                str(tmp_path / "report"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "s3cret-pw" not in proc.stdout + proc.stderr
         assert "s3cret-pw" not in (tmp_path / "report" / "report.html").read_text()

@@ -26,11 +26,16 @@ def _study(points, *, constraints=None, states=None, storage=None):
         system_attrs = {}
         if constraints and i in constraints:
             system_attrs["constraints"] = [constraints[i]]
-        study.add_trial(create_trial(
-            state=state, values=[acc, lat] if state == TrialState.COMPLETE else None,
-            params={"num_layers": i + 1}, distributions={"num_layers": IntDistribution(1, 20)},
-            user_attrs={"params": 1000 * (i + 1), "arch_summary": f"L{i + 1}"}, system_attrs=system_attrs,
-        ))
+        study.add_trial(
+            create_trial(
+                state=state,
+                values=[acc, lat] if state == TrialState.COMPLETE else None,
+                params={"num_layers": i + 1},
+                distributions={"num_layers": IntDistribution(1, 20)},
+                user_attrs={"params": 1000 * (i + 1), "arch_summary": f"L{i + 1}"},
+                system_attrs=system_attrs,
+            )
+        )
     return study
 
 
@@ -73,8 +78,12 @@ def test_kd_summary_labels_recipes_compactly():
     from kdnas.dashboards.report import kd_summary
 
     assert kd_summary(KDConfig(combiner="mean").model_dump(mode="json")) == "mean T=2 α=0.5"
-    ramped = KDConfig(combiner="weighted", teacher_weights=[3, 1], temperature={"start": 4, "end": 1},
-                      intermediate={"enabled": True, "layer_map": "emd", "weight": 0.5})
+    ramped = KDConfig(
+        combiner="weighted",
+        teacher_weights=[3, 1],
+        temperature={"start": 4, "end": 1},
+        intermediate={"enabled": True, "layer_map": "emd", "weight": 0.5},
+    )
     assert kd_summary(ramped.model_dump(mode="json")) == "weighted[3.0, 1.0] T=4→1 α=0.5 + EMD (β=0.5)"
     uniform = KDConfig(combiner="mean", intermediate={"enabled": True})
     assert kd_summary(uniform.model_dump(mode="json")) == "mean T=2 α=0.5 + layers uniform (β=0.1)"
@@ -88,8 +97,14 @@ def test_a_repeated_student_is_one_point_of_the_front_listing_its_trials(tmp_pat
 
     study = _study([(0.8, 2.0), (0.9, 5.0)])
     original = study.trials[0]
-    study.add_trial(create_trial(values=original.values, params=original.params, distributions=original.distributions,
-                                 user_attrs={**original.user_attrs, "duplicate_of": 0}))
+    study.add_trial(
+        create_trial(
+            values=original.values,
+            params=original.params,
+            distributions=original.distributions,
+            user_attrs={**original.user_attrs, "duplicate_of": 0},
+        )
+    )
     assert [t.number for t in study.best_trials] == [0, 1, 2]
     assert [t.number for t in pareto_front(study)] == [0, 1]
     assert [(r["trial"], r["repeats"]) for r in front_rows(study, "accuracy")] == [(0, "2"), (1, "")]
@@ -112,8 +127,14 @@ def test_dashboard_notes_follow_the_front_and_spare_a_persons_note():
     save_note(optuna.trial.Trial(study, study.trials[2]._trial_id), "mine")
     assert write_front_notes(study, storage) == 2
     assert [n.startswith(NOTE_HEAD) for n in notes()] == [True, True, False] and notes()[2] == "mine"
-    study.add_trial(create_trial(values=[0.95, 1.0], params={"num_layers": 4},
-                                 distributions={"num_layers": IntDistribution(1, 20)}, user_attrs={"params": 4000}))
+    study.add_trial(
+        create_trial(
+            values=[0.95, 1.0],
+            params={"num_layers": 4},
+            distributions={"num_layers": IntDistribution(1, 20)},
+            user_attrs={"params": 4000},
+        )
+    )
     assert write_front_notes(study, storage) == 1
     assert notes()[:3] == ["", "", "mine"] and notes()[3].startswith(NOTE_HEAD) and "--trial 3" in notes()[3]
 
@@ -122,11 +143,15 @@ def test_report_notes_importances_it_cannot_trust(tmp_path):
     from kdnas.dashboards.report import importance_figures, write_report
 
     assert importance_figures(_study([]), "accuracy") == (
-        [], "Parameter importances for accuracy and latency_ms are missing or unreliable with 0 completed trial(s).")
+        [],
+        "Parameter importances for accuracy and latency_ms are missing or unreliable with 0 completed trial(s).",
+    )
     one = _study([(0.8, 2.0)])
     page = write_report(one, tmp_path, "accuracy")["html"].read_text()
-    assert ('<p id="importance-note"><b>Note:</b> Parameter importances for accuracy and latency_ms are missing or '
-            "unreliable with 1 completed trial(s).</p>") in page
+    assert (
+        '<p id="importance-note"><b>Note:</b> Parameter importances for accuracy and latency_ms are missing or '
+        "unreliable with 1 completed trial(s).</p>"
+    ) in page
     figures, note = importance_figures(_study([(0.5, 2.0), (0.9, 1.0), (0.8, 6.0), (0.7, 3.0)]), "accuracy")
     assert len(figures) == 2 and note == ""
 
@@ -139,8 +164,9 @@ def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
     student.mkdir()
     for name in ("config.json", "model.safetensors"):
         (student / name).write_text("{}")
-    retrained = Retrained(student, 0.6543, 2.5, {"arch_summary": "L1", "epochs_trained": 1,
-                                                "student_path": str(student)})
+    retrained = Retrained(
+        student, 0.6543, 2.5, {"arch_summary": "L1", "epochs_trained": 1, "student_path": str(student)}
+    )
     out = export_trial(study, study.trials[0], tmp_path / "out", retrained=retrained)
     record = json.loads((out / "kdnas_trial.json").read_text())
     assert record["retrained"] and record["objectives"] == {"accuracy": 0.6543, "latency_ms": 2.5}

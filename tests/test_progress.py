@@ -30,9 +30,16 @@ def test_a_long_step_logs_its_count_rate_and_time_left(caplog, monkeypatch):
     weight = torch.nn.Parameter(torch.ones(1))
     caplog.set_level(logging.INFO, logger="kdnas")
     with Progress("fitting teacher t", "step", every_s=0.0) as progress:
-        train(model, data, loss_fn=lambda m, b, y, i, f: (weight - 2).pow(2).sum(), epochs=2, batch_size=10,
-              learning_rate=0.1, extra_parameters=[weight],
-              on_step=lambda step, total, loss: progress.advance(step, total, loss=loss))
+        train(
+            model,
+            data,
+            loss_fn=lambda m, b, y, i, f: (weight - 2).pow(2).sum(),
+            epochs=2,
+            batch_size=10,
+            learning_rate=0.1,
+            extra_parameters=[weight],
+            on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
+        )
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fitting teacher t: step")]
     assert len(lines) == 8 and lines[0].startswith("fitting teacher t: step 1/8 (12%), loss 1, ")
     assert "about" in lines[0] and "left" in lines[0] and lines[-1].startswith("fitting teacher t: step 8/8 (100%)")
@@ -49,15 +56,33 @@ def test_on_a_terminal_a_long_step_draws_a_bar(capsys, monkeypatch):
 def test_the_study_summary_counts_states_repeats_and_the_front():
     study = optuna.create_study(directions=["maximize", "minimize"])
     distributions = {"num_layers": IntDistribution(1, 4)}
-    for number, (state, values) in enumerate([(TrialState.COMPLETE, [0.8, 2.0]), (TrialState.COMPLETE, [0.9, 4.0]),
-                                              (TrialState.PRUNED, None), (TrialState.FAIL, None)]):
-        study.add_trial(create_trial(state=state, values=values, params={"num_layers": number + 1},
-                                     distributions=distributions))
-    study.add_trial(create_trial(values=[0.8, 2.0], params={"num_layers": 1}, distributions=distributions,
-                                 user_attrs={"duplicate_of": 0}))
+    for number, (state, values) in enumerate(
+        [
+            (TrialState.COMPLETE, [0.8, 2.0]),
+            (TrialState.COMPLETE, [0.9, 4.0]),
+            (TrialState.PRUNED, None),
+            (TrialState.FAIL, None),
+        ]
+    ):
+        study.add_trial(
+            create_trial(state=state, values=values, params={"num_layers": number + 1}, distributions=distributions)
+        )
+    study.add_trial(
+        create_trial(
+            values=[0.8, 2.0], params={"num_layers": 1}, distributions=distributions, user_attrs={"duplicate_of": 0}
+        )
+    )
     summary = study_summary(study)
-    assert summary == {"trials": 5, "complete": 2, "reused": 1, "pruned": 1, "failed": 1, "running": 0, "front": 2,
-                       "hypervolume": pytest.approx((4.4 - 2.0) * 0.8 + (4.4 - 4.0) * 0.1)}
+    assert summary == {
+        "trials": 5,
+        "complete": 2,
+        "reused": 1,
+        "pruned": 1,
+        "failed": 1,
+        "running": 0,
+        "front": 2,
+        "hypervolume": pytest.approx((4.4 - 2.0) * 0.8 + (4.4 - 4.0) * 0.1),
+    }
     assert summary_line(summary).startswith("2 complete, 1 pruned, 1 failed, 0 running, 1 reused · front 2 · ")
 
 
@@ -68,8 +93,11 @@ def test_the_search_status_gives_the_time_left_capped_by_the_time_budget(monkeyp
     monkeypatch.setattr(search_progress.time, "monotonic", lambda: next(clock))
     progress = SearchProgress(study, "accuracy", n_trials=10, time_budget_s=60.0)  # started at t=100
     for number in range(2):
-        study.add_trial(create_trial(values=[0.7 + number / 10, 2.0 + number], params={"num_layers": number + 1},
-                                     distributions=distributions))
+        study.add_trial(
+            create_trial(
+                values=[0.7 + number / 10, 2.0 + number], params={"num_layers": number + 1}, distributions=distributions
+            )
+        )
     status = progress.status()  # t=130: 2 done in 30 s, 8 left at that rate is 2 min, but only 30 s of budget
     assert status.startswith("2/10 done · 2 complete, 0 pruned, 0 failed, 0 running, 0 reused · front 2 · ")
     assert status.endswith("· 30s, about 30s left")

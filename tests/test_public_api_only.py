@@ -22,9 +22,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "kdnas"
 
 ALLOWED: dict[tuple[str, str], str] = {
     # (file relative to src/kdnas, attribute): why
-    ("objectives/intermediate.py", "_attn_implementation"):
-        "transformers' PretrainedConfig has no public setter for the attention implementation of a config built "
-        "in code; neither Optuna nor Ray",
+    (
+        "objectives/intermediate.py",
+        "_attn_implementation",
+    ): "transformers' PretrainedConfig has no public setter for the attention implementation of a config built "
+    "in code; neither Optuna nor Ray",
 }
 
 
@@ -59,8 +61,14 @@ def _private(name: str) -> bool:
 
 def _own_private_names(tree: ast.AST) -> set[str]:
     """The ``self._name``/``cls._name`` attributes used in ``tree``."""
-    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and _private(node.attr)
-            and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")}
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and _private(node.attr)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("self", "cls")
+    }
 
 
 def _foreign_private_names(cls: type) -> dict[str, str]:
@@ -115,7 +123,10 @@ def test_the_rule_catches_what_it_should_and_spares_what_it_should():
         "type(x).__name__\n"
     )
     assert sorted(access for _, access in private_accesses(source)) == [
-        "study._storage", "study._study_id", "super()._metric", "trial._trial_id",
+        "study._storage",
+        "study._study_id",
+        "super()._metric",
+        "trial._trial_id",
     ]
 
 
@@ -131,4 +142,5 @@ def test_the_code_before_the_public_api_bridge_breaks_the_rules():
     from ray.tune.search.optuna import OptunaSearch
 
     assert {"_ot_trials", "_ot_study", "_completed_trials", "_metric"} <= _foreign_private_names(
-        type("OldKDNASSearch", (OptunaSearch,), {})).keys()
+        type("OldKDNASSearch", (OptunaSearch,), {})
+    ).keys()

@@ -47,8 +47,12 @@ READERS = textwrap.dedent("""
 
 
 def test_report_export_trials_studies_and_the_dashboard_read_a_study_without_the_training_stack(tmp_path):
-    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{READERS}", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{READERS}", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {"codes": [0, 0, 0, 0], "heavy": []}

@@ -52,8 +52,11 @@ def _states(study: optuna.Study) -> dict[TrialState, int]:
 def _assert_consistent(study: optuna.Study, n_trials: int) -> None:
     """Nothing left RUNNING or WAITING, each lost trial retried at most once, the budget met exactly."""
     trials = study.trials
-    assert not [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials
-                if t.state in (TrialState.RUNNING, TrialState.WAITING)], _states(study)
+    assert not [
+        (t.number, t.state.name, t.user_attrs, t.system_attrs)
+        for t in trials
+        if t.state in (TrialState.RUNNING, TrialState.WAITING)
+    ], _states(study)
     retried = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
     assert len(retried) == len(set(retried)), "a lost trial was retried twice"
     for number in retried:
@@ -69,8 +72,9 @@ KILL_POINTS = ["mid-training", "resume-reconcile", "result-write", "after-tell",
 @pytest.mark.slow
 def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(run_dir, tmp_path):
     n_trials = 4
-    config = _config(run_dir, f"kill-points-{uuid.uuid4().hex[:6]}", training={"epochs": 2},
-                     search={"n_trials": n_trials})
+    config = _config(
+        run_dir, f"kill-points-{uuid.uuid4().hex[:6]}", training={"epochs": 2}, search={"n_trials": n_trials}
+    )
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     url, name = config.storage_url, config.search.study_name
@@ -99,9 +103,11 @@ def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(ru
     _assert_consistent(study, n_trials)
     assert [t.state for t in study.trials if counts_toward_budget(t)] == [TrialState.COMPLETE] * n_trials
     lost = sum(t.user_attrs.get(FAILURE_ATTR) == DRIVER_LOST for t in study.trials)
-    print(f"\n[reliability] driver SIGKILLed at {len(killed)} points ({', '.join(KILL_POINTS)}), then rerun: "
-          f"{n_trials}/{n_trials} COMPLETE, {lost} trials failed as driver lost and retried, 0 RUNNING, "
-          f"0 duplicates; {time.perf_counter() - started:.0f} s")
+    print(
+        f"\n[reliability] driver SIGKILLed at {len(killed)} points ({', '.join(KILL_POINTS)}), then rerun: "
+        f"{n_trials}/{n_trials} COMPLETE, {lost} trials failed as driver lost and retried, 0 RUNNING, "
+        f"0 duplicates; {time.perf_counter() - started:.0f} s"
+    )
 
 
 def _running(url: str, name: str) -> bool:
@@ -143,10 +149,13 @@ def dying_student(config: dict, inputs) -> None:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_limit(run_dir, ray_session,
-                                                                                     monkeypatch):
-    config = _config(run_dir, f"worker-death-{uuid.uuid4().hex[:6]}", training={"epochs": 3},
-                     search={"n_trials": 2, "max_failures": 1})
+def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_limit(run_dir, ray_session, monkeypatch):
+    config = _config(
+        run_dir,
+        f"worker-death-{uuid.uuid4().hex[:6]}",
+        training={"epochs": 3},
+        search={"n_trials": 2, "max_failures": 1},
+    )
     folder = Path(config.output_dir) / "students" / config.search.study_name
     folder.mkdir(parents=True)
     (folder / "kill-plan.json").write_text(json.dumps({"0": 5, "1": 1}))  # trial 0 always dies, trial 1 once
@@ -159,8 +168,10 @@ def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_lim
     assert resumed.user_attrs["epochs_trained"] == 3
     assert (folder / "starts-0").read_text().split() == ["0", "1"]  # retried from its epoch-1 checkpoint
     assert (folder / "starts-1").read_text().split() == ["0", "1"]
-    print("\n[reliability] worker SIGKILLed in epoch 2: resumed from its epoch-1 checkpoint and COMPLETE "
-          "(restarts=1); a worker dying every time: FAIL after max_failures=1 restart, search went on")
+    print(
+        "\n[reliability] worker SIGKILLed in epoch 2: resumed from its epoch-1 checkpoint and COMPLETE "
+        "(restarts=1); a worker dying every time: FAIL after max_failures=1 restart, search went on"
+    )
 
 
 def test_training_state_round_trips_without_pickle(tmp_path):
@@ -168,8 +179,13 @@ def test_training_state_round_trips_without_pickle(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 2, "loss": None,
-             "rng": torch.get_rng_state()}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": 2,
+        "loss": None,
+        "rng": torch.get_rng_state(),
+    }
     save_state(state, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.safetensors"]
     loaded = load_state(tmp_path)
@@ -199,8 +215,9 @@ def test_resumed_training_continues_where_it_stopped():
 # --- 3. numerical faults ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bad", "error"), [(float("nan"), NonFiniteLossError), (float("inf"), NonFiniteLossError),
-                                            (None, DivergedError)])
+@pytest.mark.parametrize(
+    ("bad", "error"), [(float("nan"), NonFiniteLossError), (float("inf"), NonFiniteLossError), (None, DivergedError)]
+)
 def test_non_finite_or_diverging_loss_stops_training(bad, error):
     steps = []
 
@@ -210,14 +227,14 @@ def test_non_finite_or_diverging_loss_stops_training(bad, error):
         return value * (10 ** len(steps)) if bad is None else value + (bad if len(steps) == 3 else 0)
 
     with pytest.raises(error, match="non-finite loss|training diverged: mean loss"):
-        train(_Wrapped(torch.nn.Linear(4, 2)), _tiny_data(), loss_fn=loss, epochs=2, batch_size=4,
-              learning_rate=0.1)
+        train(_Wrapped(torch.nn.Linear(4, 2)), _tiny_data(), loss_fn=loss, epochs=2, batch_size=4, learning_rate=0.1)
 
 
 @pytest.mark.slow
 def test_diverging_student_fails_with_its_reason(run_dir, ray_session):
-    study = runner.run_search(_config(run_dir, f"diverge-{uuid.uuid4().hex[:6]}", training={"learning_rate": 10.0},
-                                      search={"n_trials": 1}))
+    study = runner.run_search(
+        _config(run_dir, f"diverge-{uuid.uuid4().hex[:6]}", training={"learning_rate": 10.0}, search={"n_trials": 1})
+    )
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL and trial.values is None
     assert trial.user_attrs[FAILURE_ATTR].startswith("DivergedError: training diverged: mean loss")
@@ -287,25 +304,36 @@ def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postg
     study = load_study(url, config.search.study_name)
     assert dropped[0] > 0
     _assert_consistent(study, n_trials)
-    print(f"\n[reliability] PostgreSQL: {dropped[0]} connections terminated during a {n_trials}-trial search: "
-          f"{runs} driver run(s) ({errors or 'no errors'}), {_states(study)}")
+    print(
+        f"\n[reliability] PostgreSQL: {dropped[0]} connections terminated during a {n_trials}-trial search: "
+        f"{runs} driver run(s) ({errors or 'no errors'}), {_states(study)}"
+    )
 
 
 @pytest.mark.slow
 def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, ray_session, postgres_db, tmp_path):
     url, _ = postgres_db
     n_trials = 40
-    config = _config(run_dir, "four-drivers", student={"space": STUB_SPACE},
-                     search={"n_trials": n_trials, "storage": url})
+    config = _config(
+        run_dir, "four-drivers", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url}
+    )
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     runner.init_ray(None)
     address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, str(TESTS / "stub_search.py"), "search", "--config", str(config_file),
-               "--ray-address", address]
+    command = [
+        sys.executable,
+        str(TESTS / "stub_search.py"),
+        "search",
+        "--config",
+        str(config_file),
+        "--ray-address",
+        address,
+    ]
     started = time.perf_counter()
-    drivers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(4)]
+    drivers = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     errors = [d.communicate(timeout=600)[1] for d in drivers]
     assert [d.returncode for d in drivers] == [0] * 4, [e[-1500:] for e in errors]
     study = load_study(url, config.search.study_name)
@@ -317,8 +345,10 @@ def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, r
     assert all("duplicate_of" in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in repeats)
     completed = len(counted)
     assert n_trials <= completed <= n_trials + 3  # each driver checks the budget before it asks: at most 3 over
-    print(f"\n[reliability] 4 drivers on one PostgreSQL study (budget {n_trials}): {completed} trials, each recorded "
-          f"once and COMPLETE; {time.perf_counter() - started:.0f} s")
+    print(
+        f"\n[reliability] 4 drivers on one PostgreSQL study (budget {n_trials}): {completed} trials, each recorded "
+        f"once and COMPLETE; {time.perf_counter() - started:.0f} s"
+    )
 
 
 # --- 7. load ---------------------------------------------------------------------------------------------------
@@ -331,16 +361,21 @@ def test_two_hundred_trivial_trials_are_all_recorded(run_dir, ray_session, monke
     if backend == "postgresql":
         url = request.getfixturevalue("postgres_db")[0]
     n_trials = 200
-    config = _config(run_dir, f"load-{uuid.uuid4().hex[:6]}",  # 200 trials of an 8-student space: repeats train
-                     search={"n_trials": n_trials, "storage": url, "reuse_duplicates": False})
+    config = _config(
+        run_dir,
+        f"load-{uuid.uuid4().hex[:6]}",  # 200 trials of an 8-student space: repeats train
+        search={"n_trials": n_trials, "storage": url, "reuse_duplicates": False},
+    )
     use_stub_trials(monkeypatch)
     started = time.perf_counter()
     study = runner.run_search(config)
     minutes = (time.perf_counter() - started) / 60
     assert len(study.trials) == n_trials and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert all(t.user_attrs.get("stub") for t in study.trials)
-    print(f"\n[reliability] load, {backend}: {n_trials} trivial trials in {minutes * 60:.0f} s = "
-          f"{n_trials / minutes:.0f} trials/minute, all recorded COMPLETE")
+    print(
+        f"\n[reliability] load, {backend}: {n_trials} trivial trials in {minutes * 60:.0f} s = "
+        f"{n_trials / minutes:.0f} trials/minute, all recorded COMPLETE"
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -366,8 +401,9 @@ def _tiny_data():
 
     torch.manual_seed(0)
     ids = torch.randint(0, 5, (16, 4))
-    return Encoded(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=None,
-                   labels=(ids.sum(1) > 8).long())
+    return Encoded(
+        input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=None, labels=(ids.sum(1) > 8).long()
+    )
 
 
 def _copy(value):

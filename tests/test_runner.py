@@ -21,8 +21,16 @@ from kdnas.search.trial import TrialInputs
 def _inputs(gpu: float) -> TrialInputs:
     config = build_config({"search": {"resources_per_trial": {"cpu": 1, "gpu": gpu}}})
     empty = torch.zeros(0)
-    return TrialInputs(config=config, metric="accuracy", label_names=("a", "b"), train=None, eval=None,
-                       teacher_names=(), teacher_logits=empty, students_dir="/nonexistent")
+    return TrialInputs(
+        config=config,
+        metric="accuracy",
+        label_names=("a", "b"),
+        train=None,
+        eval=None,
+        teacher_names=(),
+        teacher_logits=empty,
+        students_dir="/nonexistent",
+    )
 
 
 @pytest.mark.parametrize(("gpu", "cuda", "expected"), [(1, True, "cuda"), (1, False, "cpu"), (0, True, "cpu")])

@@ -50,8 +50,10 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
         init = t.user_attrs["init"]
         assert init["init"] == "partial" and init["teacher"] == "minilm"  # head size 8/16, MiniLM's is 32
         assert init["random"] == {"attention": f"head size {t.params['head_dim']}, the teacher 32"}
-        assert len(init["layers"]) == t.params["num_layers"] and init["hidden_channels"] == t.user_attrs["arch"][
-            "hidden_size"]
+        assert (
+            len(init["layers"]) == t.params["num_layers"]
+            and init["hidden_channels"] == t.user_attrs["arch"]["hidden_size"]
+        )
         assert t.user_attrs["learning_rate"] == 6e-4
         assert t.user_attrs["train_rows"] == {"labelled": 160, "transfer": 32}
         assert len(t.user_attrs["kd"]["learned_teacher_weights"]) == 2
@@ -79,7 +81,7 @@ def test_report_and_export_round_trip(searched, tmp_path):
     config, study = searched
     paths = write_report(study, tmp_path / "report", "accuracy")
     page = paths["html"].read_text()
-    assert "Pareto front" in page and "<script src=\"http" not in page and len(page) > 1_000_000  # plotly.js inline
+    assert "Pareto front" in page and '<script src="http' not in page and len(page) > 1_000_000  # plotly.js inline
     summary = json.loads(paths["json"].read_text())
     assert [p["trial"] for p in summary["front"]] == [t.number for t in pareto_front(study)]
     assert summary["hypervolume"] > 0 and summary["reference_point"]["accuracy"] == 0.0
@@ -110,24 +112,32 @@ def test_cli_reports_and_exports_from_the_study(searched, tmp_path):
     assert report.returncode == 0, report.stderr
     assert "Pareto front" in report.stdout
     out = tmp_path / "exported"
-    export = subprocess.run(base + ["export", *where, "--knee", "--out", str(out)], capture_output=True,
-                            text=True, timeout=300)
+    export = subprocess.run(
+        base + ["export", *where, "--knee", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert export.returncode == 0, export.stderr
     assert (out / "model.safetensors").is_file()
     fastest = min(pareto_front(study), key=lambda t: t.values[1])
     budget = min(t.user_attrs["params"] for t in study.trials)
     within = [t for t in study.trials if t.user_attrs["params"] <= budget]
     smallest = max(within, key=lambda t: (t.values[0], -t.values[1]))
-    for selector, expected in ((["--latency-budget-ms", str(fastest.values[1])], fastest.number),
-                               (["--param-budget", str(budget)], smallest.number),
-                               (["--trial", "1"], 1)):
-        chosen = subprocess.run(base + ["export", *where, *selector, "--out", str(tmp_path / "by-selector")],
-                                capture_output=True, text=True, timeout=300)
+    for selector, expected in (
+        (["--latency-budget-ms", str(fastest.values[1])], fastest.number),
+        (["--param-budget", str(budget)], smallest.number),
+        (["--trial", "1"], 1),
+    ):
+        chosen = subprocess.run(
+            base + ["export", *where, *selector, "--out", str(tmp_path / "by-selector")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert chosen.returncode == 0, chosen.stderr
         record = json.loads((tmp_path / "by-selector" / "kdnas_trial.json").read_text())
         assert record["trial"] == expected, (selector, chosen.stdout)
-    missing = subprocess.run(base + ["export", *where, "--latency-budget-ms", "0.000001"], capture_output=True,
-                             text=True, timeout=300)
+    missing = subprocess.run(
+        base + ["export", *where, "--latency-budget-ms", "0.000001"], capture_output=True, text=True, timeout=300
+    )
     assert missing.returncode == 2 and "no completed student within latency" in missing.stderr
 
 
@@ -141,9 +151,21 @@ def test_dashboard_serves_the_study_on_localhost(searched):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kdnas.cli", "dashboard", "--output-dir", config.output_dir,
-         "--study-name", config.search.study_name, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "kdnas.cli",
+            "dashboard",
+            "--output-dir",
+            config.output_dir,
+            "--study-name",
+            config.search.study_name,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline, body = time.monotonic() + 60, None
@@ -163,8 +185,10 @@ def test_dashboard_serves_the_study_on_localhost(searched):
         for trial in detail["trials"]:
             note = trial["note"]["body"]
             if trial["number"] in front:
-                assert note.startswith("**Pareto front**") and study.trials[trial["number"]].user_attrs[
-                    "arch_summary"] in note
+                assert (
+                    note.startswith("**Pareto front**")
+                    and study.trials[trial["number"]].user_attrs["arch_summary"] in note
+                )
             else:
                 assert note == ""
     finally:
@@ -175,8 +199,21 @@ def test_dashboard_serves_the_study_on_localhost(searched):
 def test_stock_optuna_cli_reads_the_study(searched):
     config, study = searched
     optuna_cli = Path(sys.executable).with_name("optuna")
-    proc = subprocess.run([str(optuna_cli), "best-trials", "--study-name", config.search.study_name,
-                           "--storage", config.storage_url, "-f", "json"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(optuna_cli),
+            "best-trials",
+            "--study-name",
+            config.search.study_name,
+            "--storage",
+            config.storage_url,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     front = json.loads(proc.stdout)
     trials = study.get_trials()
@@ -192,8 +229,20 @@ def test_export_with_missing_weights_says_so_then_retrains(searched, tmp_path):
     hidden = tmp_path / "hidden-student"
     shutil.move(saved, hidden)
     try:
-        base = [sys.executable, "-m", "kdnas.cli", "export", "--output-dir", config.output_dir,
-                "--study-name", config.search.study_name, "--trial", "0", "--out", str(tmp_path / "out")]
+        base = [
+            sys.executable,
+            "-m",
+            "kdnas.cli",
+            "export",
+            "--output-dir",
+            config.output_dir,
+            "--study-name",
+            config.search.study_name,
+            "--trial",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+        ]
         refused = subprocess.run(base, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2
         assert "saved student weights are missing" in refused.stderr and "--retrain" in refused.stderr

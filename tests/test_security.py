@@ -96,15 +96,28 @@ def test_exports_reports_and_listings_hold_no_password_or_local_path(password_ur
     study = optuna.create_study(storage=password_url, study_name="secure", directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "latency_ms"])
     study.set_user_attr("task", {"name": "demo", "metric": "accuracy", "label_names": ["0", "1"]})
-    study.add_trial(create_trial(
-        params={"num_layers": 1}, distributions={"num_layers": IntDistribution(1, 4)}, values=[0.7, 0.9],
-        user_attrs={"arch_summary": "L1-H16-A2-F16", "student_path": str(student), "params": 1000,
-                    "latency": {"device_name": "cpu"}, "kd": {"alpha": 0.5}},
-    ))
+    study.add_trial(
+        create_trial(
+            params={"num_layers": 1},
+            distributions={"num_layers": IntDistribution(1, 4)},
+            values=[0.7, 0.9],
+            user_attrs={
+                "arch_summary": "L1-H16-A2-F16",
+                "student_path": str(student),
+                "params": 1000,
+                "latency": {"device_name": "cpu"},
+                "kd": {"alpha": 0.5},
+            },
+        )
+    )
     common = ["--storage", password_url, "--study-name", "secure", "--output-dir", str(tmp_path / "run")]
     out = tmp_path / "export"
-    for command in (["export", "--trial", "0", "--out", str(out)], ["report", "--out", str(tmp_path / "report")],
-                    ["trials"], ["studies"]):
+    for command in (
+        ["export", "--trial", "0", "--out", str(out)],
+        ["report", "--out", str(tmp_path / "report")],
+        ["trials"],
+        ["studies"],
+    ):
         assert main([*command, *common]) == 0
     printed = capsys.readouterr()
     assert PASSWORD not in printed.out + printed.err
@@ -126,8 +139,10 @@ def test_benchmark_results_hold_no_local_absolute_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(repo / "benchmarks"))
     common = __import__("_common")
     monkeypatch.setattr(common, "REPO", tmp_path / "checkout")
-    written = common.write_result(tmp_path / "r.json", {"out": str(tmp_path / "checkout" / "runs" / "x"),
-                                                        "data": str(tmp_path / "shared" / "data")})
+    written = common.write_result(
+        tmp_path / "r.json",
+        {"out": str(tmp_path / "checkout" / "runs" / "x"), "data": str(tmp_path / "shared" / "data")},
+    )
     text = written.read_text()
     assert '"out": "./runs/x"' in text and '"data": "../shared/data"' in text and str(tmp_path) not in text
     sys.modules.pop("_common", None)

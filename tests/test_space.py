@@ -10,8 +10,9 @@ from kdnas.teachers.loading import load_tokenizer
 
 
 def test_every_sampled_arch_is_valid_and_choices_are_fixed():
-    space = SearchSpace(SpaceConfig(depth={"min": 1, "max": 6}, heads=[2, 3, 4, 6], head_dim=[16, 24, 64],
-                                    ffn_ratio=[1, 2, 4]))
+    space = SearchSpace(
+        SpaceConfig(depth={"min": 1, "max": 6}, heads=[2, 3, 4, 6], head_dim=[16, 24, 64], ffn_ratio=[1, 2, 4])
+    )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(300):

@@ -20,8 +20,14 @@ logger = logging.getLogger("kdnas")
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="YAML config (default: the built-in demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set search.n_trials=20 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set search.n_trials=20 (repeatable)",
+    )
     parser.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the output dir)")
     parser.add_argument("--study-name", help="study name")
     parser.add_argument("--output-dir", help="output directory")
@@ -29,9 +35,14 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> KDNASConfig:
     overrides = list(args.overrides)
-    for flag, key in (("storage", "search.storage"), ("study_name", "search.study_name"),
-                      ("output_dir", "output_dir"), ("n_trials", "search.n_trials"),
-                      ("time_budget_s", "search.time_budget_s"), ("ray_address", "search.ray_address")):
+    for flag, key in (
+        ("storage", "search.storage"),
+        ("study_name", "search.study_name"),
+        ("output_dir", "output_dir"),
+        ("n_trials", "search.n_trials"),
+        ("time_budget_s", "search.time_budget_s"),
+        ("ray_address", "search.ray_address"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -51,8 +62,9 @@ def _print_table(rows: list[dict]) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[str(k) for k in rows[0]]] + [["" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-                                            for v in row.values()] for row in rows]
+    cells = [[str(k) for k in rows[0]]] + [
+        ["" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -122,8 +134,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 1
     print(f"\nPareto front ({config.data.metric} vs latency):")
     _print_table(front_rows(study, config.data.metric))
-    paths = write_report(study, Path(config.output_dir) / "report", config.data.metric,
-                         latency_budget_ms=config.latency.budget_ms)
+    paths = write_report(
+        study, Path(config.output_dir) / "report", config.data.metric, latency_budget_ms=config.latency.budget_ms
+    )
     print(f"\nstudy:  {config.search.study_name} in {mask_url(config.storage_url)}")
     print(f"report: {paths['html']}")
     return 0
@@ -153,8 +166,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     metric = (study.metric_names or [config.data.metric])[0]
     print(f"Pareto front ({metric} vs latency):")
     _print_table(front_rows(study, metric))
-    out = writable_dir(Path(args.out) if args.out else Path(config.output_dir) / "report",
-                       "--out" if args.out else "output_dir")
+    out = writable_dir(
+        Path(args.out) if args.out else Path(config.output_dir) / "report", "--out" if args.out else "output_dir"
+    )
     paths = write_report(study, out, metric, latency_budget_ms=args.latency_budget_ms)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -189,9 +203,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         retrained = retrain_student(study, trial, epochs=args.epochs)
     export_trial(study, trial, out, retrained=retrained)
     value, latency_ms = (retrained.value, retrained.latency_ms) if retrained else trial.values
-    print(f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')})"
-          f"{', retrained' if retrained else ''}: {study.metric_names[0]}={value:.4f}, latency={latency_ms:.3f} ms"
-          f" -> {out}")
+    print(
+        f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')})"
+        f"{', retrained' if retrained else ''}: {study.metric_names[0]}={value:.4f}, latency={latency_ms:.3f} ms"
+        f" -> {out}"
+    )
     return 0
 
 
@@ -243,8 +259,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     tokenizer = load_tokenizer(config.student.tokenizer)
     model = arch.build(tokenizer, num_labels=2, max_positions=max(512, config.latency_seq_len))
-    result = measure_configured(model, vocab_size=len(tokenizer), settings=config.latency,
-                                seq_len=config.latency_seq_len)
+    result = measure_configured(
+        model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len
+    )
     print(json.dumps({"arch": arch.summary, **result.to_dict()}, indent=2))
     return 0
 
@@ -260,8 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="run (or resume) a student search")
     _config_arguments(search)
     search.add_argument("--n-trials", type=int, help="total number of trials in the study")
-    search.add_argument("--time-budget-s", type=float, help="stop this run's search after this many seconds "
-                                                            "(unfinished students are PRUNED)")
+    search.add_argument(
+        "--time-budget-s",
+        type=float,
+        help="stop this run's search after this many seconds (unfinished students are PRUNED)",
+    )
     search.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
     search.set_defaults(func=cmd_search)
 
@@ -286,8 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--latency-budget-ms", type=float, help="best student within this latency")
     export.add_argument("--param-budget", type=int, help="best student within this many parameters")
     export.add_argument("--out", help="output directory (default: <output_dir>/export/trial-N)")
-    export.add_argument("--retrain", action="store_true",
-                        help="if the trial's saved weights are missing, train its architecture again with its recipe")
+    export.add_argument(
+        "--retrain",
+        action="store_true",
+        help="if the trial's saved weights are missing, train its architecture again with its recipe",
+    )
     export.add_argument("--epochs", type=int, help="with --retrain: train this many epochs (default: the study's)")
     export.set_defaults(func=cmd_export)
 
@@ -297,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trials = commands.add_parser("trials", help="list a study's trials: state, values, arch, failure reason")
     _config_arguments(trials)
-    trials.add_argument("--state", choices=["complete", "pruned", "fail", "running", "waiting"],
-                        help="only trials in this state")
+    trials.add_argument(
+        "--state", choices=["complete", "pruned", "fail", "running", "waiting"], help="only trials in this state"
+    )
     trials.set_defaults(func=cmd_trials)
 
     dashboard = commands.add_parser("dashboard", help="serve the study with optuna-dashboard")
@@ -320,9 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     """Quiet the libraries' own logs and progress bars (kdnas shows its own) through the environment, so commands
     that only read a study never import transformers or datasets; Ray workers inherit it."""
-    for name, value in (("TOKENIZERS_PARALLELISM", "false"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                        ("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")):
+    for name, value in (
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("RAY_AIR_NEW_OUTPUT", "0"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+    ):
         os.environ.setdefault(name, value)
     import optuna
 
@@ -358,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, (StorageInternalError, DBAPIError)):
             raise
         reason = mask_url(str(err.__cause__ or err).strip().splitlines()[0])
-        print(f"kdnas: error: lost the storage connection ({reason}); run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"kdnas: error: lost the storage connection ({reason}); run the same command again to resume",
+            file=sys.stderr,
+        )
         return 1
 
 

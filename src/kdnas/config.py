@@ -203,8 +203,11 @@ class StudentConfig(_Section):
         if not isinstance(warm, dict):
             raise ValueError("student.warm_start must be a mapping")
         teacher = warm.get("teacher")
-        data["inherit"] = {"enabled": teacher is not None, "teacher": teacher,
-                           **({"layers": warm["layers"]} if "layers" in warm else {})}
+        data["inherit"] = {
+            "enabled": teacher is not None,
+            "teacher": teacher,
+            **({"layers": warm["layers"]} if "layers" in warm else {}),
+        }
         return data
 
 

@@ -44,8 +44,9 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
         "study": study.study_name,
         "trial": trial.number,
         "retrained": retrained is not None,
-        "repeats": [t.number for t in study.get_trials(deepcopy=False)
-                    if t.user_attrs.get(DUPLICATE_ATTR) == trial.number],
+        "repeats": [
+            t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(DUPLICATE_ATTR) == trial.number
+        ],
         "objectives": dict(zip(names, trial.values if retrained is None else (retrained.value, retrained.latency_ms))),
         "params": trial.params,
         "user_attrs": attrs if retrained is None else _without_paths(retrained.attrs),
@@ -77,27 +78,29 @@ def model_card(record: dict) -> str:
     retrained = ""
     if record.get("retrained"):
         before = record["trial_objectives"]
-        retrained = (f"\n\n**Retrained**: the trial's saved weights were gone, so its architecture was trained again "
-                     f"with the study's recipe; the results below are this student's own (the trial scored {metric} "
-                     f"{before[metric]:.4f} at {before[latency_name]:.3f} ms).")
+        retrained = (
+            f"\n\n**Retrained**: the trial's saved weights were gone, so its architecture was trained again "
+            f"with the study's recipe; the results below are this student's own (the trial scored {metric} "
+            f"{before[metric]:.4f} at {before[latency_name]:.3f} ms)."
+        )
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
 tags: [kdnas, knowledge-distillation, neural-architecture-search]
 ---
-# kdnas student {attrs.get('arch_summary', '')}
+# kdnas student {attrs.get("arch_summary", "")}
 
-A BERT-style student found by kdnas (study `{record['study']}`, trial {record['trial']}) and distilled from
-{len(record['teachers'])} teacher(s).{retrained}
+A BERT-style student found by kdnas (study `{record["study"]}`, trial {record["trial"]}) and distilled from
+{len(record["teachers"])} teacher(s).{retrained}
 
 ## Results
 | task | {metric} | latency (median) | parameters |
 |---|---|---|---|
-| {task.get('name', '?')} | {value:.4f} | {latency_ms:.3f} ms | {attrs.get('params', 0) / 1e6:.2f}M |
+| {task.get("name", "?")} | {value:.4f} | {latency_ms:.3f} ms | {attrs.get("params", 0) / 1e6:.2f}M |
 
-Latency: measured on {lat.get('device_name', '?')} ({lat.get('device', '?')}), {lat.get('threads', '?')} thread(s),
-batch {lat.get('batch_size', '?')}, sequence length {lat.get('seq_len', '?')}, median of {lat.get('runs', '?')} runs
-after {lat.get('warmup', '?')} warm-up runs.
+Latency: measured on {lat.get("device_name", "?")} ({lat.get("device", "?")}), {lat.get("threads", "?")} thread(s),
+batch {lat.get("batch_size", "?")}, sequence length {lat.get("seq_len", "?")}, median of {lat.get("runs", "?")} runs
+after {lat.get("warmup", "?")} warm-up runs.
 
 ## Architecture
 ```json
@@ -110,12 +113,12 @@ after {lat.get('warmup', '?')} warm-up runs.
 {teachers}
 
 ## Initialisation
-{init_summary(attrs.get('init', {})) or 'not recorded'}; learning rate {attrs.get('learning_rate', '?')}; trained on
-{train_rows.get('labelled', '?')} labelled and {train_rows.get('transfer', 0)} transfer examples (the transfer set
+{init_summary(attrs.get("init", {})) or "not recorded"}; learning rate {attrs.get("learning_rate", "?")}; trained on
+{train_rows.get("labelled", "?")} labelled and {train_rows.get("transfer", 0)} transfer examples (the transfer set
 through the teachers' soft labels only).
 
 ## Distillation recipe
-{attrs.get('epochs_trained', '?')} epoch(s) with:
+{attrs.get("epochs_trained", "?")} epoch(s) with:
 ```json
 {json.dumps(kd, indent=2, sort_keys=True)}
 ```
@@ -137,8 +140,9 @@ def saved_student(trial: FrozenTrial) -> Path | None:
     return None
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, *, retrained: Retrained | None = None
-                 ) -> Path:
+def export_trial(
+    study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, *, retrained: Retrained | None = None
+) -> Path:
     """Copy the trial's student (weights, config, tokenizer) to ``out_dir`` with a model card and its record.
 
     ``retrained`` (a student trained again from the trial) is exported instead of the saved one, with its own results.

@@ -68,5 +68,7 @@ class Progress:
         left = f", about {duration((self.total - self.done) / rate)} left" if running else ""
         status = f", {self.status}" if self.status else ""
         percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        return (f"{self.description}: {self.unit} {self.done}/{self.total}{percent}{status}, "
-                f"{rate:.3g} {self.unit}/s, {duration(elapsed)} elapsed{left}")
+        return (
+            f"{self.description}: {self.unit} {self.done}/{self.total}{percent}{status}, "
+            f"{rate:.3g} {self.unit}/s, {duration(elapsed)} elapsed{left}"
+        )

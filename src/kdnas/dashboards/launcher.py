@@ -55,8 +55,9 @@ def check_can_listen(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
             probe.bind(address)
     except OSError as err:
-        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err} (choose another --port or --host)"
-                          ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {err.strerror or err} (choose another --port or --host)"
+        ) from None
 
 
 def serve_dashboard(storage_url: str, study_name: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:

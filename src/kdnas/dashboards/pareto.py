@@ -30,17 +30,16 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     """Area dominated by ``(metric, latency)`` points (metric maximised, latency minimised) up to ``reference``."""
     ref_metric, ref_latency = reference
     area, best = 0.0, ref_metric
-    for metric, latency in sorted(((m, t) for m, t in points if m > ref_metric and t < ref_latency),
-                                  key=lambda p: (p[1], -p[0])):
+    for metric, latency in sorted(
+        ((m, t) for m, t in points if m > ref_metric and t < ref_latency), key=lambda p: (p[1], -p[0])
+    ):
         if metric > best:
             area += (ref_latency - latency) * (metric - best)
             best = metric
     return area
 
 
-def hypervolume_history(
-    study: optuna.Study, reference: tuple[float, float] | None = None
-) -> list[tuple[int, float]]:
+def hypervolume_history(study: optuna.Study, reference: tuple[float, float] | None = None) -> list[tuple[int, float]]:
     """``(trial number, hypervolume of the feasible completed trials so far)`` for every finished trial."""
     reference = reference or hypervolume_reference(study)
     feasible = {t.number: (t.values[0], t.values[1]) for t in feasible_completed(study)}
@@ -92,8 +91,10 @@ def best_under_budget(
         and (params is None or t.user_attrs.get("params", math.inf) <= params)
     ]
     if not candidates:
-        limits = [f"latency ≤ {latency_ms} ms" if latency_ms is not None else "",
-                  f"params ≤ {params}" if params else ""]
+        limits = [
+            f"latency ≤ {latency_ms} ms" if latency_ms is not None else "",
+            f"params ≤ {params}" if params else "",
+        ]
         raise LookupError(f"no completed student within {' and '.join(x for x in limits if x) or 'the study'}")
     return max(candidates, key=lambda t: (t.values[0], -t.values[1]))
 
@@ -118,8 +119,12 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     (one point per student) and its hypervolume (reference: :func:`hypervolume_reference`)."""
     trials = study.get_trials(deepcopy=False)
     counts = {"complete": 0, "reused": 0, "pruned": 0, "failed": 0, "running": 0}
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-             TrialState.RUNNING: "running"}
+    names = {
+        TrialState.COMPLETE: "complete",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+    }
     for trial in trials:
         if is_repeat(trial) and trial.state.is_finished():
             counts["reused"] += 1
@@ -127,12 +132,18 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
             counts[names[trial.state]] += 1
     front = pareto_front(study)
     points = [(t.values[0], t.values[1]) for t in front]
-    return {"trials": len(trials), **counts, "front": len(front),
-            "hypervolume": hypervolume(points, hypervolume_reference(study))}
+    return {
+        "trials": len(trials),
+        **counts,
+        "front": len(front),
+        "hypervolume": hypervolume(points, hypervolume_reference(study)),
+    }
 
 
 def summary_line(summary: dict[str, Any]) -> str:
     """:func:`study_summary` as one line."""
-    return (f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed, "
-            f"{summary['running']} running, {summary['reused']} reused · front {summary['front']} · "
-            f"hypervolume {summary['hypervolume']:.4g}")
+    return (
+        f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed, "
+        f"{summary['running']} running, {summary['reused']} reused · front {summary['front']} · "
+        f"hypervolume {summary['hypervolume']:.4g}"
+    )

@@ -36,34 +36,66 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     """Metric vs measured latency: the front opaque and joined, dominated students faded, teachers as stars."""
     front = pareto_front(study)
     front_numbers = {t.number for t in front}
-    dominated = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                 if t.number not in front_numbers]
+    dominated = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.number not in front_numbers
+    ]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=[t.values[1] for t in dominated], y=[t.values[0] for t in dominated], mode="markers",
-        name="dominated students", marker={"size": 9, "color": "#8da0cb", "opacity": 0.35},
-        text=[_hover(t, metric) for t in dominated], hoverinfo="text",
-    ))
-    fig.add_trace(go.Scatter(
-        x=[t.values[1] for t in front], y=[t.values[0] for t in front], mode="lines+markers",
-        name="Pareto front", marker={"size": 11, "color": "#d95f02"}, line={"shape": "hv", "width": 1.5},
-        text=[_hover(t, metric) for t in front], hoverinfo="text",
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=[t.values[1] for t in dominated],
+            y=[t.values[0] for t in dominated],
+            mode="markers",
+            name="dominated students",
+            marker={"size": 9, "color": "#8da0cb", "opacity": 0.35},
+            text=[_hover(t, metric) for t in dominated],
+            hoverinfo="text",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[t.values[1] for t in front],
+            y=[t.values[0] for t in front],
+            mode="lines+markers",
+            name="Pareto front",
+            marker={"size": 11, "color": "#d95f02"},
+            line={"shape": "hv", "width": 1.5},
+            text=[_hover(t, metric) for t in front],
+            hoverinfo="text",
+        )
+    )
     teachers = study.user_attrs.get("teachers", [])
     if teachers:
-        fig.add_trace(go.Scatter(
-            x=[t["latency_ms"] for t in teachers], y=[t["value"] for t in teachers], mode="markers+text",
-            name="teachers", marker={"size": 14, "symbol": "star", "color": "#1b9e77"},
-            text=[t["name"] for t in teachers], textposition="top center",
-            hovertext=[f"teacher {t['name']}<br>{metric} {t['value']:.4f}<br>latency {t['latency_ms']:.3f} ms"
-                       for t in teachers], hoverinfo="text",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[t["latency_ms"] for t in teachers],
+                y=[t["value"] for t in teachers],
+                mode="markers+text",
+                name="teachers",
+                marker={"size": 14, "symbol": "star", "color": "#1b9e77"},
+                text=[t["name"] for t in teachers],
+                textposition="top center",
+                hovertext=[
+                    f"teacher {t['name']}<br>{metric} {t['value']:.4f}<br>latency {t['latency_ms']:.3f} ms"
+                    for t in teachers
+                ],
+                hoverinfo="text",
+            )
+        )
     if latency_budget_ms is not None:
-        fig.add_vline(x=latency_budget_ms, line_dash="dash", line_color="#e7298a",
-                      annotation_text=f"budget {latency_budget_ms} ms")
+        fig.add_vline(
+            x=latency_budget_ms,
+            line_dash="dash",
+            line_color="#e7298a",
+            annotation_text=f"budget {latency_budget_ms} ms",
+        )
     fig.update_layout(
         title=f"{study.study_name}: {metric} vs measured latency",
-        xaxis_title="latency (ms, median)", yaxis_title=metric, template="plotly_white", height=520,
+        xaxis_title="latency (ms, median)",
+        yaxis_title=metric,
+        template="plotly_white",
+        height=520,
     )
     fig.update_xaxes(type="log")
     return fig
@@ -71,11 +103,21 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
 
 def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float, float], metric: str) -> go.Figure:
     """Hypervolume of the feasible front after each finished trial."""
-    fig = go.Figure(go.Scatter(x=[n for n, _ in history], y=[v for _, v in history], mode="lines+markers",
-                               name="hypervolume", line={"shape": "hv"}))
+    fig = go.Figure(
+        go.Scatter(
+            x=[n for n, _ in history],
+            y=[v for _, v in history],
+            mode="lines+markers",
+            name="hypervolume",
+            line={"shape": "hv"},
+        )
+    )
     fig.update_layout(
         title=f"Hypervolume history (reference: {metric} = {reference[0]:g}, latency = {reference[1]:.3f} ms)",
-        xaxis_title="trial", yaxis_title=f"hypervolume ({metric} × ms)", template="plotly_white", height=360,
+        xaxis_title="trial",
+        yaxis_title=f"hypervolume ({metric} × ms)",
+        template="plotly_white",
+        height=360,
     )
     return fig
 
@@ -105,8 +147,14 @@ def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure
         if fig is not None:
             fig.update_layout(title=f"Parameter importances for {name}", template="plotly_white", height=320)
             figures.append(fig)
-    note = (f"Parameter importances for {' and '.join(doubtful)} are missing or unreliable with {completed} "
-            "completed trial(s).") if doubtful else ""
+    note = (
+        (
+            f"Parameter importances for {' and '.join(doubtful)} are missing or unreliable with {completed} "
+            "completed trial(s)."
+        )
+        if doubtful
+        else ""
+    )
     return figures, note
 
 
@@ -152,20 +200,26 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
-        rows.append({
-            "trial": t.number,
-            "state": t.state.name,
-            metric: values[0],
-            "latency_ms": values[1],
-            "arch": t.user_attrs.get("arch_summary", ""),
-            **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
-            "params": t.user_attrs.get("params"),
-            "kd": kd_summary(t.user_attrs.get("kd", {})),
-            "init": init_summary(t.user_attrs.get("init", {})),
-            "reason": t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or (
-                f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
-                if DUPLICATE_ATTR in t.user_attrs else ""),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                metric: values[0],
+                "latency_ms": values[1],
+                "arch": t.user_attrs.get("arch_summary", ""),
+                **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
+                "params": t.user_attrs.get("params"),
+                "kd": kd_summary(t.user_attrs.get("kd", {})),
+                "init": init_summary(t.user_attrs.get("init", {})),
+                "reason": t.user_attrs.get(FAILURE_ATTR)
+                or t.user_attrs.get(PRUNED_ATTR)
+                or (
+                    f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
+                    if DUPLICATE_ATTR in t.user_attrs
+                    else ""
+                ),
+            }
+        )
     return rows
 
 
@@ -202,8 +256,10 @@ def write_report(
     rows = trial_rows(study, metric)
     reference = reference or hypervolume_reference(study)
     history = hypervolume_history(study, reference)
-    figures = {"pareto": pareto_figure(study, metric, latency_budget_ms),
-               "hypervolume": hypervolume_figure(history, reference, metric)}
+    figures = {
+        "pareto": pareto_figure(study, metric, latency_budget_ms),
+        "hypervolume": hypervolume_figure(history, reference, metric),
+    }
     importances, note = importance_figures(study, metric)
     for index, fig in enumerate(importances):
         figures[f"importance-{index}"] = fig
@@ -213,8 +269,9 @@ def write_report(
         for i, (name, fig) in enumerate(figures.items())
     )
     teachers = study.user_attrs.get("teachers", [])
-    teacher_line = "; ".join(f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms"
-                             for t in teachers)
+    teacher_line = "; ".join(
+        f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms" for t in teachers
+    )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>kdnas · {html.escape(study.study_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}
@@ -238,11 +295,20 @@ Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
         writer.writeheader()
         writer.writerows(rows)
     front = [
-        {"trial": t.number, "trials": numbers, metric: t.values[0], "latency_ms": t.values[1],
-         "params": t.user_attrs.get("params"), "arch": t.user_attrs.get("arch")}
+        {
+            "trial": t.number,
+            "trials": numbers,
+            metric: t.values[0],
+            "latency_ms": t.values[1],
+            "params": t.user_attrs.get("params"),
+            "arch": t.user_attrs.get("arch"),
+        }
         for t, numbers in front_students(study)
     ]
-    summary = {"reference_point": {metric: reference[0], "latency_ms": reference[1]},
-               "hypervolume": history[-1][1] if history else 0.0, "front": front}
+    summary = {
+        "reference_point": {metric: reference[0], "latency_ms": reference[1]},
+        "hypervolume": history[-1][1] if history else 0.0,
+        "front": front,
+    }
     paths["json"].write_text(json.dumps(summary, indent=2))
     return paths

@@ -19,12 +19,16 @@ Text = str | tuple[str, str]
 def _candidates(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     """Whole-word alphabetic tokens (no specials, no ``##`` pieces, no ``[unused]``) by id."""
     special = set(tokenizer.all_special_tokens)
-    return {token: index for token, index in tokenizer.get_vocab().items()
-            if token.isalpha() and token not in special and len(token) > 1}
+    return {
+        token: index
+        for token, index in tokenizer.get_vocab().items()
+        if token.isalpha() and token not in special and len(token) > 1
+    }
 
 
-def neighbour_table(words: set[str], tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor,
-                    k: int) -> dict[str, list[str]]:
+def neighbour_table(
+    words: set[str], tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor, k: int
+) -> dict[str, list[str]]:
     """For each of ``words`` that is a candidate token, its ``k`` nearest other candidate tokens."""
     candidates = _candidates(tokenizer)
     known = sorted(w for w in words if w in candidates)
@@ -36,15 +40,23 @@ def neighbour_table(words: set[str], tokenizer: PreTrainedTokenizerBase, embeddi
     table_rows = table[[position[w] for w in known]]
     neighbours: dict[str, list[str]] = {}
     for start in range(0, len(known), 1024):
-        sims = table_rows[start:start + 1024] @ table.T
+        sims = table_rows[start : start + 1024] @ table.T
         top = sims.topk(min(k + 1, len(names)), dim=-1).indices.tolist()
-        for word, row in zip(known[start:start + 1024], top):
+        for word, row in zip(known[start : start + 1024], top):
             neighbours[word] = [names[i] for i in row if names[i] != word][:k]
     return neighbours
 
 
-def augment_texts(texts: list[Text], tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor, *,
-                  copies: int, replace_prob: float, neighbours: int, seed: int) -> list[Text]:
+def augment_texts(
+    texts: list[Text],
+    tokenizer: PreTrainedTokenizerBase,
+    embeddings: torch.Tensor,
+    *,
+    copies: int,
+    replace_prob: float,
+    neighbours: int,
+    seed: int,
+) -> list[Text]:
     """``copies`` augmented versions of each of ``texts`` (copy-major order), deterministic for ``seed``."""
     if copies == 0 or not texts:
         return []

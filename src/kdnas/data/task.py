@@ -174,8 +174,10 @@ def _label_ids(
         raise ConfigError(f"{label} mixes value types in {name}: {sorted(k.__name__ for k in kinds)}")
     unseen = set(eval_) - set(train)
     if unseen and not isinstance(feature, datasets.ClassLabel):
-        raise ConfigError(f"{label}: label(s) {sorted(map(str, unseen))[:5]} of the eval split never occur in the "
-                          f"train split of {name} (train labels: {sorted(map(str, set(train)))[:10]})")
+        raise ConfigError(
+            f"{label}: label(s) {sorted(map(str, unseen))[:5]} of the eval split never occur in the "
+            f"train split of {name} (train labels: {sorted(map(str, set(train)))[:10]})"
+        )
     ordered = sorted(values)
     index = {value: i for i, value in enumerate(ordered)}
     contiguous = ordered == list(range(len(ordered)))

@@ -80,7 +80,11 @@ def index_batches(
 
 @torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module, data: Encoded, *, batch_size: int = 64, device: torch.device | str = "cpu",
+    model: torch.nn.Module,
+    data: Encoded,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Logits ``[N, C]`` of ``model`` on every row of ``data``, on the CPU, in row order; ``on_batch(rows done,

@@ -21,7 +21,10 @@ class Distillation:
     """A :data:`~kdnas.objectives.training.LossFn` for one student."""
 
     def __init__(
-        self, kd: KDConfig, teacher_logits: torch.Tensor, intermediate: IntermediateDistiller | None = None,
+        self,
+        kd: KDConfig,
+        teacher_logits: torch.Tensor,
+        intermediate: IntermediateDistiller | None = None,
         labels: torch.Tensor | None = None,
     ) -> None:
         """``labels`` (the training rows', ``-100`` for transfer rows) fit the ``learned`` combiner's weights."""
@@ -40,7 +43,11 @@ class Distillation:
         return list(self.intermediate.parameters()) if self.intermediate is not None else []
 
     def __call__(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor, index: torch.Tensor,
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        index: torch.Tensor,
         progress: float,
     ) -> torch.Tensor:
         inter = self.intermediate

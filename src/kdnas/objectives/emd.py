@@ -55,8 +55,9 @@ class EMDLayerMapping:
         total = None
         for kind, cost in costs.items():
             if cost.shape != (self.student_layers, self.teacher_layers):
-                raise ValueError(f"{kind} cost is {tuple(cost.shape)}, expected "
-                                 f"({self.student_layers}, {self.teacher_layers})")
+                raise ValueError(
+                    f"{kind} cost is {tuple(cost.shape)}, expected ({self.student_layers}, {self.teacher_layers})"
+                )
             student_w, teacher_w = self._weights(kind)
             flow = transport_flow(student_w, teacher_w, cost)
             term = (flow * cost).sum()

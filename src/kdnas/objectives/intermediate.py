@@ -79,8 +79,11 @@ def expose_attention(model: PreTrainedModel) -> Callable[[], None]:
     entries (log 0 would swamp the score loss) and rescales the rest; so attention dropout is off meanwhile.
     """
     previous = model.config._attn_implementation
-    dropouts = [(m, m.p) for name, m in model.named_modules()
-                if isinstance(m, torch.nn.Dropout) and name.endswith("attention.self.dropout")]
+    dropouts = [
+        (m, m.p)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Dropout) and name.endswith("attention.self.dropout")
+    ]
     model.set_attn_implementation("eager")
     for module, _ in dropouts:
         module.p = 0.0
@@ -188,8 +191,7 @@ class IntermediateDistiller(torch.nn.Module):
             if cfg.hidden > 0:
                 total = total + cfg.hidden * masked_mse(student_hidden[i + 1], out.hidden_states[j + 1], mask) / m
             if cfg.attention > 0:
-                total = total + cfg.attention * self._attention_loss(student.attentions[i], out.attentions[j],
-                                                                     mask) / m
+                total = total + cfg.attention * self._attention_loss(student.attentions[i], out.attentions[j], mask) / m
         return total
 
     def _attention_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -199,26 +201,37 @@ class IntermediateDistiller(torch.nn.Module):
         cfg, costs = self.config, {}
         m, n = len(student_hidden) - 1, len(teacher.hidden_states) - 1
         if cfg.hidden > 0:
-            costs["hidden"] = cfg.hidden * torch.stack([
-                torch.stack([masked_mse(student_hidden[i], teacher.hidden_states[j], mask) for j in range(1, n + 1)])
-                for i in range(1, m + 1)
-            ])
+            costs["hidden"] = cfg.hidden * torch.stack(
+                [
+                    torch.stack(
+                        [masked_mse(student_hidden[i], teacher.hidden_states[j], mask) for j in range(1, n + 1)]
+                    )
+                    for i in range(1, m + 1)
+                ]
+            )
         if cfg.attention > 0:
-            costs["attention"] = cfg.attention * torch.stack([
-                torch.stack([self._attention_loss(student.attentions[i], teacher.attentions[j], mask)
-                             for j in range(n)])
-                for i in range(m)
-            ])
+            costs["attention"] = cfg.attention * torch.stack(
+                [
+                    torch.stack(
+                        [self._attention_loss(student.attentions[i], teacher.attentions[j], mask) for j in range(n)]
+                    )
+                    for i in range(m)
+                ]
+            )
         return costs
 
     def record(self) -> dict[str, dict]:
         """Per teacher: its fixed layer map (teacher layer numbers counting from 1, as the config writes them), or
         its EMD layer weights (rounded) at the end of training."""
         return {
-            t.name: {"layer_map": [j + 1 for j in t.layers]} if t.emd is None else {
+            t.name: {"layer_map": [j + 1 for j in t.layers]}
+            if t.emd is None
+            else {
                 "layer_map": "emd",
-                "emd_weights": {kind: {side: [round(w, 4) for w in ws] for side, ws in sides.items()}
-                                for kind, sides in t.emd.state_dict().items()},
+                "emd_weights": {
+                    kind: {side: [round(w, 4) for w in ws] for side, ws in sides.items()}
+                    for kind, sides in t.emd.state_dict().items()
+                },
             }
             for t in self.teachers
         }

@@ -93,8 +93,9 @@ def contention(result: LatencyResult, cpu_share: float | None = None) -> str | N
     return None
 
 
-def _measure(model: torch.nn.Module, vocab_size: int, settings: LatencyConfig, seq_len: int
-             ) -> tuple[LatencyResult, str | None]:
+def _measure(
+    model: torch.nn.Module, vocab_size: int, settings: LatencyConfig, seq_len: int
+) -> tuple[LatencyResult, str | None]:
     """One measurement and its :func:`contention` (the CPU share is judged for single-threaded CPU timing only)."""
     started, cpu_started = time.perf_counter(), time.thread_time()
     result = measure_configured(model, vocab_size=vocab_size, settings=settings, seq_len=seq_len)
@@ -132,6 +133,10 @@ def measure_cached(
             return result
         attempts.append((result, problem))
     result, problem = min(attempts, key=lambda attempt: attempt[0].median_ms)
-    logger.info("latency measured under contention (%s) %d times: %.3f ms kept for this trial, not cached",
-                problem, ATTEMPTS, result.median_ms)
+    logger.info(
+        "latency measured under contention (%s) %d times: %.3f ms kept for this trial, not cached",
+        problem,
+        ATTEMPTS,
+        result.median_ms,
+    )
     return result

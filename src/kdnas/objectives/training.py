@@ -120,10 +120,18 @@ def train(
                 f"the initial loss {initial_loss:.4g}"
             )
         if on_state is not None:
-            on_state({
-                "model": model.state_dict(), "extra": extras, "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "generator": generator.get_state(), "rng": torch.get_rng_state(),
-                "step": step, "epoch": epoch, "initial_loss": initial_loss,
-            })
+            on_state(
+                {
+                    "model": model.state_dict(),
+                    "extra": extras,
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "step": step,
+                    "epoch": epoch,
+                    "initial_loss": initial_loss,
+                }
+            )
         if on_epoch is not None:
             on_epoch(epoch)

@@ -73,16 +73,23 @@ def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, Froz
 
 def repeat_of(original: FrozenTrial) -> Outcome:
     """The record of a repeat of ``original``'s student: its result without training (no training times)."""
-    attrs = {k: v for k, v in original.user_attrs.items()
-             if k not in COST_ATTRS and k not in (PRUNED_ATTR, FAILURE_ATTR, RESTARTS_ATTR, RETRY_ATTR)}
+    attrs = {
+        k: v
+        for k, v in original.user_attrs.items()
+        if k not in COST_ATTRS and k not in (PRUNED_ATTR, FAILURE_ATTR, RESTARTS_ATTR, RETRY_ATTR)
+    }
     attrs[DUPLICATE_ATTR] = original.number
     if original.state == TrialState.COMPLETE:
         return Outcome(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
     if original.state == TrialState.PRUNED:
         reason = f"the same student as trial {original.number}: {original.user_attrs.get(PRUNED_ATTR, 'pruned')}"
         return Outcome(TrialState.PRUNED, None, attrs, reason, dict(original.constraints))
-    return Outcome(TrialState.PRUNED, None, attrs,
-                  f"the same student as trial {original.number}, which was training: not trained twice")
+    return Outcome(
+        TrialState.PRUNED,
+        None,
+        attrs,
+        f"the same student as trial {original.number}, which was training: not trained twice",
+    )
 
 
 def folded(trials: Iterable[FrozenTrial]) -> list[tuple[FrozenTrial, list[int]]]:
@@ -94,8 +101,11 @@ def folded(trials: Iterable[FrozenTrial]) -> list[tuple[FrozenTrial, list[int]]]
     for t in trials:
         if is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers:
             repeats.setdefault(t.user_attrs[DUPLICATE_ATTR], []).append(t.number)
-    return [(t, sorted([t.number, *repeats.get(t.number, [])])) for t in trials
-            if not (is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers)]
+    return [
+        (t, sorted([t.number, *repeats.get(t.number, [])]))
+        for t in trials
+        if not (is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers)
+    ]
 
 
 def training_seconds(trial: FrozenTrial) -> float:

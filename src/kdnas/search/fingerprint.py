@@ -23,9 +23,14 @@ from kdnas.space import SearchSpace
 from kdnas.space.search_space import KD_PARAMS
 from kdnas.teachers.loading import teacher_identity
 
-PARAM_KEYS = {"num_layers": "student.space.depth", "num_heads": "student.space.heads",
-              "head_dim": "student.space.head_dim", "ffn_ratio": "student.space.ffn_ratio",
-              "learning_rate": "training.space.learning_rate", **{p: f"kd.space.{f}" for p, f in KD_PARAMS.items()}}
+PARAM_KEYS = {
+    "num_layers": "student.space.depth",
+    "num_heads": "student.space.heads",
+    "head_dim": "student.space.head_dim",
+    "ffn_ratio": "student.space.ffn_ratio",
+    "learning_rate": "training.space.learning_rate",
+    **{p: f"kd.space.{f}" for p, f in KD_PARAMS.items()},
+}
 """Optuna parameter → the config key that defines its distribution."""
 
 
@@ -62,8 +67,11 @@ def config_fingerprint(config: KDNASConfig) -> dict[str, Any]:
 
 def task_fingerprint(task: TaskData) -> dict[str, Any]:
     """The task's part: content hashes of its splits and its label set."""
-    return {"data.train": task.split_fingerprint("train"), "data.eval": task.split_fingerprint("eval"),
-            "data.labels": list(task.label_names)}
+    return {
+        "data.train": task.split_fingerprint("train"),
+        "data.eval": task.split_fingerprint("eval"),
+        "data.labels": list(task.label_names),
+    }
 
 
 def transfer_fingerprint(transfer: TransferSet | None) -> dict[str, Any]:
@@ -78,8 +86,11 @@ def _short(value: Any) -> str:
 
 def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: recorded → current`` for each key of ``current`` the study recorded with another value."""
-    return [f"{key} {_short(recorded[key])} → {_short(value)}"
-            for key, value in current.items() if key in recorded and recorded[key] != value]
+    return [
+        f"{key} {_short(recorded[key])} → {_short(value)}"
+        for key, value in current.items()
+        if key in recorded and recorded[key] != value
+    ]
 
 
 def space_distributions(config: KDNASConfig) -> dict[str, BaseDistribution]:

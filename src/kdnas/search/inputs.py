@@ -40,8 +40,9 @@ def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> Inherit
     calibration = encode(teacher.tokenizer, [texts[i] for i in rows], [0] * len(rows), max_length)
     importance, file = cached_importance(teacher, task, calibration, max_length, cache_dir, driver_device())
     teacher.model.to("cpu")
-    return inheritance_source(teacher.name, teacher.model, importance, inherit.layers, calibration=len(rows),
-                              cache_file=file.name)
+    return inheritance_source(
+        teacher.name, teacher.model, importance, inherit.layers, calibration=len(rows), cache_file=file.name
+    )
 
 
 def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None = None) -> TransferSet | None:
@@ -55,8 +56,11 @@ def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None 
     settings, copies = config.data.transfer, config.data.augment_copies
     found = load_transfer_texts(config.data, task) if found is None else found
     augmented: list = []
-    teachers = sorted(vocabulary_teachers(config, task), key=lambda t: t.name != config.student.inherit.teacher) \
-        if copies else []
+    teachers = (
+        sorted(vocabulary_teachers(config, task), key=lambda t: t.name != config.student.inherit.teacher)
+        if copies
+        else []
+    )
     if copies and not teachers:
         problem = f"no teacher uses the students' vocabulary (student.tokenizer {config.student.tokenizer!r})"
         if settings.augment_copies is not None:
@@ -64,9 +68,15 @@ def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None 
         logger.warning("no augmented transfer set: %s", problem)
     elif copies:
         embeddings = teachers[0].model.get_input_embeddings().weight.detach()
-        augmented = augment_texts(task.texts("train"), load_tokenizer(config.student.tokenizer), embeddings,
-                                  copies=copies, replace_prob=settings.replace_prob,
-                                  neighbours=settings.neighbours, seed=config.data.seed)
+        augmented = augment_texts(
+            task.texts("train"),
+            load_tokenizer(config.student.tokenizer),
+            embeddings,
+            copies=copies,
+            replace_prob=settings.replace_prob,
+            neighbours=settings.neighbours,
+            seed=config.data.seed,
+        )
     if not found.texts and not augmented:
         return None
     sources = {**found.sources, **({"augmented": len(augmented)} if augmented else {})}

@@ -41,7 +41,8 @@ class SearchProgress(tune.Callback):
         if interactive():
             self._stack.enter_context(logging_redirect_tqdm())
             self.bar = self._stack.enter_context(
-                tqdm(total=self.n_trials, initial=self.done_before, desc="students", unit="trial", dynamic_ncols=True))
+                tqdm(total=self.n_trials, initial=self.done_before, desc="students", unit="trial", dynamic_ncols=True)
+            )
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -79,8 +80,10 @@ class SearchProgress(tune.Callback):
         self._event(trial_line(trial, self.metric))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(f"trial {trial.config.get(TRIAL_NUMBER_KEY)} {arch_label(trial.config)}: its process failed "
-                    "(see the Ray trial logs)")
+        self._event(
+            f"trial {trial.config.get(TRIAL_NUMBER_KEY)} {arch_label(trial.config)}: its process failed "
+            "(see the Ray trial logs)"
+        )
 
 
 def arch_label(config: dict[str, Any]) -> str:

@@ -56,11 +56,16 @@ def _missing(needed: dict[str, float]) -> str:
     if not ray.is_initialized():
         return f"a trial needs {wanted} (search.resources_per_trial)"
     free = ray.available_resources()
-    largest: dict[str, float] = max((n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")),
-                  key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)), default={})
-    return (f"a trial needs {wanted} (search.resources_per_trial); free now: {free.get('CPU', 0.0):g} CPU, "
-            f"{free.get('GPU', 0.0):g} GPU; the largest node has {largest.get('CPU', 0.0):g} CPU, "
-            f"{largest.get('GPU', 0.0):g} GPU")
+    largest: dict[str, float] = max(
+        (n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")),
+        key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)),
+        default={},
+    )
+    return (
+        f"a trial needs {wanted} (search.resources_per_trial); free now: {free.get('CPU', 0.0):g} CPU, "
+        f"{free.get('GPU', 0.0):g} GPU; the largest node has {largest.get('CPU', 0.0):g} CPU, "
+        f"{largest.get('GPU', 0.0):g} GPU"
+    )
 
 
 class ResourceWait(tune.Callback):
@@ -82,8 +87,9 @@ class ResourceWait(tune.Callback):
             self.since = self.said = now
             return
         if now - self.since >= self.wait_s:
-            raise ResourcesUnavailable(f"no trial could start within search.resource_wait_s ({self.wait_s:g} s): "
-                                       f"{_missing(self.needed)}")
+            raise ResourcesUnavailable(
+                f"no trial could start within search.resource_wait_s ({self.wait_s:g} s): {_missing(self.needed)}"
+            )
         if now - self.said >= SAY_EVERY_S:
             logger.warning("waiting %.0f s for resources: %s", now - self.since, _missing(self.needed))
             self.said = now

@@ -22,8 +22,7 @@ from kdnas.teachers.logits import teacher_reference
 logger = logging.getLogger(__name__)
 
 
-def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epochs: int | None = None
-                    ) -> Retrained:
+def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epochs: int | None = None) -> Retrained:
     """Train ``trial``'s architecture again with the study's recorded recipe (optionally for ``epochs``).
 
     The student is saved under ``<output_dir>/students/<study>/retrained/``; returned with its own metric, latency
@@ -46,5 +45,6 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     result = run_trial(trial.params, inputs, trial_number=trial.number, device=driver_device(), report=lambda _: None)
     if INFEASIBLE_KEY in result:  # e.g. measured slower than latency.budget_ms on this machine
         raise ConfigError(f"trial {trial.number} retrained: {result[INFEASIBLE_KEY]}")
-    return Retrained(student_dir(inputs, trial.number), result[inputs.metric], result[LATENCY_KEY],
-                     json.loads(result[ATTRS_KEY]))
+    return Retrained(
+        student_dir(inputs, trial.number), result[inputs.metric], result[LATENCY_KEY], json.loads(result[ATTRS_KEY])
+    )

@@ -82,8 +82,9 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     check_comparable(existing, config, fingerprint, space=True)
 
     task = load_task(config.data)
-    logger.info("task %s: %d train / %d eval examples, metric %s",
-                task.name, len(task.train), len(task.eval), task.metric)
+    logger.info(
+        "task %s: %d train / %d eval examples, metric %s", task.name, len(task.train), len(task.eval), task.metric
+    )
     fingerprint.update(task_fingerprint(task))
     check_comparable(existing, config, fingerprint)
     found = load_transfer_texts(config.data, task)  # a missing transfer file fails before teachers are fitted
@@ -105,14 +106,18 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     logger.info("study %r in %s", config.search.study_name, mask_url(url))
     recorded = dump_config(config)
     recorded["search"]["storage"] = mask_url(url)
-    record_once(study, {
-        "teachers": references,
-        "inheritance": inputs.inherit.record() if inputs.inherit else None,
-        "transfer": {"size": len(transfer), "sources": transfer.sources,
-                     "fingerprint": transfer.fingerprint()} if transfer else None,
-        "task": {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)},
-        "config": recorded,
-    })
+    record_once(
+        study,
+        {
+            "teachers": references,
+            "inheritance": inputs.inherit.record() if inputs.inherit else None,
+            "transfer": {"size": len(transfer), "sources": transfer.sources, "fingerprint": transfer.fingerprint()}
+            if transfer
+            else None,
+            "task": {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)},
+            "config": recorded,
+        },
+    )
 
     orphans = reconcile_orphans(study, storage)
     if orphans:
@@ -120,16 +125,23 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     remaining = trials_left(study, config.search.n_trials)
     if remaining == 0:
         held = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
-        logger.info("the study already holds %d finished trial(s), search.n_trials is %d: nothing to run",
-                    held, config.search.n_trials)
+        logger.info(
+            "the study already holds %d finished trial(s), search.n_trials is %d: nothing to run",
+            held,
+            config.search.n_trials,
+        )
         return study
 
     search = config.search
     space = SearchSpace(config.student.space, config.kd.space, config.training.space)
     logger.info("search space: %d distinct students", space.size())
     if search.n_trials > space.size():
-        logger.warning("search.n_trials (%d) is more than the %d students the space holds: the search ends when "
-                       "it has trained them all", search.n_trials, space.size())
+        logger.warning(
+            "search.n_trials (%d) is more than the %d students the space holds: the search ends when "
+            "it has trained them all",
+            search.n_trials,
+            space.size(),
+        )
     init_ray(search.ray_address)
     if scheduler is None:
         scheduler = make_scheduler(config, LATENCY_KEY)
@@ -168,8 +180,11 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             storage_path=search.storage_path or str(output_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[progress, SearchBookkeeping(searcher, HEARTBEAT_INTERVAL_S / 2),
-                       ResourceWait(search.resource_wait_s, resources)],
+            callbacks=[
+                progress,
+                SearchBookkeeping(searcher, HEARTBEAT_INTERVAL_S / 2),
+                ResourceWait(search.resource_wait_s, resources),
+            ],
             verbose=0,
         ),
     )
@@ -183,8 +198,11 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         logger.warning("the search ended before its trial budget: %s", searcher.exhausted)
     cut = searcher.finish_out_of_time()
     if cut:
-        logger.info("search.time_budget_s (%g s) ran out: %d unfinished student(s) recorded as PRUNED",
-                    search.time_budget_s, cut)
+        logger.info(
+            "search.time_budget_s (%g s) ran out: %d unfinished student(s) recorded as PRUNED",
+            search.time_budget_s,
+            cut,
+        )
     leftovers = reconcile_orphans(study, storage)  # e.g. a trial whose creation lost its connection half-way
     if leftovers:
         logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)

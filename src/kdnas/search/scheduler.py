@@ -93,8 +93,11 @@ class LatencyAwareASHA(FIFOScheduler):
     def _dominated(trial_id: str, recorded: dict[str, tuple[float, float]]) -> bool:
         """Whether another student in ``recorded`` is as good and as fast as ``trial_id``, and better in one."""
         value, latency = recorded[trial_id]
-        return any(v >= value and lat <= latency and (v > value or lat < latency)
-                   for k, (v, lat) in recorded.items() if k != trial_id)
+        return any(
+            v >= value and lat <= latency and (v > value or lat < latency)
+            for k, (v, lat) in recorded.items()
+            if k != trial_id
+        )
 
     def _bin_of(self, trial_id: str, recorded: dict[str, tuple[float, float]]) -> list[str]:
         """The trials in ``trial_id``'s equal-count latency bin among those ``recorded`` at a rung."""

@@ -62,8 +62,12 @@ def retrying(operation: Callable[[], Any]) -> Any:
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError) as err:
             if attempt == STORAGE_RETRIES:
                 raise
-            logger.warning("storage error (retry %d of %d): %s", attempt, STORAGE_RETRIES - 1,
-                           str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            logger.warning(
+                "storage error (retry %d of %d): %s",
+                attempt,
+                STORAGE_RETRIES - 1,
+                str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+            )
             time.sleep(attempt)
 
 
@@ -152,8 +156,12 @@ class KDNASSearch(Searcher):
         self._study_name = study_name
         self._sampler = sampler if sampler is not None else optuna.samplers.TPESampler()
         self._study = optuna.create_study(
-            storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
-            directions=["maximize" if m == "max" else "minimize" for m in mode], load_if_exists=True,
+            storage=storage,
+            sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner(),
+            study_name=study_name,
+            directions=["maximize" if m == "max" else "minimize" for m in mode],
+            load_if_exists=True,
         )
         self._study_id = study_id if study_id is not None else storage.get_study_id_from_name(study_name)
         self._stop_reasons = stop_reasons if stop_reasons is not None else {}
@@ -206,9 +214,14 @@ class KDNASSearch(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         """Save which Tune trial runs which storage trial, as JSON (Tune snapshots its experiment with it)."""
-        state = {"storage_ids": self._storage_ids, "running": sorted(self._ot_trials),
-                 "completed": sorted(self._completed), "restarts": self._restarts, "exhausted": self.exhausted,
-                 "deadline_left": None if self.deadline is None else self.deadline - time.monotonic()}
+        state = {
+            "storage_ids": self._storage_ids,
+            "running": sorted(self._ot_trials),
+            "completed": sorted(self._completed),
+            "restarts": self._restarts,
+            "exhausted": self.exhausted,
+            "deadline_left": None if self.deadline is None else self.deadline - time.monotonic(),
+        }
         with open(checkpoint_path, "w") as out:
             json.dump(state, out)
 
@@ -286,8 +299,10 @@ class KDNASSearch(Searcher):
                 return {**config, TRIAL_NUMBER_KEY: ot_trial.number}
             self._tell_repeat(ot_trial, original)
             del self._ot_trials[trial_id], self._storage_ids[trial_id]
-        self.exhausted = (f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
-                          "the search space is (nearly) exhausted")
+        self.exhausted = (
+            f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
+            "the search space is (nearly) exhausted"
+        )
         return Searcher.FINISHED
 
     def _sample(self, ot_trial: optuna.Trial) -> dict[str, Any]:
@@ -315,15 +330,20 @@ class KDNASSearch(Searcher):
     def _tell_repeat(self, ot_trial: optuna.Trial, original: FrozenTrial) -> None:
         """Record ``ot_trial`` as a repeat of ``original``: its result (COMPLETE or PRUNED), never trained."""
         tell_outcome(ot_trial, repeat_of(original))
-        logger.info("trial %d %s: the same student as trial %d, its result reused without training",
-                    ot_trial.number, original.user_attrs.get("arch_summary", ""), original.number)
+        logger.info(
+            "trial %d %s: the same student as trial %d, its result reused without training",
+            ot_trial.number,
+            original.user_attrs.get("arch_summary", ""),
+            original.number,
+        )
 
     def _fresh_study(self) -> optuna.Study:
         """A new view of the study: the sampler of a ``Study`` caches the trials it saw until that study's next
         ask or tell, and trials here are created through the storage, so each ask gets a view of its own (as
         ``Study.ask()`` clears its cache)."""
-        return optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
-                                 pruner=optuna.pruners.NopPruner())
+        return optuna.load_study(
+            study_name=self._study_name, storage=self._storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner()
+        )
 
     def _claim_waiting(self) -> int | None:
         """Set the oldest WAITING (enqueued, e.g. a retry) trial RUNNING and return its storage id, as
@@ -347,9 +367,16 @@ class KDNASSearch(Searcher):
             storage_id = self._claim_waiting()
             if storage_id is None:
                 claimed = FrozenTrial(
-                    number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                    datetime_complete=None, params={}, distributions={}, user_attrs={},
-                    system_attrs={HEARTBEAT_ATTR: time.time(), DRIVER_ATTR: this_driver()}, intermediate_values={},
+                    number=-1,
+                    state=TrialState.RUNNING,
+                    value=None,
+                    datetime_start=datetime.now(),
+                    datetime_complete=None,
+                    params={},
+                    distributions={},
+                    user_attrs={},
+                    system_attrs={HEARTBEAT_ATTR: time.time(), DRIVER_ATTR: this_driver()},
+                    intermediate_values={},
                     trial_id=-1,
                 )
                 storage_id = self._storage.create_new_trial(self._study_id, template_trial=claimed)

@@ -44,8 +44,12 @@ def open_storage(url: str) -> RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                  grace_period=4 * HEARTBEAT_INTERVAL_S)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=4 * HEARTBEAT_INTERVAL_S,
+                )
         except Exception as err:  # sqlalchemy raises many kinds; all mean the same to the user
             attempt += 1
             if isinstance(err, sqlalchemy.exc.IntegrityError) and attempt < 3:  # drivers racing to create tables
@@ -68,8 +72,9 @@ def find_study(storage: RDBStorage, study_name: str) -> optuna.Study | None:
         return None
 
 
-def check_comparable(study: optuna.Study | None, config: KDNASConfig, fingerprint: dict[str, Any], *,
-                     space: bool = False) -> None:
+def check_comparable(
+    study: optuna.Study | None, config: KDNASConfig, fingerprint: dict[str, Any], *, space: bool = False
+) -> None:
     """Refuse to add students to ``study`` that would not be comparable with its own: other objectives, a
     ``fingerprint`` that differs from the recorded one (keys both hold), or (with ``space``) a search space Optuna
     cannot sample consistently with the study's trials. Nothing is written."""
@@ -95,12 +100,15 @@ def check_comparable(study: optuna.Study | None, config: KDNASConfig, fingerprin
         )
 
 
-def create_or_load_study(config: KDNASConfig, storage: RDBStorage,
-                         fingerprint: dict[str, Any] | None = None) -> optuna.Study:
+def create_or_load_study(
+    config: KDNASConfig, storage: RDBStorage, fingerprint: dict[str, Any] | None = None
+) -> optuna.Study:
     """Create the configured study recording ``fingerprint``, or load it when it exists with the same objectives
     and fingerprint (a study recorded before fingerprints existed gets this one now; None records none)."""
     study = optuna.create_study(
-        storage=storage, study_name=config.search.study_name, directions=["maximize", "minimize"],
+        storage=storage,
+        study_name=config.search.study_name,
+        directions=["maximize", "minimize"],
         load_if_exists=True,
     )
     check_comparable(study, config, fingerprint or {})  # another driver may have created it meanwhile
@@ -183,6 +191,12 @@ def study_summaries(url: str) -> list[dict]:
         counts = {state.name.lower(): 0 for state in optuna.trial.TrialState}
         for trial in study.get_trials(deepcopy=False):
             counts[trial.state.name.lower()] += 1
-        rows.append({"study": summary.study_name, "objectives": ",".join(study.metric_names or []),
-                     "trials": summary.n_trials, **counts})
+        rows.append(
+            {
+                "study": summary.study_name,
+                "objectives": ",".join(study.metric_names or []),
+                "trials": summary.n_trials,
+                **counts,
+            }
+        )
     return rows

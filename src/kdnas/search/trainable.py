@@ -48,8 +48,15 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
     use_gpu = resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     try:
-        run_trial(config, inputs, trial_number=config[TRIAL_NUMBER_KEY], device=device, report=tune.report,
-                  checkpoint=report_with_checkpoint, resume=last_state())
+        run_trial(
+            config,
+            inputs,
+            trial_number=config[TRIAL_NUMBER_KEY],
+            device=device,
+            report=tune.report,
+            checkpoint=report_with_checkpoint,
+            resume=last_state(),
+        )
     except Exception as err:  # recorded as FAIL with this reason by KDNASSearch
         logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())
         reason = f"{type(err).__name__}: {err}"[:1000]

@@ -124,8 +124,11 @@ def build_and_measure(arch: StudentArch, inputs: TrialInputs) -> MeasuredStudent
 def initialise(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
     """Slice ``model`` out of the inheritance teacher (in place), or leave it random; the record says which."""
     if inputs.inherit is None:
-        reason = "student.inherit.enabled is false" if not inputs.config.student.inherit.enabled else \
-            "no BERT teacher uses the students' vocabulary"
+        reason = (
+            "student.inherit.enabled is false"
+            if not inputs.config.student.inherit.enabled
+            else "no BERT teacher uses the students' vocabulary"
+        )
         return {"init": "random", "random": {"all": reason}}
     return inherit(model, inputs.inherit)
 
@@ -185,12 +188,22 @@ def run_trial(
     arch = StudentArch.from_dict(params)
     student = build_and_measure(arch, inputs)
     model, tokenizer, latency, cost, constraints = (
-        student.model, student.tokenizer, student.latency, student.cost, student.constraints
+        student.model,
+        student.tokenizer,
+        student.latency,
+        student.cost,
+        student.constraints,
     )
     if student.over_budget:  # latency first: an infeasible student is never trained
         reason = f"infeasible, not trained: {student.over_budget}"
-        result = {inputs.metric: math.nan, LATENCY_KEY: latency.median_ms, "epoch": 0, INFEASIBLE_KEY: reason,
-                  CONSTRAINTS_KEY: json.dumps(constraints), ATTRS_KEY: json.dumps({**cost, "epochs_trained": 0})}
+        result = {
+            inputs.metric: math.nan,
+            LATENCY_KEY: latency.median_ms,
+            "epoch": 0,
+            INFEASIBLE_KEY: reason,
+            CONSTRAINTS_KEY: json.dumps(constraints),
+            ATTRS_KEY: json.dumps({**cost, "epochs_trained": 0}),
+        }
         report(dict(result))
         return result
     init = initialise(model, inputs)
@@ -198,8 +211,9 @@ def run_trial(
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
     rate, rows = learning_rate(config, params, init), training_rows(kd, inputs)
-    distillation = Distillation(kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device),
-                                labels=inputs.train.labels)
+    distillation = Distillation(
+        kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device), labels=inputs.train.labels
+    )
     wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
     restore_attention = expose_attention(model) if wants_attentions else None
     if resume is not None and "loss" in resume:
@@ -214,8 +228,9 @@ def run_trial(
             raise FloatingPointError(f"{inputs.metric} is {value} after epoch {epoch}")
         result.clear()
         stopped_attrs = {**cost, "init": init, "learning_rate": rate, "epochs_trained": epoch}  # kept if stopped
-        result.update({inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch,
-                       ATTRS_KEY: json.dumps(stopped_attrs)})
+        result.update(
+            {inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch, ATTRS_KEY: json.dumps(stopped_attrs)}
+        )
         if epoch < training.epochs and checkpoint is not None:
             checkpoint(dict(result), last_state)
         elif epoch < training.epochs:
@@ -249,8 +264,10 @@ def run_trial(
         **cost,
         "init": init,
         "learning_rate": rate,
-        "train_rows": {"labelled": len(inputs.train) - inputs.transfer_rows,
-                       "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows},
+        "train_rows": {
+            "labelled": len(inputs.train) - inputs.transfer_rows,
+            "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows,
+        },
         "kd": distillation.record(),
         "teachers": list(inputs.teacher_names),
         "epochs_trained": training.epochs,

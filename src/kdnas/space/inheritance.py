@@ -49,8 +49,9 @@ def importance_from_tensors(tensors: dict[str, torch.Tensor]) -> Importance:
     return Importance(tensors["layers"], tensors["heads"], tensors["neurons"], tensors["channels"])
 
 
-def inheritance_layer_map(student_layers: int, teacher_layers: int, rule: LayerRule,
-                          layer_scores: torch.Tensor | None = None) -> list[int]:
+def inheritance_layer_map(
+    student_layers: int, teacher_layers: int, rule: LayerRule, layer_scores: torch.Tensor | None = None
+) -> list[int]:
     """The teacher layer each student layer is sliced from: a layer map (see :mod:`kdnas.space`), 0-based and
     ascending.
 
@@ -103,24 +104,44 @@ class InheritanceSource:
     def record(self) -> dict[str, Any]:
         """What the study records: the teacher, its shape, the layer rule and the importance ranking."""
         return {
-            "teacher": self.teacher, "layers": self.rule, "calibration_size": self.calibration,
+            "teacher": self.teacher,
+            "layers": self.rule,
+            "calibration_size": self.calibration,
             "cache_file": self.cache_file,
-            "shape": {"layers": self.num_layers, "heads": self.num_heads, "head_dim": self.head_dim,
-                      "ffn": self.intermediate_size},
+            "shape": {
+                "layers": self.num_layers,
+                "heads": self.num_heads,
+                "head_dim": self.head_dim,
+                "ffn": self.intermediate_size,
+            },
             "importance": self.importance.summary(),
         }
 
 
-def inheritance_source(name: str, model: PreTrainedModel, importance: Importance, rule: LayerRule, *,
-                       calibration: int = 0, cache_file: str = "") -> InheritanceSource:
+def inheritance_source(
+    name: str,
+    model: PreTrainedModel,
+    importance: Importance,
+    rule: LayerRule,
+    *,
+    calibration: int = 0,
+    cache_file: str = "",
+) -> InheritanceSource:
     """What students need from BERT teacher ``name``: its CPU state dict, shape and importance."""
     config = model.config
     state = {key: value.detach().to("cpu").clone() for key, value in model.state_dict().items()}
     return InheritanceSource(
-        teacher=name, rule=rule, num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
-        head_dim=config.hidden_size // config.num_attention_heads, intermediate_size=config.intermediate_size,
-        max_positions=config.max_position_embeddings, importance=importance, state=state,
-        calibration=calibration, cache_file=cache_file,
+        teacher=name,
+        rule=rule,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        max_positions=config.max_position_embeddings,
+        importance=importance,
+        state=state,
+        calibration=calibration,
+        cache_file=cache_file,
     )
 
 
@@ -142,8 +163,11 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
     ffn, positions = config.intermediate_size, config.max_position_embeddings
     record: dict[str, Any] = {"teacher": source.teacher, "rule": source.rule}
     if width > source.hidden_size:
-        return {**record, "init": "random",
-                "random": {"all": f"student width {width} exceeds teacher {source.teacher!r}'s {source.hidden_size}"}}
+        return {
+            **record,
+            "init": "random",
+            "random": {"all": f"student width {width} exceeds teacher {source.teacher!r}'s {source.hidden_size}"},
+        }
     importance, t = source.importance, source.state
     channels = torch.tensor(top_k(importance.channels, width), dtype=torch.long)
     random: dict[str, str] = {}
@@ -155,8 +179,10 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
     put("bert.embeddings.word_embeddings.weight", t["bert.embeddings.word_embeddings.weight"][:, channels])
     put("bert.embeddings.token_type_embeddings.weight", t["bert.embeddings.token_type_embeddings.weight"][:, channels])
     if positions <= source.max_positions:
-        put("bert.embeddings.position_embeddings.weight",
-            t["bert.embeddings.position_embeddings.weight"][:positions, channels])
+        put(
+            "bert.embeddings.position_embeddings.weight",
+            t["bert.embeddings.position_embeddings.weight"][:positions, channels],
+        )
     else:
         random["position_embeddings"] = f"{positions} positions, the teacher {source.max_positions}"
     for name in ("weight", "bias"):

@@ -9,8 +9,12 @@ import optuna
 from kdnas.config import KDConfig, KDSpaceConfig, SpaceConfig, TrainingSpaceConfig
 from kdnas.space.arch import StudentArch
 
-KD_PARAMS = {"kd_combiner": "combiner", "kd_temperature": "temperature", "kd_alpha": "alpha",
-             "kd_intermediate": "intermediate"}
+KD_PARAMS = {
+    "kd_combiner": "combiner",
+    "kd_temperature": "temperature",
+    "kd_alpha": "alpha",
+    "kd_intermediate": "intermediate",
+}
 """Optuna parameter name → the ``kd.space`` field it samples."""
 
 
@@ -22,8 +26,12 @@ class SearchSpace:
     (TPE needs that) and every sampled combination is a valid transformer.
     """
 
-    def __init__(self, config: SpaceConfig, kd_space: KDSpaceConfig | None = None,
-                 training_space: TrainingSpaceConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: SpaceConfig,
+        kd_space: KDSpaceConfig | None = None,
+        training_space: TrainingSpaceConfig | None = None,
+    ) -> None:
         self.config = config
         self.kd_space = kd_space or KDSpaceConfig()
         self.training_space = training_space or TrainingSpaceConfig()

@@ -171,8 +171,12 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    record = {**_fit_record(teacher, task, max_length), "metric": task.metric, "value": value,
-              "fit_seconds": round(time.perf_counter() - started, 1)}
+    record = {
+        **_fit_record(teacher, task, max_length),
+        "metric": task.metric,
+        "value": value,
+        "fit_seconds": round(time.perf_counter() - started, 1),
+    }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
     logger.info("teacher %s: %s = %.4f, saved to %s", teacher.name, task.metric, value, out)
     return record

@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def activation_importance(model: PreTrainedModel, data: Encoded, *, batch_size: int = 64,
-                          device: torch.device | str = "cpu") -> Importance:
+def activation_importance(
+    model: PreTrainedModel, data: Encoded, *, batch_size: int = 64, device: torch.device | str = "cpu"
+) -> Importance:
     """Rank ``model``'s (a ``BertForSequenceClassification``) parts by activation magnitude on ``data``."""
     device = torch.device(device)
     model.to(device).eval()
@@ -49,11 +50,13 @@ def activation_importance(model: PreTrainedModel, data: Encoded, *, batch_size: 
             context = args[0]
             norms = context.reshape(*context.shape[:2], num_heads, head_dim).norm(dim=-1)
             heads[layer] += masked_sum(norms)
+
         return hook
 
     def on_neurons(layer: int):
         def hook(module, args, output):
             neurons[layer] += masked_sum(output.abs())
+
         return hook
 
     def on_channels(module, args, output):
@@ -82,9 +85,9 @@ def activation_importance(model: PreTrainedModel, data: Encoded, *, batch_size: 
     return Importance(*(t.mul(scale).float() for t in (layers, heads, neurons, channels)))
 
 
-
-def cached_importance(teacher: Teacher, task: TaskData, calibration: Encoded, max_length: int, cache_dir: Path,
-                      device: torch.device | str) -> tuple[Importance, Path]:
+def cached_importance(
+    teacher: Teacher, task: TaskData, calibration: Encoded, max_length: int, cache_dir: Path, device: torch.device | str
+) -> tuple[Importance, Path]:
     """:func:`activation_importance` of ``teacher`` on ``calibration``, computed once and then read from
     ``cache_dir`` (keyed like the teacher logits, plus the calibration size); returns it with its file."""
     key = logits_cache_key(teacher, task, f"importance-{len(calibration)}", max_length)
@@ -92,8 +95,11 @@ def cached_importance(teacher: Teacher, task: TaskData, calibration: Encoded, ma
     if file.exists():
         logger.info("teacher importance cache hit: %s (%s)", teacher.name, file.name)
         return importance_from_tensors(load_file(file)), file
-    logger.info("teacher importance cache miss: ranking %s's layers, heads, neurons and channels on %d examples",
-                teacher.name, len(calibration))
+    logger.info(
+        "teacher importance cache miss: ranking %s's layers, heads, neurons and channels on %d examples",
+        teacher.name,
+        len(calibration),
+    )
     importance = activation_importance(teacher.model, calibration, device=device)
     save_atomically(importance.tensors(), file)
     return importance, file

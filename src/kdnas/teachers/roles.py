@@ -48,11 +48,15 @@ def inheritance_teacher(config: KDNASConfig, task: TaskData) -> Teacher | None:
     if inherit.teacher is not None:
         teacher = shared.get(inherit.teacher)
         if teacher is None:
-            raise ConfigError(f"student.inherit.teacher: teacher {inherit.teacher!r} does not use the students' "
-                              f"vocabulary (student.tokenizer {config.student.tokenizer!r})")
+            raise ConfigError(
+                f"student.inherit.teacher: teacher {inherit.teacher!r} does not use the students' "
+                f"vocabulary (student.tokenizer {config.student.tokenizer!r})"
+            )
         if teacher.model.config.model_type != "bert":
-            raise ConfigError(f"student.inherit.teacher: teacher {inherit.teacher!r} is a "
-                              f"{teacher.model.config.model_type} model; students inherit from BERT teachers only")
+            raise ConfigError(
+                f"student.inherit.teacher: teacher {inherit.teacher!r} is a "
+                f"{teacher.model.config.model_type} model; students inherit from BERT teachers only"
+            )
         return teacher
     teacher = next((t for t in shared.values() if t.model.config.model_type == "bert"), None)
     if teacher is None:
@@ -89,8 +93,9 @@ def intermediate_teachers(config: KDNASConfig, task: TaskData) -> tuple[tuple[st
                 f"({config.student.tokenizer!r}), so it cannot take part in intermediate KD"
             )
         else:
-            logger.warning("teacher %s has another tokenizer than the student: it takes part in logit KD only",
-                           teacher_cfg.name)
+            logger.warning(
+                "teacher %s has another tokenizer than the student: it takes part in logit KD only", teacher_cfg.name
+            )
     if not chosen:
         raise ConfigError(
             f"intermediate KD is on but no teacher shares the student's tokenizer ({config.student.tokenizer!r})"
