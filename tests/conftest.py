@@ -1,8 +1,14 @@
-"""Shared fixtures: a tiny offline config and one tiny real search on local Ray, run once per session."""
+"""Shared fixtures: a tiny offline config, one tiny real search on local Ray (run once per session), the storages
+to test against (SQLite, PostgreSQL), a searcher over a config, and waiting for an event."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,3 +68,101 @@ def searched(run_dir: Path, ray_session):
 
     config = build_config(tiny_raw(run_dir))
     return config, run_search(config)
+
+
+# --- storages ---------------------------------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("KDNAS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL server the storage tests use (skipped, saying why, when none answers)."""
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why there is no PostgreSQL to test against, or None when :data:`POSTGRES_URL` answers (asked once)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as err:  # any failure means: no server to test against
+        return f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__})"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """:data:`POSTGRES_URL`; the test is skipped, with the reason, when no server answers."""
+    reason = postgres_unreachable()
+    if reason:
+        pytest.skip(reason)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str):
+    """(URL, name) of a fresh PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"kdnas_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False), name
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest):
+    """(URL, suffix): None (the SQLite file in the output dir) or PostgreSQL, and a unique suffix for study names
+    (the studies ending in it are deleted afterwards)."""
+    if request.param == "sqlite":
+        yield None, ""
+        return
+    import optuna
+
+    url = request.getfixturevalue("postgres_url")
+    suffix = f"-{uuid.uuid4().hex[:8]}"
+    yield url, suffix
+    for summary in optuna.get_all_study_summaries(url):
+        if summary.study_name.endswith(suffix):
+            optuna.delete_study(study_name=summary.study_name, storage=url)
+
+
+def search_config(run_dir: Path, study_name: str, storage: tuple[str | None, str] = (None, ""), **sections):
+    """The tiny config (:func:`tiny_raw`) searching into study ``study_name`` (+ the suffix) at ``storage``'s URL."""
+    url, suffix = storage
+    raw = tiny_raw(run_dir, **sections)
+    raw["search"] = {**raw["search"], "study_name": study_name + suffix, "storage": url, **sections.get("search", {})}
+    return build_config(raw)
+
+
+def make_searcher(config: KDNASConfig, storage, **kwargs):
+    """A ``KDNASSearch`` over ``config``'s space and study in ``storage`` (accuracy up, latency down); ``kwargs``
+    go to its constructor."""
+    from kdnas.search.searcher import KDNASSearch
+    from kdnas.space import SearchSpace
+
+    return KDNASSearch(
+        space=SearchSpace(config.student.space).suggest,
+        metric=["accuracy", "latency_ms"],
+        mode=["max", "min"],
+        storage=storage,
+        study_name=config.search.study_name,
+        **kwargs,
+    )
+
+
+# --- waiting ----------------------------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)

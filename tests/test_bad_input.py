@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import optuna
@@ -402,19 +401,26 @@ def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_
     ]
 
 
-def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up():
+def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up(monkeypatch):
     from types import SimpleNamespace
 
+    from kdnas.search import resources
     from kdnas.search.resources import ResourcesUnavailable, ResourceWait
 
-    wait = ResourceWait(0.01, {"cpu": 100.0, "gpu": 0.0})
+    now = [0.0]
+    monkeypatch.setattr(resources.time, "monotonic", lambda: now[0])
+    wait = ResourceWait(10.0, {"cpu": 100.0, "gpu": 0.0})
     pending = [SimpleNamespace(status="PENDING")]
     wait.on_step_begin(0, pending)
+    now[0] = 9.0
     wait.on_step_begin(1, [SimpleNamespace(status="RUNNING"), *pending])  # a running trial resets the clock
-    wait.on_step_begin(2, pending)
-    time.sleep(0.02)
-    with pytest.raises(ResourcesUnavailable, match=r"search.resource_wait_s \(0.01 s\): a trial needs 100 CPU"):
-        wait.on_step_begin(3, pending)
+    now[0] = 18.0
+    wait.on_step_begin(2, pending)  # the clock starts again
+    now[0] = 27.0
+    wait.on_step_begin(3, pending)  # 9 s of the 10: still waiting
+    now[0] = 28.5
+    with pytest.raises(ResourcesUnavailable, match=r"search.resource_wait_s \(10 s\): a trial needs 100 CPU"):
+        wait.on_step_begin(4, pending)
 
 
 def test_a_latency_measured_under_contention_is_measured_again_and_never_cached(tmp_path, monkeypatch):

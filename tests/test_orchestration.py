@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from conftest import tiny_raw
-from kdnas.config import ConfigError, build_config
+from conftest import search_config, wait_for
+from kdnas.config import ConfigError
 from kdnas.dashboards.pareto import pareto_front
 from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search.orphans import DRIVER_LOST
@@ -30,42 +29,6 @@ from kdnas.search.runner import run_search
 from kdnas.search.study import load_study
 
 pytestmark = pytest.mark.slow
-
-POSTGRES_URL = os.environ.get("KDNAS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-
-
-def _postgres_reachable() -> str | None:
-    try:
-        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return None
-    except Exception as err:  # any failure means: no server to test against
-        return f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__})"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage(request):
-    """A storage URL (None: the SQLite file in the output dir) and a unique suffix for study names."""
-    if request.param == "sqlite":
-        yield None, ""
-        return
-    reason = _postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    suffix = f"-{uuid.uuid4().hex[:8]}"
-    yield POSTGRES_URL, suffix
-    for summary in optuna.get_all_study_summaries(POSTGRES_URL):
-        if summary.study_name.endswith(suffix):
-            optuna.delete_study(study_name=summary.study_name, storage=POSTGRES_URL)
-
-
-def _config(run_dir, study_name, storage=(None, ""), **sections):
-    url, suffix = storage
-    raw = tiny_raw(run_dir, **sections)
-    raw["search"] = {**raw["search"], "study_name": study_name + suffix, "storage": url, **sections.get("search", {})}
-    return build_config(raw)
 
 
 class StopSecondTrialEarly(FIFOScheduler):
@@ -78,7 +41,7 @@ class StopSecondTrialEarly(FIFOScheduler):
 
 
 def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray_session, storage):
-    config = _config(run_dir, "pruned", storage, latency={"budget_ms": 1000.0})
+    config = search_config(run_dir, "pruned", storage, latency={"budget_ms": 1000.0})
     study = run_search(config, scheduler=StopSecondTrialEarly())
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]  # the tiny space has 8 students
     assert [t.state for t in trained] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
@@ -94,7 +57,7 @@ def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray
     "kd", [{"combiner": "confidence"}, {"combiner": "gradient"}, {"combiner": "weighted", "teacher_weights": [3, 1]}]
 )
 def test_every_teacher_combiner_trains_and_is_recorded(run_dir, ray_session, kd):
-    study = run_search(_config(run_dir, f"combiner-{kd['combiner']}", kd=kd, search={"n_trials": 1}))
+    study = run_search(search_config(run_dir, f"combiner-{kd['combiner']}", kd=kd, search={"n_trials": 1}))
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get(FAILURE_ATTR)
     assert trial.user_attrs["kd"]["combiner"] == kd["combiner"]
@@ -106,7 +69,7 @@ def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_
         "intermediate": {"weight": {"start": 1.0, "end": 0.0}},
         "space": {"intermediate": ["emd", "skip"], "combiner": ["mean", "confidence"], "temperature": [1.0, 4.0]},
     }
-    study = run_search(_config(run_dir, "recipe", kd=kd, search={"n_trials": 2, "sampler": "random", "seed": 3}))
+    study = run_search(search_config(run_dir, "recipe", kd=kd, search={"n_trials": 2, "sampler": "random", "seed": 3}))
     assert "teacher gpt2 has another tokenizer than the student: it takes part in logit KD only" in caplog.text
     layer_maps = set()
     for trial in study.trials:
@@ -134,7 +97,7 @@ def test_sampled_kd_recipe_with_intermediate_and_emd_trains_and_is_recorded(run_
 
 
 def test_latency_budget_below_every_student_is_refused_before_the_study_is_touched(run_dir, ray_session):
-    config = _config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1})
+    config = search_config(run_dir, "infeasible", latency={"budget_ms": 1e-6}, search={"n_trials": 1})
     with pytest.raises(
         ConfigError,
         match=r"^no student of student.space fits the budget: even the smallest, "
@@ -146,7 +109,7 @@ def test_latency_budget_below_every_student_is_refused_before_the_study_is_touch
 
 
 def test_raising_trial_fails_with_its_reason(run_dir, ray_session, storage):
-    config = _config(run_dir, "raising", storage, search={"n_trials": 1})
+    config = search_config(run_dir, "raising", storage, search={"n_trials": 1})
     blocker = run_dir / "students" / config.search.study_name / "trial-0000"  # a file where the student goes
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory")
@@ -158,14 +121,14 @@ def test_raising_trial_fails_with_its_reason(run_dir, ray_session, storage):
 
 
 def test_nan_loss_fails_with_its_reason(run_dir, ray_session, storage):
-    study = run_search(_config(run_dir, "nan", storage, training={"learning_rate": 1e30}, search={"n_trials": 1}))
+    study = run_search(search_config(run_dir, "nan", storage, training={"learning_rate": 1e30}, search={"n_trials": 1}))
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAILURE_ATTR].startswith("NonFiniteLossError: non-finite loss")
 
 
 def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
-    config = _config(
+    config = search_config(
         run_dir,
         "concurrent",
         storage,
@@ -181,16 +144,8 @@ def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
     assert overlaps >= 1, spans
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
-
-
 def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path, storage):
-    config = _config(
+    config = search_config(
         run_dir, "resume", storage, data={"demo_train_size": 400}, training={"epochs": 4}, search={"n_trials": 4}
     )
     config_file = tmp_path / "resume.yaml"
@@ -206,7 +161,7 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path,
 
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for(lambda: TrialState.COMPLETE in states() and TrialState.RUNNING in states(), 300, "a running trial")
+        wait_for(lambda: TrialState.COMPLETE in states() and TrialState.RUNNING in states(), 300, "a running trial")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -231,13 +186,10 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path,
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
 
 
-def test_search_on_postgresql_with_masked_password(run_dir, ray_session, tmp_path):
-    reason = _postgres_reachable()
-    if reason:
-        pytest.skip(reason)
+def test_search_on_postgresql_with_masked_password(run_dir, ray_session, tmp_path, postgres_url):
     name = f"kdnas-test-{uuid.uuid4().hex[:8]}"
-    url = sqlalchemy.engine.make_url(POSTGRES_URL).set(password="s3cret-pw").render_as_string(hide_password=False)
-    config = _config(run_dir, name, search={"n_trials": 2, "storage": url})
+    url = sqlalchemy.engine.make_url(postgres_url).set(password="s3cret-pw").render_as_string(hide_password=False)
+    config = search_config(run_dir, name, search={"n_trials": 2, "storage": url})
     try:
         study = run_search(config)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2

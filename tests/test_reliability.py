@@ -26,6 +26,7 @@ import yaml
 from optuna.trial import TrialState
 from ray import tune
 
+from conftest import POSTGRES_URL, search_config, wait_for
 from kdnas.cli import main
 from kdnas.objectives.training import DivergedError, NonFiniteLossError, train
 from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
@@ -34,7 +35,6 @@ from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.orphans import DRIVER_LOST, counts_toward_budget
 from kdnas.search.study import load_study
 from stub_search import use_stub_trials
-from test_orchestration import POSTGRES_URL, _config, _postgres_reachable, _wait_for
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the dying trainable below runs on Ray workers
 TESTS = Path(__file__).parent
@@ -72,7 +72,7 @@ KILL_POINTS = ["mid-training", "resume-reconcile", "result-write", "after-tell",
 @pytest.mark.slow
 def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(run_dir, tmp_path):
     n_trials = 4
-    config = _config(
+    config = search_config(
         run_dir, f"kill-points-{uuid.uuid4().hex[:6]}", training={"epochs": 2}, search={"n_trials": n_trials}
     )
     config_file = tmp_path / "search.yaml"
@@ -86,7 +86,7 @@ def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(ru
         args = [sys.executable, str(TESTS / "kill_driver.py"), "none" if point == "random" else point, *command]
         driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if point == "random":  # SIGKILL from outside at a random moment while a trial trains
-            _wait_for(lambda: _running(url, name), 300, "a running trial")
+            wait_for(lambda: _running(url, name), 300, "a running trial")
             time.sleep(float(torch.rand(1, generator=torch.Generator().manual_seed(7))) * 3)
             os.killpg(driver.pid, signal.SIGKILL)
         returncode = driver.wait(timeout=600)
@@ -150,7 +150,7 @@ def dying_student(config: dict, inputs) -> None:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_limit(run_dir, ray_session, monkeypatch):
-    config = _config(
+    config = search_config(
         run_dir,
         f"worker-death-{uuid.uuid4().hex[:6]}",
         training={"epochs": 3},
@@ -233,7 +233,9 @@ def test_non_finite_or_diverging_loss_stops_training(bad, error):
 @pytest.mark.slow
 def test_diverging_student_fails_with_its_reason(run_dir, ray_session):
     study = runner.run_search(
-        _config(run_dir, f"diverge-{uuid.uuid4().hex[:6]}", training={"learning_rate": 10.0}, search={"n_trials": 1})
+        search_config(
+            run_dir, f"diverge-{uuid.uuid4().hex[:6]}", training={"learning_rate": 10.0}, search={"n_trials": 1}
+        )
     )
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL and trial.values is None
@@ -252,22 +254,6 @@ def test_unreachable_storage_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert "pw-secret" not in err[0]
 
 
-@pytest.fixture
-def postgres_db():
-    """A fresh PostgreSQL database for one test (URL), dropped afterwards."""
-    reason = _postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"kdnas_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield sqlalchemy.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False), name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
-
-
 def _terminate_backends(database: str, stop: threading.Event, every_s: float, counter: list[int]) -> None:
     engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -284,7 +270,9 @@ def _terminate_backends(database: str, stop: threading.Event, every_s: float, co
 def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postgres_db, monkeypatch):
     url, database = postgres_db
     n_trials = 40
-    config = _config(run_dir, "dropped", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url})
+    config = search_config(
+        run_dir, "dropped", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url}
+    )
     use_stub_trials(monkeypatch)
     stop, dropped, errors = threading.Event(), [0], []
     killer = threading.Thread(target=_terminate_backends, args=(database, stop, 0.5, dropped), daemon=True)
@@ -314,7 +302,7 @@ def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postg
 def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, ray_session, postgres_db, tmp_path):
     url, _ = postgres_db
     n_trials = 40
-    config = _config(
+    config = search_config(
         run_dir, "four-drivers", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url}
     )
     config_file = tmp_path / "search.yaml"
@@ -361,7 +349,7 @@ def test_two_hundred_trivial_trials_are_all_recorded(run_dir, ray_session, monke
     if backend == "postgresql":
         url = request.getfixturevalue("postgres_db")[0]
     n_trials = 200
-    config = _config(
+    config = search_config(
         run_dir,
         f"load-{uuid.uuid4().hex[:6]}",  # 200 trials of an 8-student space: repeats train
         search={"n_trials": n_trials, "storage": url, "reuse_duplicates": False},

@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from conftest import wait_for
 from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
 from kdnas.dashboards.report import write_report
 from kdnas.export import export_trial
@@ -143,7 +144,6 @@ def test_cli_reports_and_exports_from_the_study(searched, tmp_path):
 
 def test_dashboard_serves_the_study_on_localhost(searched):
     import socket
-    import time
     import urllib.request
 
     config, study = searched
@@ -168,14 +168,18 @@ def test_dashboard_serves_the_study_on_localhost(searched):
         text=True,
     )
     try:
-        deadline, body = time.monotonic() + 60, None
-        while time.monotonic() < deadline and body is None:
+        answers: list[dict] = []
+
+        def answered() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
-                    body = json.loads(response.read())
+                    answers.append(json.loads(response.read()))
             except OSError:
-                time.sleep(0.5)
-        assert body is not None, "optuna-dashboard did not answer"
+                return False
+            return True
+
+        wait_for(answered, 60, "optuna-dashboard to answer")
+        body = answers[0]
         summary = next(s for s in body["study_summaries"] if s["study_name"] == config.search.study_name)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
             detail = json.loads(r.read())

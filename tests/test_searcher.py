@@ -5,13 +5,13 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from conftest import make_searcher
 from kdnas.config import KDNASConfig
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY
 from kdnas.search import searcher as searcher_mod
 from kdnas.search.orphans import this_driver
-from kdnas.search.searcher import KDNASSearch, trial_outcome
+from kdnas.search.searcher import trial_outcome
 from kdnas.search.study import create_or_load_study, open_storage
-from kdnas.space import SearchSpace
 
 METRICS = ["accuracy", "latency_ms"]
 
@@ -44,14 +44,7 @@ def test_a_connection_lost_mid_ask_leaves_no_unowned_trial(tmp_path, monkeypatch
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
-    searcher = KDNASSearch(
-        space=SearchSpace(config.student.space).suggest,
-        metric=METRICS,
-        mode=["max", "min"],
-        storage=storage,
-        study_name=config.search.study_name,
-        n_trials=5,
-    )
+    searcher = make_searcher(config, storage, n_trials=5)
     real_init, failures = optuna.Trial.__init__, []
 
     def drop_once(self, study, trial_id):  # the connection drops right after the trial was created
@@ -75,14 +68,7 @@ def test_a_restored_searcher_tells_the_trials_its_snapshot_ran(tmp_path):
     study = create_or_load_study(config, storage)
 
     def searcher():
-        return KDNASSearch(
-            space=SearchSpace(config.student.space).suggest,
-            metric=METRICS,
-            mode=["max", "min"],
-            storage=storage,
-            study_name=config.search.study_name,
-            n_trials=5,
-        )
+        return make_searcher(config, storage, n_trials=5)
 
     first = searcher()
     assert first.set_search_properties("accuracy", "max", {}) is False and first.metric == METRICS

@@ -20,7 +20,6 @@ from kdnas.dashboards.launcher import serve_dashboard
 from kdnas.space import StudentArch
 from kdnas.teachers import loading
 from kdnas.teachers.loading import load_teacher, load_tokenizer
-from test_orchestration import POSTGRES_URL, _postgres_reachable
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kdnas"
 PASSWORD = "s3cret-pw"
@@ -79,10 +78,11 @@ def password_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'study.db'}"
         return
-    reason = _postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    url = sqlalchemy.engine.make_url(POSTGRES_URL).set(password=PASSWORD).render_as_string(hide_password=False)
+    url = (
+        sqlalchemy.engine.make_url(request.getfixturevalue("postgres_url"))
+        .set(password=PASSWORD)
+        .render_as_string(hide_password=False)
+    )
     yield url
     optuna.delete_study(study_name="secure", storage=url)
 
