@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+import kdnas
+
 REPO = Path(__file__).resolve().parents[1]
 SST2_ENV = "KDNAS_SST2_DIR"
 DEFAULT_SST2 = REPO / ".." / "shared" / "data" / "sst2"
@@ -101,26 +103,22 @@ def parse_student(text: str) -> dict[str, int]:
     return {"num_layers": layers, "num_heads": heads, "head_dim": head_dim, "ffn_ratio": ffn}
 
 
-def fit_teachers_timed(config: Any, task: Any) -> tuple[list[dict[str, Any]], torch.Tensor, float]:
-    """Fit ``config``'s teachers on ``task`` and cache their logits under ``<output_dir>/cache``.
+def fit_teachers_timed(config: Any, task: Any) -> tuple[list[dict[str, Any]], float]:
+    """Fit ``config``'s teachers on ``task`` and cache their logits under ``<output_dir>/cache`` (where a search and
+    :func:`kdnas.prepare_students` read them).
 
-    Returns the teachers' reference records, their train logits and the seconds both steps took.
+    Returns the teachers' reference records and the seconds both steps took.
     """
-    import kdnas
-    from kdnas.teachers.logits import teacher_reference
-
     started = time.perf_counter()
     kdnas.fit_teachers(config, task)
-    references, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache")
-    return references, teacher_logits, time.perf_counter() - started
+    references, _ = kdnas.teacher_reference(config, task, Path(config.output_dir) / "cache")
+    return references, time.perf_counter() - started
 
 
 def machine() -> dict[str, Any]:
     """Facts that make a figure comparable: CPU, cores, torch, date."""
-    from kdnas.objectives.latency import device_name
-
     return {
-        "cpu": device_name(torch.device("cpu")),
+        "cpu": kdnas.device_name(torch.device("cpu")),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -2,8 +2,9 @@
 
 Compares no KD, single-teacher KD, two teachers averaged, confidence-aware (CA-MKD), gradient-space (AE-KD) and
 intermediate-layer KD (EMD mapping, and a fixed uniform map) on the SST-2 dev set. Teachers (MiniLM fine-tuned,
-a GPT-2 trained from scratch) are fitted once on the same training subset; every student run goes through
-kdnas's own trial body (``run_trial``), so the figures are those a search would record.
+a GPT-2 trained from scratch) are fitted once on the same training subset; every student trains on the labelled
+examples alone (no transfer set) through ``kdnas.train_student``, a search's own trial body, so the figures are
+those a search would record.
 
     python benchmarks/kd_objectives.py [--data DIR] [--train-samples 4000] [--epochs 3] [--seeds 0 1 2]
 
@@ -32,9 +33,6 @@ from _common import (
     sst2_sections,
     write_result,
 )
-from kdnas.data import load_task
-from kdnas.search.inputs import prepare_inputs
-from kdnas.search.trial import run_trial
 
 RECIPES: dict[str, dict[str, Any]] = {
     "no KD (CE only)": {"alpha": 1.0},
@@ -51,10 +49,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def base_config(data: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The benchmark's fixed settings: SST-2 subset, two teachers, training budget."""
+    """The benchmark's fixed settings: SST-2 subset without a transfer set, two teachers, training budget."""
+    sections = sst2_sections(data, args.train_samples)
+    sections["data"]["transfer"] = {"augment_copies": 0}
     return {
         "output_dir": str(Path(args.output_dir).resolve()),
-        **sst2_sections(data, args.train_samples),
+        **sections,
         "training": {"epochs": args.epochs, "batch_size": 32, "learning_rate": args.learning_rate},
         "latency": {"warmup": 2, "runs": 5},
         "search": {"study_name": "kd-objectives"},
@@ -77,28 +77,27 @@ def main(argv: list[str] | None = None) -> None:
 
     base = base_config(data, args)
     config = kdnas.load_config(base)
-    task = load_task(config.data)
-    references, teacher_logits, teacher_seconds = fit_teachers_timed(config, task)
+    task = kdnas.load_task(config.data)
+    references, teacher_seconds = fit_teachers_timed(config, task)
 
     runs, number = [], 0
     for name in args.recipes:
+        config = kdnas.load_config({**base, "kd": RECIPES[name]})
+        students = kdnas.prepare_students(config, task)  # the seed does not change what is prepared
         for seed in args.seeds:
-            raw = {**base, "kd": RECIPES[name], "training": {**base["training"], "seed": seed}}
-            config = kdnas.load_config(raw)
-            inputs = prepare_inputs(config, task, teacher_logits)
             started = time.perf_counter()
-            result = run_trial(student, inputs, trial_number=number, device="cpu", report=lambda _: None)
+            report = kdnas.train_student(students, student, seed=seed, trial_number=number)
             seconds = time.perf_counter() - started
             runs.append(
                 {
                     "recipe": name,
                     "seed": seed,
-                    "accuracy": result[task.metric],
+                    "accuracy": report.value,
                     "seconds": seconds,
                     "kd": config.model_dump(mode="json")["kd"],
                 }
             )
-            logging.info("%s seed %d: accuracy %.4f in %.0f s", name, seed, result[task.metric], seconds)
+            logging.info("%s seed %d: accuracy %.4f in %.0f s", name, seed, report.value, seconds)
             number += 1
 
     summary = []

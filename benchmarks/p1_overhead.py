@@ -26,7 +26,6 @@ Writes ``benchmarks/results/p1_overhead.json`` and prints one summary line (targ
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -40,10 +39,6 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
 from _common import REPO, add_common_args, require_sst2, sst2_sections, write_result
-from kdnas.data import load_task
-from kdnas.records import DUPLICATE_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search.duplicates import is_repeat, training_seconds
-from kdnas.teachers.logits import teacher_reference
 
 NAME = "p1_overhead"
 TARGET = 1.10
@@ -69,17 +64,10 @@ def search_config(data: Path, args: argparse.Namespace, output_dir: Path, study_
     }
 
 
-def tune_times(experiment_dir: Path) -> dict[int, float]:
+def tune_times(config: Any) -> dict[int, float]:
     """Optuna trial number → Tune's ``time_total_s`` at the trial's last report, from Tune's ``result.json`` files."""
-    times: dict[int, float] = {}
-    for path in experiment_dir.glob("*/result.json"):
-        last = None
-        for line in path.read_text().splitlines():
-            if line.strip():
-                last = json.loads(line)
-        if last and TRIAL_NUMBER_KEY in last.get("config", {}) and "time_total_s" in last:
-            times[int(last["config"][TRIAL_NUMBER_KEY])] = float(last["time_total_s"])
-    return times
+    results = kdnas.tune_results(config)
+    return {number: float(last["time_total_s"]) for number, last in results.items() if "time_total_s" in last}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # Teachers are a one-off per study: fit them and cache their logits before the clock starts.
     started = time.perf_counter()
-    task = load_task(config.data)
+    task = kdnas.load_task(config.data)
     kdnas.fit_teachers(config, task)
-    teacher_reference(config, task, output_dir / "cache")
+    kdnas.teacher_reference(config, task, output_dir / "cache")
     teacher_seconds = time.perf_counter() - started
 
     wall_start = time.time()
@@ -134,21 +122,21 @@ def main(argv: list[str] | None = None) -> None:
     timed = [t for t in trials if "train_started_at" in t.user_attrs and "train_finished_at" in t.user_attrs]
     if not timed:
         raise SystemExit(f"{NAME}: no trial recorded its training times (states: {states})")
-    tune_total = tune_times(Path(config.search.storage_path or output_dir / "ray_results") / study_name)
+    tune_total = tune_times(config)
 
     rows = []
     for t in trials:
         attrs = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, "arch": attrs.get("arch_summary")}
-        if is_repeat(t):  # the result of an earlier student, reused: it trained nothing
-            row.update({"compute_s": 0.0, "repeat_of": attrs[DUPLICATE_ATTR]})
+        if kdnas.is_repeat(t):  # the result of an earlier student, reused: it trained nothing
+            row.update({"compute_s": 0.0, "repeat_of": attrs["duplicate_of"]})
         elif "train_started_at" in attrs and "train_finished_at" in attrs:
             asked = t.datetime_start.timestamp()
             told = t.datetime_complete.timestamp() if t.datetime_complete else None
             latency = attrs.get("latency", {})
             row.update(
                 {
-                    "compute_s": training_seconds(t),
+                    "compute_s": kdnas.training_seconds(t),
                     "asked_to_train_s": attrs["train_started_at"] - asked,
                     "trained_to_told_s": (told - attrs["train_finished_at"]) if told else None,
                     "latency_cached": latency.get("cached"),
@@ -160,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         row["tune_time_total_s"] = tune_total.get(t.number)
         rows.append(row)
 
-    compute = sum(training_seconds(t) for t in trials)
-    repeats = sum(is_repeat(t) for t in trials)
+    compute = sum(kdnas.training_seconds(t) for t in trials)
+    repeats = sum(kdnas.is_repeat(t) for t in trials)
     ratio = wall / compute
     per_trial = (wall - compute) / len(trials)
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]

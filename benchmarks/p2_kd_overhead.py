@@ -1,14 +1,15 @@
 """KD overhead: one student trial with 2-teacher logit KD ÷ the same trial with cross-entropy only.
 
 The same student, data, steps and seed, once with the two teachers' cached logits combined by ``kd.combiner``
-(``kd.alpha`` 0.5: CE + T²·KL) and once with ``kd.alpha: 1.0`` (hard labels only; no teacher logits are read).
-Both go through kdnas's own trial body, ``run_trial``, which is timed as a whole: building the student, its
-latency (from the latency cache after the first, untimed, warm-up run of each), training with the evaluation after
-every epoch, and saving the student. Runs alternate (KD, CE, then CE, KD, …) so drift in a shared machine's load
-hits both alike; the figure is the ratio of the medians over ``--repeats`` runs of each. Two more ratios are
-reported: of the part after the latency measurement (the trial's ``train_started_at`` → ``train_finished_at``), and
-of the process's CPU time (``time.process_time``), which varies less than wall time on a machine shared with other
-jobs. Runs use 1 torch thread by default, as a search trial does with ``resources_per_trial.cpu: 1``.
+(``kd.alpha`` 0.5: CE + T²·KL) and once with ``kd.alpha: 1.0`` (hard labels only; no teacher logits are read). Both
+train on the labelled examples alone (no transfer set) through kdnas's own trial body, ``kdnas.train_student``, which is
+timed as a whole: building the student, its latency (from the latency cache after the first, untimed, warm-up run of
+each), training with the evaluation after every epoch, and saving the student. Runs alternate (KD, CE, then CE, KD, …)
+so drift in a shared machine's load hits both alike; the figure is the ratio of the medians over ``--repeats`` runs of
+each. Two more ratios are reported: of the part after the latency measurement (the trial's ``train_started_at`` →
+``train_finished_at``), and of the process's CPU time (``time.process_time``), which varies less than wall time on a
+machine shared with other jobs. Runs use 1 torch thread by default, as a search trial does with
+``resources_per_trial.cpu: 1``.
 
 The teachers (MiniLM fine-tuned, a GPT-2 trained from scratch) are fitted and their logits cached first, untimed.
 
@@ -20,7 +21,6 @@ Writes ``benchmarks/results/p2_kd_overhead.json`` and prints one summary line (t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -40,20 +40,18 @@ from _common import (
     sst2_sections,
     write_result,
 )
-from kdnas.data import load_task
-from kdnas.records import ATTRS_KEY
-from kdnas.search.inputs import prepare_inputs
-from kdnas.search.trial import run_trial
 
 NAME = "p2_kd_overhead"
 TARGET = 1.15
 
 
 def base_config(data: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The benchmark's fixed settings: SST-2 subset, two teachers, one training budget."""
+    """The benchmark's fixed settings: SST-2 subset without a transfer set, two teachers, one training budget."""
+    sections = sst2_sections(data, args.train_samples)
+    sections["data"]["transfer"] = {"augment_copies": 0}
     return {
         "output_dir": str(Path(args.output_dir).resolve()),
-        **sst2_sections(data, args.train_samples),
+        **sections,
         "training": {"epochs": args.epochs, "batch_size": 32, "seed": args.seed},
         "latency": {"warmup": 2, "runs": 10},
     }
@@ -86,26 +84,25 @@ def main(argv: list[str] | None = None) -> None:
 
     base = base_config(data, args)
     config = kdnas.load_config(base)
-    task = load_task(config.data)
-    references, teacher_logits, teacher_seconds = fit_teachers_timed(config, task)
+    task = kdnas.load_task(config.data)
+    references, teacher_seconds = fit_teachers_timed(config, task)
     torch.set_num_threads(args.threads)  # teachers were fitted with torch's default threads
 
     variants = {
         "kd": {**base, "kd": {"alpha": 0.5, "combiner": args.combiner}, "search": {"study_name": "p2-kd"}},
         "ce": {**base, "kd": {"alpha": 1.0}, "search": {"study_name": "p2-ce"}},
     }
-    inputs = {name: prepare_inputs(kdnas.load_config(raw), task, teacher_logits) for name, raw in variants.items()}
+    students = {name: kdnas.prepare_students(kdnas.load_config(raw), task) for name, raw in variants.items()}
 
     def timed(name: str, number: int) -> dict[str, float]:
         started, cpu_started = time.perf_counter(), time.process_time()
-        result = run_trial(student, inputs[name], trial_number=number, device="cpu", report=lambda _: None)
+        report = kdnas.train_student(students[name], student, trial_number=number)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        attrs = json.loads(result[ATTRS_KEY])
         return {
             "seconds": seconds,
             "cpu_s": cpu_seconds,
-            "train_s": attrs["train_finished_at"] - attrs["train_started_at"],
-            task.metric: result[task.metric],
+            "train_s": report.attrs["train_finished_at"] - report.attrs["train_started_at"],
+            task.metric: report.value,
         }
 
     warmup = {name: timed(name, 0)["seconds"] for name in variants}  # untimed: fills the latency cache
@@ -134,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         {
             "benchmark": NAME,
-            "target": f"median run_trial seconds, 2-teacher KD / CE only <= {TARGET}",
+            "target": f"median train_student seconds, 2-teacher KD / CE only <= {TARGET}",
             "ratio": ratio,
             "meets_target": ratio <= TARGET,
             "median_s": medians,

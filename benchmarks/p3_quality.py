@@ -30,7 +30,6 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
 from _common import add_common_args, parse_student, require_sst2, sst2_sections, write_result
-from kdnas.data import load_task
-from kdnas.search.inputs import prepare_inputs, transfer_set
-from kdnas.search.trial import TrialInputs, run_trial
-from kdnas.teachers.fitting import RECORD_FILE
-from kdnas.teachers.logits import teacher_reference
 
 NAME = "p3_quality"
 TARGETS = {
@@ -64,7 +58,9 @@ def fitted_teacher(data: Path, args: argparse.Namespace, name: str, seed: int) -
     config = kdnas.load_config({"output_dir": args.output_dir, **sections, "training": {"seed": seed}})
     kdnas.fit_teachers(config)
     path = Path(args.output_dir) / "teachers" / name
-    record = json.loads((path / RECORD_FILE).read_text())
+    record = kdnas.teacher_fit_record(config, name)
+    if record is None:
+        raise SystemExit(f"{NAME}: teacher {name} has no saved fit after fitting it")
     return {
         "name": name,
         "path": str(path.resolve()),
@@ -94,11 +90,12 @@ def student_raw(sst2: Path, args: argparse.Namespace, teachers: list[dict[str, A
 
 
 class Runs:
-    """Trains students with :func:`run_trial`, preparing each config's inputs once; remembers every run, also in
-    ``journal`` (JSON lines), so an interrupted benchmark restarted with the same settings skips finished runs."""
+    """Trains students with :func:`kdnas.train_student`, preparing each config's students once; remembers every run,
+    also in ``journal`` (JSON lines), so an interrupted benchmark restarted with the same settings skips finished
+    runs."""
 
     def __init__(self, journal: Path) -> None:
-        self.prepared: dict[str, tuple[TrialInputs, str]] = {}
+        self.prepared: dict[str, tuple[Any, str]] = {}  # config key -> (kdnas.prepare_students(config), metric)
         self.journal = journal
         self.done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
         self.runs: list[dict[str, Any]] = []
@@ -113,22 +110,12 @@ class Runs:
                 return run["value"]
         if key not in self.prepared:
             config = kdnas.load_config(raw)
-            task = load_task(config.data)
-            transfer = transfer_set(config, task)
-            _, logits = teacher_reference(config, task, Path(config.output_dir) / "cache", transfer)
-            self.prepared[key] = (prepare_inputs(config, task, logits, transfer), task.metric)
+            self.prepared[key] = (kdnas.prepare_students(config), config.data.metric)
             self.configs[variant] = config.model_dump(mode="json")
-        inputs, metric = self.prepared[key]
-        config = kdnas.load_config({**raw, "training": {**raw.get("training", {}), "seed": seed}})
+        students, metric = self.prepared[key]
         started = time.perf_counter()
-        result = run_trial(
-            parse_student(arch),
-            replace(inputs, config=config),
-            trial_number=len(self.runs),
-            device="cpu",
-            report=lambda _: None,
-        )
-        attrs = json.loads(result["kdnas_attrs"])
+        report = kdnas.train_student(students, parse_student(arch), seed=seed, trial_number=len(self.runs))
+        attrs = report.attrs
         self.runs.append(
             {
                 "variant": variant,
@@ -136,8 +123,8 @@ class Runs:
                 "arch": attrs["arch_summary"],
                 "arch_spec": arch,
                 "seed": seed,
-                "value": result[metric],
-                "latency_ms": result["latency_ms"],
+                "value": report.value,
+                "latency_ms": report.latency_ms,
                 "init": attrs["init"]["init"],
                 "learning_rate": attrs["learning_rate"],
                 "train_rows": attrs["train_rows"],
@@ -152,10 +139,10 @@ class Runs:
             attrs["arch_summary"],
             seed,
             metric,
-            result[metric],
+            report.value,
             self.runs[-1]["seconds"],
         )
-        return result[metric]
+        return report.value
 
     def compare(
         self, better: tuple[str, dict], worse: tuple[str, dict], archs: list[str], seeds: list[int], target: float

@@ -39,9 +39,6 @@ from optuna.trial import FrozenTrial
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
 from _common import REPO, add_common_args, fit_teachers_timed, require_sst2, sst2_sections, write_result
-from kdnas.dashboards.pareto import feasible_completed, hypervolume
-from kdnas.data import load_task
-from kdnas.search.duplicates import is_repeat
 
 NAME = "p4_early_stopping"
 SPEEDUP_TARGET = 1.3
@@ -75,7 +72,7 @@ def search_config(data: Path, args: argparse.Namespace, arm: str, seed: int) -> 
 
 def trial_span(trial: FrozenTrial, end: float) -> tuple[float, float] | None:
     """A trained trial's (ask, tell) in seconds since the epoch; None for a repeat (it trained nothing)."""
-    if is_repeat(trial) or trial.datetime_start is None:
+    if kdnas.is_repeat(trial) or trial.datetime_start is None:
         return None
     finished = trial.datetime_complete.timestamp() if trial.datetime_complete else end
     return trial.datetime_start.timestamp(), finished
@@ -90,14 +87,14 @@ def anytime_curve(study: optuna.Study, majority: float, teacher_ms: float) -> li
         return [(0.0, 0.0)]
     finished = sorted(
         (t.datetime_complete.timestamp(), normalise(t, majority, teacher_ms))
-        for t in feasible_completed(study)
-        if not is_repeat(t)
+        for t in kdnas.feasible_completed(study)
+        if not kdnas.is_repeat(t)
     )
     curve, points = [(0.0, 0.0)], []
     for moment, point in finished:
         points.append(point)
         compute = sum(max(0.0, min(stop, moment) - start) for start, stop in spans)
-        curve.append((compute, hypervolume(points, (0.0, 1.0))))
+        curve.append((compute, kdnas.hypervolume(points, (0.0, 1.0))))
     total = sum(stop - start for start, stop in spans)
     curve.append((total, curve[-1][1]))
     return curve
@@ -187,8 +184,8 @@ def main() -> None:
     journal = output_dir / "p4-runs.jsonl"
 
     first = kdnas.load_config(search_config(data, args, args.arms[0], args.seeds[0]))
-    task = load_task(first.data)
-    references, _, teacher_seconds = fit_teachers_timed(first, task)
+    task = kdnas.load_task(first.data)
+    references, teacher_seconds = fit_teachers_timed(first, task)
     counts = Counter(task.labels("eval"))
     majority = max(counts.values()) / sum(counts.values())
     done = (
@@ -215,7 +212,7 @@ def main() -> None:
                 "seed": seed,
                 "seconds": done[name]["seconds"],
                 "states": dict(Counter(t.state.name for t in trials)),
-                "repeats": sum(is_repeat(t) for t in trials),
+                "repeats": sum(kdnas.is_repeat(t) for t in trials),
                 "stopped_early": sum("students of" in t.user_attrs.get("pruned_reason", "") for t in trials),
                 "study": study,
             }
@@ -223,10 +220,10 @@ def main() -> None:
     every_point = [
         normalise(t, majority, teacher_ms)
         for run in runs.values()
-        for t in feasible_completed(run["study"])
-        if not is_repeat(t)
+        for t in kdnas.feasible_completed(run["study"])
+        if not kdnas.is_repeat(t)
     ]
-    best = hypervolume(every_point, (0.0, 1.0))
+    best = kdnas.hypervolume(every_point, (0.0, 1.0))
     for run in runs.values():
         run["curve"] = anytime_curve(run.pop("study"), majority, teacher_ms)
     horizon = min(run["curve"][-1][0] for run in runs.values())

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install kdnas with its test extras into ./.venv, lint and format-check with ruff, and run the whole test suite (offline).
+# Install kdnas with its test extras into ./.venv, lint and format-check with ruff, type-check with mypy, and run the whole test suite (offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -8,4 +8,5 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 .venv/bin/python -m ruff check --quiet src tests benchmarks
 .venv/bin/python -m ruff format --check --quiet src tests benchmarks
+.venv/bin/python -m mypy src/kdnas
 .venv/bin/python -m pytest "$@"

@@ -5,14 +5,13 @@ As a script: ``python stub_search.py kdnas-arguments…`` runs ``kdnas`` with :f
 
 from __future__ import annotations
 
-import json
 import sys
 
 import ray.cloudpickle
 import torch
 from ray import tune
 
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
+from kdnas.records import ARCH_SUMMARY_ATTR, TRIAL_NUMBER_KEY, TrialReport
 from kdnas.search import inputs, runner
 from kdnas.search.trial import TrialInputs
 
@@ -23,16 +22,9 @@ if __name__ != "__main__":
 def stub_student(config: dict, inputs: TrialInputs) -> None:
     """A trial that reports a made-up finished student at once."""
     number = config[TRIAL_NUMBER_KEY]
-    attrs = {"arch_summary": f"L{config['num_layers']}", "stub": True}
-    tune.report(
-        {
-            inputs.metric: 0.5 + number / 1e4,
-            LATENCY_KEY: 1.0 + config["num_layers"],
-            "epoch": 1,
-            COMPLETED_KEY: True,
-            ATTRS_KEY: json.dumps(attrs),
-        }
-    )
+    attrs = {ARCH_SUMMARY_ATTR: f"L{config['num_layers']}", "stub": True}
+    made_up = TrialReport(0.5 + number / 1e4, 1.0 + config["num_layers"], epoch=1, completed=True, attrs=attrs)
+    tune.report(made_up.to_result(inputs.metric))
 
 
 def use_stub_trials(monkeypatch=None) -> None:

@@ -1,15 +1,23 @@
 """The names of what a trial records, defined once: the keys a worker reports to Tune and the attrs the study keeps.
 
 Light on purpose (no torch, Ray or transformers): readers of a study (report, export, ``kdnas trials``, the
-dashboard) import their names from here.
+dashboard) import their names from here. A worker's report itself is one typed record, :class:`TrialReport`, which
+alone knows how it is laid out as a Tune result.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    from kdnas.config import KDNASConfig
 
 # Keys of a worker's Tune result (``search/trial.py`` reports them, ``search/searcher.py`` stores them).
 LATENCY_KEY = "latency_ms"
@@ -42,10 +50,42 @@ RECIPE_ATTR = "recipe"
 """Hash of the configuration the trial's student was (or is being) trained under."""
 DUPLICATE_ATTR = "duplicate_of"
 """On a repeat: the number of the trial whose student it is."""
-COST_ATTRS = ("train_started_at", "train_finished_at")
-"""Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 PARAMS_CONSTRAINT = "params"
 """The constraint (and attr) of the student's parameter count."""
+
+# The user attrs of a student's record (a trial's ``TrialReport.attrs``), as the README's "Storage" table lists them.
+ARCH_ATTR = "arch"
+"""The architecture as ``StudentArch.to_dict()``."""
+ARCH_SUMMARY_ATTR = "arch_summary"
+"""The architecture in one short line, e.g. ``L2-H128-A4-F256``."""
+ENCODER_PARAMS_ATTR = "encoder_params"
+"""The encoder's parameter count (the total is :data:`PARAMS_CONSTRAINT`)."""
+FLOPS_ATTR = "flops"
+"""The encoder's FLOPs at the latency sequence length."""
+LATENCY_ATTR = "latency"
+"""The latency measurement in detail (median, p90, IQR, device, threads, batch, sequence length, runs, cached)."""
+INIT_ATTR = "init"
+"""How the student was initialised: sliced out of a teacher (which layers, heads, neurons) or random, and why."""
+LEARNING_RATE_ATTR = "learning_rate"
+"""The learning rate the student trained with."""
+TRAIN_ROWS_ATTR = "train_rows"
+"""The rows it trained on: ``{"labelled": n, "transfer": m}``."""
+KD_ATTR = "kd"
+"""The distillation recipe as applied (combiner, weights, temperature, intermediate layers)."""
+TEACHERS_ATTR = "teachers"
+"""The names of the teachers it learnt from."""
+EPOCHS_TRAINED_ATTR = "epochs_trained"
+"""Epochs it trained (0 for a student over a budget; fewer than configured for one stopped early)."""
+TRAIN_DEVICE_ATTR = "train_device"
+"""The device it trained on."""
+TRAIN_STARTED_ATTR = "train_started_at"
+"""When (Unix time) its training started, after it was built and measured."""
+TRAIN_FINISHED_ATTR = "train_finished_at"
+"""When (Unix time) its training, the evaluation after each epoch and saving it finished."""
+STUDENT_PATH_ATTR = "student_path"
+"""The directory the trained student was saved to."""
+COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
+"""Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 
 # Optuna trial system attrs and study user attrs.
 DRIVER_ATTR = "kdnas:driver"
@@ -68,3 +108,108 @@ class Outcome:
     attrs: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     constraints: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """What a trial's worker reports: after each epoch, and once more at its end.
+
+    ``value`` is the task metric on the eval split and ``latency_ms`` the student's measured latency (the study's two
+    objectives; NaN when not measured), ``epoch`` the epochs trained so far (None before the first). The last report
+    of a student that trained its full budget is ``completed``; one that failed carries ``error`` (one line), one over
+    a latency or size budget (measured, never trained) ``infeasible`` (why). ``attrs`` are the user attrs its Optuna
+    trial gets (see the ``*_ATTR`` names), ``constraints`` its budget constraints (feasible when ≤ 0).
+
+    It travels through Ray Tune as a flat dict (:meth:`to_result`, :meth:`from_result`). The keys Tune's scheduler
+    and the searcher read are plain scalars: the metric under the task's metric name, :data:`LATENCY_KEY`,
+    :data:`EPOCH_KEY` (the scheduler's time attribute). ``attrs`` and ``constraints`` travel as JSON strings, not
+    nested dicts: Tune flattens every result (``ray.tune.utils.flatten_dict``) before its scheduler and searcher see
+    it, so nested dicts would arrive as one key per leaf (``kdnas_attrs/latency/median_ms``) with empty dicts (no
+    constraints) dropped, and its CSV logger fixes a trial's columns at its first result, so the attrs only the last
+    report has would be cut from ``progress.csv``. A JSON string stays one value, read back whole.
+    """
+
+    value: float = math.nan
+    latency_ms: float = math.nan
+    epoch: int | None = None
+    completed: bool = False
+    error: str | None = None
+    infeasible: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)
+
+    def to_result(self, metric: str) -> dict[str, Any]:
+        """The Tune result of this report, with the metric under the name ``metric``.
+
+        The metric and latency are always there (Tune wants every reported objective); the other keys only when they
+        say something, and the constraints with every final report (completed or infeasible), even when there are
+        none.
+        """
+        result: dict[str, Any] = {metric: self.value, LATENCY_KEY: self.latency_ms}
+        if self.epoch is not None:
+            result[EPOCH_KEY] = self.epoch
+        if self.completed:
+            result[COMPLETED_KEY] = True
+        if self.error is not None:
+            result[ERROR_KEY] = self.error
+        if self.infeasible is not None:
+            result[INFEASIBLE_KEY] = self.infeasible
+        if self.constraints or self.completed or self.infeasible is not None:
+            result[CONSTRAINTS_KEY] = json.dumps(self.constraints)
+        if self.attrs:
+            result[ATTRS_KEY] = json.dumps(self.attrs)
+        return result
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any] | None, metric: str) -> TrialReport:
+        """The report in a Tune result (or in none: an empty report), its metric read under the name ``metric``.
+
+        Keys Tune adds (``time_total_s``, ``config``, …) are ignored; a missing or non-numeric metric or latency
+        reads as NaN.
+        """
+        result = result or {}
+        epoch = result.get(EPOCH_KEY)
+        return cls(
+            value=_number(result.get(metric)),
+            latency_ms=_number(result.get(LATENCY_KEY)),
+            epoch=None if epoch is None else int(epoch),
+            completed=bool(result.get(COMPLETED_KEY)),
+            error=str(result[ERROR_KEY]) if ERROR_KEY in result else None,
+            infeasible=str(result[INFEASIBLE_KEY]) if INFEASIBLE_KEY in result else None,
+            attrs=_json_dict(result.get(ATTRS_KEY)),
+            constraints=_json_dict(result.get(CONSTRAINTS_KEY)),
+        )
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _json_dict(value: Any) -> dict[str, Any]:
+    """A dict sent as JSON text (or, from a caller that kept it, as a dict); empty when absent."""
+    if value is None:
+        return {}
+    return dict(json.loads(value) if isinstance(value, str) else value)
+
+
+def tune_results(config: KDNASConfig) -> dict[int, dict[str, Any]]:
+    """The last result Ray Tune recorded for each trial of ``config``'s search, by Optuna trial number.
+
+    Read from the ``result.json`` files of the Tune experiment ``search.study_name`` under ``search.storage_path``
+    (default ``<output_dir>/ray_results``; a local path), so each holds Tune's own keys (``time_total_s``,
+    ``training_iteration``, ``config``, …) beside the trial's report (:meth:`TrialReport.from_result` reads that).
+    A trial Tune ran more than once (a resumed search) gives its latest result.
+    """
+    storage = config.search.storage_path or Path(config.output_dir).resolve() / "ray_results"
+    results: dict[int, dict[str, Any]] = {}
+    for path in sorted(
+        (Path(storage) / config.search.study_name).glob("*/result.json"), key=lambda p: p.stat().st_mtime
+    ):
+        last = None
+        for line in path.read_text().splitlines():
+            if line.strip():
+                last = json.loads(line)
+        number = (last or {}).get("config", {}).get(TRIAL_NUMBER_KEY)
+        if last is not None and number is not None:
+            results[int(number)] = last
+    return results

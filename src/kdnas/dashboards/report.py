@@ -6,6 +6,7 @@ import csv
 import html
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,11 @@ def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float,
     return fig
 
 
+def _signed_objective(index: int, sign: float) -> Callable[[FrozenTrial], float]:
+    """A trial's ``index``-th objective value times ``sign``."""
+    return lambda t: sign * t.values[index]
+
+
 def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure], str]:
     """Optuna's parameter importances (its default evaluator, PED-ANOVA), one figure per objective, and a one-sentence
     note naming the objectives whose importances are missing or that Optuna warns are unreliable ("" if none).
@@ -137,7 +143,7 @@ def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure
                 warnings.simplefilter("always", UserWarning)
                 try:
                     fig = optuna.visualization.plot_param_importances(
-                        study, target=lambda t, i=index, s=sign: s * t.values[i], target_name=name
+                        study, target=_signed_objective(index, sign), target_name=name
                     )
                 except (ValueError, RuntimeError):  # e.g. a constant space
                     pass

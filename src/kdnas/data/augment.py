@@ -9,6 +9,7 @@ external resource.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -48,7 +49,7 @@ def neighbour_table(
 
 
 def augment_texts(
-    texts: list[Text],
+    texts: Sequence[Text],
     tokenizer: PreTrainedTokenizerBase,
     embeddings: torch.Tensor,
     *,

@@ -34,7 +34,7 @@ class TransferSet:
         return hashlib.sha256(json.dumps(self.texts).encode()).hexdigest()[:16]
 
 
-def _split_texts(split, text_columns: tuple[str, ...]) -> list[Text]:
+def _split_texts(split, text_columns: tuple[str, ...]) -> list[str] | list[tuple[str, str]]:
     columns = [[str(t) for t in _column(split, column, "data.text_columns")] for column in text_columns]
     return columns[0] if len(columns) == 1 else list(zip(*columns))
 

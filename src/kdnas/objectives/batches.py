@@ -24,11 +24,12 @@ class Encoded:
 
 def encode(
     tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str] | Sequence[tuple[str, str]],
+    texts: Sequence[str | tuple[str, str]],
     labels: Sequence[int],
     max_length: int,
 ) -> Encoded:
-    """Tokenise single sentences or sentence pairs, truncating and right-padding to ``max_length``."""
+    """Tokenise single sentences or sentence pairs (all one or the other), truncating and right-padding to
+    ``max_length``."""
     if texts and isinstance(texts[0], tuple):
         first, second = [t[0] for t in texts], [t[1] for t in texts]
         enc = tokenizer(first, second, truncation=True, max_length=max_length, padding="max_length")
@@ -45,7 +46,11 @@ def encode(
 
 def concat(first: Encoded, second: Encoded) -> Encoded:
     """The rows of ``first`` followed by those of ``second`` (both tokenised alike, to the same length)."""
-    types = None if first.token_type_ids is None else torch.cat([first.token_type_ids, second.token_type_ids])
+    types = None
+    if first.token_type_ids is not None:
+        if second.token_type_ids is None:
+            raise ValueError("only the first of the two splits has token type ids: they were tokenised differently")
+        types = torch.cat([first.token_type_ids, second.token_type_ids])
     return Encoded(
         input_ids=torch.cat([first.input_ids, second.input_ids]),
         attention_mask=torch.cat([first.attention_mask, second.attention_mask]),

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import ModelOutput
 
 from kdnas.config import IntermediateConfig
 from kdnas.objectives.emd import EMDLayerMapping
@@ -108,6 +108,16 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
 
 
+class LayerOutputs(Protocol):
+    """A model's output run with ``output_hidden_states`` (and ``output_attentions``): its layers' states and maps."""
+
+    @property
+    def hidden_states(self) -> Sequence[torch.Tensor]: ...
+
+    @property
+    def attentions(self) -> Sequence[torch.Tensor]: ...
+
+
 @dataclass
 class IntermediateTeacher:
     """A teacher taking part in intermediate KD, with its own projection and layer matching."""
@@ -116,6 +126,13 @@ class IntermediateTeacher:
     model: PreTrainedModel
     layers: list[int] | None  # fixed layer map (0-based, per student layer); None when matched by EMD
     emd: EMDLayerMapping | None
+
+    @property
+    def layer_map(self) -> list[int]:
+        """The fixed layer map, which a teacher has exactly when it is not matched by EMD."""
+        if self.layers is None:
+            raise ValueError(f"teacher {self.name!r} is matched by EMD: it has no fixed layer map")
+        return self.layers
 
 
 class IntermediateDistiller(torch.nn.Module):
@@ -162,10 +179,10 @@ class IntermediateDistiller(torch.nn.Module):
         """Move the projections and the frozen teachers to ``device``."""
         self.to(device)
         for teacher in self.teachers:
-            teacher.model.to(device)
+            teacher.model.to(device)  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
         return self
 
-    def forward(self, student: ModelOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, student: LayerOutputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean over teachers of ``embedding·L_emb + hidden·L_hid + attention·L_att`` for this batch.
 
         ``student`` must hold ``hidden_states`` (and ``attentions`` when the attention weight is positive).
@@ -174,7 +191,7 @@ class IntermediateDistiller(torch.nn.Module):
         losses = [self._teacher_loss(teacher, student, batch, mask) for teacher in self.teachers]
         return torch.stack(losses).mean()
 
-    def _teacher_loss(self, teacher: IntermediateTeacher, student: ModelOutput, batch, mask) -> torch.Tensor:
+    def _teacher_loss(self, teacher: IntermediateTeacher, student: LayerOutputs, batch, mask) -> torch.Tensor:
         cfg = self.config
         with torch.no_grad():
             out = teacher.model(**batch, output_hidden_states=True, output_attentions=self.wants_attentions)
@@ -187,7 +204,7 @@ class IntermediateDistiller(torch.nn.Module):
             costs = self._cost_matrices(student_hidden, student, out, mask)
             return total + teacher.emd.loss(costs) if costs else total
         m = len(student_hidden) - 1
-        for i, j in enumerate(teacher.layers):  # hidden_states[0] are the embeddings: layer i's output is at i + 1
+        for i, j in enumerate(teacher.layer_map):  # hidden_states[0] are the embeddings: layer i's output is at i + 1
             if cfg.hidden > 0:
                 total = total + cfg.hidden * masked_mse(student_hidden[i + 1], out.hidden_states[j + 1], mask) / m
             if cfg.attention > 0:
@@ -197,7 +214,7 @@ class IntermediateDistiller(torch.nn.Module):
     def _attention_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (attention_kl if self.config.attention_loss == "kl" else attention_mse)(student, teacher, mask)
 
-    def _cost_matrices(self, student_hidden, student: ModelOutput, teacher: ModelOutput, mask) -> dict:
+    def _cost_matrices(self, student_hidden, student: LayerOutputs, teacher: LayerOutputs, mask) -> dict:
         cfg, costs = self.config, {}
         m, n = len(student_hidden) - 1, len(teacher.hidden_states) - 1
         if cfg.hidden > 0:
@@ -224,7 +241,7 @@ class IntermediateDistiller(torch.nn.Module):
         """Per teacher: its fixed layer map (teacher layer numbers counting from 1, as the config writes them), or
         its EMD layer weights (rounded) at the end of training."""
         return {
-            t.name: {"layer_map": [j + 1 for j in t.layers]}
+            t.name: {"layer_map": [j + 1 for j in t.layer_map]}
             if t.emd is None
             else {
                 "layer_map": "emd",

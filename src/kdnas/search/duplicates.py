@@ -23,6 +23,8 @@ from kdnas.records import (
     RECIPE_ATTR,
     RESTARTS_ATTR,
     RETRY_ATTR,
+    TRAIN_FINISHED_ATTR,
+    TRAIN_STARTED_ATTR,
     Outcome,
 )
 
@@ -114,4 +116,4 @@ def training_seconds(trial: FrozenTrial) -> float:
     attrs = trial.user_attrs
     if is_repeat(trial) or not all(key in attrs for key in COST_ATTRS):
         return 0.0
-    return float(attrs["train_finished_at"] - attrs["train_started_at"])
+    return float(attrs[TRAIN_FINISHED_ATTR] - attrs[TRAIN_STARTED_ATTR])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -39,7 +40,7 @@ def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> Inherit
     max_length = config.data.max_seq_length
     calibration = encode(teacher.tokenizer, [texts[i] for i in rows], [0] * len(rows), max_length)
     importance, file = cached_importance(teacher, task, calibration, max_length, cache_dir, driver_device())
-    teacher.model.to("cpu")
+    teacher.model.to("cpu")  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     return inheritance_source(
         teacher.name, teacher.model, importance, inherit.layers, calibration=len(rows), cache_file=file.name
     )
@@ -67,7 +68,8 @@ def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None 
             raise ConfigError(f"data.transfer.augment_copies: {problem} to draw word neighbours from")
         logger.warning("no augmented transfer set: %s", problem)
     elif copies:
-        embeddings = teachers[0].model.get_input_embeddings().weight.detach()
+        # transformers types the input embeddings as nn.Module
+        embeddings = cast(torch.nn.Embedding, teachers[0].model.get_input_embeddings()).weight.detach()
         augmented = augment_texts(
             task.texts("train"),
             load_tokenizer(config.student.tokenizer),

@@ -15,7 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from kdnas.dashboards.pareto import study_summary, summary_line
 from kdnas.progress import duration, interactive
-from kdnas.records import COMPLETED_KEY, ERROR_KEY, INFEASIBLE_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
+from kdnas.records import COMPLETED_KEY, EPOCH_KEY, ERROR_KEY, INFEASIBLE_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
 from kdnas.search.orphans import counts_toward_budget
 
 logger = logging.getLogger(__name__)
@@ -104,5 +104,5 @@ def trial_line(trial: Any, metric: str) -> str:
     values = f"{metric}={result[metric]:.4f} latency={result[LATENCY_KEY]:.2f} ms"
     seconds = f"{result.get('time_total_s', 0.0):.0f} s"
     if result.get(COMPLETED_KEY):
-        return f"{name}: {values} (epoch {result.get('epoch')}, {seconds})"
-    return f"{name}: stopped early after epoch {result.get('epoch')}: {values} ({seconds})"
+        return f"{name}: {values} (epoch {result.get(EPOCH_KEY)}, {seconds})"
+    return f"{name}: stopped early after epoch {result.get(EPOCH_KEY)}: {values} ({seconds})"

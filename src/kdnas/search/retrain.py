@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -10,14 +9,9 @@ from pathlib import Path
 import optuna
 
 from kdnas.config import ConfigError, build_config
-from kdnas.data import load_task
 from kdnas.export import Retrained
-from kdnas.records import ATTRS_KEY, INFEASIBLE_KEY, LATENCY_KEY
-from kdnas.search.inputs import prepare_inputs, transfer_set
-from kdnas.search.trial import run_trial, student_dir
-from kdnas.teachers.fitting import fit_teachers
+from kdnas.search.trial import prepare_students, student_dir, train_student
 from kdnas.teachers.loading import driver_device
-from kdnas.teachers.logits import teacher_reference
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +29,10 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     if epochs is not None:
         raw["training"] = {**raw["training"], "epochs": epochs}
     config = build_config(raw)
-    task = load_task(config.data)
-    fit_teachers(config, task)
-    transfer = transfer_set(config, task)
-    _, teacher_logits = teacher_reference(config, task, Path(config.output_dir) / "cache", transfer)
-    inputs = prepare_inputs(config, task, teacher_logits, transfer)
+    inputs = prepare_students(config)
     inputs = replace(inputs, students_dir=str(Path(inputs.students_dir) / "retrained"))
     logger.info("retraining trial %d (%s epochs)", trial.number, config.training.epochs)
-    result = run_trial(trial.params, inputs, trial_number=trial.number, device=driver_device(), report=lambda _: None)
-    if INFEASIBLE_KEY in result:  # e.g. measured slower than latency.budget_ms on this machine
-        raise ConfigError(f"trial {trial.number} retrained: {result[INFEASIBLE_KEY]}")
-    return Retrained(
-        student_dir(inputs, trial.number), result[inputs.metric], result[LATENCY_KEY], json.loads(result[ATTRS_KEY])
-    )
+    report = train_student(inputs, trial.params, trial_number=trial.number, device=driver_device())
+    if report.infeasible is not None:  # e.g. measured slower than latency.budget_ms on this machine
+        raise ConfigError(f"trial {trial.number} retrained: {report.infeasible}")
+    return Retrained(student_dir(inputs, trial.number), report.value, report.latency_ms, report.attrs)

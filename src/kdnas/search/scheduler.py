@@ -13,7 +13,7 @@ stops it, so the first students of a search run on.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 from ray.tune.experiment import Trial
@@ -112,7 +112,7 @@ class LatencyAwareASHA(FIFOScheduler):
         return f"LatencyAwareASHA: {len(self.stop_reasons)} stopped; students per rung: {sizes}"
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

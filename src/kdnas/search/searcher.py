@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import sqlalchemy
@@ -29,18 +29,16 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from kdnas.records import (
-    ATTRS_KEY,
-    COMPLETED_KEY,
-    CONSTRAINTS_KEY,
+    ARCH_SUMMARY_ATTR,
     DRIVER_ATTR,
-    ERROR_KEY,
     FAILURE_ATTR,
     HEARTBEAT_ATTR,
-    INFEASIBLE_KEY,
+    LATENCY_KEY,
     PRUNED_ATTR,
     RESTARTS_ATTR,
     TRIAL_NUMBER_KEY,
     Outcome,
+    TrialReport,
 )
 from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, known_students, repeat_of, student_key
 from kdnas.search.orphans import counts_toward_budget, this_driver
@@ -85,29 +83,39 @@ def tell_outcome(ot_trial: optuna.Trial, outcome: Outcome) -> None:
 def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str], restarts: int = 0) -> Outcome:
     """Classify a Tune trial's last result into COMPLETE, PRUNED or FAIL (with a reason).
 
+    ``metrics`` are the study's objectives: the task metric and :data:`~kdnas.records.LATENCY_KEY`. The result is
+    read as a :class:`~kdnas.records.TrialReport` (see :func:`report_outcome`).
+    """
+    metric, latency = metrics
+    if latency != LATENCY_KEY:
+        raise ValueError(f"the second objective is {LATENCY_KEY!r}, not {latency!r}")
+    return report_outcome(TrialReport.from_result(result, metric), error, metrics, restarts)
+
+
+def report_outcome(report: TrialReport, error: bool, metrics: list[str], restarts: int = 0) -> Outcome:
+    """Classify a trial's last report into COMPLETE, PRUNED or FAIL (with a reason); ``error``: its process failed,
+    ``restarts``: after that many restarts; ``metrics`` name the objectives in reasons.
+
     A student over a budget is PRUNED with its violated constraints: it has no metric, and as PRUNED it stays off
     the Pareto front and out of the objectives' statistics, while TPE still learns from its constraints.
     """
-    result = result or {}
-    attrs = json.loads(result[ATTRS_KEY]) if ATTRS_KEY in result else {}
-    constraints = json.loads(result[CONSTRAINTS_KEY]) if CONSTRAINTS_KEY in result else {}
-    if ERROR_KEY in result:
-        return Outcome(TrialState.FAIL, attrs=attrs, reason=str(result[ERROR_KEY]))
-    if INFEASIBLE_KEY in result:
-        return Outcome(TrialState.PRUNED, attrs=attrs, reason=str(result[INFEASIBLE_KEY]), constraints=constraints)
+    attrs = report.attrs
+    if report.error is not None:
+        return Outcome(TrialState.FAIL, attrs=attrs, reason=report.error)
+    if report.infeasible is not None:
+        return Outcome(TrialState.PRUNED, attrs=attrs, reason=report.infeasible, constraints=report.constraints)
     if error:
         retried = f" after {restarts} restart(s)" if restarts else ""
         reason = f"the trial's process failed{retried} (see the Ray trial logs)"
         return Outcome(TrialState.FAIL, attrs=attrs, reason=reason)
-    if not result.get(COMPLETED_KEY):
-        epoch = result.get("epoch")
-        where = f"after epoch {epoch}" if epoch is not None else "before its first evaluation"
+    if not report.completed:
+        where = f"after epoch {report.epoch}" if report.epoch is not None else "before its first evaluation"
         return Outcome(TrialState.PRUNED, attrs=attrs, reason=f"stopped early {where}")
-    values = [result.get(m) for m in metrics]
-    bad = [m for m, v in zip(metrics, values) if not isinstance(v, (int, float)) or not math.isfinite(v)]
+    values = [report.value, report.latency_ms]
+    bad = [name for name, value in zip(metrics, values) if not math.isfinite(value)]
     if bad:
         return Outcome(TrialState.FAIL, attrs=attrs, reason=f"missing or non-finite metric(s): {', '.join(bad)}")
-    return Outcome(TrialState.COMPLETE, values=[float(v) for v in values], attrs=attrs, constraints=constraints)
+    return Outcome(TrialState.COMPLETE, values=values, attrs=attrs, constraints=report.constraints)
 
 
 class KDNASSearch(Searcher):
@@ -115,9 +123,10 @@ class KDNASSearch(Searcher):
     constraints.
 
     ``space`` is a define-by-run function sampling a student's parameters on an ``optuna.Trial`` (its return value,
-    a dict or None, adds to them); ``metric`` and ``mode`` name the study's objectives and their directions ("max",
-    "min"). The study ``study_name`` in ``storage`` is created when missing; ``study_id`` (its id in ``storage``) is
-    looked up when not given. ``sampler`` samples the students (TPE by default).
+    a dict or None, adds to them); ``metric`` and ``mode`` name the study's objectives (the task metric and
+    ``latency_ms``: a worker's :class:`~kdnas.records.TrialReport`) and their directions ("max", "min"). The study
+    ``study_name`` in ``storage`` is created when missing; ``study_id`` (its id in ``storage``) is looked up when
+    not given. ``sampler`` samples the students (TPE by default).
 
     ``stop_reasons`` (Tune trial id → reason, filled by a scheduler) explains students stopped early.
 
@@ -150,7 +159,11 @@ class KDNASSearch(Searcher):
         recipe: str = "",
         space_size: int | None = None,
     ) -> None:
-        super().__init__(metric=metric, mode=mode)
+        # Tune's Searcher takes lists for several objectives (as its OptunaSearch passes), though typed for one
+        super().__init__(metric=cast(Any, metric), mode=cast(Any, mode))
+        if len(metric) != 2 or metric[1] != LATENCY_KEY:
+            raise ValueError(f"the objectives are the task metric and {LATENCY_KEY!r}, not {metric}")
+        self._objectives = list(metric)
         self._space = space
         self._storage = storage
         self._study_name = study_name
@@ -184,7 +197,8 @@ class KDNASSearch(Searcher):
         (False: a ``param_space`` given to Tune is not used, and Tune refuses one that needs sampling)."""
         return False
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Tune's annotation leaves out Searcher.FINISHED, a str its own docstring tells searchers to return
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         return retrying(lambda: self._suggest(trial_id))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -194,10 +208,11 @@ class KDNASSearch(Searcher):
         if trial_id in self._completed or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        outcome = trial_outcome(result, error, list(self.metric), self._restarts.get(trial_id, 0))
+        report = TrialReport.from_result(result, self._objectives[0])
+        outcome = report_outcome(report, error, self._objectives, self._restarts.get(trial_id, 0))
         if outcome.state == TrialState.PRUNED and trial_id in self._stop_reasons:
             outcome = replace(outcome, reason=self._stop_reasons[trial_id])
-        elif outcome.state == TrialState.PRUNED and INFEASIBLE_KEY not in (result or {}) and self._out_of_time():
+        elif outcome.state == TrialState.PRUNED and report.infeasible is None and self._out_of_time():
             reason = str(outcome.reason).replace("stopped early", TIME_BUDGET_REASON)
             outcome = replace(outcome, reason=reason)
 
@@ -271,12 +286,15 @@ class KDNASSearch(Searcher):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _budget_reached(self) -> bool:
+        """Whether the study holds ``n_trials`` trials counting toward the budget (never, without ``n_trials``)."""
+        if self._n_trials is None:
+            return False
         trials = self._study.get_trials(deepcopy=False)
         return sum(counts_toward_budget(t) for t in trials) >= self._n_trials
 
     def _suggest(self, trial_id: str) -> dict | str | None:
         started = trial_id in self._storage_ids
-        if not started and (self._out_of_time() or (self._n_trials is not None and self._budget_reached())):
+        if not started and (self._out_of_time() or self._budget_reached()):
             return Searcher.FINISHED
         if not started and self._reuse_duplicates and self._space_size is not None:
             known = known_students(self._study.get_trials(deepcopy=False), self._recipe)
@@ -333,7 +351,7 @@ class KDNASSearch(Searcher):
         logger.info(
             "trial %d %s: the same student as trial %d, its result reused without training",
             ot_trial.number,
-            original.user_attrs.get("arch_summary", ""),
+            original.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
             original.number,
         )
 

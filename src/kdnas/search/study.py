@@ -34,7 +34,7 @@ def open_storage(url: str) -> RDBStorage:
     """An Optuna RDB storage for ``url`` with trial heartbeats: a lock timeout for SQLite; ``pool_pre_ping`` (a dropped
     connection is replaced) and a connect timeout for servers."""
     if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     elif url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     else:

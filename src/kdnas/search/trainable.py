@@ -4,7 +4,6 @@ and the driver's callback that keeps its trials' heartbeats fresh."""
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 import traceback
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from ray import tune
 
-from kdnas.records import ERROR_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
+from kdnas.records import TRIAL_NUMBER_KEY, TrialReport
 from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.trial import TrialInputs, run_trial
 
@@ -60,7 +59,7 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
     except Exception as err:  # recorded as FAIL with this reason by KDNASSearch
         logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())
         reason = f"{type(err).__name__}: {err}"[:1000]
-        tune.report({inputs.metric: math.nan, LATENCY_KEY: math.nan, ERROR_KEY: reason})  # Tune wants both keys
+        tune.report(TrialReport(error=reason).to_result(inputs.metric))  # with both objectives, NaN: Tune wants them
 
 
 class SearchBookkeeping(tune.Callback):

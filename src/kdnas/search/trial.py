@@ -1,14 +1,16 @@
-"""One student trial, runnable without Ray: build the arch, time it, distil it from cached teacher logits, save it."""
+"""One student trial, runnable without Ray: build the arch, time it, distil it from cached teacher logits, save it.
+
+Also the public way to train one student outside a search (:func:`prepare_students`, :func:`train_student`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
@@ -21,11 +23,33 @@ from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.training import evaluate, train
 from kdnas.outputs import missing_student_files
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, LATENCY_KEY, PARAMS_CONSTRAINT
+from kdnas.records import (
+    ARCH_ATTR,
+    ARCH_SUMMARY_ATTR,
+    ENCODER_PARAMS_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    FLOPS_ATTR,
+    INIT_ATTR,
+    KD_ATTR,
+    LATENCY_ATTR,
+    LATENCY_KEY,
+    LEARNING_RATE_ATTR,
+    PARAMS_CONSTRAINT,
+    STUDENT_PATH_ATTR,
+    TEACHERS_ATTR,
+    TRAIN_DEVICE_ATTR,
+    TRAIN_FINISHED_ATTR,
+    TRAIN_ROWS_ATTR,
+    TRAIN_STARTED_ATTR,
+    TrialReport,
+)
 from kdnas.space import StudentArch
 from kdnas.space.inheritance import InheritanceSource, inherit
 from kdnas.space.search_space import kd_recipe
 from kdnas.teachers.loading import load_tokenizer
+
+if TYPE_CHECKING:
+    from kdnas.data import TaskData
 
 Report = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -108,16 +132,17 @@ def build_and_measure(arch: StudentArch, inputs: TrialInputs) -> MeasuredStudent
         seq_len=config.latency_seq_len,
         cache_dir=Path(inputs.latency_cache_dir) if inputs.latency_cache_dir else None,
     )
-    cost = {
-        "arch": arch.to_dict(),
-        "arch_summary": arch.summary,
-        "params": sum(p.numel() for p in model.parameters()),
-        "encoder_params": sum(p.numel() for p in model.bert.encoder.parameters()),
-        "flops": arch.encoder_flops(config.latency_seq_len),
-        "latency": latency.to_dict(),
+    params = sum(p.numel() for p in model.parameters())
+    cost: dict[str, Any] = {
+        ARCH_ATTR: arch.to_dict(),
+        ARCH_SUMMARY_ATTR: arch.summary,
+        PARAMS_CONSTRAINT: params,
+        ENCODER_PARAMS_ATTR: sum(p.numel() for p in model.bert.encoder.parameters()),
+        FLOPS_ATTR: arch.encoder_flops(config.latency_seq_len),
+        LATENCY_ATTR: latency.to_dict(),
     }
-    constraints = budget_constraints(config, latency.median_ms, cost["params"])
-    over = over_budget(config, constraints, latency.median_ms, cost["params"])
+    constraints = budget_constraints(config, latency.median_ms, params)
+    over = over_budget(config, constraints, latency.median_ms, params)
     return MeasuredStudent(model, tokenizer, latency, cost, constraints, over)
 
 
@@ -174,17 +199,18 @@ def run_trial(
     checkpoint: Checkpoint | None = None,
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one student with multi-teacher logit KD and report ``{metric, latency_ms, epoch}`` after each epoch.
+    """Train one student with multi-teacher logit KD, reporting a :class:`~kdnas.records.TrialReport` (as a Tune
+    result, :meth:`~kdnas.records.TrialReport.to_result`) after each epoch; the last report is returned.
 
-    The last report also carries ``kdnas_completed`` and ``kdnas_attrs`` (JSON: arch, params, FLOPs, latency
-    details, KD recipe, initialisation, learning rate, rows trained on, student path) and ``kdnas_constraints``, and
-    is returned. A student over a latency or size budget is measured, not trained: its only report carries
-    ``kdnas_infeasible`` (the reason).
+    Each report has the metric, latency, epoch and the attrs so far (kept if a scheduler stops the student there); the
+    last is ``completed`` with the full attrs (arch, params, FLOPs, latency details, KD recipe, initialisation,
+    learning rate, rows trained on, training times, student path) and the budget constraints. A student over a
+    latency or size budget is measured, not trained: its only report is ``infeasible`` (the reason).
     Errors propagate to the caller.
     With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
     state) continues training after its epoch.
     """
-    config = inputs.config
+    config, metric = inputs.config, inputs.metric
     arch = StudentArch.from_dict(params)
     student = build_and_measure(arch, inputs)
     model, tokenizer, latency, cost, constraints = (
@@ -195,17 +221,16 @@ def run_trial(
         student.constraints,
     )
     if student.over_budget:  # latency first: an infeasible student is never trained
-        reason = f"infeasible, not trained: {student.over_budget}"
-        result = {
-            inputs.metric: math.nan,
-            LATENCY_KEY: latency.median_ms,
-            "epoch": 0,
-            INFEASIBLE_KEY: reason,
-            CONSTRAINTS_KEY: json.dumps(constraints),
-            ATTRS_KEY: json.dumps({**cost, "epochs_trained": 0}),
-        }
-        report(dict(result))
-        return result
+        measured = TrialReport(
+            math.nan,
+            latency.median_ms,
+            epoch=0,
+            infeasible=f"infeasible, not trained: {student.over_budget}",
+            attrs={**cost, EPOCHS_TRAINED_ATTR: 0},
+            constraints=constraints,
+        )
+        report(measured.to_result(metric))
+        return measured.to_result(metric)
     init = initialise(model, inputs)
     device = torch.device(device)
     started_at = time.time()
@@ -219,22 +244,20 @@ def run_trial(
     if resume is not None and "loss" in resume:
         distillation.load_state(resume["loss"])
 
-    result: dict[str, Any] = {}
+    latest = TrialReport(latency_ms=latency.median_ms)
     last_state: dict[str, Any] = {}
 
     def on_epoch(epoch: int) -> None:
-        value = evaluate(model, inputs.eval, inputs.metric, device=device)
+        nonlocal latest
+        value = evaluate(model, inputs.eval, metric, device=device)
         if not math.isfinite(value):
-            raise FloatingPointError(f"{inputs.metric} is {value} after epoch {epoch}")
-        result.clear()
-        stopped_attrs = {**cost, "init": init, "learning_rate": rate, "epochs_trained": epoch}  # kept if stopped
-        result.update(
-            {inputs.metric: value, LATENCY_KEY: latency.median_ms, "epoch": epoch, ATTRS_KEY: json.dumps(stopped_attrs)}
-        )
+            raise FloatingPointError(f"{metric} is {value} after epoch {epoch}")
+        stopped_attrs = {**cost, INIT_ATTR: init, LEARNING_RATE_ATTR: rate, EPOCHS_TRAINED_ATTR: epoch}  # if stopped
+        latest = TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs)
         if epoch < training.epochs and checkpoint is not None:
-            checkpoint(dict(result), last_state)
+            checkpoint(latest.to_result(metric), last_state)
         elif epoch < training.epochs:
-            report(dict(result))
+            report(latest.to_result(metric))
 
     train(
         model,
@@ -262,20 +285,70 @@ def run_trial(
         raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
     attrs = {
         **cost,
-        "init": init,
-        "learning_rate": rate,
-        "train_rows": {
+        INIT_ATTR: init,
+        LEARNING_RATE_ATTR: rate,
+        TRAIN_ROWS_ATTR: {
             "labelled": len(inputs.train) - inputs.transfer_rows,
             "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows,
         },
-        "kd": distillation.record(),
-        "teachers": list(inputs.teacher_names),
-        "epochs_trained": training.epochs,
-        "train_device": str(device),
-        "train_started_at": started_at,
-        "train_finished_at": time.time(),
-        "student_path": str(out),
+        KD_ATTR: distillation.record(),
+        TEACHERS_ATTR: list(inputs.teacher_names),
+        EPOCHS_TRAINED_ATTR: training.epochs,
+        TRAIN_DEVICE_ATTR: str(device),
+        TRAIN_STARTED_ATTR: started_at,
+        TRAIN_FINISHED_ATTR: time.time(),
+        STUDENT_PATH_ATTR: str(out),
     }
-    result.update({COMPLETED_KEY: True, CONSTRAINTS_KEY: json.dumps(constraints), ATTRS_KEY: json.dumps(attrs)})
-    report(dict(result))
-    return result
+    trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)
+    report(trained.to_result(metric))
+    return trained.to_result(metric)
+
+
+# --- the public API: one student outside a search ----------------------------------------------------------------
+
+
+def prepare_students(config: KDNASConfig, task: TaskData | None = None) -> TrialInputs:
+    """What a search prepares once before its first trial, for :func:`train_student` to train students with.
+
+    Loads ``config``'s task (unless ``task`` is given), fits the teachers that are not fitted yet, builds the transfer
+    set, reads the teachers' logits from ``<output_dir>/cache`` (computing and caching them when missing), tokenises
+    the task for the students and loads the intermediate-KD teachers and the inheritance source.
+    """
+    from kdnas.data import load_task
+    from kdnas.outputs import writable_dir
+    from kdnas.search.inputs import prepare_inputs, transfer_set
+    from kdnas.teachers.fitting import fit_teachers
+    from kdnas.teachers.logits import teacher_reference
+
+    output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
+    task = load_task(config.data) if task is None else task
+    fit_teachers(config, task)
+    transfer = transfer_set(config, task)
+    _, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
+    return prepare_inputs(config, task, teacher_logits, transfer)
+
+
+def train_student(
+    students: KDNASConfig | TrialInputs,
+    params: Mapping[str, Any],
+    *,
+    seed: int | None = None,
+    trial_number: int = 0,
+    device: torch.device | str = "cpu",
+) -> TrialReport:
+    """Train and measure one student without Ray, exactly as a search's trial does, and return its record.
+
+    ``students`` is a config (then prepared here) or what :func:`prepare_students` returned for one (prepare once,
+    train many). ``params`` are the student's parameters as the search samples them (``num_layers``, ``num_heads``,
+    ``head_dim``, ``ffn_ratio``, and any value of a ``kd.space`` or ``training.space``); ``seed`` replaces
+    ``training.seed``. The student is saved to ``<output_dir>/students/<search.study_name>/trial-<trial_number>``
+    (the record's ``student_path`` attr). A student over a budget is measured, not trained: its record says why
+    (``infeasible``). Errors are raised.
+    """
+    inputs = students if isinstance(students, TrialInputs) else prepare_students(students)
+    if seed is not None:
+        config = inputs.config
+        training = config.training.model_copy(update={"seed": seed})
+        inputs = replace(inputs, config=config.model_copy(update={"training": training}))
+    result = run_trial(dict(params), inputs, trial_number=trial_number, device=device, report=lambda _: None)
+    return TrialReport.from_result(result, inputs.metric)

@@ -52,16 +52,17 @@ class StudentArch:
 
     def hf_config(self, *, vocab_size: int, num_labels: int, max_positions: int, pad_token_id: int = 0) -> BertConfig:
         """The Hugging Face ``BertConfig`` of this student."""
-        return BertConfig(
+        config = BertConfig(
             vocab_size=vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads,
             intermediate_size=self.intermediate_size,
             max_position_embeddings=max_positions,
-            num_labels=num_labels,
             pad_token_id=pad_token_id,
         )
+        config.num_labels = num_labels  # a property (it sets the label maps), not a constructor field
+        return config
 
     def build(
         self, tokenizer: PreTrainedTokenizerBase, num_labels: int, max_positions: int = 512

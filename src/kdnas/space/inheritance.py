@@ -194,8 +194,8 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
         put("classifier.weight", t["classifier.weight"][:, channels])
         put("classifier.bias", t["classifier.bias"])
     else:
-        labels, theirs = targets["classifier.weight"].shape[0], t["classifier.weight"].shape[0]
-        random["classifier"] = f"{labels} labels, the teacher {theirs}"
+        labels, teacher_labels = targets["classifier.weight"].shape[0], t["classifier.weight"].shape[0]
+        random["classifier"] = f"{labels} labels, the teacher {teacher_labels}"
 
     if layers > source.num_layers:
         random["encoder"] = f"{layers} layers, teacher {source.teacher!r} only {source.num_layers}"

@@ -16,6 +16,7 @@ from transformers import (
     BertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
@@ -40,7 +41,7 @@ def _train_tokenizer(scratch: ScratchConfig, texts: list[str], max_length: int) 
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         special = ["<pad>", "<|endoftext|>"]
-        trainer = trainers.BpeTrainer(
+        trainer: trainers.Trainer = trainers.BpeTrainer(
             vocab_size=scratch.vocab_size,
             special_tokens=special,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -73,10 +74,14 @@ def _train_tokenizer(scratch: ScratchConfig, texts: list[str], max_length: int) 
     )
 
 
-def _scratch_model(scratch: ScratchConfig, tokenizer: PreTrainedTokenizerBase, task: TaskData, max_length: int):
-    labels = {"id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
+def _scratch_model(
+    scratch: ScratchConfig, tokenizer: PreTrainedTokenizerBase, task: TaskData, max_length: int
+) -> PreTrainedModel:
+    # the label maps set the number of labels: ``num_labels`` is derived from ``id2label``
+    id2label = dict(enumerate(task.label_names))
+    label2id = {n: i for i, n in enumerate(task.label_names)}
     if scratch.family == "gpt2":
-        config = GPT2Config(
+        gpt2_config = GPT2Config(
             vocab_size=len(tokenizer),
             n_positions=max(max_length, 64),
             n_embd=scratch.hidden,
@@ -85,11 +90,11 @@ def _scratch_model(scratch: ScratchConfig, tokenizer: PreTrainedTokenizerBase, t
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.eos_token_id,
-            num_labels=task.num_labels,
-            **labels,
+            id2label=id2label,
+            label2id=label2id,
         )
-        return GPT2ForSequenceClassification(config)
-    config = BertConfig(
+        return GPT2ForSequenceClassification(gpt2_config)
+    bert_config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=scratch.hidden,
         num_hidden_layers=scratch.layers,
@@ -97,10 +102,10 @@ def _scratch_model(scratch: ScratchConfig, tokenizer: PreTrainedTokenizerBase, t
         intermediate_size=4 * scratch.hidden,
         max_position_embeddings=max(max_length, 64),
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=task.num_labels,
-        **labels,
+        id2label=id2label,
+        label2id=label2id,
     )
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(bert_config)
 
 
 def _fit_record(teacher: TeacherConfig, task: TaskData, max_length: int) -> dict:
@@ -120,6 +125,8 @@ def is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bo
     record_path = Path(teacher_path(config, teacher)) / RECORD_FILE
     if not record_path.exists():
         return False
+    if teacher.fit is None:
+        raise ConfigError(f"teacher {teacher.name!r} has no 'fit' section: it is used as it is")
     saved = json.loads(record_path.read_text())
     wanted = _fit_record(teacher, task, teacher.fit.max_seq_length or config.data.max_seq_length)
     return all(saved.get(k) == v for k, v in wanted.items())
@@ -134,6 +141,7 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
         raise ConfigError(f"teacher {teacher.name!r} has no 'fit' section: it is used as it is")
     fit = teacher.fit
     max_length = fit.max_seq_length or config.data.max_seq_length
+    tokenizer: PreTrainedTokenizerBase
     if teacher.scratch is not None:
         train_texts = [t if isinstance(t, str) else f"{t[0]} {t[1]}" for t in task.texts("train")]
         tokenizer = _train_tokenizer(teacher.scratch, train_texts, max_length)
@@ -192,3 +200,15 @@ def fit_teachers(config: KDNASConfig, task: TaskData | None = None, *, force: bo
             continue
         records.append(fit_teacher(config, teacher, task, driver_device()))
     return records
+
+
+def teacher_fit_record(config: KDNASConfig, name: str) -> dict | None:
+    """The record teacher ``name``'s last fit saved (its fit settings, task, ``metric``, ``value`` on the eval split,
+    ``fit_seconds``); None when it has not been fitted (or has no ``fit`` section: it is used as it is)."""
+    teacher = next((t for t in config.teachers if t.name == name), None)
+    if teacher is None:
+        raise KeyError(f"no teacher named {name!r}; teachers are {[t.name for t in config.teachers]}")
+    record_path = Path(teacher_path(config, teacher)) / RECORD_FILE
+    if teacher.fit is None or not record_path.is_file():
+        return None
+    return json.loads(record_path.read_text())

@@ -10,7 +10,9 @@ Computed once per study and cached beside the teacher logits.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors.torch import load_file
@@ -22,6 +24,9 @@ from kdnas.space.inheritance import Importance, importance_from_tensors
 from kdnas.teachers.loading import Teacher
 from kdnas.teachers.logits import logits_cache_key, save_atomically
 
+if TYPE_CHECKING:
+    from transformers.models.bert.modeling_bert import BertLayer, BertModel
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +36,7 @@ def activation_importance(
 ) -> Importance:
     """Rank ``model``'s (a ``BertForSequenceClassification``) parts by activation magnitude on ``data``."""
     device = torch.device(device)
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     config = model.config
     num_layers, num_heads = config.num_hidden_layers, config.num_attention_heads
     head_dim = config.hidden_size // num_heads
@@ -62,9 +67,9 @@ def activation_importance(
     def on_channels(module, args, output):
         channels.add_(masked_sum(output.abs()))
 
-    bert = model.bert
+    bert = cast("BertModel", model.bert)  # nn.Module attribute access is untyped
     handles = [bert.embeddings.LayerNorm.register_forward_hook(on_channels)]
-    for i, block in enumerate(bert.encoder.layer):
+    for i, block in enumerate(cast("Sequence[BertLayer]", bert.encoder.layer)):
         handles.append(block.attention.output.dense.register_forward_pre_hook(on_context(i)))
         handles.append(block.intermediate.register_forward_hook(on_neurons(i)))
         handles.append(block.attention.output.LayerNorm.register_forward_hook(on_channels))

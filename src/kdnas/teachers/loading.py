@@ -8,6 +8,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import (
@@ -134,7 +135,7 @@ def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> None:
             f"teacher {name!r}: the tokenizer in {teacher.path} has no vocabulary beyond its special "
             "tokens; save the tokenizer the teacher was trained with beside its weights"
         )
-    rows = model.get_input_embeddings().num_embeddings
+    rows = cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings  # transformers types it as nn.Module
     if len(tokenizer) > rows:
         raise ConfigError(
             f"teacher {name!r}: its tokenizer has {len(tokenizer)} tokens but its weights embed only "

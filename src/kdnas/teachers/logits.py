@@ -131,5 +131,5 @@ def teacher_reference(
                 "params": sum(p.numel() for p in teacher.model.parameters()),
             }
         )
-        teacher.model.to("cpu")
+        teacher.model.to("cpu")  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     return references, torch.stack(train_logits)
