@@ -166,6 +166,7 @@ class KDNASSearch(Searcher):
         self._objectives = list(metric)
         self._space = space
         self._storage = storage
+        self._views_storage: optuna.storages.BaseStorage = storage  # see _open
         self._study_name = study_name
         self._sampler = sampler if sampler is not None else optuna.samplers.TPESampler()
         self._study = optuna.create_study(
@@ -360,7 +361,10 @@ class KDNASSearch(Searcher):
         ask or tell, and trials here are created through the storage, so each ask gets a view of its own (as
         ``Study.ask()`` clears its cache)."""
         return optuna.load_study(
-            study_name=self._study_name, storage=self._storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner()
+            study_name=self._study_name,
+            storage=self._views_storage,
+            sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner(),
         )
 
     def _claim_waiting(self) -> int | None:
@@ -402,7 +406,12 @@ class KDNASSearch(Searcher):
         return self._open(storage_id)
 
     def _open(self, storage_id: int) -> optuna.Trial:
-        """The ``optuna.Trial`` of storage trial ``storage_id``, on a fresh view of the study."""
+        """The ``optuna.Trial`` of storage trial ``storage_id``, on a fresh view of the study.
+
+        The views share the first view's storage (``Trial.storage``: Optuna's trial cache over ``storage``), so a
+        view reads only the trials that changed since the last one, not the whole study."""
         study = self._fresh_study()
         study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # the view reads the trial it is to sample
-        return optuna.Trial(study, storage_id)
+        trial = optuna.Trial(study, storage_id)
+        self._views_storage = trial.storage
+        return trial
