@@ -1,11 +1,17 @@
-"""Reading a study is light: the commands that only read one never import torch, Ray or transformers."""
+"""Reading a study is light: the commands that only read one never import torch, Ray or transformers.
+
+And readers and writers agree on what a trial records: every Tune result key and trial/study attr name is spelled
+once, in ``kdnas.records`` (which readers import, light as it is); no other module of src/kdnas spells one as a string.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 HEAVY = ("torch", "ray", "transformers", "datasets")
 
@@ -58,3 +64,136 @@ def test_report_export_trials_studies_and_the_dashboard_read_a_study_without_the
     assert outcome == {"codes": [0, 0, 0, 0], "heavy": []}
     assert (tmp_path / "out" / "report" / "report.html").is_file()
     assert json.loads((tmp_path / "export" / "kdnas_trial.json").read_text())["trial"] in (0, 1)  # the front
+
+
+# --- every record name is records.py's ----------------------------------------------------------------------------
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "kdnas"
+
+RECEIVERS = {"user_attrs", "system_attrs", "attrs", "result", "constraints"}
+"""What holds record names as keys: a trial's or study's attrs (``t.user_attrs``, ``attrs``, ``record["user_attrs"]``),
+a Tune result, a trial's constraints."""
+
+ATTR_CALLS = {"set_user_attr", "set_system_attr", "record_once"}
+"""Calls that record attrs: the literal (or dict of literals) they are given names attrs."""
+
+
+def record_names() -> dict[str, str]:
+    """Each Tune result key and trial/study attr name ``kdnas.records`` defines → the constant that holds it."""
+    import kdnas.records as records
+
+    names: dict[str, str] = {}
+    for constant, value in vars(records).items():
+        if constant.endswith(("_KEY", "_ATTR", "_CONSTRAINT")) and isinstance(value, str):
+            names.setdefault(value, constant)  # "teachers": TEACHERS_ATTR and STUDY_TEACHERS_ATTR
+    return names
+
+
+def _holds_records(node: ast.expr) -> bool:
+    """Whether ``node`` is one of :data:`RECEIVERS`: by its last name (``x.user_attrs``, ``attrs``, ``r["attrs"]``)."""
+    if isinstance(node, ast.Name):
+        return node.id in RECEIVERS
+    if isinstance(node, ast.Attribute):
+        return node.attr in RECEIVERS
+    return isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in RECEIVERS
+
+
+def _attr_keys(tree: ast.AST) -> set[int]:
+    """The ids of the nodes used as a record key: ``R[k]``, ``R.get(k)``, ``k in R``, ``set_user_attr(k, …)``, and
+    the keys of a dict given as ``user_attrs=``/``attrs=``/…, to an attr call or assigned to such a name."""
+    keys: list[ast.AST | None] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and _holds_records(node.value):
+            keys.append(node.slice)
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            keys += [
+                operands[i]
+                for i, op in enumerate(node.ops)
+                if isinstance(op, (ast.In, ast.NotIn)) and _holds_records(operands[i + 1])
+            ]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("get", "pop", "setdefault") and isinstance(func, ast.Attribute) and _holds_records(func.value):
+                keys += node.args[:1]
+            if name in ATTR_CALLS:
+                keys += node.args[:1]
+                keys += [key for arg in node.args if isinstance(arg, ast.Dict) for key in arg.keys]
+            keys += [
+                key
+                for kw in node.keywords
+                if kw.arg in RECEIVERS and isinstance(kw.value, ast.Dict)
+                for key in kw.value.keys
+            ]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(_holds_records(target) for target in targets):
+                keys += node.value.keys
+    return {id(key) for key in keys if key is not None}
+
+
+def keyed_record_literals(source: str, names: dict[str, str]) -> list[tuple[int, str]]:
+    """(line, literal) of every string literal in ``source`` that equals a record name and is used as a record key.
+
+    Literals that merely share a spelling (a teacher's record, a training state, a config section, a table column)
+    are not record keys and are left alone."""
+    tree = ast.parse(source)
+    keys = _attr_keys(tree)
+    return sorted(
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names and id(node) in keys
+    )
+
+
+def test_src_spells_no_result_key_or_attr_name_outside_records():
+    names = record_names()
+    problems = [
+        f"src/kdnas/{path.relative_to(SRC).as_posix()}:{line}: {value!r} is records.{names[value]}"
+        for path in sorted(SRC.rglob("*.py"))
+        if path != SRC / "records.py"
+        for line, value in keyed_record_literals(path.read_text(), names)
+    ]
+    assert not problems, "record names spelled as literals (use kdnas.records' constant):\n" + "\n".join(problems)
+
+
+def test_the_record_names_are_the_results_and_attrs_records_defines():
+    names = record_names()
+    assert {"latency_ms", "epoch", "kdnas_attrs", "arch_summary", "student_path", "params", "duplicate_of"} <= set(
+        names
+    )
+    assert {"kdnas:driver", "kdnas:heartbeat", "fingerprint", "task", "config", "teachers"} <= set(names)
+    assert "median_ms" not in names and "config.json" not in names  # a latency field, a student file: not names
+
+
+def test_the_record_check_catches_literal_attr_names_and_spares_other_namespaces():
+    source = textwrap.dedent("""
+        def reader(t, study, record, result, attrs, lat, ref):
+            t.user_attrs.get("arch_summary", "?")
+            t.user_attrs["student_path"]
+            "duplicate_of" in t.user_attrs
+            t.system_attrs.get("kdnas:driver")
+            study.set_user_attr("fingerprint", {})
+            record_once(study, {"task": {}})
+            result.get("latency_ms")
+            record["user_attrs"].get("params", 0)
+            study.enqueue_trial({}, user_attrs={"retry_of": 1})
+            attrs = {"epochs_trained": 0}
+            ref["latency_ms"]
+            lat.get("median_ms")
+            state = {"epoch": 1}
+            rows = {"arch": t.user_attrs.get(ARCH_SUMMARY_ATTR)}
+    """)
+    assert keyed_record_literals(source, record_names()) == [
+        (3, "arch_summary"),
+        (4, "student_path"),
+        (5, "duplicate_of"),
+        (6, "kdnas:driver"),
+        (7, "fingerprint"),
+        (8, "task"),
+        (9, "latency_ms"),
+        (10, "params"),
+        (11, "retry_of"),
+        (12, "epochs_trained"),
+    ]  # not: a teacher's record (13), a latency field (14), a training state (15), a table column (16)

@@ -181,6 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
     from kdnas.export import export_trial, saved_student
+    from kdnas.records import ARCH_SUMMARY_ATTR
 
     study = _study(config)
     try:
@@ -204,7 +205,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_trial(study, trial, out, retrained=retrained)
     value, latency_ms = (retrained.value, retrained.latency_ms) if retrained else trial.values
     print(
-        f"exported trial {trial.number} ({trial.user_attrs.get('arch_summary')})"
+        f"exported trial {trial.number} ({trial.user_attrs.get(ARCH_SUMMARY_ATTR)})"
         f"{', retrained' if retrained else ''}: {study.metric_names[0]}={value:.4f}, latency={latency_ms:.3f} ms"
         f" -> {out}"
     )

@@ -13,7 +13,22 @@ from optuna.trial import FrozenTrial, TrialState
 from kdnas.config import ConfigError
 from kdnas.dashboards.report import init_summary
 from kdnas.outputs import missing_student_files
-from kdnas.records import DUPLICATE_ATTR
+from kdnas.records import (
+    ARCH_ATTR,
+    ARCH_SUMMARY_ATTR,
+    DUPLICATE_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    INIT_ATTR,
+    KD_ATTR,
+    LATENCY_ATTR,
+    LATENCY_KEY,
+    LEARNING_RATE_ATTR,
+    PARAMS_CONSTRAINT,
+    STUDENT_PATH_ATTR,
+    STUDY_TEACHERS_ATTR,
+    TASK_ATTR,
+    TRAIN_ROWS_ATTR,
+)
 
 RECORD_FILE = "kdnas_trial.json"
 
@@ -29,7 +44,7 @@ class Retrained:
 
 
 def _without_paths(attrs: dict) -> dict:
-    return {k: v for k, v in attrs.items() if k != "student_path"}
+    return {k: v for k, v in attrs.items() if k != STUDENT_PATH_ATTR}
 
 
 def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained | None = None) -> dict:
@@ -38,7 +53,7 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
     With ``retrained``, ``objectives`` and ``user_attrs`` are the retrained student's own; the trial's are kept as
     ``trial_objectives`` and ``trial_user_attrs``.
     """
-    names = study.metric_names or ["metric", "latency_ms"]
+    names = study.metric_names or ["metric", LATENCY_KEY]
     attrs = _without_paths(trial.user_attrs)
     record = {
         "study": study.study_name,
@@ -50,10 +65,10 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
         "objectives": dict(zip(names, trial.values if retrained is None else (retrained.value, retrained.latency_ms))),
         "params": trial.params,
         "user_attrs": attrs if retrained is None else _without_paths(retrained.attrs),
-        "task": study.user_attrs.get("task"),
+        TASK_ATTR: study.user_attrs.get(TASK_ATTR),
         "teachers": [
             {k: t[k] for k in ("name", "model", "value", "latency_ms", "params")}
-            for t in study.user_attrs.get("teachers", [])
+            for t in study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
         ],
     }
     if retrained is not None:
@@ -66,15 +81,16 @@ def model_card(record: dict) -> str:
     attrs = record["user_attrs"]
     metric, latency_name = list(record["objectives"])
     value, latency_ms = record["objectives"][metric], record["objectives"][latency_name]
-    lat = attrs.get("latency", {})
-    arch = attrs.get("arch", {})
-    task = record.get("task") or {}
+    lat = attrs.get(LATENCY_ATTR, {})
+    arch = attrs.get(ARCH_ATTR, {})
+    task = record.get(TASK_ATTR) or {}
     teachers = "\n".join(
         f"| {t['name']} | {t['model']} | {t['value']:.4f} | {t['latency_ms']:.3f} | {t['params'] / 1e6:.1f}M |"
         for t in record["teachers"]
     )
-    kd = attrs.get("kd", {})
-    train_rows = attrs.get("train_rows", {})
+    kd = attrs.get(KD_ATTR, {})
+    train_rows = attrs.get(TRAIN_ROWS_ATTR, {})
+    init = init_summary(attrs.get(INIT_ATTR, {})) or "not recorded"
     retrained = ""
     if record.get("retrained"):
         before = record["trial_objectives"]
@@ -88,7 +104,7 @@ library_name: transformers
 pipeline_tag: text-classification
 tags: [kdnas, knowledge-distillation, neural-architecture-search]
 ---
-# kdnas student {attrs.get("arch_summary", "")}
+# kdnas student {attrs.get(ARCH_SUMMARY_ATTR, "")}
 
 A BERT-style student found by kdnas (study `{record["study"]}`, trial {record["trial"]}) and distilled from
 {len(record["teachers"])} teacher(s).{retrained}
@@ -96,7 +112,7 @@ A BERT-style student found by kdnas (study `{record["study"]}`, trial {record["t
 ## Results
 | task | {metric} | latency (median) | parameters |
 |---|---|---|---|
-| {task.get("name", "?")} | {value:.4f} | {latency_ms:.3f} ms | {attrs.get("params", 0) / 1e6:.2f}M |
+| {task.get("name", "?")} | {value:.4f} | {latency_ms:.3f} ms | {attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M |
 
 Latency: measured on {lat.get("device_name", "?")} ({lat.get("device", "?")}), {lat.get("threads", "?")} thread(s),
 batch {lat.get("batch_size", "?")}, sequence length {lat.get("seq_len", "?")}, median of {lat.get("runs", "?")} runs
@@ -113,12 +129,12 @@ after {lat.get("warmup", "?")} warm-up runs.
 {teachers}
 
 ## Initialisation
-{init_summary(attrs.get("init", {})) or "not recorded"}; learning rate {attrs.get("learning_rate", "?")}; trained on
+{init}; learning rate {attrs.get(LEARNING_RATE_ATTR, "?")}; trained on
 {train_rows.get("labelled", "?")} labelled and {train_rows.get("transfer", 0)} transfer examples (the transfer set
 through the teachers' soft labels only).
 
 ## Distillation recipe
-{attrs.get("epochs_trained", "?")} epoch(s) with:
+{attrs.get(EPOCHS_TRAINED_ATTR, "?")} epoch(s) with:
 ```json
 {json.dumps(kd, indent=2, sort_keys=True)}
 ```
@@ -134,7 +150,7 @@ The full search record is in `{RECORD_FILE}`.
 
 def saved_student(trial: FrozenTrial) -> Path | None:
     """The directory of the trial's saved student, or None when its weights are missing."""
-    path = trial.user_attrs.get("student_path")
+    path = trial.user_attrs.get(STUDENT_PATH_ATTR)
     if path and not missing_student_files(Path(path)):
         return Path(path)
     return None
@@ -153,7 +169,7 @@ def export_trial(
     if source is None:
         raise ConfigError(
             f"trial {trial.number}: the saved student weights are missing "
-            f"({trial.user_attrs.get('student_path', 'no path recorded')}); add --retrain to train this "
+            f"({trial.user_attrs.get(STUDENT_PATH_ATTR, 'no path recorded')}); add --retrain to train this "
             "architecture again with the trial's recipe"
         )
     out_dir = Path(out_dir)

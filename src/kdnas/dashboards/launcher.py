@@ -9,6 +9,7 @@ from optuna_dashboard import get_note, run_server, save_note
 
 from kdnas.config import ConfigError
 from kdnas.dashboards.pareto import pareto_front
+from kdnas.records import ARCH_SUMMARY_ATTR, LATENCY_ATTR, PARAMS_CONSTRAINT
 from kdnas.search.study import open_existing_storage
 
 NOTE_HEAD = "**Pareto front**"
@@ -17,12 +18,12 @@ NOTE_HEAD = "**Pareto front**"
 
 def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     """The Markdown note optuna-dashboard shows on a Pareto-front trial."""
-    lat = trial.user_attrs.get("latency", {})
+    lat = trial.user_attrs.get(LATENCY_ATTR, {})
     return (
-        f"{NOTE_HEAD} · `{trial.user_attrs.get('arch_summary', '?')}`\n\n"
+        f"{NOTE_HEAD} · `{trial.user_attrs.get(ARCH_SUMMARY_ATTR, '?')}`\n\n"
         f"{metric} {trial.values[0]:.4f} · {trial.values[1]:.3f} ms median on {lat.get('device_name', '?')} "
         f"({lat.get('threads', '?')} thread(s), batch {lat.get('batch_size', '?')}, seq {lat.get('seq_len', '?')}) · "
-        f"{trial.user_attrs.get('params', 0) / 1e6:.2f}M params\n\n"
+        f"{trial.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M params\n\n"
         f"`kdnas export --trial {trial.number}`"
     )
 

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kdnas.records import ARCH_SUMMARY_ATTR, LATENCY_KEY, PARAMS_CONSTRAINT
 from kdnas.search.duplicates import folded, is_repeat
 
 
@@ -88,7 +89,7 @@ def best_under_budget(
         t
         for t, _ in folded(feasible_completed(study))
         if (latency_ms is None or t.values[1] <= latency_ms)
-        and (params is None or t.user_attrs.get("params", math.inf) <= params)
+        and (params is None or t.user_attrs.get(PARAMS_CONSTRAINT, math.inf) <= params)
     ]
     if not candidates:
         limits = [
@@ -105,10 +106,10 @@ def front_rows(study: optuna.Study, metric: str) -> list[dict]:
         {
             "trial": t.number,
             "repeats": ", ".join(str(n) for n in numbers if n != t.number),
-            "arch": t.user_attrs.get("arch_summary", "?"),
+            "arch": t.user_attrs.get(ARCH_SUMMARY_ATTR, "?"),
             metric: f"{t.values[0]:.4f}",
-            "latency_ms": f"{t.values[1]:.3f}",
-            "params": f"{t.user_attrs.get('params', 0) / 1e6:.2f}M",
+            LATENCY_KEY: f"{t.values[1]:.3f}",
+            "params": f"{t.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M",
         }
         for t, numbers in front_students(study)
     ]

@@ -22,14 +22,25 @@ from kdnas.dashboards.pareto import (
     study_summary,
     summary_line,
 )
-from kdnas.records import DUPLICATE_ATTR, FAILURE_ATTR, PRUNED_ATTR
+from kdnas.records import (
+    ARCH_ATTR,
+    ARCH_SUMMARY_ATTR,
+    DUPLICATE_ATTR,
+    FAILURE_ATTR,
+    INIT_ATTR,
+    KD_ATTR,
+    LATENCY_KEY,
+    PARAMS_CONSTRAINT,
+    PRUNED_ATTR,
+    STUDY_TEACHERS_ATTR,
+)
 
 
 def _hover(t: FrozenTrial, metric: str) -> str:
     return (
-        f"trial {t.number}<br>{t.user_attrs.get('arch_summary', '?')}<br>"
+        f"trial {t.number}<br>{t.user_attrs.get(ARCH_SUMMARY_ATTR, '?')}<br>"
         f"{metric} {t.values[0]:.4f}<br>latency {t.values[1]:.3f} ms<br>"
-        f"params {t.user_attrs.get('params', 0) / 1e6:.2f}M"
+        f"params {t.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M"
     )
 
 
@@ -66,7 +77,7 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
             hoverinfo="text",
         )
     )
-    teachers = study.user_attrs.get("teachers", [])
+    teachers = study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
     if teachers:
         fig.add_trace(
             go.Scatter(
@@ -136,7 +147,7 @@ def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure
     """
     completed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     figures, doubtful = [], []
-    for index, (name, sign) in enumerate(((metric, -1.0), ("latency_ms", 1.0))):
+    for index, (name, sign) in enumerate(((metric, -1.0), (LATENCY_KEY, 1.0))):
         fig, warned = None, False
         if completed:
             with warnings.catch_warnings(record=True) as caught:
@@ -211,12 +222,12 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
                 "trial": t.number,
                 "state": t.state.name,
                 metric: values[0],
-                "latency_ms": values[1],
-                "arch": t.user_attrs.get("arch_summary", ""),
+                LATENCY_KEY: values[1],
+                "arch": t.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
                 **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
-                "params": t.user_attrs.get("params"),
-                "kd": kd_summary(t.user_attrs.get("kd", {})),
-                "init": init_summary(t.user_attrs.get("init", {})),
+                PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
+                "kd": kd_summary(t.user_attrs.get(KD_ATTR, {})),
+                "init": init_summary(t.user_attrs.get(INIT_ATTR, {})),
                 "reason": t.user_attrs.get(FAILURE_ATTR)
                 or t.user_attrs.get(PRUNED_ATTR)
                 or (
@@ -274,7 +285,7 @@ def write_report(
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
         for i, (name, fig) in enumerate(figures.items())
     )
-    teachers = study.user_attrs.get("teachers", [])
+    teachers = study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
     teacher_line = "; ".join(
         f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms" for t in teachers
     )
@@ -305,14 +316,14 @@ Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
             "trial": t.number,
             "trials": numbers,
             metric: t.values[0],
-            "latency_ms": t.values[1],
-            "params": t.user_attrs.get("params"),
-            "arch": t.user_attrs.get("arch"),
+            LATENCY_KEY: t.values[1],
+            PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
+            ARCH_ATTR: t.user_attrs.get(ARCH_ATTR),
         }
         for t, numbers in front_students(study)
     ]
     summary = {
-        "reference_point": {metric: reference[0], "latency_ms": reference[1]},
+        "reference_point": {metric: reference[0], LATENCY_KEY: reference[1]},
         "hypervolume": history[-1][1] if history else 0.0,
         "front": front,
     }

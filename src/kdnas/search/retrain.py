@@ -10,6 +10,7 @@ import optuna
 
 from kdnas.config import ConfigError, build_config
 from kdnas.export import Retrained
+from kdnas.records import CONFIG_ATTR
 from kdnas.search.trial import prepare_students, student_dir, train_student
 from kdnas.teachers.loading import driver_device
 
@@ -22,7 +23,7 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     The student is saved under ``<output_dir>/students/<study>/retrained/``; returned with its own metric, latency
     and attrs.
     """
-    recorded = study.user_attrs.get("config")
+    recorded = study.user_attrs.get(CONFIG_ATTR)
     if recorded is None:
         raise ConfigError(f"study {study.study_name!r} has no recorded kdnas config to retrain from")
     raw = {**recorded, "search": {**recorded["search"], "storage": None}}

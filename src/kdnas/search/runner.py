@@ -17,7 +17,7 @@ from kdnas.data import load_task
 from kdnas.data.transfer import load_transfer_texts
 from kdnas.objectives.latency import resolve_device
 from kdnas.outputs import writable_dir
-from kdnas.records import LATENCY_KEY
+from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEACHERS_ATTR, TASK_ATTR, TRANSFER_ATTR
 from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
 from kdnas.search.inputs import check_budgets_reachable, prepare_inputs, transfer_set
@@ -109,13 +109,13 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     record_once(
         study,
         {
-            "teachers": references,
-            "inheritance": inputs.inherit.record() if inputs.inherit else None,
-            "transfer": {"size": len(transfer), "sources": transfer.sources, "fingerprint": transfer.fingerprint()}
+            STUDY_TEACHERS_ATTR: references,
+            INHERITANCE_ATTR: inputs.inherit.record() if inputs.inherit else None,
+            TRANSFER_ATTR: {"size": len(transfer), "sources": transfer.sources, "fingerprint": transfer.fingerprint()}
             if transfer
             else None,
-            "task": {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)},
-            "config": recorded,
+            TASK_ATTR: {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)},
+            CONFIG_ATTR: recorded,
         },
     )
 
