@@ -132,6 +132,22 @@ def storage(request: pytest.FixtureRequest):
             optuna.delete_study(study_name=summary.study_name, storage=url)
 
 
+@pytest.fixture
+def cluster_storage(request: pytest.FixtureRequest):
+    """(URL, suffix) of :func:`storage`'s PostgreSQL when a server answers (a cluster's study lives there), else
+    SQLite's: for a test too long to run on both."""
+    if postgres_unreachable():
+        yield None, ""
+        return
+    import optuna
+
+    suffix = f"-{uuid.uuid4().hex[:8]}"
+    yield POSTGRES_URL, suffix
+    for summary in optuna.get_all_study_summaries(POSTGRES_URL):
+        if summary.study_name.endswith(suffix):
+            optuna.delete_study(study_name=summary.study_name, storage=POSTGRES_URL)
+
+
 def search_config(run_dir: Path, study_name: str, storage: tuple[str | None, str] = (None, ""), **sections):
     """The tiny config (:func:`tiny_raw`) searching into study ``study_name`` (+ the suffix) at ``storage``'s URL."""
     url, suffix = storage

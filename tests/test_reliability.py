@@ -70,15 +70,25 @@ KILL_POINTS = ["mid-training", "resume-reconcile", "result-write", "after-tell",
 
 
 @pytest.mark.slow
-def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(run_dir, tmp_path):
+def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(
+    run_dir, ray_session, tmp_path, cluster_storage
+):
+    """Each driver joins the session's Ray and the study is on PostgreSQL when there is one, as on a cluster (a
+    driver killed with the local Ray it started, on SQLite, is tests/test_orchestration.py's subject): a SIGKILLed
+    driver's trials die with its Ray job."""
     n_trials = 4
     config = search_config(
-        run_dir, f"kill-points-{uuid.uuid4().hex[:6]}", training={"epochs": 2}, search={"n_trials": n_trials}
+        run_dir,
+        f"kill-points-{uuid.uuid4().hex[:6]}",
+        cluster_storage,
+        training={"epochs": 2},
+        search={"n_trials": n_trials},
     )
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     url, name = config.storage_url, config.search.study_name
-    command = ["search", "--config", str(config_file)]
+    runner.init_ray(None)
+    command = ["search", "--config", str(config_file), "--ray-address", ray.get_runtime_context().gcs_address]
     completed: dict[int, list[float]] = {}
     killed = []
     started = time.perf_counter()
@@ -301,7 +311,7 @@ def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postg
 @pytest.mark.slow
 def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, ray_session, postgres_db, tmp_path):
     url, _ = postgres_db
-    n_trials = 40
+    n_trials = 24
     config = search_config(
         run_dir, "four-drivers", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url}
     )
