@@ -2,11 +2,13 @@
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from optuna.trial import TrialState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -33,6 +35,8 @@ def test_search_records_complete_trials_with_values_and_attrs(searched):
         assert attrs["latency"]["median_ms"] == latency and attrs["latency"]["threads"] == 1
         assert attrs["arch"]["num_layers"] == t.params["num_layers"]
         assert attrs["teachers"] == ["minilm", "gpt2"]
+        assert attrs["node"]["hostname"] == socket.gethostname() and attrs["node"]["ip"]
+        assert attrs["node"]["id"] in {node["NodeID"] for node in ray.nodes()}  # the Ray node it ran on
     teachers = study.user_attrs["teachers"]
     assert [t["name"] for t in teachers] == ["minilm", "gpt2"] and all(t["latency_ms"] > 0 for t in teachers)
     assert study.user_attrs["config"]["search"]["storage"] == config.storage_url  # no password to mask in SQLite

@@ -1,15 +1,17 @@
-"""The Ray Tune side of a trial: the trainable that runs one student (checkpointed each epoch, resumed when retried)
-and the driver's callback that keeps its trials' heartbeats fresh."""
+"""The Ray Tune side of a trial: the trainable that runs one student (checkpointed each epoch, resumed when retried,
+the node it ran on recorded) and the driver's callback that keeps its trials' heartbeats fresh."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ray
 import torch
 from ray import tune
 
@@ -39,6 +41,15 @@ def last_state() -> dict[str, Any] | None:
         return load_state(Path(directory))
 
 
+def this_node() -> dict[str, str]:
+    """The Ray node this process runs on: its id, IP address and hostname."""
+    return {
+        "id": ray.get_runtime_context().get_node_id(),
+        "ip": ray.util.get_node_ip_address(),
+        "hostname": socket.gethostname(),
+    }
+
+
 def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
     """The Ray Tune trainable: one student, checkpointed each epoch and resumed from its last checkpoint when
     retried; any error is reported (with its reason) rather than raised."""
@@ -55,6 +66,7 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
             report=tune.report,
             checkpoint=report_with_checkpoint,
             resume=last_state(),
+            node=this_node(),
         )
     except Exception as err:  # recorded as FAIL with this reason by KDNASSearch
         logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())

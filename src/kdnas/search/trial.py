@@ -34,6 +34,7 @@ from kdnas.records import (
     LATENCY_ATTR,
     LATENCY_KEY,
     LEARNING_RATE_ATTR,
+    NODE_ATTR,
     PARAMS_CONSTRAINT,
     STUDENT_PATH_ATTR,
     TEACHERS_ATTR,
@@ -198,6 +199,7 @@ def run_trial(
     report: Report,
     checkpoint: Checkpoint | None = None,
     resume: dict[str, Any] | None = None,
+    node: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one student with multi-teacher logit KD, reporting a :class:`~kdnas.records.TrialReport` (as a Tune
     result, :meth:`~kdnas.records.TrialReport.to_result`) after each epoch; the last report is returned.
@@ -208,18 +210,13 @@ def run_trial(
     latency or size budget is measured, not trained: its only report is ``infeasible`` (the reason).
     Errors propagate to the caller.
     With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
-    state) continues training after its epoch.
+    state) continues training after its epoch. ``node`` (where it runs) joins every report's attrs.
     """
     config, metric = inputs.config, inputs.metric
     arch = StudentArch.from_dict(params)
     student = build_and_measure(arch, inputs)
-    model, tokenizer, latency, cost, constraints = (
-        student.model,
-        student.tokenizer,
-        student.latency,
-        student.cost,
-        student.constraints,
-    )
+    model, tokenizer, latency, constraints = student.model, student.tokenizer, student.latency, student.constraints
+    cost = student.cost if node is None else {**student.cost, NODE_ATTR: node}
     if student.over_budget:  # latency first: an infeasible student is never trained
         measured = TrialReport(
             math.nan,
