@@ -172,6 +172,67 @@ def make_searcher(config: KDNASConfig, storage, **kwargs):
     )
 
 
+# --- a Ray cluster of two nodes -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real two-node Ray cluster on this machine, 1 CPU a node, started with ``ray start`` (token authentication
+    off, as for a local test cluster): yields ``(address, env, nodes)`` (``env`` for drivers joining it, ``nodes``
+    the ``ray start`` process groups: head, worker). Only the processes it started are stopped afterwards."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
+    if ray_cli is None:
+        pytest.skip("the `ray` command is not installed beside this Python")
+    temp_dir = tmp_path_factory.mktemp("ray-cluster")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    starts = [
+        [ray_cli, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp_dir)],
+        [ray_cli, "start", "--address", address],
+    ]
+    groups: list[int] = []  # a node's processes stay in the process group of the `ray start` that started them
+    try:
+        for start in starts:
+            node = subprocess.Popen(
+                [*start, *common],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            groups.append(node.pid)
+            output, _ = node.communicate(timeout=120)
+            assert node.returncode == 0, output[-2000:]
+        yield address, env, groups
+    finally:
+        for group in groups:
+            stop_group(group)
+
+
+def stop_group(group: int) -> None:
+    """SIGKILL process group ``group`` and wait until none of its processes is left."""
+    import signal
+
+    def gone() -> bool:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, 30, f"process group {group} to exit")
+
+
 # --- waiting ----------------------------------------------------------------------------------------------------
 
 

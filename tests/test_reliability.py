@@ -71,30 +71,32 @@ KILL_POINTS = ["mid-training", "resume-reconcile", "result-write", "after-tell",
 
 @pytest.mark.slow
 def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(
-    run_dir, ray_session, tmp_path, cluster_storage
+    run_dir, tmp_path, cluster_storage, two_node_cluster
 ):
-    """Each driver joins the session's Ray and the study is on PostgreSQL when there is one, as on a cluster (a
-    driver killed with the local Ray it started, on SQLite, is tests/test_orchestration.py's subject): a SIGKILLed
-    driver's trials die with its Ray job."""
+    """As on a cluster: each driver joins a real two-node Ray cluster (``--ray-address``), two trials at a time, one a
+    node, and the study is on PostgreSQL when there is one (a driver killed with the local Ray it started itself is
+    tests/test_orchestration.py's subject). A SIGKILLed driver's trials die with its Ray job."""
+    address, env, _ = two_node_cluster
     n_trials = 4
     config = search_config(
         run_dir,
         f"kill-points-{uuid.uuid4().hex[:6]}",
         cluster_storage,
         training={"epochs": 2},
-        search={"n_trials": n_trials},
+        search={"n_trials": n_trials, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1}},
     )
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     url, name = config.storage_url, config.search.study_name
-    runner.init_ray(None)
-    command = ["search", "--config", str(config_file), "--ray-address", ray.get_runtime_context().gcs_address]
+    command = ["search", "--config", str(config_file), "--ray-address", address]
     completed: dict[int, list[float]] = {}
     killed = []
     started = time.perf_counter()
     for point in KILL_POINTS:
         args = [sys.executable, str(TESTS / "kill_driver.py"), "none" if point == "random" else point, *command]
-        driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        driver = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+        )
         if point == "random":  # SIGKILL from outside at a random moment while a trial trains
             wait_for(lambda: _running(url, name), 300, "a running trial")
             time.sleep(float(torch.rand(1, generator=torch.Generator().manual_seed(7))) * 3)
@@ -106,17 +108,21 @@ def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(
             if t.state == TrialState.COMPLETE:
                 assert completed.setdefault(t.number, t.values) == t.values, "a completed trial changed"
     assert all(code == -signal.SIGKILL for _, code in killed), killed
-    final = subprocess.run([sys.executable, "-m", "kdnas.cli", *command], capture_output=True, text=True, timeout=600)
+    final = subprocess.run(
+        [sys.executable, "-m", "kdnas.cli", *command], capture_output=True, text=True, timeout=600, env=env
+    )
     assert final.returncode == 0, final.stderr[-2000:]
     study = load_study(url, name)
     assert all(study.trials[n].values == v for n, v in completed.items()), "a completed trial was lost"
     _assert_consistent(study, n_trials)
     assert [t.state for t in study.trials if counts_toward_budget(t)] == [TrialState.COMPLETE] * n_trials
     lost = sum(t.user_attrs.get(FAILURE_ATTR) == DRIVER_LOST for t in study.trials)
+    nodes = {t.user_attrs["node"]["id"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(nodes) == 2, "the students trained on both nodes"
     print(
         f"\n[reliability] driver SIGKILLed at {len(killed)} points ({', '.join(KILL_POINTS)}), then rerun: "
         f"{n_trials}/{n_trials} COMPLETE, {lost} trials failed as driver lost and retried, 0 RUNNING, "
-        f"0 duplicates; {time.perf_counter() - started:.0f} s"
+        f"0 duplicates, students trained on both nodes; {time.perf_counter() - started:.0f} s"
     )
 
 
