@@ -40,8 +40,8 @@ class StopSecondTrialEarly(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
 
-def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray_session, storage):
-    config = search_config(run_dir, "pruned", storage, latency={"budget_ms": 1000.0})
+def test_early_stopped_student_is_pruned_and_constraints_are_stored(run_dir, ray_session, cluster_storage):
+    config = search_config(run_dir, "pruned", cluster_storage, latency={"budget_ms": 1000.0})
     study = run_search(config, scheduler=StopSecondTrialEarly())
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]  # the tiny space has 8 students
     assert [t.state for t in trained] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
@@ -108,8 +108,8 @@ def test_latency_budget_below_every_student_is_refused_before_the_study_is_touch
         load_study(config.storage_url, config.search.study_name)
 
 
-def test_raising_trial_fails_with_its_reason(run_dir, ray_session, storage):
-    config = search_config(run_dir, "raising", storage, search={"n_trials": 1})
+def test_raising_trial_fails_with_its_reason(run_dir, ray_session, cluster_storage):
+    config = search_config(run_dir, "raising", cluster_storage, search={"n_trials": 1})
     blocker = run_dir / "students" / config.search.study_name / "trial-0000"  # a file where the student goes
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory")
@@ -120,8 +120,10 @@ def test_raising_trial_fails_with_its_reason(run_dir, ray_session, storage):
     assert trial.user_attrs[FAILURE_ATTR].endswith("trial-0000: missing config.json, model.safetensors")
 
 
-def test_nan_loss_fails_with_its_reason(run_dir, ray_session, storage):
-    study = run_search(search_config(run_dir, "nan", storage, training={"learning_rate": 1e30}, search={"n_trials": 1}))
+def test_nan_loss_fails_with_its_reason(run_dir, ray_session, cluster_storage):
+    study = run_search(
+        search_config(run_dir, "nan", cluster_storage, training={"learning_rate": 1e30}, search={"n_trials": 1})
+    )
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAILURE_ATTR].startswith("NonFiniteLossError: non-finite loss")
@@ -132,8 +134,7 @@ def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
         run_dir,
         "concurrent",
         storage,
-        data={"demo_train_size": 400},
-        training={"epochs": 12},
+        training={"epochs": 30},  # long enough to overlap, on the session's data (its teachers are fitted once)
         search={"n_trials": 4, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 0.5}},
     )
     study = run_search(config)
@@ -144,10 +145,9 @@ def test_concurrent_trials_overlap_in_time(run_dir, ray_session, storage):
     assert overlaps >= 1, spans
 
 
-def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path, storage):
-    config = search_config(
-        run_dir, "resume", storage, data={"demo_train_size": 400}, training={"epochs": 4}, search={"n_trials": 4}
-    )
+def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path):
+    """On SQLite (on PostgreSQL, with drivers on a cluster: the kill points in tests/test_reliability.py)."""
+    config = search_config(run_dir, "resume", training={"epochs": 10}, search={"n_trials": 4})
     config_file = tmp_path / "resume.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     command = [sys.executable, "-m", "kdnas.cli", "search", "--config", str(config_file)]
@@ -159,19 +159,42 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path,
         except (KeyError, sqlalchemy.exc.OperationalError):
             return []
 
+    def in_session(sid: int) -> list[int]:
+        """The running processes of session ``sid``: a driver started as a session leader and every process of its
+        local Ray (Ray's workers leave the driver's process group, not its session)."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            except OSError:  # exited meanwhile
+                continue
+            if state != "Z" and int(session) == sid:
+                found.append(int(stat.parent.name))
+        return found
+
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: TrialState.COMPLETE in states() and TrialState.RUNNING in states(), 300, "a running trial")
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone (kill -9 PID): its local Ray is left to itself
         driver.wait()
     before = load_study(url, name)
     completed_before = {t.number: t.values for t in before.trials if t.state == TrialState.COMPLETE}
     orphans = [t.number for t in before.trials if t.state == TrialState.RUNNING]
     assert orphans
 
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stderr = resumed.communicate(timeout=600)[1]
+    finally:
+        resumed.kill()  # only if it ran out of time
+    assert resumed.returncode == 0, stderr[-2000:]
+    # Ray's agents outlive a killed driver by up to a minute: the resume stopped them, and its own Ray ends with it
+    assert f"left by the local Ray of driver {driver.pid}" in stderr, stderr[-2000:]
+    assert not in_session(driver.pid), "a process of the killed driver's local Ray is still running"
+    wait_for(lambda: not in_session(resumed.pid), 60, "the resumed run's local Ray to exit with it")
     after = load_study(url, name)
     by_number = {t.number: t for t in after.trials}
     assert all(by_number[n].values == v for n, v in completed_before.items()), "completed trials must be kept"

@@ -18,6 +18,7 @@ from kdnas.data.transfer import load_transfer_texts
 from kdnas.objectives.latency import resolve_device
 from kdnas.outputs import writable_dir
 from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEACHERS_ATTR, TASK_ATTR, TRANSFER_ATTR
+from kdnas.search import local_ray
 from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
 from kdnas.search.inputs import check_budgets_reachable, prepare_inputs, transfer_set
@@ -46,12 +47,17 @@ from kdnas.teachers.logits import teacher_reference
 logger = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a quiet local Ray."""
+def init_ray(address: str | None, output_dir: Path | None = None) -> None:
+    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a quiet local Ray; with
+    ``output_dir``, a local Ray this process starts is recorded there, so that the next search stops what is left
+    of it if this driver is killed (:mod:`kdnas.search.local_ray`)."""
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, ignore_reinit_error=True)
-    else:
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        return
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    if output_dir is not None:
+        context = ray.get_runtime_context()
+        local_ray.record(output_dir, Path(context.get_temp_dir()) / context.get_session_name())
 
 
 def make_sampler(config: KDNASConfig, trials_before: int = 0) -> optuna.samplers.BaseSampler:
@@ -74,6 +80,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     """
     resolve_device(config.latency.device)  # fail before any work when the latency device is absent
     output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
+    local_ray.stop_leftovers(output_dir)  # of a local Ray whose driver was killed
     check_local_resources(config)
     url = config.storage_url
     storage = open_storage_if_exists(url)
@@ -142,7 +149,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             search.n_trials,
             space.size(),
         )
-    init_ray(search.ray_address)
+    init_ray(search.ray_address, output_dir)
     if scheduler is None:
         scheduler = make_scheduler(config, LATENCY_KEY)
     searcher = KDNASSearch(
