@@ -285,7 +285,7 @@ def _terminate_backends(database: str, stop: threading.Event, every_s: float, co
 @pytest.mark.slow
 def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postgres_db, monkeypatch):
     url, database = postgres_db
-    n_trials = 40
+    n_trials = 24
     config = search_config(
         run_dir, "dropped", student={"space": STUB_SPACE}, search={"n_trials": n_trials, "storage": url}
     )

@@ -7,10 +7,10 @@ from optuna.trial import TrialState
 
 from conftest import make_searcher
 from kdnas.config import KDNASConfig
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY, TrialReport
 from kdnas.search import searcher as searcher_mod
 from kdnas.search.orphans import this_driver
-from kdnas.search.searcher import trial_outcome
+from kdnas.search.searcher import KDNASSearch, trial_outcome
 from kdnas.search.study import create_or_load_study, open_storage
 
 METRICS = ["accuracy", "latency_ms"]
@@ -79,3 +79,28 @@ def test_a_restored_searcher_tells_the_trials_its_snapshot_ran(tmp_path):
     restored.on_trial_complete("t1", {"accuracy": 0.5, "latency_ms": 1.0, COMPLETED_KEY: True})
     assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].values == [0.5, 1.0]
     assert restored.suggest("t2")["kdnas_trial_number"] == number + 1
+
+
+def test_a_connection_lost_after_a_repeat_was_told_does_not_stop_the_driver(tmp_path, monkeypatch):
+    config = KDNASConfig()
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    searcher = make_searcher(config, storage, reuse_duplicates=True, recipe="r", n_trials=3)
+    searcher.suggest("t1")
+    report = TrialReport(0.7, 1.5, 2, completed=True, attrs={"epochs_trained": 2})
+    searcher.on_trial_complete("t1", report.to_result("accuracy"))
+    study.enqueue_trial(study.trials[0].params)  # the sampler proposes the same student again
+    real_tell, drops = KDNASSearch._tell_repeat, []
+
+    def tell_then_drop(self, ot_trial, original):  # the repeat is told, then the connection drops
+        real_tell(self, ot_trial, original)
+        if not drops:
+            drops.append(ot_trial.number)
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(KDNASSearch, "_tell_repeat", tell_then_drop)
+    monkeypatch.setattr(searcher_mod.time, "sleep", lambda _: None)
+    fresh = searcher.suggest("t2")  # retried: the told repeat is not told again, a new student is asked for
+    original, repeat, new = study.trials
+    assert drops == [1] and repeat.state == TrialState.COMPLETE and repeat.user_attrs["duplicate_of"] == 0
+    assert fresh["kdnas_trial_number"] == new.number == 2 and new.state == TrialState.RUNNING

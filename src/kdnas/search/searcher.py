@@ -316,7 +316,10 @@ class KDNASSearch(Searcher):
                 self._beat(storage_id, time.time())  # before the driver: a claimed trial always has a heartbeat
                 self._storage.set_trial_system_attr(storage_id, DRIVER_ATTR, this_driver())
                 return {**config, TRIAL_NUMBER_KEY: ot_trial.number}
-            self._tell_repeat(ot_trial, original)
+            try:
+                self._tell_repeat(ot_trial, original)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told before the connection dropped: this ask is a retry (see :func:`retrying`)
             del self._ot_trials[trial_id], self._storage_ids[trial_id]
         self.exhausted = (
             f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
