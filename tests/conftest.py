@@ -115,27 +115,11 @@ def postgres_db(postgres_url: str):
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage(request: pytest.FixtureRequest):
-    """(URL, suffix): None (the SQLite file in the output dir) or PostgreSQL, and a unique suffix for study names
-    (the studies ending in it are deleted afterwards)."""
-    if request.param == "sqlite":
-        yield None, ""
-        return
-    import optuna
-
-    url = request.getfixturevalue("postgres_url")
-    suffix = f"-{uuid.uuid4().hex[:8]}"
-    yield url, suffix
-    for summary in optuna.get_all_study_summaries(url):
-        if summary.study_name.endswith(suffix):
-            optuna.delete_study(study_name=summary.study_name, storage=url)
-
-
 @pytest.fixture
-def cluster_storage(request: pytest.FixtureRequest):
-    """(URL, suffix) of :func:`storage`'s PostgreSQL when a server answers (a cluster's study lives there), else
-    SQLite's: for a test too long to run on both."""
+def cluster_storage():
+    """(URL, suffix) for :func:`search_config`: PostgreSQL when a server answers (a cluster's study lives there),
+    with a unique suffix for study names (the studies ending in it are deleted afterwards); else ``(None, "")``, the
+    SQLite file in the output dir."""
     if postgres_unreachable():
         yield None, ""
         return
@@ -149,11 +133,20 @@ def cluster_storage(request: pytest.FixtureRequest):
 
 
 def search_config(run_dir: Path, study_name: str, storage: tuple[str | None, str] = (None, ""), **sections):
-    """The tiny config (:func:`tiny_raw`) searching into study ``study_name`` (+ the suffix) at ``storage``'s URL."""
+    """The tiny config (:func:`tiny_raw`) searching into study ``study_name`` (+ the suffix) at ``storage``'s URL
+    (see :func:`cluster_storage`)."""
     url, suffix = storage
     raw = tiny_raw(run_dir, **sections)
     raw["search"] = {**raw["search"], "study_name": study_name + suffix, "storage": url, **sections.get("search", {})}
     return build_config(raw)
+
+
+def outcome_of(result: dict | None, error: bool = False):
+    """How ``KDNASSearch`` classifies a trial whose last Tune result is ``result`` (metrics: accuracy, latency)."""
+    from kdnas.records import TrialReport
+    from kdnas.search.searcher import report_outcome
+
+    return report_outcome(TrialReport.from_result(result, "accuracy"), error, ["accuracy", "latency_ms"])
 
 
 def make_searcher(config: KDNASConfig, storage, **kwargs):

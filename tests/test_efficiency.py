@@ -13,13 +13,12 @@ import torch
 from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from conftest import make_searcher
+from conftest import make_searcher, outcome_of
 from kdnas.config import ConfigError, KDNASConfig, LatencyConfig, build_config
 from kdnas.objectives import latency_cache
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY
 from kdnas.search import trial as trial_mod
 from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
-from kdnas.search.searcher import trial_outcome
 from kdnas.search.trial import TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
@@ -94,7 +93,7 @@ def test_infeasible_candidate_is_measured_and_never_trained(tmp_path, monkeypatc
     assert reports == [result] and result[INFEASIBLE_KEY].startswith("infeasible, not trained: ")
     assert reason in result[INFEASIBLE_KEY]
     assert not (tmp_path / "trial-0000").exists()
-    outcome = trial_outcome(result, False, METRICS)
+    outcome = outcome_of(result)
     assert outcome.state == TrialState.PRUNED and outcome.values is None
     assert outcome.reason == result[INFEASIBLE_KEY] and outcome.constraints[violated] > 0
     assert outcome.attrs["params"] > 1000 and outcome.attrs["latency"]["median_ms"] == result["latency_ms"]
@@ -108,7 +107,7 @@ def test_feasible_results_carry_their_constraints():
         "kdnas_completed": True,
         CONSTRAINTS_KEY: json.dumps({"latency_ms": -1.0, "params": -5.0}),
     }
-    outcome = trial_outcome(result, False, METRICS)
+    outcome = outcome_of(result)
     assert outcome.state == TrialState.COMPLETE and outcome.constraints == {"latency_ms": -1.0, "params": -5.0}
     assert trial_mod.budget_constraints(KDNASConfig(), 2.0, 10) == {}
 

@@ -5,12 +5,12 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import make_searcher
+from conftest import make_searcher, outcome_of
 from kdnas.config import KDNASConfig
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY, TrialReport
 from kdnas.search import searcher as searcher_mod
 from kdnas.search.orphans import this_driver
-from kdnas.search.searcher import KDNASSearch, trial_outcome
+from kdnas.search.searcher import KDNASSearch
 from kdnas.search.study import create_or_load_study, open_storage
 
 METRICS = ["accuracy", "latency_ms"]
@@ -18,25 +18,25 @@ METRICS = ["accuracy", "latency_ms"]
 
 def test_completed_result_is_complete_with_both_values_and_attrs():
     result = {"accuracy": 0.8, "latency_ms": 2.5, "epoch": 3, COMPLETED_KEY: True, ATTRS_KEY: json.dumps({"a": 1})}
-    outcome = trial_outcome(result, False, METRICS)
+    outcome = outcome_of(result)
     assert outcome.state == TrialState.COMPLETE
     assert outcome.values == [0.8, 2.5] and outcome.attrs == {"a": 1}
 
 
 def test_early_stopped_student_is_pruned_not_complete():
-    outcome = trial_outcome({"accuracy": 0.6, "latency_ms": 1.0, "epoch": 1}, False, METRICS)
+    outcome = outcome_of({"accuracy": 0.6, "latency_ms": 1.0, "epoch": 1})
     assert outcome.state == TrialState.PRUNED
     assert outcome.reason == "stopped early after epoch 1"
 
 
 def test_errors_and_bad_metrics_fail_with_a_reason():
-    raised = trial_outcome({ERROR_KEY: "NonFiniteLossError: non-finite loss nan"}, False, METRICS)
+    raised = outcome_of({ERROR_KEY: "NonFiniteLossError: non-finite loss nan"})
     assert raised.state == TrialState.FAIL and "non-finite loss" in raised.reason
-    crashed = trial_outcome(None, True, METRICS)
+    crashed = outcome_of(None, error=True)
     assert crashed.state == TrialState.FAIL and "process failed" in crashed.reason
-    nan = trial_outcome({"accuracy": math.nan, "latency_ms": 1.0, COMPLETED_KEY: True}, False, METRICS)
+    nan = outcome_of({"accuracy": math.nan, "latency_ms": 1.0, COMPLETED_KEY: True})
     assert nan.state == TrialState.FAIL and "accuracy" in nan.reason
-    missing = trial_outcome({"accuracy": 0.5, COMPLETED_KEY: True}, False, METRICS)
+    missing = outcome_of({"accuracy": 0.5, COMPLETED_KEY: True})
     assert missing.state == TrialState.FAIL and "latency_ms" in missing.reason
 
 

@@ -80,18 +80,6 @@ def tell_outcome(ot_trial: optuna.Trial, outcome: Outcome) -> None:
     ot_trial.study.tell(ot_trial, outcome.values, state=outcome.state, skip_if_finished=True)
 
 
-def trial_outcome(result: dict[str, Any] | None, error: bool, metrics: list[str], restarts: int = 0) -> Outcome:
-    """Classify a Tune trial's last result into COMPLETE, PRUNED or FAIL (with a reason).
-
-    ``metrics`` are the study's objectives: the task metric and :data:`~kdnas.records.LATENCY_KEY`. The result is
-    read as a :class:`~kdnas.records.TrialReport` (see :func:`report_outcome`).
-    """
-    metric, latency = metrics
-    if latency != LATENCY_KEY:
-        raise ValueError(f"the second objective is {LATENCY_KEY!r}, not {latency!r}")
-    return report_outcome(TrialReport.from_result(result, metric), error, metrics, restarts)
-
-
 def report_outcome(report: TrialReport, error: bool, metrics: list[str], restarts: int = 0) -> Outcome:
     """Classify a trial's last report into COMPLETE, PRUNED or FAIL (with a reason); ``error``: its process failed,
     ``restarts``: after that many restarts; ``metrics`` name the objectives in reasons.
