@@ -33,7 +33,7 @@ def _inputs(gpu: float) -> TrialInputs:
     )
 
 
-@pytest.mark.parametrize(("gpu", "cuda", "expected"), [(1, True, "cuda"), (1, False, "cpu"), (0, True, "cpu")])
+@pytest.mark.parametrize(("gpu", "cuda", "expected"), [(1, True, "cuda"), (0.25, True, "cuda"), (0, True, "cpu")])
 def test_trainable_places_students_on_gpu_when_given_one(monkeypatch, gpu, cuda, expected):
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

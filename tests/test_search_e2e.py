@@ -39,7 +39,14 @@ def test_search_records_complete_trials_with_values_and_attrs(searched):
         assert attrs["node"]["id"] in {node["NodeID"] for node in ray.nodes()}  # the Ray node it ran on
     teachers = study.user_attrs["teachers"]
     assert [t["name"] for t in teachers] == ["minilm", "gpt2"] and all(t["latency_ms"] > 0 for t in teachers)
+    for t in teachers:  # where it was fitted and its logits computed: in the driver (a cluster's are Ray tasks)
+        assert {t["ran_on"][step]["hostname"] for step in ("fit", "logits")} == {socket.gethostname()}
+        assert t["ran_on"]["fit"]["device"] == t["ran_on"]["logits"]["device"] == "cpu"
     assert study.user_attrs["config"]["search"]["storage"] == config.storage_url  # no password to mask in SQLite
+    retimed = study.user_attrs["retimed"]  # latency.retime: the driver timed students and teachers again, alone
+    assert set(retimed["students"]) == {str(t.number) for t in study.trials if t.state == TrialState.COMPLETE}
+    assert set(retimed["teachers"]) == {"minilm", "gpt2"} and retimed["isolated"]
+    assert retimed["host"] == socket.gethostname() and retimed["settings"]["rounds"] == 3
 
 
 def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(searched):
@@ -48,6 +55,7 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
     config, study = searched
     inheritance, transfer = study.user_attrs["inheritance"], study.user_attrs["transfer"]
     assert inheritance["teacher"] == "minilm" and inheritance["calibration_size"] == 160
+    assert inheritance["ran_on"]["hostname"] == socket.gethostname()  # where the importance was ranked
     assert len(inheritance["importance"]["heads"]) == 6 and len(inheritance["importance"]["layers"]) == 6
     assert transfer["size"] == 32 and transfer["sources"] == {"demo": 32}
     rows = {row["trial"]: row for row in trial_rows(study, "accuracy")}

@@ -15,6 +15,7 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
     records = fit_teachers(config, task)
     assert [r["name"] for r in records] == ["minilm", "gpt2"]
     assert all(0.0 <= r["value"] <= 1.0 for r in records)
+    assert all(r["ran_on"]["device"] == "cpu" and not r["ran_on"]["ray_task"] for r in records)  # in this process
     assert (tmp_path / "run/teachers/minilm/model.safetensors").is_file()
     assert not list((tmp_path / "run/teachers").rglob("*.bin"))
     # already fitted for this task: nothing refitted
@@ -30,6 +31,8 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
     second = logits_mod.cached_logits(teacher, task, "train", 24, cache, torch.device("cpu"))
     assert calls == [1], "a cache hit must not run the teacher again"
     assert torch.equal(first, second)
+    (file,) = cache.iterdir()
+    assert logits_mod.ran_on(file)["hostname"] == records[0]["ran_on"]["hostname"]  # the cache says where
     logits_mod.cached_logits(teacher, task, "train", 16, cache, torch.device("cpu"))
     assert calls == [1, 1], "another tokenisation is another cache key"
 
@@ -52,7 +55,7 @@ def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
     logits_mod.save_atomically({"logits": old}, file)
     assert torch.equal(load_file(file)["logits"], old) and [p.name for p in file.parent.iterdir()] == [file.name]
 
-    def torn(tensors, path):  # a write that dies half-way, as a killed process or a full disk leaves it
+    def torn(tensors, path, metadata=None):  # a write that dies half-way, as a killed process or a full disk leaves it
         with open(path, "wb") as handle:
             handle.write(b"\x00" * 5)
         raise OSError("No space left on device")

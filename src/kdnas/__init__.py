@@ -40,10 +40,13 @@ _HOMES = {
     "best_under_budget": "kdnas.dashboards.pareto",
     "write_report": "kdnas.dashboards.report",
     "export_trial": "kdnas.export",
+    "retime_study": "kdnas.search.retime",
     # one student outside a search
     "prepare_students": "kdnas.search.trial",
     "train_student": "kdnas.search.trial",
     "TrialReport": "kdnas.records",
+    "StudentArch": "kdnas.space",
+    "measure_architecture": "kdnas.search.retime",
     # teachers and data
     "load_task": "kdnas.data",
     "teacher_reference": "kdnas.teachers.logits",
@@ -59,6 +62,7 @@ _HOMES = {
 """Each public name → the module that defines it."""
 
 __all__ = [
+    "StudentArch",
     "TrialReport",
     "best_under_budget",
     "device_name",
@@ -71,8 +75,10 @@ __all__ = [
     "load_config",
     "load_study",
     "load_task",
+    "measure_architecture",
     "pareto_front",
     "prepare_students",
+    "retime_study",
     "run_search",
     "teacher_fit_record",
     "teacher_reference",
@@ -91,9 +97,11 @@ if TYPE_CHECKING:
     from kdnas.objectives.latency import device_name
     from kdnas.records import TrialReport, tune_results
     from kdnas.search.duplicates import is_repeat, training_seconds
+    from kdnas.search.retime import measure_architecture, retime_study
     from kdnas.search.runner import run_search
     from kdnas.search.study import load_study
     from kdnas.search.trial import prepare_students, train_student
+    from kdnas.space import StudentArch
     from kdnas.teachers.fitting import fit_teachers, teacher_fit_record
     from kdnas.teachers.logits import teacher_reference
 

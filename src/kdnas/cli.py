@@ -250,20 +250,34 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.objectives.latency import measure_configured
+    from kdnas.search.retime import measure_architecture
     from kdnas.space import StudentArch
-    from kdnas.teachers.loading import load_tokenizer
 
     try:
         arch = StudentArch(args.layers, args.heads, args.head_dim, args.ffn_ratio)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    tokenizer = load_tokenizer(config.student.tokenizer)
-    model = arch.build(tokenizer, num_labels=2, max_positions=max(512, config.latency_seq_len))
-    result = measure_configured(
-        model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len
-    )
+    result = measure_architecture(config, arch)
     print(json.dumps({"arch": arch.summary, **result.to_dict()}, indent=2))
+    return 0
+
+
+def cmd_retime(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from kdnas.dashboards.pareto import front_rows
+    from kdnas.search.retime import retime_study
+
+    study = _study(config)
+    record = retime_study(study, config, rounds=args.rounds)
+    metric = (study.metric_names or [config.data.metric])[0]
+    print(
+        f"re-timed {len(record['students'])} students and {len(record['teachers'])} teachers on {record['host']} "
+        f"({record['device_name']}) in {record['seconds']:g} s"
+    )
+    for name, latency_ms in record["teachers"].items():
+        print(f"teacher {name}: {latency_ms:.3f} ms")
+    print(f"\nPareto front ({metric} vs re-timed latency):")
+    _print_table(front_rows(study, metric))
     return 0
 
 
@@ -339,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--head-dim", type=int, required=True)
     latency.add_argument("--ffn-ratio", type=int, default=4)
     latency.set_defaults(func=cmd_latency)
+
+    retime = commands.add_parser(
+        "retime", help="measure the study's students and teachers again on this node; the front then uses these"
+    )
+    _config_arguments(retime)
+    retime.add_argument("--rounds", type=int, default=3, help="interleaved measurements of each model (default: 3)")
+    retime.set_defaults(func=cmd_retime)
     return parser
 
 

@@ -333,6 +333,7 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on the CPU
     space: TrainingSpaceConfig = TrainingSpaceConfig()
 
 
@@ -347,6 +348,8 @@ class LatencyConfig(_Section):
     runs: int = Field(30, ge=3)
     budget_ms: float | None = Field(None, gt=0)
     cache: bool = True
+    isolate: bool = True  # time each model while no training step runs on its node
+    retime: bool = True  # after a search, time its students and teachers again on the driver's node (kdnas retime)
 
 
 class ResourcesConfig(_Section):
@@ -354,6 +357,21 @@ class ResourcesConfig(_Section):
 
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+
+
+class TeacherResourcesConfig(_Section):
+    """Ray resources for each teacher task (fitting, logits, importance ranking) when the search runs on a Ray cluster;
+    ``gpu: auto`` is 1 when the cluster (on a local Ray: this machine) has a GPU, else 0."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float | Literal["auto"] = "auto"
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"must be 'auto' or a number of GPUs (0 or more), got {value!r}")
 
 
 class EarlyStoppingConfig(_Section):
@@ -378,6 +396,7 @@ class SearchConfig(_Section):
     max_concurrent_trials: int = Field(2, ge=1)
     ray_address: str | None = None
     resources_per_trial: ResourcesConfig = ResourcesConfig()
+    resources_per_teacher: TeacherResourcesConfig = TeacherResourcesConfig()
     max_failures: int = Field(0, ge=0)
     resource_wait_s: float = Field(900.0, gt=0)
     storage_path: str | None = None

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
+from kdnas.dashboards.pareto import retimed, study_teachers
 from kdnas.dashboards.report import init_summary
 from kdnas.outputs import missing_student_files
 from kdnas.records import (
@@ -25,7 +26,6 @@ from kdnas.records import (
     LEARNING_RATE_ATTR,
     PARAMS_CONSTRAINT,
     STUDENT_PATH_ATTR,
-    STUDY_TEACHERS_ATTR,
     TASK_ATTR,
     TRAIN_ROWS_ATTR,
 )
@@ -51,8 +51,11 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
     """The exported student's search record, without local paths.
 
     With ``retrained``, ``objectives`` and ``user_attrs`` are the retrained student's own; the trial's are kept as
-    ``trial_objectives`` and ``trial_user_attrs``.
+    ``trial_objectives`` and ``trial_user_attrs`` (as the search recorded them). Without it, the latency is the
+    re-timed one where the study was re-timed (``kdnas retime``), and ``search_latency_ms`` the search's.
     """
+    recorded = study.get_trials(deepcopy=False)[trial.number]  # the values the search recorded
+    trial = retimed(study, [recorded])[0]
     names = study.metric_names or ["metric", LATENCY_KEY]
     attrs = _without_paths(trial.user_attrs)
     record = {
@@ -67,12 +70,13 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
         "user_attrs": attrs if retrained is None else _without_paths(retrained.attrs),
         TASK_ATTR: study.user_attrs.get(TASK_ATTR),
         "teachers": [
-            {k: t[k] for k in ("name", "model", "value", "latency_ms", "params")}
-            for t in study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
+            {k: t[k] for k in ("name", "model", "value", "latency_ms", "params")} for t in study_teachers(study)
         ],
     }
     if retrained is not None:
-        record.update(trial_objectives=dict(zip(names, trial.values)), trial_user_attrs=attrs)
+        record.update(trial_objectives=dict(zip(names, recorded.values)), trial_user_attrs=attrs)
+    elif trial.values != recorded.values:
+        record["search_latency_ms"] = recorded.values[1]
     return record
 
 

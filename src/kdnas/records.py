@@ -78,6 +78,8 @@ EPOCHS_TRAINED_ATTR = "epochs_trained"
 """Epochs it trained (0 for a student over a budget; fewer than configured for one stopped early)."""
 TRAIN_DEVICE_ATTR = "train_device"
 """The device it trained on."""
+TRAIN_PRECISION_ATTR = "train_precision"
+"""The precision it trained and was evaluated in: ``fp32``, ``bf16`` or ``fp16`` (``training.precision`` resolved)."""
 NODE_ATTR = "node"
 """The Ray node it was measured and trained on: ``{"id", "ip", "hostname"}``."""
 TRAIN_STARTED_ATTR = "train_started_at"
@@ -105,6 +107,9 @@ INHERITANCE_ATTR = "inheritance"
 TRANSFER_ATTR = "transfer"
 """Study user attr: the transfer set's size, sources and fingerprint (or None without one)."""
 CONFIG_ATTR = "config"
+RETIMED_ATTR = "retimed"
+"""Study user attr: latencies measured again on one node after the search (``kdnas retime``): ``students``
+(trial number → ms), ``teachers`` (name → ms), and where, when and how they were taken."""
 """Study user attr: the kdnas config the study was created with (``dump_config``, the storage URL masked)."""
 
 STUDENT_FILES = ("config.json", "model.safetensors")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.records import ARCH_SUMMARY_ATTR, LATENCY_KEY, PARAMS_CONSTRAINT
+from kdnas.records import ARCH_SUMMARY_ATTR, LATENCY_KEY, PARAMS_CONSTRAINT, RETIMED_ATTR, STUDY_TEACHERS_ATTR
 from kdnas.search.duplicates import folded, is_repeat
 
 
@@ -16,9 +17,48 @@ def _feasible(trial: FrozenTrial) -> bool:
     return all(c <= 0 for c in trial.constraints.values())
 
 
-def feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials that meet every constraint, in trial-number order."""
+def search_feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that meet every constraint, in trial-number order, with the latency measured in the search."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
+
+
+def retimed(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` with the latency ``kdnas retime`` measured again (copies; a trial it did not re-time is kept)."""
+    latencies = (study.user_attrs.get(RETIMED_ATTR) or {}).get("students", {})
+    result = []
+    for trial in trials:
+        latency = latencies.get(str(trial.number))
+        if latency is not None and trial.values is not None:
+            trial = copy.copy(trial)
+            trial.values = [trial.values[0], latency]
+        result.append(trial)
+    return result
+
+
+def feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that meet every constraint, in trial-number order; their latency is the re-timed one where
+    the study was re-timed (``kdnas retime``)."""
+    return retimed(study, search_feasible_completed(study))
+
+
+def study_teachers(study: optuna.Study) -> list[dict[str, Any]]:
+    """The study's teacher records, each ``latency_ms`` re-timed where the study was re-timed."""
+    latencies = (study.user_attrs.get(RETIMED_ATTR) or {}).get("teachers", {})
+    return [
+        {**t, "latency_ms": latencies.get(t["name"], t["latency_ms"])}
+        for t in study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
+    ]
+
+
+def non_dominated(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials no other trial dominates (metric max, latency min), fastest first; equal points are all kept."""
+    front: list[FrozenTrial] = []
+    best = -math.inf
+    for trial in sorted(trials, key=lambda t: (t.values[1], -t.values[0])):
+        if trial.values[0] > best or (front and trial.values == front[-1].values):
+            front.append(trial)
+            best = max(best, trial.values[0])
+    return front
 
 
 def hypervolume_reference(study: optuna.Study) -> tuple[float, float]:
@@ -56,7 +96,9 @@ def hypervolume_history(study: optuna.Study, reference: tuple[float, float] | No
 def front_students(study: optuna.Study) -> list[tuple[FrozenTrial, list[int]]]:
     """The Pareto front's students, fastest first, each with the numbers of the trials holding it: itself and the
     repeats folded into it."""
-    return sorted(folded(study.best_trials), key=lambda group: (group[0].values[1], -group[0].values[0]))
+    return sorted(
+        folded(non_dominated(feasible_completed(study))), key=lambda group: (group[0].values[1], -group[0].values[0])
+    )
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

@@ -19,7 +19,9 @@ from kdnas.dashboards.pareto import (
     hypervolume_history,
     hypervolume_reference,
     pareto_front,
+    retimed,
     study_summary,
+    study_teachers,
     summary_line,
 )
 from kdnas.records import (
@@ -32,7 +34,7 @@ from kdnas.records import (
     LATENCY_KEY,
     PARAMS_CONSTRAINT,
     PRUNED_ATTR,
-    STUDY_TEACHERS_ATTR,
+    RETIMED_ATTR,
 )
 
 
@@ -48,11 +50,8 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     """Metric vs measured latency: the front opaque and joined, dominated students faded, teachers as stars."""
     front = pareto_front(study)
     front_numbers = {t.number for t in front}
-    dominated = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.number not in front_numbers
-    ]
+    complete = retimed(study, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    dominated = [t for t in complete if t.number not in front_numbers]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -77,7 +76,7 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
             hoverinfo="text",
         )
     )
-    teachers = study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
+    teachers = study_teachers(study)
     if teachers:
         fig.add_trace(
             go.Scatter(
@@ -212,9 +211,24 @@ def init_summary(record: dict[str, Any]) -> str:
     return label + (f"; random: {', '.join(randomised)}" if randomised else "")
 
 
+def retime_note(study: optuna.Study) -> str:
+    """How the study's latencies were taken: during the search, or re-timed afterwards (where, when)."""
+    record = study.user_attrs.get(RETIMED_ATTR)
+    if not record:
+        return " during the search, on the node that trained each student"
+    alone = ", alone on the node" if record.get("isolated") else ""
+    return (
+        f", re-timed after the search on {record['host']} ({record['device_name']}{alone}) at {record['at']}: "
+        f"{len(record['students'])} students and {len(record['teachers'])} teachers, median of "
+        f"{record['settings']['rounds']} interleaved rounds"
+    )
+
+
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
-    """One flat row per trial: state, values, arch, KD recipe, initialisation, failure or pruning reason."""
+    """One flat row per trial: state, values (latency re-timed where the study was), arch, KD recipe,
+    initialisation, failure or pruning reason."""
     rows = []
+    retimes = (study.user_attrs.get(RETIMED_ATTR) or {}).get("students")
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
         rows.append(
@@ -222,7 +236,8 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
                 "trial": t.number,
                 "state": t.state.name,
                 metric: values[0],
-                LATENCY_KEY: values[1],
+                LATENCY_KEY: retimes.get(str(t.number), values[1]) if retimes else values[1],
+                **({"search_latency_ms": values[1]} if retimes else {}),
                 "arch": t.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
                 **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
                 PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
@@ -285,7 +300,7 @@ def write_report(
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
         for i, (name, fig) in enumerate(figures.items())
     )
-    teachers = study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
+    teachers = study_teachers(study)
     teacher_line = "; ".join(
         f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms" for t in teachers
     )
@@ -298,7 +313,7 @@ th{{background:#f4f4f4}}</style></head><body>
 <p><b>{len(rows)} trials: {html.escape(summary_line(study_summary(study)))}</b>
 (hypervolume up to {metric} {reference[0]:g} and {reference[1]:.3g} ms; a reused trial is a repeat of a student
 the study holds, not trained again).</p>
-<p>Latency is the measured median forward time; dominated students are faded.
+<p>Latency is the measured median forward time{html.escape(retime_note(study))}; dominated students are faded.
 Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
 {plots}
 {importance_note}

@@ -1,8 +1,15 @@
-"""Measured inference latency: fixed threads, warm-up, median of many timed runs, CUDA-synchronised on GPU."""
+"""Measured inference latency: fixed threads, warm-up, median of many timed runs, CUDA-synchronised on GPU, taken
+alone on the node (:mod:`kdnas.objectives.isolation`).
+
+The runs are timed by hand rather than with ``torch.utils.benchmark.Timer``: its estimates are means over blocks of
+runs whose size and warm-up it chooses itself (``timeit`` warms up again on every call), while kdnas reports the
+median, p90 and IQR over a configured number of single forward passes at the configured batch size. The loop uses
+the same ingredients: a fixed torch thread count, warm-up, and CUDA synchronisation on both sides of each run."""
 
 from __future__ import annotations
 
 import platform
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -12,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kdnas.config import ConfigError, LatencyConfig
+from kdnas.objectives.isolation import isolated
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class LatencyResult:
     seq_len: int
     runs: int
     warmup: int
+    isolated: bool = False  # taken while no training step ran on its node
+    host: str = ""  # the machine it was taken on
     cached: bool = False  # read from the latency cache rather than measured now
 
     def to_dict(self) -> dict[str, float | int | str]:
@@ -90,11 +100,13 @@ def measure_latency(
     threads: int = 1,
     warmup: int = 5,
     runs: int = 30,
+    isolate: bool = False,
 ) -> LatencyResult:
     """Time ``model``'s forward pass on random token ids of shape ``[batch_size, seq_len]``.
 
     The model is put in eval mode on ``device``; each run is bracketed by CUDA synchronisation on GPU.
-    Returns the median (and p90, IQR) in milliseconds.
+    With ``isolate``, warm-up and runs happen while no training step runs on the node
+    (:func:`~kdnas.objectives.isolation.isolated`). Returns the median (and p90, IQR) in milliseconds.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -102,7 +114,7 @@ def measure_latency(
     input_ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator).to(device)
     attention_mask = torch.ones_like(input_ids)
     times: list[float] = []
-    with torch_threads(threads):
+    with torch_threads(threads), isolated(isolate):
         for _ in range(warmup):
             model(input_ids=input_ids, attention_mask=attention_mask)
         _synchronize(device)
@@ -123,6 +135,8 @@ def measure_latency(
         seq_len=seq_len,
         runs=runs,
         warmup=warmup,
+        isolated=isolate,
+        host=socket.gethostname(),
     )
 
 
@@ -139,4 +153,5 @@ def measure_configured(
         threads=settings.threads,
         warmup=settings.warmup,
         runs=settings.runs,
+        isolate=settings.isolate,
     )

@@ -43,6 +43,7 @@ def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_le
         "threads": settings.threads,
         "warmup": settings.warmup,
         "runs": settings.runs,
+        "isolate": settings.isolate,
         "torch": torch.__version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

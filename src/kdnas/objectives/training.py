@@ -1,15 +1,19 @@
-"""One training loop for teachers (cross-entropy) and students (distillation): AdamW, linear warm-up/decay."""
+"""One training loop for teachers (cross-entropy) and students (distillation): AdamW, linear warm-up/decay, fp32 or
+mixed precision (bf16/fp16 autocast, fp16 with a gradient scaler)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
 from kdnas.objectives.batches import Encoded, batch_at, index_batches, predict_logits
+from kdnas.objectives.isolation import training_step
 from kdnas.objectives.metrics import score
+from kdnas.objectives.precision import autocast, grad_scaler, resolve_precision
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float], torch.Tensor]
 """``loss(model, batch, labels, row_index, progress) -> scalar``: runs the forward pass itself.
@@ -29,6 +33,10 @@ class DivergedError(FloatingPointError):
 DIVERGENCE_FACTOR = 10.0
 """An epoch whose mean loss exceeds this multiple of the first step's loss has diverged."""
 
+MAX_SKIPPED_STEPS = 40
+"""fp16: this many steps in a row whose gradients were non-finite at every loss scale tried (the scale halves each
+time, so down to 2^-40 of where it stood) mean the gradients are non-finite, not merely overflowing fp16."""
+
 
 def cross_entropy(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor, index: torch.Tensor, progress: float
@@ -38,10 +46,16 @@ def cross_entropy(
 
 
 def evaluate(
-    model: torch.nn.Module, data: Encoded, metric: str, *, batch_size: int = 64, device: torch.device | str = "cpu"
+    model: torch.nn.Module,
+    data: Encoded,
+    metric: str,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
 ) -> float:
-    """``metric`` of ``model``'s predictions on ``data``."""
-    preds = predict_logits(model, data, batch_size=batch_size, device=device).argmax(dim=-1)
+    """``metric`` of ``model``'s predictions on ``data`` (the forward pass autocast to ``precision``)."""
+    preds = predict_logits(model, data, batch_size=batch_size, device=device, precision=precision).argmax(dim=-1)
     return score(metric, preds.tolist(), data.labels.tolist())
 
 
@@ -62,6 +76,7 @@ def train(
     state: dict | None = None,
     on_state: Callable[[dict], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    precision: str = "auto",
 ) -> None:
     """Train ``model`` for ``epochs`` passes over ``data`` (a fractional last pass is allowed).
 
@@ -70,10 +85,15 @@ def train(
     ``on_state(state)`` runs after each full epoch, before ``on_epoch``, with the resumable training state (model,
     extra parameters, optimizer, schedule, RNG, step, epoch); training passed ``state`` resumes after its epoch.
     ``on_step(step, total_steps, loss)`` runs after each optimisation step (e.g. to show progress).
-    Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite, :class:`DivergedError` when an epoch's
-    mean loss exceeds ``DIVERGENCE_FACTOR`` × the first step's loss.
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :func:`~kdnas.objectives.precision.resolve_precision`)
+    autocasts the forward pass and the loss; with fp16 a gradient scaler skips the steps whose gradients overflow (its
+    state is part of ``state``). The weights stay float32.
+    Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite (or, with fp16, when the gradients stay
+    non-finite for ``MAX_SKIPPED_STEPS`` steps in a row), :class:`DivergedError` when an epoch's mean loss exceeds
+    ``DIVERGENCE_FACTOR`` × the first step's loss (losses are compared unscaled).
     """
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(data) / batch_size)
@@ -82,7 +102,8 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     extras = list(extra_parameters or [])
-    step, first_epoch, initial_loss = 0, 1, None
+    scaler = grad_scaler(precision, device)
+    step, first_epoch, initial_loss, skipped = 0, 1, None, 0
     if state is not None:
         model.load_state_dict(state["model"])
         with torch.no_grad():
@@ -92,6 +113,8 @@ def train(
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["rng"])
+        if scaler.is_enabled() and state.get("scaler"):  # absent from fp32 and bf16 states
+            scaler.load_state_dict(state["scaler"])
         step, first_epoch, initial_loss = state["step"], state["epoch"] + 1, state["initial_loss"]
     for epoch in range(first_epoch, math.ceil(epochs) + 1):
         model.train()
@@ -99,17 +122,37 @@ def train(
         for index in index_batches(len(data), batch_size, shuffle=True, generator=generator):
             if step >= total_steps:
                 break
-            batch = batch_at(data, index, device)
-            loss = loss_fn(model, batch, data.labels[index].to(device), index, step / total_steps)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch})")
-            losses.append(loss.item())
-            initial_loss = losses[0] if initial_loss is None else initial_loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            with training_step():  # no latency is measured on this node during a step
+                batch = batch_at(data, index, device)
+                with autocast(precision, device):
+                    loss = loss_fn(model, batch, data.labels[index].to(device), index, step / total_steps)
+                if not torch.isfinite(loss):
+                    mixed = "" if precision == "fp32" else f", {precision}"
+                    raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}{mixed})")
+                losses.append(loss.item())
+                initial_loss = losses[0] if initial_loss is None else initial_loss
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                if scaler.is_enabled():
+                    scale = scaler.get_scale()
+                    scaler.step(optimizer)  # skipped when the gradients overflowed
+                    scaler.update()
+                    skipped = skipped + 1 if scaler.get_scale() < scale else 0
+                    if skipped >= MAX_SKIPPED_STEPS:
+                        raise NonFiniteLossError(
+                            f"non-finite gradients for {skipped} steps in a row at step {step} (epoch {epoch}, fp16, "
+                            f"loss scale down to {scaler.get_scale():.3g})"
+                        )
+                else:
+                    optimizer.step()
+                if skipped:  # the schedule counts the steps the scaler skipped too (torch warns when the first is)
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                        schedule.step()
+                else:
+                    schedule.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, losses[-1])
@@ -131,6 +174,7 @@ def train(
                     "step": step,
                     "epoch": epoch,
                     "initial_loss": initial_loss,
+                    "scaler": scaler.state_dict(),  # empty unless fp16
                 }
             )
         if on_epoch is not None:

@@ -19,9 +19,11 @@ from kdnas.objectives.latency_cache import latency_cache_dir
 from kdnas.search.trial import TrialInputs, build_and_measure
 from kdnas.space.inheritance import InheritanceSource, inheritance_source
 from kdnas.space.search_space import smallest_student
-from kdnas.teachers.importance import cached_importance
-from kdnas.teachers.loading import driver_device, load_tokenizer
+from kdnas.teachers.importance import importance_file, teacher_importance
+from kdnas.teachers.loading import load_tokenizer
+from kdnas.teachers.logits import ran_on
 from kdnas.teachers.roles import inheritance_teacher, intermediate_teachers, vocabulary_teachers
+from kdnas.teachers.tasks import run_step
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ UNLABELLED = -100
 
 
 def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> InheritanceSource | None:
-    """The inheritance teacher's weights and importance (ranked once on a seeded calibration subset, cached)."""
+    """The inheritance teacher's weights and importance (ranked once on a seeded calibration subset, cached; ranked
+    here on a local Ray, as a Ray task with ``search.resources_per_teacher`` on a cluster)."""
     teacher = inheritance_teacher(config, task)
     if teacher is None:
         return None
@@ -39,11 +42,33 @@ def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> Inherit
     rows = sorted(random.Random(config.data.seed).sample(range(len(texts)), min(inherit.calibration_size, len(texts))))
     max_length = config.data.max_seq_length
     calibration = encode(teacher.tokenizer, [texts[i] for i in rows], [0] * len(rows), max_length)
-    importance, file = cached_importance(teacher, task, calibration, max_length, cache_dir, driver_device())
+    cache_dir = Path(cache_dir).resolve()
+    importance, file = run_step(
+        config,
+        f"teacher {teacher.name} importance",
+        teacher_importance,
+        config,
+        next(t for t in config.teachers if t.name == teacher.name),
+        task,
+        calibration,
+        max_length,
+        cache_dir,
+        cached=importance_file(teacher, task, calibration, max_length, cache_dir).exists(),
+        here={"teacher": teacher},
+    )
     teacher.model.to("cpu")  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     return inheritance_source(
         teacher.name, teacher.model, importance, inherit.layers, calibration=len(rows), cache_file=file.name
     )
+
+
+def inheritance_record(inherit: InheritanceSource | None, cache_dir: Path) -> dict | None:
+    """What the study records of the inheritance source (None without one), with where the teacher's importance was
+    ranked (``ran_on``)."""
+    if inherit is None:
+        return None
+    file = Path(cache_dir) / inherit.cache_file
+    return {**inherit.record(), "ran_on": ran_on(file) if inherit.cache_file and file.is_file() else None}
 
 
 def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None = None) -> TransferSet | None:

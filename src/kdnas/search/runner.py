@@ -21,10 +21,11 @@ from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEAC
 from kdnas.search import local_ray
 from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
-from kdnas.search.inputs import check_budgets_reachable, prepare_inputs, transfer_set
+from kdnas.search.inputs import check_budgets_reachable, inheritance_record, prepare_inputs, transfer_set
 from kdnas.search.orphans import counts_toward_budget, reconcile_orphans, trials_left
 from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
+from kdnas.search.retime import retime_study
 from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
 from kdnas.search.searcher import KDNASSearch
 from kdnas.search.study import (
@@ -40,6 +41,7 @@ from kdnas.search.study import (
 )
 from kdnas.search.trainable import SearchBookkeeping, train_student
 from kdnas.space import SearchSpace
+from kdnas.teachers import tasks as teacher_tasks
 from kdnas.teachers.fitting import fit_teachers
 from kdnas.teachers.loading import load_teacher
 from kdnas.teachers.logits import teacher_reference
@@ -52,7 +54,8 @@ def init_ray(address: str | None, output_dir: Path | None = None) -> None:
     ``output_dir``, a local Ray this process starts is recorded there, so that the next search stops what is left
     of it if this driver is killed (:mod:`kdnas.search.local_ray`)."""
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, ignore_reinit_error=True)
+        if not ray.is_initialized():  # joined already to run the teachers (kdnas.teachers.tasks)
+            ray.init(address=address)
         return
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     if output_dir is not None:
@@ -82,6 +85,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
     local_ray.stop_leftovers(output_dir)  # of a local Ray whose driver was killed
     check_local_resources(config)
+    teacher_tasks.check_local(config)
     url = config.storage_url
     storage = open_storage_if_exists(url)
     existing = find_study(storage, config.search.study_name) if storage else None
@@ -98,6 +102,8 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     for teacher in config.teachers:  # a ready teacher's weights and tokenizer are checked before any fitting
         if teacher.fit is None:
             load_teacher(config, teacher, task.num_labels)
+    if teacher_tasks.on_cluster(config):  # teachers run as Ray tasks there: join it once the inputs are checked
+        init_ray(config.search.ray_address, output_dir)
     fit_teachers(config, task)
     transfer = transfer_set(config, task, found)
     fingerprint.update(transfer_fingerprint(transfer))
@@ -117,7 +123,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         study,
         {
             STUDY_TEACHERS_ATTR: references,
-            INHERITANCE_ATTR: inputs.inherit.record() if inputs.inherit else None,
+            INHERITANCE_ATTR: inheritance_record(inputs.inherit, output_dir / "cache"),
             TRANSFER_ATTR: {"size": len(transfer), "sources": transfer.sources, "fingerprint": transfer.fingerprint()}
             if transfer
             else None,
@@ -214,4 +220,6 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     if leftovers:
         logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)
     logger.info("search finished in %.0f s: %s", seconds, progress.status(final=True))
+    if config.latency.retime:
+        retime_study(study, config)
     return study

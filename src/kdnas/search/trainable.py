@@ -15,6 +15,7 @@ import ray
 import torch
 from ray import tune
 
+from kdnas.devices import assigned_device
 from kdnas.records import TRIAL_NUMBER_KEY, TrialReport
 from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.trial import TrialInputs, run_trial
@@ -52,12 +53,11 @@ def this_node() -> dict[str, str]:
 
 def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
     """The Ray Tune trainable: one student, checkpointed each epoch and resumed from its last checkpoint when
-    retried; any error is reported (with its reason) rather than raised."""
+    retried; any error (a missing GPU included) is reported (with its reason) rather than raised."""
     resources = inputs.config.search.resources_per_trial
     torch.set_num_threads(max(1, int(resources.cpu)))
-    use_gpu = resources.gpu > 0 and torch.cuda.is_available()
-    device = torch.device("cuda" if use_gpu else "cpu")
     try:
+        device = assigned_device(resources.gpu, "search.resources_per_trial", "this worker")
         run_trial(
             config,
             inputs,

@@ -21,6 +21,7 @@ from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
+from kdnas.objectives.precision import resolve_precision
 from kdnas.objectives.training import evaluate, train
 from kdnas.outputs import missing_student_files
 from kdnas.records import (
@@ -40,6 +41,7 @@ from kdnas.records import (
     TEACHERS_ATTR,
     TRAIN_DEVICE_ATTR,
     TRAIN_FINISHED_ATTR,
+    TRAIN_PRECISION_ATTR,
     TRAIN_ROWS_ATTR,
     TRAIN_STARTED_ATTR,
     TrialReport,
@@ -230,6 +232,7 @@ def run_trial(
         return measured.to_result(metric)
     init = initialise(model, inputs)
     device = torch.device(device)
+    precision = resolve_precision(config.training.precision, device)
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
     rate, rows = learning_rate(config, params, init), training_rows(kd, inputs)
@@ -246,7 +249,7 @@ def run_trial(
 
     def on_epoch(epoch: int) -> None:
         nonlocal latest
-        value = evaluate(model, inputs.eval, metric, device=device)
+        value = evaluate(model, inputs.eval, metric, device=device, precision=precision)
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch}")
         stopped_attrs = {**cost, INIT_ATTR: init, LEARNING_RATE_ATTR: rate, EPOCHS_TRAINED_ATTR: epoch}  # if stopped
@@ -271,6 +274,7 @@ def run_trial(
         on_epoch=on_epoch,
         state=resume,
         on_state=None if checkpoint is None else lambda state: last_state.update(state, loss=distillation.state()),
+        precision=precision,
     )
     if restore_attention is not None:
         restore_attention()
@@ -292,6 +296,7 @@ def run_trial(
         TEACHERS_ATTR: list(inputs.teacher_names),
         EPOCHS_TRAINED_ATTR: training.epochs,
         TRAIN_DEVICE_ATTR: str(device),
+        TRAIN_PRECISION_ATTR: precision,
         TRAIN_STARTED_ATTR: started_at,
         TRAIN_FINISHED_ATTR: time.time(),
         STUDENT_PATH_ATTR: str(out),

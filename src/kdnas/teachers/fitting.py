@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from kdnas.data import TaskData, load_task
 from kdnas.objectives.batches import encode
 from kdnas.objectives.training import evaluate, train
 from kdnas.progress import Progress
-from kdnas.teachers.loading import driver_device, ensure_pad_token, resolve_model_ref, teacher_path
+from kdnas.teachers.loading import ensure_pad_token, resolve_model_ref, teacher_path
+from kdnas.teachers.tasks import run_step, where
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +175,9 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
             seed=config.training.seed,
             device=device,
             on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
+            precision=config.training.precision,
         )
-    value = evaluate(model, eval_data, task.metric, device=device)
+    value = evaluate(model, eval_data, task.metric, device=device, precision=config.training.precision)
     out = Path(teacher_path(config, teacher))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -184,6 +187,7 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
         "metric": task.metric,
         "value": value,
         "fit_seconds": round(time.perf_counter() - started, 1),
+        "ran_on": where(device),
     }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
     logger.info("teacher %s: %s = %.4f, saved to %s", teacher.name, task.metric, value, out)
@@ -192,19 +196,57 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
 
 def fit_teachers(config: KDNASConfig, task: TaskData | None = None, *, force: bool = False) -> list[dict]:
     """Fit every teacher with a ``fit`` section whose saved fit does not match the task (or all, with ``force``), as
-    ``kdnas teachers fit`` does; ``task`` defaults to the config's. Returns the new fits' records."""
+    ``kdnas teachers fit`` does; ``task`` defaults to the config's. Returns the new fits' records.
+
+    On a Ray cluster (``search.ray_address`` or ``RAY_ADDRESS``) each fit is a Ray task with
+    ``search.resources_per_teacher``; otherwise it runs here (:func:`kdnas.teachers.tasks.run_step`). The record
+    says where (``ran_on``)."""
     task = load_task(config.data) if task is None else task
     records = []
     for teacher in config.teachers:
         if teacher.fit is None or (is_fitted(config, teacher, task) and not force):
             continue
-        records.append(fit_teacher(config, teacher, task, driver_device()))
+        record = run_step(config, f"fitting teacher {teacher.name}", fit_teacher, config, teacher, task)
+        _check_visible(config, teacher, record)
+        records.append(record)
     return records
+
+
+SHARED_WAIT_S = 60.0
+"""How long the driver waits to see a teacher fitted on another node (a network filesystem may show a new file late)."""
+
+
+def _check_visible(config: KDNASConfig, teacher: TeacherConfig, record: dict) -> None:
+    """Refuse a fit the driver cannot read: fitted on another node into an ``output_dir`` that is not shared."""
+    path = Path(teacher_path(config, teacher)) / RECORD_FILE
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while _identity(_saved_record(path)) != _identity(record):
+        if time.monotonic() > deadline:
+            node = record["ran_on"]
+            raise ConfigError(
+                f"teacher {teacher.name!r} was fitted on node {node['hostname']} ({node['ip']}) but {path.parent} "
+                f"does not show it on this one ({socket.gethostname()}): on a Ray cluster, output_dir must be on "
+                "storage every node sees (NFS, a shared volume)"
+            )
+        time.sleep(1.0)
+
+
+def _identity(record: dict | None) -> tuple:
+    """What tells one fit from another of the same teacher: where and how long it ran."""
+    return (record or {}).get("ran_on"), (record or {}).get("fit_seconds")
+
+
+def _saved_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def teacher_fit_record(config: KDNASConfig, name: str) -> dict | None:
     """The record teacher ``name``'s last fit saved (its fit settings, task, ``metric``, ``value`` on the eval split,
-    ``fit_seconds``); None when it has not been fitted (or has no ``fit`` section: it is used as it is)."""
+    ``fit_seconds``, ``ran_on``: node, device and whether it ran as a Ray task); None when it has not been fitted (or
+    has no ``fit`` section: it is used as it is)."""
     teacher = next((t for t in config.teachers if t.name == name), None)
     if teacher is None:
         raise KeyError(f"no teacher named {name!r}; teachers are {[t.name for t in config.teachers]}")

@@ -18,11 +18,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
+from kdnas.config import KDNASConfig, TeacherConfig
 from kdnas.data import TaskData
 from kdnas.objectives.batches import Encoded, batch_at, index_batches
 from kdnas.space.inheritance import Importance, importance_from_tensors
-from kdnas.teachers.loading import Teacher
+from kdnas.teachers.loading import Teacher, load_teacher
 from kdnas.teachers.logits import logits_cache_key, save_atomically
+from kdnas.teachers.tasks import where
 
 if TYPE_CHECKING:
     from transformers.models.bert.modeling_bert import BertLayer, BertModel
@@ -90,13 +92,35 @@ def activation_importance(
     return Importance(*(t.mul(scale).float() for t in (layers, heads, neurons, channels)))
 
 
+def importance_file(teacher: Teacher, task: TaskData, calibration: Encoded, max_length: int, cache_dir: Path) -> Path:
+    """The cache file of ``teacher``'s importance on ``calibration`` (keyed like the teacher logits, plus the
+    calibration size)."""
+    key = logits_cache_key(teacher, task, f"importance-{len(calibration)}", max_length)
+    return Path(cache_dir) / f"{teacher.name}-importance-{key}.safetensors"
+
+
+def teacher_importance(
+    config: KDNASConfig,
+    teacher_cfg: TeacherConfig,
+    task: TaskData,
+    calibration: Encoded,
+    max_length: int,
+    cache_dir: Path,
+    *,
+    device: torch.device | str,
+    teacher: Teacher | None = None,
+) -> tuple[Importance, Path]:
+    """:func:`cached_importance` of the teacher ``teacher_cfg`` describes (loaded unless given)."""
+    teacher = load_teacher(config, teacher_cfg, task.num_labels) if teacher is None else teacher
+    return cached_importance(teacher, task, calibration, max_length, cache_dir, device)
+
+
 def cached_importance(
     teacher: Teacher, task: TaskData, calibration: Encoded, max_length: int, cache_dir: Path, device: torch.device | str
 ) -> tuple[Importance, Path]:
     """:func:`activation_importance` of ``teacher`` on ``calibration``, computed once and then read from
-    ``cache_dir`` (keyed like the teacher logits, plus the calibration size); returns it with its file."""
-    key = logits_cache_key(teacher, task, f"importance-{len(calibration)}", max_length)
-    file = Path(cache_dir) / f"{teacher.name}-importance-{key}.safetensors"
+    ``cache_dir`` (:func:`importance_file`); returns it with its file."""
+    file = importance_file(teacher, task, calibration, max_length, cache_dir)
     if file.exists():
         logger.info("teacher importance cache hit: %s (%s)", teacher.name, file.name)
         return importance_from_tensors(load_file(file)), file
@@ -106,5 +130,5 @@ def cached_importance(
         len(calibration),
     )
     importance = activation_importance(teacher.model, calibration, device=device)
-    save_atomically(importance.tensors(), file)
+    save_atomically(importance.tensors(), file, ran_on=where(device))
     return importance, file

@@ -11,16 +11,19 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from kdnas.config import KDNASConfig
+from kdnas.config import KDNASConfig, TeacherConfig
 from kdnas.data import TaskData
 from kdnas.data.transfer import TransferSet
 from kdnas.objectives.batches import encode, predict_logits
 from kdnas.objectives.latency_cache import latency_cache_dir, measure_cached
 from kdnas.objectives.metrics import score
 from kdnas.progress import Progress
-from kdnas.teachers.loading import Teacher, driver_device, load_teacher, weights_digest
+from kdnas.teachers.fitting import teacher_fit_record
+from kdnas.teachers.loading import Teacher, load_teacher, weights_digest
+from kdnas.teachers.tasks import run_step, where
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +42,40 @@ def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: i
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-def save_atomically(tensors: dict[str, torch.Tensor], file: Path) -> None:
+RAN_ON_KEY = "kdnas.ran_on"
+"""Metadata key of a cache file: where its tensors were computed (:func:`kdnas.teachers.tasks.where`, as JSON)."""
+
+
+def save_atomically(tensors: dict[str, torch.Tensor], file: Path, ran_on: dict | None = None) -> None:
     """Write a safetensors file so that readers see the whole file or none: write a temporary file of its own in the
-    same directory, then ``os.replace`` it; a failed write removes it (a killed one leaves only a dot-file)."""
+    same directory, then ``os.replace`` it; a failed write removes it (a killed one leaves only a dot-file).
+    ``ran_on`` (where the tensors were computed) is kept in the file's metadata."""
     file.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".partial")
     os.close(handle)
+    metadata = {RAN_ON_KEY: json.dumps(ran_on)} if ran_on is not None else None
     try:
-        save_file({name: value.contiguous() for name, value in tensors.items()}, partial)
+        save_file({name: value.contiguous() for name, value in tensors.items()}, partial, metadata=metadata)
         os.replace(partial, file)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def ran_on(file: Path) -> dict | None:
+    """Where the tensors of cache file ``file`` were computed (node, device, whether in a Ray task); None for a file
+    written before kdnas recorded it."""
+    with safe_open(file, "pt") as handle:
+        recorded = (handle.metadata() or {}).get(RAN_ON_KEY)
+    return json.loads(recorded) if recorded else None
+
+
+def logits_file(
+    teacher: Teacher, task: TaskData, split: str, max_length: int, cache_dir: Path, content: str = ""
+) -> Path:
+    """The cache file of a teacher's logits on ``split`` (see :func:`logits_cache_key`)."""
+    key = logits_cache_key(teacher, task, split, max_length, content)
+    return Path(cache_dir) / f"{teacher.name}-{split}-{key}.safetensors"
 
 
 def cached_logits(
@@ -67,8 +92,7 @@ def cached_logits(
 
     ``texts`` (identified by the hash ``content``) replace the split's own texts, e.g. for the transfer set.
     """
-    key = logits_cache_key(teacher, task, split, max_length, content)
-    file = Path(cache_dir) / f"{teacher.name}-{split}-{key}.safetensors"
+    file = logits_file(teacher, task, split, max_length, cache_dir, content)
     if file.exists():
         logger.info("teacher logits cache hit: %s %s (%s)", teacher.name, split, file.name)
         return load_file(file)["logits"]
@@ -77,7 +101,7 @@ def cached_logits(
     data = encode(teacher.tokenizer, texts, [0] * len(texts), max_length)
     with Progress(f"teacher {teacher.name} logits on {split}", "text") as progress:
         logits = predict_logits(teacher.model, data, device=device, on_batch=progress.advance)
-    save_atomically({"logits": logits}, file)
+    save_atomically({"logits": logits}, file, ran_on=where(device))
     return logits
 
 
@@ -85,51 +109,89 @@ def teacher_reference(
     config: KDNASConfig, task: TaskData, cache_dir: Path, transfer: TransferSet | None = None
 ) -> tuple[list[dict], torch.Tensor]:
     """Teachers' eval metric and latency (measured as students are), and their logits ``[K, N, C]`` on the train
-    split followed by the ``transfer`` set."""
-    device = driver_device()
+    split followed by the ``transfer`` set.
+
+    A teacher whose logits are not all cached computes them here on a local Ray, as a Ray task with
+    ``search.resources_per_teacher`` on a cluster (:func:`kdnas.teachers.tasks.run_step`); each reference says where
+    the teacher was fitted and its logits computed (``ran_on``)."""
+    cache_dir = Path(cache_dir).resolve()
     references, train_logits = [], []
     for teacher_cfg in config.teachers:
         teacher = load_teacher(config, teacher_cfg, task.num_labels)
         max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
-        logits = cached_logits(teacher, task, "train", max_length, cache_dir, device)
+        files = [logits_file(teacher, task, split, max_length, cache_dir) for split in ("train", "eval")]
         if transfer:
-            logits = torch.cat(
-                [
-                    logits,
-                    cached_logits(
-                        teacher,
-                        task,
-                        "transfer",
-                        max_length,
-                        cache_dir,
-                        device,
-                        texts=transfer.texts,
-                        content=transfer.fingerprint(),
-                    ),
-                ]
-            )
+            files.append(logits_file(teacher, task, "transfer", max_length, cache_dir, transfer.fingerprint()))
+        reference, logits = run_step(
+            config,
+            f"teacher {teacher.name} logits",
+            teacher_outputs,
+            config,
+            teacher_cfg,
+            task,
+            cache_dir,
+            transfer,
+            cached=all(file.exists() for file in files),
+            here={"teacher": teacher},
+        )
+        fit = teacher_fit_record(config, teacher_cfg.name)
+        reference["ran_on"] = {"fit": fit.get("ran_on") if fit else None, "logits": ran_on(files[0])}
+        references.append(reference)
         train_logits.append(logits)
-        eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
-        latency = measure_cached(
-            teacher.model,
-            model_key={
-                "teacher": json.loads(teacher.model.config.to_json_string(use_diff=False)),
-                "vocab_size": len(teacher.tokenizer),
-            },
-            vocab_size=len(teacher.tokenizer),
-            settings=config.latency,
-            seq_len=config.latency_seq_len,
-            cache_dir=latency_cache_dir(config) if config.latency.cache else None,
-        )
-        references.append(
-            {
-                "name": teacher.name,
-                "model": teacher_cfg.model,
-                "value": score(task.metric, eval_logits.argmax(-1).tolist(), task.labels("eval")),
-                "latency_ms": latency.median_ms,
-                "latency": latency.to_dict(),
-                "params": sum(p.numel() for p in teacher.model.parameters()),
-            }
-        )
-        teacher.model.to("cpu")  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     return references, torch.stack(train_logits)
+
+
+def teacher_outputs(
+    config: KDNASConfig,
+    teacher_cfg: TeacherConfig,
+    task: TaskData,
+    cache_dir: Path,
+    transfer: TransferSet | None,
+    *,
+    device: torch.device,
+    teacher: Teacher | None = None,
+) -> tuple[dict, torch.Tensor]:
+    """One teacher's reference record (eval metric, latency, parameters) and its logits on the train split followed
+    by the ``transfer`` set, run on ``device`` (logits read from ``cache_dir`` when there, else computed and cached);
+    the teacher is loaded unless given."""
+    teacher = load_teacher(config, teacher_cfg, task.num_labels) if teacher is None else teacher
+    max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
+    logits = cached_logits(teacher, task, "train", max_length, cache_dir, device)
+    if transfer:
+        logits = torch.cat(
+            [
+                logits,
+                cached_logits(
+                    teacher,
+                    task,
+                    "transfer",
+                    max_length,
+                    cache_dir,
+                    device,
+                    texts=transfer.texts,
+                    content=transfer.fingerprint(),
+                ),
+            ]
+        )
+    eval_logits = cached_logits(teacher, task, "eval", max_length, cache_dir, device)
+    latency = measure_cached(
+        teacher.model,
+        model_key={
+            "teacher": json.loads(teacher.model.config.to_json_string(use_diff=False)),
+            "vocab_size": len(teacher.tokenizer),
+        },
+        vocab_size=len(teacher.tokenizer),
+        settings=config.latency,
+        seq_len=config.latency_seq_len,
+        cache_dir=latency_cache_dir(config) if config.latency.cache else None,
+    )
+    reference = {
+        "name": teacher.name,
+        "model": teacher_cfg.model,
+        "value": score(task.metric, eval_logits.argmax(-1).tolist(), task.labels("eval")),
+        "latency_ms": latency.median_ms,
+        "latency": latency.to_dict(),
+        "params": sum(p.numel() for p in teacher.model.parameters()),
+    }
+    teacher.model.to("cpu")  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
+    return reference, logits

@@ -1,0 +1,105 @@
+"""Re-time a finished study on one node, so that its front compares like with like.
+
+During a search each student is timed on whichever node trained it, at whatever moment it started. ``kdnas retime``
+measures every distinct architecture of the study's feasible completed students and every teacher again, in one
+process, alone on its node (:mod:`kdnas.objectives.isolation`), in interleaved rounds (so a slow spell of the
+machine touches every model alike), and records the medians in the study's ``retimed`` attr; the front, the
+report and export then read those latencies (:func:`kdnas.dashboards.pareto.feasible_completed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+import torch
+
+from kdnas.config import ConfigError, KDNASConfig
+from kdnas.dashboards.pareto import search_feasible_completed
+from kdnas.objectives.latency import LatencyResult, measure_configured
+from kdnas.records import ARCH_ATTR, RETIMED_ATTR, TASK_ATTR
+from kdnas.space import StudentArch
+from kdnas.teachers.loading import load_teacher, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+ROUNDS = 3
+"""Measurements of each model, interleaved with the others'; the median of their medians is recorded."""
+
+
+def student_model(config: KDNASConfig, arch: StudentArch, num_labels: int = 2) -> torch.nn.Module:
+    """``arch`` built as the search builds its students (weights do not change latency)."""
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    return arch.build(tokenizer, num_labels, max_positions=max(config.data.max_seq_length, config.latency_seq_len))
+
+
+def measure_architecture(config: KDNASConfig, arch: StudentArch, num_labels: int = 2) -> LatencyResult:
+    """Latency of ``arch`` under ``config.latency`` (isolated on this node unless ``latency.isolate`` is off)."""
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    return measure_configured(
+        student_model(config, arch, num_labels),
+        vocab_size=len(tokenizer),
+        settings=config.latency,
+        seq_len=config.latency_seq_len,
+    )
+
+
+def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUNDS) -> dict[str, Any]:
+    """Measure the study's students (each distinct architecture once per round) and teachers again with
+    ``config.latency`` on this node; record and return the ``retimed`` study attr."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1, got {rounds}")
+    started = time.perf_counter()
+    num_labels = len((study.user_attrs.get(TASK_ATTR) or {}).get("label_names") or [0, 1])
+    trials_by_arch: dict[StudentArch, list[int]] = {}
+    for trial in search_feasible_completed(study):
+        if ARCH_ATTR in trial.user_attrs:
+            trials_by_arch.setdefault(StudentArch.from_dict(trial.user_attrs[ARCH_ATTR]), []).append(trial.number)
+    models: dict[str, tuple[torch.nn.Module, int]] = {}
+    tokenizer_size = len(load_tokenizer(config.student.tokenizer))
+    for arch in trials_by_arch:
+        models[f"student {arch.summary}"] = (student_model(config, arch, num_labels), tokenizer_size)
+    for teacher_config in config.teachers:
+        teacher = load_teacher(config, teacher_config, num_labels)
+        models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
+    medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
+    for round_number in range(rounds):
+        for name, (model, vocab_size) in models.items():
+            medians[name].append(
+                measure_configured(
+                    model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
+                )
+            )
+        logger.info("retime: round %d/%d of %d models done", round_number + 1, rounds, len(models))
+    latency = {name: statistics.median(r.median_ms for r in results) for name, results in medians.items()}
+    first = next(iter(medians.values()))[0] if medians else None
+    record: dict[str, Any] = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": first.host if first else "",
+        "device": first.device if first else config.latency.device,
+        "device_name": first.device_name if first else "",
+        "isolated": config.latency.isolate,
+        "settings": config.latency.model_dump(include={"batch_size", "threads", "warmup", "runs"})
+        | {"seq_len": config.latency_seq_len, "rounds": rounds},
+        "students": {
+            str(number): latency[f"student {arch.summary}"]
+            for arch, numbers in trials_by_arch.items()
+            for number in numbers
+        },
+        "teachers": {t.name: latency[f"teacher {t.name}"] for t in config.teachers},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    study.set_user_attr(RETIMED_ATTR, record)
+    logger.info(
+        "retimed %d students (%d architectures) and %d teachers on %s in %.0f s",
+        len(record["students"]),
+        len(trials_by_arch),
+        len(record["teachers"]),
+        record["host"],
+        record["seconds"],
+    )
+    return record
