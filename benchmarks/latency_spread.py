@@ -6,8 +6,8 @@ measuring every architecture twice, interleaved: once alone on the node (``laten
 no training step runs on the machine during the measurement) and once beside the training students
 (``latency.isolate: false``). Each measurement is the median of ``latency.runs`` forward passes, as in a search.
 
-The spread of one architecture is (slowest median − fastest median) ÷ the median of its medians over the rounds.
-Target: ≤ 5 % for every architecture when isolated.
+The spread of one architecture is (slowest median − fastest median) ÷ the median of its medians over the rounds
+(also reported: their interquartile range ÷ median). Target: spread ≤ 5 % for every architecture when isolated.
 
     python benchmarks/latency_spread.py [--rounds 12] [--output-dir runs/bench-latency]
 
@@ -41,6 +41,12 @@ def spread_pct(medians: list[float]) -> float:
     return 100.0 * (max(medians) - min(medians)) / statistics.median(medians)
 
 
+def iqr_pct(medians: list[float]) -> float:
+    """The interquartile range ÷ the median, in percent."""
+    low, _, high = statistics.quantiles(medians, n=4)
+    return 100.0 * (high - low) / statistics.median(medians)
+
+
 def wait_for_training(url: str, name: str, search: subprocess.Popen, timeout_s: float) -> None:
     """Until two trials of the study are RUNNING (the search's teachers are fitted and its students train)."""
     deadline = time.monotonic() + timeout_s
@@ -68,7 +74,7 @@ def main() -> None:
         "search.n_trials=200",
         "search.max_concurrent_trials=2",
         "search.resources_per_trial.cpu=1",
-        "search.early_stopping.mode=off",
+        "search.early_stopping.mode='off'",
         "latency.retime=false",
         "training.epochs=6",
     ]
@@ -105,6 +111,8 @@ def main() -> None:
         arch: {
             "isolated_spread_pct": round(spread_pct(medians[True][arch]), 2),
             "beside_training_spread_pct": round(spread_pct(medians[False][arch]), 2),
+            "isolated_iqr_pct": round(iqr_pct(medians[True][arch]), 2),
+            "beside_training_iqr_pct": round(iqr_pct(medians[False][arch]), 2),
             "isolated_median_ms": round(statistics.median(medians[True][arch]), 4),
             "beside_training_median_ms": round(statistics.median(medians[False][arch]), 4),
             "isolated_medians_ms": [round(m, 4) for m in medians[True][arch]],

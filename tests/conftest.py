@@ -172,58 +172,152 @@ def make_searcher(config: KDNASConfig, storage, **kwargs):
 def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A real two-node Ray cluster on this machine, 1 CPU a node, started with ``ray start`` (token authentication
     off, as for a local test cluster): yields ``(address, env, nodes)`` (``env`` for drivers joining it, ``nodes``
-    the ``ray start`` process groups: head, worker). Only the processes it started are stopped afterwards."""
-    import shutil
+    the ``ray start`` sessions, each a node's processes: head, worker; a test that starts a node with
+    :func:`join_node` adds its own). Only the processes it started are stopped afterwards (:func:`stop_group`)."""
+    yield from _two_node_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def two_node_cluster_with_jobs(tmp_path_factory: pytest.TempPathFactory):
+    """:func:`two_node_cluster` whose head runs Ray's dashboard, so it takes ``ray job submit``: ``env`` holds its
+    address as ``RAY_API_SERVER_ADDRESS`` (``http://127.0.0.1:<port>``). Skipped, saying why, without
+    ``ray[default]``."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401  (what Ray checks: installed with ray[default])
+    except ImportError as missing:
+        pytest.skip(f"ray job submit needs ray[default] (the dashboard): {missing}")
+    yield from _two_node_cluster(tmp_path_factory, dashboard=True)
+
+
+NODE_DEATH_ENV = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+"""Ray settings for the head of :func:`two_node_cluster_quick_node_death`: a node that stops answering is declared
+dead after about 3 s (Ray's defaults: 3 s a check, 5 failures, so 15 s or more)."""
+
+
+@pytest.fixture
+def two_node_cluster_quick_node_death(tmp_path_factory: pytest.TempPathFactory):
+    """:func:`two_node_cluster` whose head declares a lost node dead within seconds (:data:`NODE_DEATH_ENV`)."""
+    yield from _two_node_cluster(tmp_path_factory, head_env=NODE_DEATH_ENV)
+
+
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> int:
+    """Run ``ray start args`` (1 CPU) in a new session; its pid, the session's id. Every process of the node stays
+    in that session (its worker processes get process groups of their own), after that ``ray start`` has exited."""
+    import shutil
     import subprocess
     import sys
 
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
     if ray_cli is None:
         pytest.skip("the `ray` command is not installed beside this Python")
-    temp_dir = tmp_path_factory.mktemp("ray-cluster")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
-    starts = [
-        [ray_cli, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp_dir)],
-        [ray_cli, "start", "--address", address],
-    ]
-    groups: list[int] = []  # a node's processes stay in the process group of the `ray start` that started them
+    node = subprocess.Popen(
+        [ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        for start in starts:
-            node = subprocess.Popen(
-                [*start, *common],
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            groups.append(node.pid)
-            output, _ = node.communicate(timeout=120)
-            assert node.returncode == 0, output[-2000:]
+        output, _ = node.communicate(timeout=120)
+    except BaseException:
+        stop_group(node.pid)
+        raise
+    if node.returncode != 0:
+        stop_group(node.pid)
+        raise AssertionError(output[-2000:])
+    return node.pid
+
+
+def join_node(address: str, env: dict[str, str], nodes: list[int]) -> int:
+    """Start a worker node (1 CPU) joining the cluster at ``address``; its session is added to ``nodes`` (so the
+    cluster fixture stops it too) and returned."""
+    group = _ray_start(["--address", address], env)
+    nodes.append(group)
+    return group
+
+
+def _two_node_cluster(
+    tmp_path_factory: pytest.TempPathFactory, *, dashboard: bool = False, head_env: dict[str, str] | None = None
+):
+    import shutil
+    import sys
+    import tempfile
+
+    # Ray's Unix socket paths (<temp dir>/session_<date>_<pid>/sockets/dash_MetricsHead) must stay under 108 bytes,
+    # which a pytest temp dir can exceed: the cluster's files go to a short /tmp dir, linked from pytest's
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    link = tmp_path_factory.mktemp("ray-cluster")
+    link.rmdir()
+    link.symlink_to(temp_dir)
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    # the venv's commands first: a Ray job's entrypoint (`kdnas search …`) runs in the head node's environment
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
+    head = ["--head", "--port", str(port), "--temp-dir", str(temp_dir)]
+    if dashboard:
+        dashboard_port = _free_port()
+        head += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+        head += ["--dashboard-port", str(dashboard_port)]
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    else:
+        head += ["--include-dashboard", "false"]
+    groups: list[int] = []  # a node's processes stay in the session of the `ray start` that started them
+    try:
+        groups.append(_ray_start(head, {**env, **(head_env or {})}))
+        join_node(address, env, groups)
         yield address, env, groups
     finally:
         for group in groups:
             stop_group(group)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def stop_group(group: int) -> None:
-    """SIGKILL process group ``group`` and wait until none of its processes is left."""
+    """SIGKILL every process of session ``group`` (started with ``start_new_session``, as :func:`_ray_start` and the
+    tests' drivers are) and wait until none is left. A Ray node's worker processes have process groups of their own
+    but stay in the session of the ``ray start`` that started the node."""
     import signal
 
     def gone() -> bool:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            return True
-        return False
+        left = _session_processes(group)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return not left
 
-    wait_for(gone, 30, f"process group {group} to exit")
+    wait_for(gone, 30, f"the processes of session {group} to exit")
+
+
+def _session_processes(session: int) -> list[int]:
+    """The live (not zombie) processes of ``session``, from ``/proc``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        if fields[0] != "Z" and int(fields[3]) == session:  # state, ppid, pgrp, session
+            pids.append(int(entry.name))
+    return pids
 
 
 # --- waiting ----------------------------------------------------------------------------------------------------

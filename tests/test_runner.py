@@ -18,6 +18,14 @@ from kdnas.search import orphans, runner, trainable
 from kdnas.search.trial import TrialInputs
 
 
+@pytest.fixture(autouse=True)
+def _outside_ray(monkeypatch):
+    """The trainable is called here as a plain function: asking Ray for its node would start a local Ray."""
+    monkeypatch.setattr(
+        trainable, "this_node", lambda: {"id": "n", "ip": "127.0.0.1", "hostname": socket.gethostname()}
+    )
+
+
 def _inputs(gpu: float) -> TrialInputs:
     config = build_config({"search": {"resources_per_trial": {"cpu": 1, "gpu": gpu}}})
     empty = torch.zeros(0)

@@ -105,6 +105,23 @@ def _measure(
     return result, contention(result, (time.thread_time() - cpu_started) / wall if judged else None)
 
 
+def measure_trusted(
+    model: torch.nn.Module, *, vocab_size: int, settings: LatencyConfig, seq_len: int
+) -> tuple[LatencyResult, bool]:
+    """:func:`measure_configured`, taken again while it was contended (see :func:`contention`), up to
+    :data:`ATTEMPTS` times. Returns the first trustworthy measurement and True, or, when every attempt was contended,
+    the fastest and False."""
+    attempts = []
+    for _ in range(ATTEMPTS):
+        result, problem = _measure(model, vocab_size, settings, seq_len)
+        if problem is None:
+            return result, True
+        attempts.append((result, problem))
+    result, problem = min(attempts, key=lambda attempt: attempt[0].median_ms)
+    logger.info("latency measured under contention (%s) %d times: %.3f ms kept", problem, ATTEMPTS, result.median_ms)
+    return result, False
+
+
 def measure_cached(
     model: torch.nn.Module,
     *,
@@ -114,11 +131,10 @@ def measure_cached(
     seq_len: int,
     cache_dir: Path | None,
 ) -> LatencyResult:
-    """:func:`measure_configured`, reusing an earlier measurement of the same key from ``cache_dir`` (if given).
+    """:func:`measure_trusted`, reusing an earlier measurement of the same key from ``cache_dir`` (if given).
 
-    Only a trustworthy measurement is cached (see :func:`contention`): a contended one is taken again, up to
-    :data:`ATTEMPTS` times, and the fastest is returned; if every attempt was contended it is returned uncached,
-    and a later trial of the same model measures it again. A cached entry that fails the spread rule is ignored.
+    Only a trustworthy measurement is cached: when every attempt was contended the fastest is returned uncached, and
+    a later trial of the same model measures it again. A cached entry that fails the spread rule is ignored.
     """
     if cache_dir is None:
         return measure_configured(model, vocab_size=vocab_size, settings=settings, seq_len=seq_len)
@@ -126,18 +142,7 @@ def measure_cached(
     cached = read_cached(cache_dir, key)
     if cached is not None and contention(cached) is None:
         return cached
-    attempts = []
-    for _ in range(ATTEMPTS):
-        result, problem = _measure(model, vocab_size, settings, seq_len)
-        if problem is None:
-            write_cached(cache_dir, key, result)
-            return result
-        attempts.append((result, problem))
-    result, problem = min(attempts, key=lambda attempt: attempt[0].median_ms)
-    logger.info(
-        "latency measured under contention (%s) %d times: %.3f ms kept for this trial, not cached",
-        problem,
-        ATTEMPTS,
-        result.median_ms,
-    )
+    result, trusted = measure_trusted(model, vocab_size=vocab_size, settings=settings, seq_len=seq_len)
+    if trusted:
+        write_cached(cache_dir, key, result)
     return result

@@ -45,6 +45,30 @@ def cross_entropy(
     return torch.nn.functional.cross_entropy(model(**batch).logits, labels)
 
 
+def _apply_gradients(
+    loss: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> bool:
+    """Backpropagate ``loss``, clip the (unscaled) gradients to norm 1, step the optimizer and the schedule; True when
+    fp16's ``scaler`` skipped the optimizer step because the gradients overflowed (it then lowers its scale)."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+    scaler.update()
+    skipped = scale is not None and scaler.get_scale() < scale
+    with warnings.catch_warnings():  # the schedule counts a skipped step too (torch warns when the first one is)
+        if skipped:
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return skipped
+
+
 def evaluate(
     model: torch.nn.Module,
     data: Encoded,
@@ -131,28 +155,15 @@ def train(
                     raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}{mixed})")
                 losses.append(loss.item())
                 initial_loss = losses[0] if initial_loss is None else initial_loss
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)  # clip the true gradients
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                if scaler.is_enabled():
-                    scale = scaler.get_scale()
-                    scaler.step(optimizer)  # skipped when the gradients overflowed
-                    scaler.update()
-                    skipped = skipped + 1 if scaler.get_scale() < scale else 0
+                if _apply_gradients(loss, params, optimizer, schedule, scaler):
+                    skipped += 1
                     if skipped >= MAX_SKIPPED_STEPS:
                         raise NonFiniteLossError(
                             f"non-finite gradients for {skipped} steps in a row at step {step} (epoch {epoch}, fp16, "
                             f"loss scale down to {scaler.get_scale():.3g})"
                         )
                 else:
-                    optimizer.step()
-                if skipped:  # the schedule counts the steps the scaler skipped too (torch warns when the first is)
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                        schedule.step()
-                else:
-                    schedule.step()
-                optimizer.zero_grad(set_to_none=True)
+                    skipped = 0
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, losses[-1])

@@ -20,7 +20,8 @@ import torch
 
 from kdnas.config import ConfigError, KDNASConfig
 from kdnas.dashboards.pareto import search_feasible_completed
-from kdnas.objectives.latency import LatencyResult, measure_configured
+from kdnas.objectives.latency import LatencyResult
+from kdnas.objectives.latency_cache import measure_trusted
 from kdnas.records import ARCH_ATTR, RETIMED_ATTR, TASK_ATTR
 from kdnas.space import StudentArch
 from kdnas.teachers.loading import load_teacher, load_tokenizer
@@ -38,14 +39,12 @@ def student_model(config: KDNASConfig, arch: StudentArch, num_labels: int = 2) -
 
 
 def measure_architecture(config: KDNASConfig, arch: StudentArch, num_labels: int = 2) -> LatencyResult:
-    """Latency of ``arch`` under ``config.latency`` (isolated on this node unless ``latency.isolate`` is off)."""
+    """Latency of ``arch`` under ``config.latency``, as a search measures it: isolated on this node unless
+    ``latency.isolate`` is off, and taken again while contended (see
+    :func:`~kdnas.objectives.latency_cache.measure_trusted`)."""
     tokenizer = load_tokenizer(config.student.tokenizer)
-    return measure_configured(
-        student_model(config, arch, num_labels),
-        vocab_size=len(tokenizer),
-        settings=config.latency,
-        seq_len=config.latency_seq_len,
-    )
+    model = student_model(config, arch, num_labels)
+    return measure_trusted(model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len)[0]
 
 
 def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUNDS) -> dict[str, Any]:
@@ -69,11 +68,10 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
     medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
     for round_number in range(rounds):
         for name, (model, vocab_size) in models.items():
-            medians[name].append(
-                measure_configured(
-                    model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
-                )
+            result, _ = measure_trusted(
+                model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
             )
+            medians[name].append(result)
         logger.info("retime: round %d/%d of %d models done", round_number + 1, rounds, len(models))
     latency = {name: statistics.median(r.median_ms for r in results) for name, results in medians.items()}
     first = next(iter(medians.values()))[0] if medians else None
