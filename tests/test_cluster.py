@@ -216,13 +216,17 @@ def test_search_submitted_as_a_ray_job_trains_on_both_nodes(
     ray_cli = str(Path(sys.executable).with_name("ray"))
     job_server = env["RAY_API_SERVER_ADDRESS"]
     started = time.perf_counter()
-    job = subprocess.run(
-        [ray_cli, "job", "submit", "--address", job_server, "--", "kdnas", "search", "--config", str(config_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    for _ in range(20):  # the job server answers before the head's job agent is ready: Ray says to try again
+        job = subprocess.run(
+            [ray_cli, "job", "submit", "--address", job_server, "--", "kdnas", "search", "--config", str(config_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if "No available agent to submit job" not in job.stdout + job.stderr:
+            break
+        time.sleep(3)
     seconds = time.perf_counter() - started
     assert job.returncode == 0 and "succeeded" in job.stdout, (job.stdout + job.stderr)[-3000:]
     study = load_study(config.storage_url, config.search.study_name)
