@@ -25,6 +25,7 @@ from kdnas.objectives.latency import measure_latency
 from kdnas.records import ARCH_ATTR, RETIMED_ATTR, STUDY_TEACHERS_ATTR, TASK_ATTR
 from kdnas.search.retime import retime_study, student_model
 from kdnas.space import StudentArch
+from kdnas.teachers.loading import load_tokenizer
 
 TRAINER = """
 import sys, time
@@ -79,7 +80,8 @@ def test_no_training_step_of_another_process_runs_inside_an_isolated_block(lock_
 
 
 def test_a_measurement_records_that_it_was_isolated_and_where(lock_dir):
-    model = student_model(build_config({"output_dir": str(lock_dir.parent / "run")}), StudentArch(1, 2, 8, 1))
+    config = build_config({"output_dir": str(lock_dir.parent / "run")})
+    model = student_model(config, StudentArch(1, 2, 8, 1), load_tokenizer(config.student.tokenizer))
     result = measure_latency(model, vocab_size=100, seq_len=8, warmup=1, runs=3, isolate=True)
     assert result.isolated and result.host and result.median_ms > 0
     assert not measure_latency(model, vocab_size=100, seq_len=8, warmup=0, runs=3).isolated

@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from kdnas.config import ConfigError, KDNASConfig
 from kdnas.dashboards.pareto import search_feasible_completed
@@ -32,9 +33,11 @@ ROUNDS = 3
 """Measurements of each model, interleaved with the others'; the median of their medians is recorded."""
 
 
-def student_model(config: KDNASConfig, arch: StudentArch, num_labels: int = 2) -> torch.nn.Module:
-    """``arch`` built as the search builds its students (weights do not change latency)."""
-    tokenizer = load_tokenizer(config.student.tokenizer)
+def student_model(
+    config: KDNASConfig, arch: StudentArch, tokenizer: PreTrainedTokenizerBase, num_labels: int = 2
+) -> torch.nn.Module:
+    """``arch`` built as the search builds its students, for the students' ``tokenizer`` (weights do not change
+    latency)."""
     return arch.build(tokenizer, num_labels, max_positions=max(config.data.max_seq_length, config.latency_seq_len))
 
 
@@ -43,7 +46,7 @@ def measure_architecture(config: KDNASConfig, arch: StudentArch, num_labels: int
     ``latency.isolate`` is off, and taken again while contended (see
     :func:`~kdnas.objectives.latency_cache.measure_trusted`)."""
     tokenizer = load_tokenizer(config.student.tokenizer)
-    model = student_model(config, arch, num_labels)
+    model = student_model(config, arch, tokenizer, num_labels)
     return measure_trusted(model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len)[0]
 
 
@@ -59,9 +62,9 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         if ARCH_ATTR in trial.user_attrs:
             trials_by_arch.setdefault(StudentArch.from_dict(trial.user_attrs[ARCH_ATTR]), []).append(trial.number)
     models: dict[str, tuple[torch.nn.Module, int]] = {}
-    tokenizer_size = len(load_tokenizer(config.student.tokenizer))
+    tokenizer = load_tokenizer(config.student.tokenizer)
     for arch in trials_by_arch:
-        models[f"student {arch.summary}"] = (student_model(config, arch, num_labels), tokenizer_size)
+        models[f"student {arch.summary}"] = (student_model(config, arch, tokenizer, num_labels), len(tokenizer))
     for teacher_config in config.teachers:
         teacher = load_teacher(config, teacher_config, num_labels)
         models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
