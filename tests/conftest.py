@@ -223,8 +223,11 @@ def _ray_start(args: list[str], env: dict[str, str]) -> int:
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
     if ray_cli is None:
         pytest.skip("the `ray` command is not installed beside this Python")
+    # every node's dashboard agent on a port of its own: Ray's default (52365) is the same for every node, and where
+    # two nodes share a machine the head's agent may lose it, which leaves `ray job submit` with no agent to take jobs
+    agent_port = ["--dashboard-agent-listen-port", str(_free_port())]
     node = subprocess.Popen(
-        [ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"],
+        [ray_cli, "start", *args, *agent_port, "--num-cpus", "1", "--disable-usage-stats"],
         env=env,
         start_new_session=True,
         stdout=subprocess.PIPE,
