@@ -8,6 +8,8 @@ no training step runs on the machine during the measurement) and once beside the
 
 The spread of one architecture is (slowest median − fastest median) ÷ the median of its medians over the rounds
 (also reported: their interquartile range ÷ median). Target: spread ≤ 5 % for every architecture when isolated.
+Before the search starts, the same rounds are taken with nothing of kdnas running (``quiet``): the machine's own
+floor, which no isolation inside a search can go below.
 
     python benchmarks/latency_spread.py [--rounds 12] [--output-dir runs/bench-latency]
 
@@ -79,6 +81,12 @@ def main() -> None:
         "training.epochs=6",
     ]
     config = kdnas.load_config(None, [f"output_dir={args.output_dir}", f"search.study_name={name}", *overrides])
+    archs = [kdnas.StudentArch(*arch) for arch in ARCHS]
+    quiet_config = kdnas.load_config(None, ["latency.isolate=true"])
+    quiet: dict[str, list[float]] = {a.summary: [] for a in archs}
+    for _ in range(args.rounds):  # the machine's own floor: nothing of kdnas runs beside the measurements
+        for arch in archs:
+            quiet[arch.summary].append(kdnas.measure_architecture(quiet_config, arch).median_ms)
     command = [sys.executable, "-m", "kdnas.cli", "search", "--output-dir", args.output_dir, "--study-name", name]
     search = subprocess.Popen([*command, *[a for o in overrides for a in ("--set", o)]], stdout=subprocess.DEVNULL)
     try:
@@ -88,7 +96,6 @@ def main() -> None:
             True: kdnas.load_config(None, ["latency.isolate=true"]),
             False: kdnas.load_config(None, ["latency.isolate=false"]),
         }
-        archs = [kdnas.StudentArch(*arch) for arch in ARCHS]
         medians: dict[bool, dict[str, list[float]]] = {mode: {a.summary: [] for a in archs} for mode in settings}
         waits: list[float] = []
         for round_number in range(args.rounds):
@@ -109,12 +116,14 @@ def main() -> None:
         search.wait(timeout=120)
     rows = {
         arch: {
+            "quiet_spread_pct": round(spread_pct(quiet[arch]), 2),
             "isolated_spread_pct": round(spread_pct(medians[True][arch]), 2),
             "beside_training_spread_pct": round(spread_pct(medians[False][arch]), 2),
             "isolated_iqr_pct": round(iqr_pct(medians[True][arch]), 2),
             "beside_training_iqr_pct": round(iqr_pct(medians[False][arch]), 2),
             "isolated_median_ms": round(statistics.median(medians[True][arch]), 4),
             "beside_training_median_ms": round(statistics.median(medians[False][arch]), 4),
+            "quiet_medians_ms": [round(m, 4) for m in quiet[arch]],
             "isolated_medians_ms": [round(m, 4) for m in medians[True][arch]],
             "beside_training_medians_ms": [round(m, 4) for m in medians[False][arch]],
         }
@@ -122,13 +131,17 @@ def main() -> None:
     }
     worst_isolated = max(r["isolated_spread_pct"] for r in rows.values())
     worst_beside = max(r["beside_training_spread_pct"] for r in rows.values())
+    worst_quiet = max(r["quiet_spread_pct"] for r in rows.values())
     payload = {
         "rounds": args.rounds,
         "concurrent_trials": 2,
-        "latency_settings": settings[True].latency.model_dump(include={"batch_size", "threads", "warmup", "runs"}),
+        "latency_settings": settings[True].latency.model_dump(
+            include={"batch_size", "threads", "warmup", "runs", "min_run_time_s"}
+        ),
         "architectures": rows,
         "worst_isolated_spread_pct": worst_isolated,
         "worst_beside_training_spread_pct": worst_beside,
+        "worst_quiet_spread_pct": worst_quiet,
         "isolated_measurement_seconds_median": round(statistics.median(waits), 3),
         "target_pct": TARGET_PCT,
         "met": worst_isolated <= TARGET_PCT,
@@ -136,6 +149,7 @@ def main() -> None:
     out = write_result(args.out, payload)
     print(
         f"{NAME}: worst spread isolated {worst_isolated:.1f} % vs beside training {worst_beside:.1f} % "
+        f"(the machine with no search running: {worst_quiet:.1f} %) "
         f"(target ≤ {TARGET_PCT:g} %: {'met' if payload['met'] else 'NOT met'}); {out}"
     )
 

@@ -28,13 +28,15 @@ def stub_student(config: dict, inputs: TrialInputs) -> None:
 
 
 def use_stub_trials(monkeypatch=None) -> None:
-    """Make ``run_search`` skip teachers and run :func:`stub_student` trials (``monkeypatch`` undoes it)."""
+    """Make ``run_search`` skip teachers and the final re-timing and run :func:`stub_student` trials (``monkeypatch``
+    undoes it)."""
     stubs = {
         (runner, "fit_teachers"): lambda *a, **k: [],
         (runner, "teacher_reference"): lambda *a, **k: ([], torch.zeros(1, 1, 2)),
         (inputs, "inheritance"): lambda *a, **k: None,
         (runner, "transfer_set"): lambda *a, **k: None,
         (runner, "train_student"): stub_student,
+        (runner, "retime_study"): lambda *a, **k: None,  # no teachers to time, no real students
     }
     for (module, name), value in stubs.items():
         if monkeypatch is None:

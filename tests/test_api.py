@@ -77,7 +77,7 @@ def test_train_student_trains_and_measures_a_student_as_a_trial_does(tmp_path):
         teachers=[SCRATCH_TEACHER],
         data={"demo_train_size": 64, "demo_eval_size": 32},
         training={"epochs": 1},
-        latency={"warmup": 0, "runs": 3},
+        latency={"warmup": 0, "runs": 3, "min_run_time_s": 0},
     )
     config = kdnas.load_config(raw)
     students = kdnas.prepare_students(config)

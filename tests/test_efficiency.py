@@ -22,7 +22,7 @@ from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, mak
 from kdnas.search.trial import TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
-FAST = LatencyConfig(warmup=0, runs=3)
+FAST = LatencyConfig(warmup=0, runs=3, min_run_time_s=0)
 
 
 # --- latency cache -------------------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def test_latency_cache_hit_skips_the_measurement(tmp_path, monkeypatch):
     first, second = measure(), measure()
     assert calls == [1] and not first.cached and second.cached
     assert second.median_ms == first.median_ms and second.device_name == first.device_name
-    measure(LatencyConfig(warmup=0, runs=4))
+    measure(LatencyConfig(warmup=0, runs=4, min_run_time_s=0))
     measure(model_key={"arch": {"num_layers": 2}})
     assert calls == [1, 1, 1], "other settings or another model are other keys"
     assert not list(tmp_path.glob(".*.tmp")), "writes are atomic: no temporary file is left"
@@ -59,7 +59,7 @@ def test_latency_cache_hit_skips_the_measurement(tmp_path, monkeypatch):
 
 
 def _inputs(tmp_path, **sections) -> TrialInputs:
-    raw = {"latency": {"warmup": 0, "runs": 3, **sections.pop("latency", {})}, **sections}
+    raw = {"latency": {"warmup": 0, "runs": 3, "min_run_time_s": 0, **sections.pop("latency", {})}, **sections}
     return TrialInputs(
         config=build_config(raw),
         metric="accuracy",

@@ -176,7 +176,7 @@ def test_a_trial_records_the_precision_it_trained_in(tmp_path):
         {
             "data": {"max_seq_length": 8},
             "training": {"epochs": 1, "batch_size": 8, "precision": "bf16"},
-            "latency": {"warmup": 0, "runs": 3, "cache": False},
+            "latency": {"warmup": 0, "runs": 3, "min_run_time_s": 0, "cache": False},
             "student": {"inherit": {"enabled": False}},
         }
     )

@@ -108,7 +108,7 @@ def _retimable_study(tmp_path) -> tuple[optuna.Study, object]:
         {
             "output_dir": str(tmp_path / "run"),
             "teachers": [{"name": "minilm", "model": "minilm"}],
-            "latency": {"warmup": 1, "runs": 3, "seq_len": 16},
+            "latency": {"warmup": 1, "runs": 3, "min_run_time_s": 0, "seq_len": 16},
         }
     )
     study = optuna.create_study(directions=["maximize", "minimize"])

@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -119,6 +120,22 @@ def test_latency_measures_a_real_forward_with_fixed_threads():
     assert 0 < result.median_ms <= result.p90_ms
     assert (result.device, result.threads, result.seq_len, result.runs) == ("cpu", 1, 16, 5)
     assert torch.get_num_threads() == threads_before
+
+
+def test_latency_times_a_fast_model_for_at_least_the_minimum_run_time():
+    tokenizer = load_tokenizer("minilm")
+    model = StudentArch(1, 2, 16, 2).build(tokenizer, num_labels=2, max_positions=64)
+    started = time.perf_counter()
+    result = latency_mod.measure_latency(
+        model, vocab_size=len(tokenizer), seq_len=16, warmup=0, runs=3, min_run_time_s=0.1
+    )
+    assert time.perf_counter() - started >= 0.1
+    assert result.runs > 3 and result.runs * result.median_ms >= 50  # about 100 ms of runs, each near the median
+    assert result.min_run_time_s == 0.1
+    slow = latency_mod.measure_latency(
+        model, vocab_size=len(tokenizer), seq_len=16, warmup=0, runs=40, min_run_time_s=1e-6
+    )
+    assert slow.runs == 40  # the run count is a floor: a minimum time already reached adds none
 
 
 def test_latency_synchronises_cuda_and_refuses_missing_gpu(monkeypatch):

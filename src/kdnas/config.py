@@ -338,7 +338,7 @@ class TrainingConfig(_Section):
 
 
 class LatencyConfig(_Section):
-    """How latency is measured: fixed threads, warm-up, median of ``runs``."""
+    """How latency is measured: fixed threads, warm-up, median of at least ``runs`` runs and ``min_run_time_s``."""
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     batch_size: int = Field(1, ge=1)
@@ -346,6 +346,7 @@ class LatencyConfig(_Section):
     threads: int = Field(1, ge=1)
     warmup: int = Field(5, ge=0)
     runs: int = Field(30, ge=3)
+    min_run_time_s: float = Field(0.25, ge=0)  # more runs until the timed ones add up to this (fast models)
     budget_ms: float | None = Field(None, gt=0)
     cache: bool = True
     isolate: bool = True  # time each model while no training step runs on its node

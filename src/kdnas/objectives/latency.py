@@ -1,5 +1,5 @@
-"""Measured inference latency: fixed threads, warm-up, median of many timed runs, CUDA-synchronised on GPU, taken
-alone on the node (:mod:`kdnas.objectives.isolation`).
+"""Measured inference latency: fixed threads, warm-up, median of many timed runs (filling a minimum time),
+CUDA-synchronised on GPU, taken alone on the node (:mod:`kdnas.objectives.isolation`).
 
 The runs are timed by hand rather than with ``torch.utils.benchmark.Timer``: its estimates are means over blocks of
 runs whose size and warm-up it chooses itself (``timeit`` warms up again on every call), while kdnas reports the
@@ -34,8 +34,9 @@ class LatencyResult:
     threads: int
     batch_size: int
     seq_len: int
-    runs: int
+    runs: int  # timed runs: at least the configured ``runs``, more to fill ``min_run_time_s``
     warmup: int
+    min_run_time_s: float = 0.0
     isolated: bool = False  # taken while no training step ran on its node
     host: str = ""  # the machine it was taken on
     cached: bool = False  # read from the latency cache rather than measured now
@@ -100,11 +101,15 @@ def measure_latency(
     threads: int = 1,
     warmup: int = 5,
     runs: int = 30,
+    min_run_time_s: float = 0.0,
     isolate: bool = False,
 ) -> LatencyResult:
     """Time ``model``'s forward pass on random token ids of shape ``[batch_size, seq_len]``.
 
-    The model is put in eval mode on ``device``; each run is bracketed by CUDA synchronisation on GPU.
+    The model is put in eval mode on ``device``; each run is bracketed by CUDA synchronisation on GPU. At least
+    ``runs`` runs are timed, and more until they add up to ``min_run_time_s`` (as ``torch.utils.benchmark``'s
+    ``min_run_time``): a fast model's median then rests on hundreds of runs, so a scheduling hiccup of a few
+    milliseconds on the machine does not move it.
     With ``isolate``, warm-up and runs happen while no training step runs on the node
     (:func:`~kdnas.objectives.isolation.isolated`). Returns the median (and p90, IQR) in milliseconds.
     """
@@ -118,11 +123,13 @@ def measure_latency(
         for _ in range(warmup):
             model(input_ids=input_ids, attention_mask=attention_mask)
         _synchronize(device)
-        for _ in range(runs):
+        timed_ms = 0.0
+        while len(times) < runs or timed_ms < 1000.0 * min_run_time_s:
             start = time.perf_counter()
             model(input_ids=input_ids, attention_mask=attention_mask)
             _synchronize(device)
             times.append((time.perf_counter() - start) * 1000.0)
+            timed_ms += times[-1]
     ordered = sorted(times)
     return LatencyResult(
         median_ms=statistics.median(ordered),
@@ -133,8 +140,9 @@ def measure_latency(
         threads=threads,
         batch_size=batch_size,
         seq_len=seq_len,
-        runs=runs,
+        runs=len(times),
         warmup=warmup,
+        min_run_time_s=min_run_time_s,
         isolated=isolate,
         host=socket.gethostname(),
     )
@@ -153,5 +161,6 @@ def measure_configured(
         threads=settings.threads,
         warmup=settings.warmup,
         runs=settings.runs,
+        min_run_time_s=settings.min_run_time_s,
         isolate=settings.isolate,
     )

@@ -43,6 +43,7 @@ def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_le
         "threads": settings.threads,
         "warmup": settings.warmup,
         "runs": settings.runs,
+        "min_run_time_s": settings.min_run_time_s,
         "isolate": settings.isolate,
         "torch": torch.__version__,
     }

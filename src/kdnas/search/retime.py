@@ -84,7 +84,7 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         "device": first.device if first else config.latency.device,
         "device_name": first.device_name if first else "",
         "isolated": config.latency.isolate,
-        "settings": config.latency.model_dump(include={"batch_size", "threads", "warmup", "runs"})
+        "settings": config.latency.model_dump(include={"batch_size", "threads", "warmup", "runs", "min_run_time_s"})
         | {"seq_len": config.latency_seq_len, "rounds": rounds},
         "students": {
             str(number): latency[f"student {arch.summary}"]
