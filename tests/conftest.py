@@ -180,13 +180,13 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def two_node_cluster_with_jobs(tmp_path_factory: pytest.TempPathFactory):
     """:func:`two_node_cluster` whose head runs Ray's dashboard, so it takes ``ray job submit``: ``env`` holds its
-    address as ``RAY_API_SERVER_ADDRESS`` (``http://127.0.0.1:<port>``). Skipped, saying why, without
-    ``ray[default]``."""
+    address as ``RAY_API_SERVER_ADDRESS`` (``http://127.0.0.1:<port>``); the head declares a lost node dead within
+    seconds (:data:`NODE_DEATH_ENV`). Skipped, saying why, without ``ray[default]``."""
     try:
         import ray.dashboard.optional_deps  # noqa: F401  (what Ray checks: installed with ray[default])
     except ImportError as missing:
         pytest.skip(f"ray job submit needs ray[default] (the dashboard): {missing}")
-    yield from _two_node_cluster(tmp_path_factory, dashboard=True)
+    yield from _two_node_cluster(tmp_path_factory, dashboard=True, head_env=NODE_DEATH_ENV)
 
 
 NODE_DEATH_ENV = {
@@ -195,14 +195,8 @@ NODE_DEATH_ENV = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-"""Ray settings for the head of :func:`two_node_cluster_quick_node_death`: a node that stops answering is declared
+"""Ray settings for the head of :func:`two_node_cluster_with_jobs`: a node that stops answering is declared
 dead after about 3 s (Ray's defaults: 3 s a check, 5 failures, so 15 s or more)."""
-
-
-@pytest.fixture
-def two_node_cluster_quick_node_death(tmp_path_factory: pytest.TempPathFactory):
-    """:func:`two_node_cluster` whose head declares a lost node dead within seconds (:data:`NODE_DEATH_ENV`)."""
-    yield from _two_node_cluster(tmp_path_factory, head_env=NODE_DEATH_ENV)
 
 
 def _free_port() -> int:

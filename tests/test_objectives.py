@@ -138,6 +138,19 @@ def test_latency_times_a_fast_model_for_at_least_the_minimum_run_time():
     assert slow.runs == 40  # the run count is a floor: a minimum time already reached adds none
 
 
+def test_a_measurement_whose_median_sits_far_above_its_p10_counts_as_contended():
+    from kdnas.objectives.latency import LatencyResult
+    from kdnas.objectives.latency_cache import contention
+
+    def result(median: float, p10: float | None) -> LatencyResult:
+        return LatencyResult(median, median * 1.05, 0.1, "cpu", "cpu", 1, 1, 8, 30, 1, p10_ms=p10)
+
+    assert "p10" in contention(result(0.60, 0.48))  # a fifth of its runs' time lost to other work
+    assert contention(result(0.49, 0.48)) is None  # an undisturbed one: its median within a few % of its p10
+    assert contention(result(0.12, 0.09)) is None  # within the timer's jitter (NOISE_MS)
+    assert contention(result(0.60, None)) is None  # from a cache written before p10 was recorded
+
+
 def test_latency_synchronises_cuda_and_refuses_missing_gpu(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))

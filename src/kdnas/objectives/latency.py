@@ -40,6 +40,7 @@ class LatencyResult:
     isolated: bool = False  # taken while no training step ran on its node
     host: str = ""  # the machine it was taken on
     cached: bool = False  # read from the latency cache rather than measured now
+    p10_ms: float | None = None  # None: read from a cache written before kdnas recorded it
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -111,7 +112,7 @@ def measure_latency(
     ``min_run_time``): a fast model's median then rests on hundreds of runs, so a scheduling hiccup of a few
     milliseconds on the machine does not move it.
     With ``isolate``, warm-up and runs happen while no training step runs on the node
-    (:func:`~kdnas.objectives.isolation.isolated`). Returns the median (and p90, IQR) in milliseconds.
+    (:func:`~kdnas.objectives.isolation.isolated`). Returns the median (and p10, p90, IQR) in milliseconds.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -134,6 +135,7 @@ def measure_latency(
     return LatencyResult(
         median_ms=statistics.median(ordered),
         p90_ms=_percentile(ordered, 0.9),
+        p10_ms=_percentile(ordered, 0.1),
         iqr_ms=_percentile(ordered, 0.75) - _percentile(ordered, 0.25),
         device=device.type,
         device_name=device_name(device),

@@ -75,6 +75,10 @@ def write_cached(directory: Path, key: str, result: LatencyResult) -> None:
 MAX_SPREAD = 1.5
 """A measurement whose p90 exceeds this multiple of its median (and the median by :data:`NOISE_MS`) was disturbed
 during its runs."""
+MAX_SKEW = 1.1
+"""A measurement whose median exceeds this multiple of its p10 (and the p10 by :data:`NOISE_MS`) had a good share of
+its runs slowed by other work on the machine: the median of an undisturbed one lies within a few percent of its
+p10."""
 NOISE_MS = 0.05
 """Timer and scheduling jitter below which a spread means nothing."""
 MIN_CPU_SHARE = 0.85
@@ -90,6 +94,9 @@ def contention(result: LatencyResult, cpu_share: float | None = None) -> str | N
     little of the measurement's wall time its thread was given a core."""
     if result.p90_ms > MAX_SPREAD * result.median_ms and result.p90_ms - result.median_ms > NOISE_MS:
         return f"p90 {result.p90_ms:.3f} ms > {MAX_SPREAD:g} × median {result.median_ms:.3f} ms"
+    p10 = result.p10_ms
+    if p10 is not None and result.median_ms > MAX_SKEW * p10 and result.median_ms - p10 > NOISE_MS:
+        return f"median {result.median_ms:.3f} ms > {MAX_SKEW:g} × p10 {p10:.3f} ms"
     if cpu_share is not None and cpu_share < MIN_CPU_SHARE:
         return f"its thread ran {cpu_share:.0%} of the time (other processes held the cores)"
     return None
