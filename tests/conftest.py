@@ -317,6 +317,24 @@ def _session_processes(session: int) -> list[int]:
     return pids
 
 
+def tiny_bert(hidden: int = 16, layers: int = 2, heads: int = 2, seed: int = 0):
+    """A tiny random BERT classifier (vocabulary 50, 16 positions, 2 labels) in eval mode, seeded."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
 # --- waiting ----------------------------------------------------------------------------------------------------
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
+from conftest import tiny_bert
 from kdnas.config import IntermediateConfig, KDConfig, KDSpaceConfig, Ramp, SpaceConfig
 from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.emd import EMDLayerMapping, inverse_cost_weights, transport_flow
@@ -49,7 +49,7 @@ def test_explicit_layer_map_is_checked_and_the_configs_counts_from_1():
 
 
 def test_a_fixed_layer_map_is_recorded_as_the_config_writes_it():
-    teacher = _bert(layers=3)
+    teacher = tiny_bert(layers=3)
     distiller = IntermediateDistiller(
         IntermediateConfig(enabled=True, layer_map=[1, 3]),
         student_hidden=16,
@@ -151,20 +151,6 @@ def test_emd_loss_decreases_on_a_toy_pair():
     assert losses[-1] < 0.3 * losses[0]
 
 
-def _bert(hidden=16, layers=2, heads=2, seed=0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config).eval()
-
-
 def _batch():
     torch.manual_seed(1)
     return {
@@ -175,7 +161,7 @@ def _batch():
 
 @pytest.mark.parametrize("mapping", ["uniform", "emd"])
 def test_identical_student_and_teacher_give_zero_intermediate_loss(mapping):
-    teacher = _bert()
+    teacher = tiny_bert()
     student = copy.deepcopy(teacher)
     distiller = IntermediateDistiller(
         IntermediateConfig(enabled=True, layer_map=mapping),
@@ -193,7 +179,7 @@ def test_identical_student_and_teacher_give_zero_intermediate_loss(mapping):
 
 
 def test_intermediate_loss_trains_student_and_projection_not_teacher():
-    teacher, student = _bert(hidden=24, layers=3, heads=3), _bert(hidden=16, layers=2, heads=2, seed=5)
+    teacher, student = tiny_bert(hidden=24, layers=3, heads=3), tiny_bert(hidden=16, layers=2, heads=2, seed=5)
     distiller = IntermediateDistiller(
         IntermediateConfig(enabled=True, layer_map="emd"),
         student_hidden=16,
@@ -219,7 +205,7 @@ def test_schedules_ramp_linearly():
 
 
 def test_distillation_follows_its_alpha_schedule():
-    student = _bert()
+    student = tiny_bert()
     batch = _batch()
     labels = torch.tensor([0, 1, 1])
     teacher_logits = torch.randn(2, 3, 2)
@@ -285,7 +271,7 @@ def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
             inter,
         )
 
-    teacher, student = _bert(hidden=24, layers=3, heads=3), _bert(hidden=16, layers=2, heads=2, seed=5)
+    teacher, student = tiny_bert(hidden=24, layers=3, heads=3), tiny_bert(hidden=16, layers=2, heads=2, seed=5)
     student.set_attn_implementation("eager")
     first = distillation(teacher)
     first(student, _batch(), torch.tensor([0, 1, 1]), torch.arange(3), 0.0)
@@ -302,7 +288,7 @@ def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
 def test_exposed_attention_maps_are_dropout_free_in_training_and_restored():
     from kdnas.objectives.intermediate import expose_attention
 
-    student = _bert().train()  # attention dropout 0.1 would zero and rescale entries of the maps
+    student = tiny_bert().train()  # attention dropout 0.1 would zero and rescale entries of the maps
     batch = _batch()
     restore = expose_attention(student)
     maps = student(**batch, output_attentions=True).attentions[0]

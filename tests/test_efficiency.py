@@ -232,15 +232,19 @@ def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
     from ray.tune.search import Searcher
 
     from kdnas.records import PRUNED_ATTR
+    from kdnas.search.searcher import DeadlineStopper
     from kdnas.search.study import create_or_load_study, open_storage
 
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
     study = create_or_load_study(config, storage)
     searcher = make_searcher(config, storage)
-    assert isinstance(searcher.suggest("running"), dict)
+    stopper = DeadlineStopper(searcher)  # Tune's stop for the time budget: the searcher's own clock
+    assert isinstance(searcher.suggest("running"), dict) and not stopper.stop_all()
+    searcher.deadline = time.monotonic() + 60.0
+    assert not stopper.stop_all()
     searcher.deadline = time.monotonic() - 1.0
-    assert searcher.suggest("late") == Searcher.FINISHED
+    assert stopper.stop_all() and searcher.suggest("late") == Searcher.FINISHED
     searcher.on_trial_complete("running", {"accuracy": 0.5, "latency_ms": 1.0, "epoch": 2})
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED

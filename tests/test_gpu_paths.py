@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
+from conftest import tiny_bert
 from kdnas.config import ConfigError, IntermediateConfig, KDConfig, build_config
 from kdnas.objectives import training as training_mod
 from kdnas.objectives.batches import Encoded, predict_logits
@@ -26,20 +26,6 @@ from kdnas.search.resources import check_local_resources
 from kdnas.search.trial import TrialInputs, run_trial
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _bert(hidden: int = 16, layers: int = 2, heads: int = 2, seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
 
 
 def _data(rows: int = 24, length: int = 8) -> Encoded:
@@ -95,14 +81,14 @@ def test_precision_is_a_training_setting():
 def test_auto_on_cpu_trains_exactly_as_fp32():
     runs = []
     for precision in ("auto", "fp32"):
-        model = _bert()
+        model = tiny_bert()
         train(model, _data(), epochs=2, batch_size=8, learning_rate=1e-3, precision=precision)
         runs.append(_weights(model))
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_bf16_autocasts_the_forward_pass_and_keeps_float32_weights():
-    model, dtypes, losses = _bert(), [], []
+    model, dtypes, losses = tiny_bert(), [], []
     model.classifier.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     before = _weights(model)
     train(
@@ -120,7 +106,7 @@ def test_bf16_autocasts_the_forward_pass_and_keeps_float32_weights():
 
 
 def test_predicted_logits_are_float32_under_autocast():
-    model, data = _bert().eval(), _data()
+    model, data = tiny_bert().eval(), _data()
     exact = predict_logits(model, data, batch_size=8)
     mixed = predict_logits(model, data, batch_size=8, precision="bf16")
     assert exact.dtype == mixed.dtype == torch.float32 and mixed.shape == (24, 2)
@@ -139,11 +125,13 @@ def test_predicted_logits_are_float32_under_autocast():
     ids=["learned", "confidence", "gradient", "emd", "uniform-mse"],
 )
 def test_every_distillation_recipe_trains_under_bf16(kd):
-    data, student = _data(), _bert(seed=1)
+    data, student = _data(), tiny_bert(seed=1)
     teacher_logits = torch.randn(2, len(data), 2, generator=torch.Generator().manual_seed(0))
     inter = None
     if kd.intermediate.enabled:
-        inter = IntermediateDistiller(kd.intermediate, student_hidden=16, student_layers=2, teachers=[("t", _bert())])
+        inter = IntermediateDistiller(
+            kd.intermediate, student_hidden=16, student_layers=2, teachers=[("t", tiny_bert())]
+        )
     distillation = Distillation(kd, teacher_logits, inter, labels=data.labels)
     restore = expose_attention(student) if inter is not None and inter.wants_attentions else None
     losses: list[float] = []
@@ -205,7 +193,7 @@ def test_fp16_resumes_with_its_gradient_scaler(tmp_path):
     states: list[dict] = []
 
     def run(**kwargs) -> torch.nn.Module:
-        model = _bert()
+        model = tiny_bert()
         train(model, _data(), epochs=3, batch_size=8, learning_rate=1e-3, precision="fp16", **kwargs)
         return model
 
@@ -224,7 +212,7 @@ def test_fp16_resumes_with_its_gradient_scaler(tmp_path):
 
 def test_fp32_and_bf16_states_carry_an_empty_scaler():
     states: list[dict] = []
-    train(_bert(), _data(), epochs=1, batch_size=8, learning_rate=1e-3, precision="bf16", on_state=states.append)
+    train(tiny_bert(), _data(), epochs=1, batch_size=8, learning_rate=1e-3, precision="bf16", on_state=states.append)
     assert states[0]["scaler"] == {}
 
 

@@ -27,7 +27,7 @@ from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
 from kdnas.search.retime import retime_study
 from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
-from kdnas.search.searcher import KDNASSearch
+from kdnas.search.searcher import DeadlineStopper, KDNASSearch
 from kdnas.search.study import (
     HEARTBEAT_INTERVAL_S,
     check_comparable,
@@ -185,13 +185,13 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             scheduler=scheduler,
             num_samples=remaining,
             max_concurrent_trials=search.max_concurrent_trials,
-            time_budget_s=search.time_budget_s,
             reuse_actors=True,  # a trial's worker imports torch and kdnas once, not once per trial
         ),
         run_config=tune.RunConfig(
             name=search.study_name,
             storage_path=search.storage_path or str(output_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            stop=DeadlineStopper(searcher),  # search.time_budget_s, on the searcher's clock
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
                 progress,

@@ -26,6 +26,7 @@ from typing import Any, cast
 import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune import Stopper
 from ray.tune.search import Searcher
 
 from kdnas.records import (
@@ -201,7 +202,7 @@ class KDNASSearch(Searcher):
         outcome = report_outcome(report, error, self._objectives, self._restarts.get(trial_id, 0))
         if outcome.state == TrialState.PRUNED and trial_id in self._stop_reasons:
             outcome = replace(outcome, reason=self._stop_reasons[trial_id])
-        elif outcome.state == TrialState.PRUNED and report.infeasible is None and self._out_of_time():
+        elif outcome.state == TrialState.PRUNED and report.infeasible is None and self.out_of_time():
             reason = str(outcome.reason).replace("stopped early", TIME_BUDGET_REASON)
             outcome = replace(outcome, reason=reason)
 
@@ -262,17 +263,18 @@ class KDNASSearch(Searcher):
     def finish_out_of_time(self) -> int:
         """Once the deadline has passed, tell the trials Tune left unfinished PRUNED (with their last epoch's
         attrs); returns how many. Tune ends such trials without telling the searcher."""
-        if not self._out_of_time():
+        if not self.out_of_time():
             return 0
         unfinished = [tid for tid in self._ot_trials if tid not in self._completed]
         for trial_id in unfinished:
             self.on_trial_complete(trial_id, self._last_results.get(trial_id))
         return len(unfinished)
 
-    # --- internals --------------------------------------------------------------------------------------------------
-
-    def _out_of_time(self) -> bool:
+    def out_of_time(self) -> bool:
+        """Whether the search's time budget (``deadline``) has run out."""
         return self.deadline is not None and time.monotonic() >= self.deadline
+
+    # --- internals --------------------------------------------------------------------------------------------------
 
     def _budget_reached(self) -> bool:
         """Whether the study holds ``n_trials`` trials counting toward the budget (never, without ``n_trials``)."""
@@ -283,7 +285,7 @@ class KDNASSearch(Searcher):
 
     def _suggest(self, trial_id: str) -> dict | str | None:
         started = trial_id in self._storage_ids
-        if not started and (self._out_of_time() or self._budget_reached()):
+        if not started and (self.out_of_time() or self._budget_reached()):
             return Searcher.FINISHED
         if not started and self._reuse_duplicates and self._space_size is not None:
             known = known_students(self._study.get_trials(deepcopy=False), self._recipe)
@@ -406,3 +408,18 @@ class KDNASSearch(Searcher):
         trial = optuna.Trial(study, storage_id)
         self._views_storage = trial.storage
         return trial
+
+
+class DeadlineStopper(Stopper):
+    """Tune's stop for ``search.time_budget_s``, on the searcher's clock: Tune ends the trials exactly when the
+    searcher counts them as cut by the budget and records them PRUNED. (``TuneConfig.time_budget_s`` keeps a
+    wall-clock budget of its own, so a trial it cut could look left behind to the searcher, and be failed.)"""
+
+    def __init__(self, searcher: KDNASSearch) -> None:
+        self._searcher = searcher
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self._searcher.out_of_time()
