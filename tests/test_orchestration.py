@@ -152,7 +152,7 @@ def test_concurrent_trials_overlap_in_time(run_dir, ray_session, cluster_storage
 
 def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path):
     """On SQLite (on PostgreSQL, with drivers on a cluster: the kill points in tests/test_reliability.py)."""
-    config = search_config(run_dir, "resume", training={"epochs": 10}, search={"n_trials": 4})
+    config = search_config(run_dir, "resume", training={"epochs": 4}, search={"n_trials": 4})
     config_file = tmp_path / "resume.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     command = [sys.executable, "-m", "kdnas.cli", "search", "--config", str(config_file)]

@@ -9,7 +9,6 @@ inverse-cost rule: layers that transport cheaply gain weight.
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 
 _EPS = 1e-12
@@ -17,6 +16,8 @@ _EPS = 1e-12
 
 def transport_flow(student_weights: np.ndarray, teacher_weights: np.ndarray, cost: torch.Tensor) -> torch.Tensor:
     """The optimal flow ``[M, N]`` moving ``student_weights`` onto ``teacher_weights`` at ``cost`` (no gradient)."""
+    import ot  # POT pulls in scikit-learn (about 0.8 s): imported by the students that use EMD only
+
     flow = ot.emd(student_weights, teacher_weights, cost.detach().double().cpu().numpy())
     return torch.from_numpy(flow).to(cost)
 
