@@ -140,7 +140,7 @@ def test_retime_measures_every_architecture_and_teacher_and_the_front_reads_it(t
     record = retime_study(study, config, rounds=2)
     assert set(record["students"]) == {"0", "1", "2"} and set(record["teachers"]) == {"minilm"}
     assert record["students"]["0"] == record["students"]["2"], "one architecture, one measurement"
-    assert record["isolated"] and record["settings"]["rounds"] == 2
+    assert record["isolated"] and record["settings"]["rounds"] == 2 and 0 <= record["contended"] <= 6
     assert study.user_attrs[RETIMED_ATTR] == record
     latencies = {t.number: t.values[1] for t in feasible_completed(study)}
     assert latencies == {int(n): ms for n, ms in record["students"].items()}
@@ -157,6 +157,24 @@ def test_retime_measures_every_architecture_and_teacher_and_the_front_reads_it(t
     assert exported["objectives"]["latency_ms"] == record["students"]["1"] and exported["search_latency_ms"] == 0.5
     assert exported["teachers"][0]["latency_ms"] == record["teachers"]["minilm"]
     assert [t.values[1] for t in study.trials] == [5.0, 0.5, 1.0], "the recorded trials are unchanged"
+
+
+def test_retime_counts_the_measurements_that_stayed_contended_and_says_so(tmp_path, lock_dir, monkeypatch, caplog):
+    from kdnas.objectives.latency import LatencyResult
+    from kdnas.search import retime as retime_mod
+
+    study, config = _retimable_study(tmp_path)
+    calls = []
+
+    def disturbed_every_other_time(model, **kwargs):
+        calls.append(model)
+        return LatencyResult(1.0, 1.1, 0.1, "cpu", "cpu", 1, 1, 16, 30, 1), len(calls) % 2 == 1
+
+    monkeypatch.setattr(retime_mod, "measure_trusted", disturbed_every_other_time)
+    with caplog.at_level("INFO", logger="kdnas.search.retime"):
+        record = retime_study(study, config, rounds=2)
+    assert len(calls) == 6 and record["contended"] == 3  # 2 architectures and 1 teacher, twice
+    assert "3 of 6 measurements were disturbed by other work" in caplog.text
 
 
 def test_retime_refuses_zero_rounds(tmp_path):

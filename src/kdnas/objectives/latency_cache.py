@@ -126,7 +126,7 @@ def measure_trusted(
             return result, True
         attempts.append((result, problem))
     result, problem = min(attempts, key=lambda attempt: attempt[0].median_ms)
-    logger.info("latency measured under contention (%s) %d times: %.3f ms kept", problem, ATTEMPTS, result.median_ms)
+    logger.debug("latency measured under contention (%s) %d times: %.3f ms kept", problem, ATTEMPTS, result.median_ms)
     return result, False
 
 

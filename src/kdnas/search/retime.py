@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from kdnas.config import ConfigError, KDNASConfig
 from kdnas.dashboards.pareto import search_feasible_completed
 from kdnas.objectives.latency import LatencyResult
-from kdnas.objectives.latency_cache import measure_trusted
+from kdnas.objectives.latency_cache import ATTEMPTS, measure_trusted
 from kdnas.records import ARCH_ATTR, RETIMED_ATTR, TASK_ATTR
 from kdnas.space import StudentArch
 from kdnas.teachers.loading import load_teacher, load_tokenizer
@@ -69,12 +69,14 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         teacher = load_teacher(config, teacher_config, num_labels)
         models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
     medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
+    contended = 0  # measurements still disturbed after every attempt (their fastest was kept)
     for round_number in range(rounds):
         for name, (model, vocab_size) in models.items():
-            result, _ = measure_trusted(
+            result, trusted = measure_trusted(
                 model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
             )
             medians[name].append(result)
+            contended += not trusted
         logger.info("retime: round %d/%d of %d models done", round_number + 1, rounds, len(models))
     latency = {name: statistics.median(r.median_ms for r in results) for name, results in medians.items()}
     first = next(iter(medians.values()))[0] if medians else None
@@ -93,6 +95,7 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         },
         "teachers": {t.name: latency[f"teacher {t.name}"] for t in config.teachers},
         "seconds": round(time.perf_counter() - started, 1),
+        "contended": contended,
     }
     study.set_user_attr(RETIMED_ATTR, record)
     logger.info(
@@ -103,4 +106,13 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         record["host"],
         record["seconds"],
     )
+    if contended:
+        logger.info(
+            "retime: %d of %d measurements were disturbed by other work on %s in all %d attempts (the fastest was "
+            "kept): latencies from a busy machine vary; `kdnas retime` on a quiet one compares more closely",
+            contended,
+            rounds * len(models),
+            record["host"],
+            ATTEMPTS,
+        )
     return record
