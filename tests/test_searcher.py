@@ -89,7 +89,10 @@ def test_a_connection_lost_after_a_repeat_was_told_does_not_stop_the_driver(tmp_
     searcher.suggest("t1")
     report = TrialReport(0.7, 1.5, 2, completed=True, attrs={"epochs_trained": 2})
     searcher.on_trial_complete("t1", report.to_result("accuracy"))
-    study.enqueue_trial(study.trials[0].params)  # the sampler proposes the same student again
+    seen = study.trials[0].params
+    study.enqueue_trial(seen)  # the sampler proposes the same student again
+    unseen = {**seen, "num_layers": seen["num_layers"] % 4 + 1}
+    study.enqueue_trial(unseen)  # then a new one (not left to the sampler: it may repeat trial 0 again)
     real_tell, drops = KDNASSearch._tell_repeat, []
 
     def tell_then_drop(self, ot_trial, original):  # the repeat is told, then the connection drops
@@ -104,3 +107,4 @@ def test_a_connection_lost_after_a_repeat_was_told_does_not_stop_the_driver(tmp_
     original, repeat, new = study.trials
     assert drops == [1] and repeat.state == TrialState.COMPLETE and repeat.user_attrs["duplicate_of"] == 0
     assert fresh["kdnas_trial_number"] == new.number == 2 and new.state == TrialState.RUNNING
+    assert new.params == unseen
