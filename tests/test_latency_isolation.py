@@ -159,21 +159,27 @@ def test_retime_measures_every_architecture_and_teacher_and_the_front_reads_it(t
     assert [t.values[1] for t in study.trials] == [5.0, 0.5, 1.0], "the recorded trials are unchanged"
 
 
-def test_retime_counts_the_measurements_that_stayed_contended_and_says_so(tmp_path, lock_dir, monkeypatch, caplog):
+def test_retime_records_each_models_fastest_round_and_counts_the_contended_ones(
+    tmp_path, lock_dir, monkeypatch, caplog
+):
     from kdnas.objectives.latency import LatencyResult
     from kdnas.search import retime as retime_mod
 
     study, config = _retimable_study(tmp_path)
     calls = []
+    slow_spell = {0: 3.0, 1: 0.5, 2: 1.0, 3: 1.0, 4: 2.5, 5: 4.0}  # call -> median: a busy spell slows some rounds
 
     def disturbed_every_other_time(model, **kwargs):
+        median = slow_spell[len(calls)]
         calls.append(model)
-        return LatencyResult(1.0, 1.1, 0.1, "cpu", "cpu", 1, 1, 16, 30, 1), len(calls) % 2 == 1
+        return LatencyResult(median, 1.1, 0.1, "cpu", "cpu", 1, 1, 16, 30, 1), len(calls) % 2 == 1
 
     monkeypatch.setattr(retime_mod, "measure_trusted", disturbed_every_other_time)
     with caplog.at_level("INFO", logger="kdnas.search.retime"):
         record = retime_study(study, config, rounds=2)
     assert len(calls) == 6 and record["contended"] == 3  # 2 architectures and 1 teacher, twice
+    # round 1 times arch a (trials 0, 2), arch b (trial 1), the teacher: 3.0, 0.5, 1.0; round 2: 1.0, 2.5, 4.0
+    assert record["students"] == {"0": 1.0, "1": 0.5, "2": 1.0} and record["teachers"] == {"minilm": 1.0}
     assert "3 of 6 measurements were disturbed by other work" in caplog.text
 
 

@@ -41,6 +41,7 @@ _HOMES = {
     "write_report": "kdnas.dashboards.report",
     "export_trial": "kdnas.export",
     "retime_study": "kdnas.search.retime",
+    "fastest_round": "kdnas.search.retime",
     # one student outside a search
     "prepare_students": "kdnas.search.trial",
     "train_student": "kdnas.search.trial",
@@ -67,6 +68,7 @@ __all__ = [
     "best_under_budget",
     "device_name",
     "export_trial",
+    "fastest_round",
     "feasible_completed",
     "fit_teachers",
     "hypervolume",
@@ -97,7 +99,7 @@ if TYPE_CHECKING:
     from kdnas.objectives.latency import device_name
     from kdnas.records import TrialReport, tune_results
     from kdnas.search.duplicates import is_repeat, training_seconds
-    from kdnas.search.retime import measure_architecture, retime_study
+    from kdnas.search.retime import fastest_round, measure_architecture, retime_study
     from kdnas.search.runner import run_search
     from kdnas.search.study import load_study
     from kdnas.search.trial import prepare_students, train_student

@@ -358,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         "retime", help="measure the study's students and teachers again on this node; the front then uses these"
     )
     _config_arguments(retime)
-    retime.add_argument("--rounds", type=int, default=3, help="interleaved measurements of each model (default: 3)")
+    retime.add_argument(
+        "--rounds", type=int, default=3, help="interleaved measurements of each model; the fastest is kept (default: 3)"
+    )
     retime.set_defaults(func=cmd_retime)
     return parser
 
