@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 from conftest import wait_for
 from kdnas.config import build_config
 from kdnas.dashboards.pareto import feasible_completed, front_rows, non_dominated, pareto_front, study_teachers
-from kdnas.dashboards.report import write_report
+from kdnas.dashboards.report import retime_note, write_report
 from kdnas.export import trial_record
 from kdnas.objectives.isolation import LOCK_DIR_ENV, isolated
 from kdnas.objectives.latency import measure_latency
@@ -151,12 +151,15 @@ def test_retime_measures_every_architecture_and_teacher_and_the_front_reads_it(t
     assert [r["latency_ms"] for r in rows] == [f"{record['students'][str(r['trial'])]:.3f}" for r in rows]
     paths = write_report(study, tmp_path / "report", "accuracy")
     assert "re-timed after the search" in paths["html"].read_text()
+    assert "the fastest of 2 interleaved rounds" in paths["html"].read_text()
     front = json.loads(paths["json"].read_text())["front"]
     assert {p["trial"]: p["latency_ms"] for p in front} == {0: record["students"]["0"], 1: record["students"]["1"]}
     exported = trial_record(study, study.trials[1])
     assert exported["objectives"]["latency_ms"] == record["students"]["1"] and exported["search_latency_ms"] == 0.5
     assert exported["teachers"][0]["latency_ms"] == record["teachers"]["minilm"]
     assert [t.values[1] for t in study.trials] == [5.0, 0.5, 1.0], "the recorded trials are unchanged"
+    study.set_user_attr(RETIMED_ATTR, {k: v for k, v in record.items() if k != "kept"})  # re-timed by older kdnas
+    assert "the median of 2 interleaved rounds" in retime_note(study)
 
 
 def test_retime_records_each_models_fastest_round_and_counts_the_contended_ones(

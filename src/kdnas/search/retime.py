@@ -95,6 +95,7 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         "isolated": config.latency.isolate,
         "settings": config.latency.model_dump(include={"batch_size", "threads", "warmup", "runs", "min_run_time_s"})
         | {"seq_len": config.latency_seq_len, "rounds": rounds},
+        "kept": "fastest",  # of each model's rounds (fastest_round)
         "students": {
             str(number): latency[f"student {arch.summary}"]
             for arch, numbers in trials_by_arch.items()
