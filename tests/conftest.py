@@ -335,6 +335,31 @@ def tiny_bert(hidden: int = 16, layers: int = 2, heads: int = 2, seed: int = 0):
     return BertForSequenceClassification(config).eval()
 
 
+def students_vocabulary_bert(vocab_size: int):
+    """A BERT classifier of 4 layers, width 32 (4 heads of 8), FFN 64, 2 labels, with the students' vocabulary
+    (``vocab_size``) and LayerNorm gains that differ per channel (so channel importance is not a tie); seeded."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=2,
+            max_position_embeddings=64,
+        )
+    ).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                param.copy_(torch.rand_like(param) + 0.5)
+    return model
+
+
 # --- waiting ----------------------------------------------------------------------------------------------------
 
 

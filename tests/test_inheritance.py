@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
+from conftest import students_vocabulary_bert
 from kdnas.config import ConfigError, build_config
 from kdnas.data import load_task
 from kdnas.data.augment import augment_texts
@@ -34,23 +35,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def teacher(tokenizer) -> BertForSequenceClassification:
     """A BERT teacher of 4 layers, width 32 (4 heads of 8), FFN 64, with the students' vocabulary."""
-    torch.manual_seed(1)
-    model = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=64,
-            num_labels=2,
-            max_position_embeddings=64,
-        )
-    ).eval()
-    with torch.no_grad():  # LayerNorm gains that differ per channel, so channel importance is not a tie
-        for name, param in model.named_parameters():
-            if "LayerNorm.weight" in name:
-                param.copy_(torch.rand_like(param) + 0.5)
-    return model
+    return students_vocabulary_bert(len(tokenizer))
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,7 @@ class InheritConfig(_Section):
     enabled: bool = True
     teacher: str | None = None
     layers: Literal["uniform", "importance", "first", "last"] = "uniform"
+    one_layer: Literal["auto", "first", "last"] = "auto"
     calibration_size: int = Field(512, ge=1)
 
 

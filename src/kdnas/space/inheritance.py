@@ -50,14 +50,19 @@ def importance_from_tensors(tensors: dict[str, torch.Tensor]) -> Importance:
 
 
 def inheritance_layer_map(
-    student_layers: int, teacher_layers: int, rule: LayerRule, layer_scores: torch.Tensor | None = None
+    student_layers: int,
+    teacher_layers: int,
+    rule: LayerRule,
+    layer_scores: torch.Tensor | None = None,
+    one_layer: int = 0,
 ) -> list[int]:
     """The teacher layer each student layer is sliced from: a layer map (see :mod:`kdnas.space`), 0-based and
     ascending.
 
     ``uniform`` spreads the student over the teacher, first and last layer included (rounded
-    ``linspace(0, T−1, S)``: DistilBERT's ``[0, 2, 4, 7, 9, 11]`` for 6 of 12); ``importance`` takes the
-    ``S`` layers with the highest ``layer_scores``; ``first`` and ``last`` the bottom or top ``S``.
+    ``linspace(0, T−1, S)``: DistilBERT's ``[0, 2, 4, 7, 9, 11]`` for 6 of 12); a one-layer student cannot hold
+    both ends and takes teacher layer ``one_layer``. ``importance`` takes the ``S`` layers with the highest
+    ``layer_scores``; ``first`` and ``last`` the bottom or top ``S``.
     """
     if not 1 <= student_layers <= teacher_layers:
         raise ValueError(f"cannot map {student_layers} student layers onto {teacher_layers} teacher layers")
@@ -70,7 +75,9 @@ def inheritance_layer_map(
             raise ValueError("layer rule 'importance' needs layer scores")
         return sorted(top_k(layer_scores, student_layers))
     if student_layers == 1:
-        return [0]
+        if not 0 <= one_layer < teacher_layers:
+            raise ValueError(f"teacher layer {one_layer} is not one of the teacher's {teacher_layers} layers")
+        return [one_layer]
     step = (teacher_layers - 1) / (student_layers - 1)
     return [math.floor(i * step + 0.5) for i in range(student_layers)]
 
@@ -79,6 +86,31 @@ def top_k(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the ``k`` highest ``scores``, ascending (ties: the lower index)."""
     order = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))
     return sorted(order[:k])
+
+
+@dataclass(frozen=True)
+class OneLayerChoice:
+    """The teacher layer a one-layer student takes under ``uniform``, and how it was chosen: ``scores`` maps each
+    candidate layer to the validation metric a short training of ``student`` from it reached (empty when the
+    configuration named the layer)."""
+
+    layer: int
+    rule: str  # auto (chosen by the scores), first, last
+    scores: dict[int, float] = field(default_factory=dict)
+    student: str = ""
+    steps: int = 0
+    ran_on: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-able record (layer keys as strings)."""
+        return {
+            "layer": self.layer,
+            "rule": self.rule,
+            "scores": {str(k): round(v, 6) for k, v in self.scores.items()},
+            "student": self.student,
+            "steps": self.steps,
+            "ran_on": self.ran_on,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,12 @@ class InheritanceSource:
     state: dict[str, torch.Tensor] = field(repr=False)
     calibration: int = 0  # examples the importance was ranked on
     cache_file: str = ""
+    one_layer: OneLayerChoice | None = None  # None: one-layer students take the first layer
+
+    @property
+    def one_layer_index(self) -> int:
+        """The teacher layer a one-layer student takes under ``uniform``."""
+        return 0 if self.one_layer is None else self.one_layer.layer
 
     @property
     def hidden_size(self) -> int:
@@ -115,6 +153,7 @@ class InheritanceSource:
                 "ffn": self.intermediate_size,
             },
             "importance": self.importance.summary(),
+            "one_layer": None if self.one_layer is None else self.one_layer.record(),
         }
 
 
@@ -200,7 +239,9 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
     if layers > source.num_layers:
         random["encoder"] = f"{layers} layers, teacher {source.teacher!r} only {source.num_layers}"
         return {**record, "init": "partial", "hidden_channels": width, "random": random}
-    chosen_layers = inheritance_layer_map(layers, source.num_layers, source.rule, importance.layers)
+    chosen_layers = inheritance_layer_map(
+        layers, source.num_layers, source.rule, importance.layers, source.one_layer_index
+    )
     if head_dim != source.head_dim:
         random["attention"] = f"head size {head_dim}, the teacher {source.head_dim}"
     elif heads > source.num_heads:

@@ -1,0 +1,174 @@
+"""Which teacher layer a one-layer student inherits, chosen once per study by training one.
+
+``uniform`` spreads a student over its teacher, first and last layer included; a one-layer student can hold only one
+of the two, and which serves it better depends on the task: on a task carried by words (SST-2) the first layer wins
+by about a point, on one that needs composition (the demo's negation and clause rules) the last layer by up to 40.
+So before the first trial, the space's largest one-layer student is trained briefly (the study's own KD recipe, at
+most :data:`CALIBRATION_STEPS` steps) from the teacher's first and from its last layer, and every one-layer student
+of the study takes the layer whose student scored higher on the validation set, the set every trial is ranked on
+(a tie keeps the first). The choice and both scores are cached beside the teacher's importance and recorded in the
+study's ``inheritance`` user_attr; ``student.inherit.one_layer: first | last`` names the layer instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdnas.config import SpaceConfig
+from kdnas.objectives.batches import Encoded
+from kdnas.objectives.distillation import Distillation
+from kdnas.objectives.precision import resolve_precision
+from kdnas.objectives.training import evaluate, train
+from kdnas.progress import Progress
+from kdnas.search.fingerprint import config_fingerprint
+from kdnas.search.trial import TrialInputs, initialise, learning_rate, training_rows
+from kdnas.space import StudentArch
+from kdnas.space.inheritance import InheritanceSource, OneLayerChoice
+from kdnas.space.search_space import kd_recipe
+from kdnas.teachers.loading import load_tokenizer
+from kdnas.teachers.tasks import run_step, where
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_STEPS = 400
+"""The most optimisation steps each calibration student trains (one epoch when the data is smaller)."""
+
+
+def one_layer_student(space: SpaceConfig, teacher_head_dim: int) -> StudentArch | None:
+    """The space's largest one-layer student (most heads, largest FFN; the teacher's head size when the space has
+    it), or None when the space has no one-layer students."""
+    if space.depth.min > 1:
+        return None
+    head_dim = teacher_head_dim if teacher_head_dim in space.head_dim else max(space.head_dim)
+    return StudentArch(num_layers=1, num_heads=max(space.heads), head_dim=head_dim, ffn_ratio=max(space.ffn_ratio))
+
+
+def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
+    """``inputs`` with the teacher layer its one-layer students inherit (:class:`OneLayerChoice`) decided: named by
+    ``student.inherit.one_layer``, or, when it is ``auto``, calibrated (read from the cache when it was before; on a
+    Ray cluster, run as a Ray task with ``search.resources_per_teacher``). Inputs without an inheritance source, with
+    another layer rule or without one-layer students come back as they are."""
+    source, config = inputs.inherit, inputs.config
+    if source is None or source.rule != "uniform":
+        return inputs
+    arch = one_layer_student(config.student.space, source.head_dim)
+    if arch is None:
+        return inputs
+    wanted = config.student.inherit.one_layer
+    if wanted != "auto":
+        choice = OneLayerChoice(layer=0 if wanted == "first" else source.num_layers - 1, rule=wanted)
+        return replace(inputs, inherit=replace(source, one_layer=choice))
+    file = Path(cache_dir) / f"{source.teacher}-one-layer-{_cache_key(inputs, arch)}.json"
+    if file.is_file():
+        choice = _read(file)
+    else:
+        # a Ray task gets what it needs: no intermediate teachers (models do not survive the object store)
+        shipped = replace(inputs, intermediate_teachers=())
+        choice = run_step(config, f"one-layer calibration ({arch.summary})", calibrate_one_layer, shipped, arch)
+        _write(file, choice)
+    logger.info(
+        "one-layer students inherit teacher %s's layer %d (%s)",
+        source.teacher,
+        choice.layer,
+        ", ".join(f"layer {k}: {v:.4f}" for k, v in choice.scores.items()),
+    )
+    return replace(inputs, inherit=replace(source, one_layer=choice))
+
+
+def calibrate_one_layer(
+    inputs: TrialInputs, arch: StudentArch, *, device: torch.device | str = "cpu", steps: int = CALIBRATION_STEPS
+) -> OneLayerChoice:
+    """Train ``arch`` (one layer) from the inheritance teacher's first and from its last layer with the study's KD
+    recipe for at most ``steps`` steps each (same rows, same seed) and return the layer whose student scored higher
+    on the validation set (a tie: the first)."""
+    source = inputs.inherit
+    if source is None or arch.num_layers != 1:
+        raise ValueError("one-layer calibration needs an inheritance source and a one-layer student")
+    config, device = inputs.config, torch.device(device)
+    kd, training = kd_recipe(config.kd, {}), config.training
+    rows = training_rows(kd, inputs)
+    epochs = min(1.0, steps / math.ceil(len(rows) / training.batch_size))
+    trained = min(steps, math.ceil(len(rows) / training.batch_size))
+    precision = resolve_precision(training.precision, device)
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    max_positions = max(config.data.max_seq_length, config.latency_seq_len)
+    scores: dict[int, float] = {}
+    for layer in dict.fromkeys((0, source.num_layers - 1)):
+        torch.manual_seed(training.seed)
+        model = arch.build(tokenizer, inputs.num_labels, max_positions=max_positions)
+        candidate = replace(inputs, inherit=replace(source, one_layer=OneLayerChoice(layer=layer, rule="auto")))
+        init = initialise(model, candidate)
+        distillation = Distillation(kd, inputs.teacher_logits.to(device), None, labels=inputs.train.labels)
+        with Progress(f"one-layer calibration, teacher layer {layer}", "step") as progress:
+            train(
+                model,
+                rows,
+                loss_fn=distillation,
+                extra_parameters=distillation.parameters(),
+                epochs=epochs,
+                batch_size=training.batch_size,
+                learning_rate=learning_rate(config, {}, init),
+                weight_decay=training.weight_decay,
+                warmup_ratio=training.warmup_ratio,
+                seed=training.seed,
+                device=device,
+                on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
+                precision=precision,
+            )
+        scores[layer] = evaluate(model, inputs.eval, inputs.metric, device=device, precision=precision)
+    best = max(scores, key=lambda layer: (scores[layer], -layer))
+    return OneLayerChoice(
+        layer=best, rule="auto", scores=scores, student=arch.summary, steps=trained, ran_on=where(device)
+    )
+
+
+def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
+    """What the choice depends on: the teachers, KD and training recipe, the inheritance source (its importance file
+    is keyed by the teacher's weights and the data), the rows, the calibration student and its budget."""
+    source: InheritanceSource | None = inputs.inherit
+    fingerprint = {k: v for k, v in config_fingerprint(inputs.config).items() if not k.startswith("latency.")}
+    content: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "seed": inputs.config.training.seed,
+        "importance": source.cache_file if source else None,
+        "train": _digest(inputs.train),
+        "eval": _digest(inputs.eval),
+        "transfer_rows": inputs.transfer_rows,
+        "student": arch.to_dict(),
+        "steps": CALIBRATION_STEPS,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _digest(data: Encoded) -> str:
+    digest = hashlib.sha256()
+    for tensor in (data.input_ids, data.labels):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write(file: Path, choice: OneLayerChoice) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(file.name + ".partial")
+    partial.write_text(json.dumps(choice.record(), indent=1))
+    partial.replace(file)
+
+
+def _read(file: Path) -> OneLayerChoice:
+    record = json.loads(file.read_text())
+    return OneLayerChoice(
+        layer=int(record["layer"]),
+        rule=record["rule"],
+        scores={int(k): float(v) for k, v in record["scores"].items()},
+        student=record["student"],
+        steps=int(record["steps"]),
+        ran_on=record.get("ran_on"),
+    )
