@@ -64,6 +64,13 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
     assert inheritance["teacher"] == "minilm" and inheritance["calibration_size"] == 160
     assert inheritance["ran_on"]["hostname"] == socket.gethostname()  # where the importance was ranked
     assert len(inheritance["importance"]["heads"]) == 6 and len(inheritance["importance"]["layers"]) == 6
+    one_layer = inheritance["one_layer"]  # the layer one-layer students take, chosen by two short trainings
+    assert (
+        one_layer["rule"] == "auto"
+        and set(one_layer["scores"]) == {"0", "5"}
+        and one_layer["student"] == "L1-H32-A2-F64"
+    )
+    assert one_layer["scores"][str(one_layer["layer"])] == max(one_layer["scores"].values())
     assert transfer["size"] == 32 and transfer["sources"] == {"demo": 32}
     rows = {row["trial"]: row for row in trial_rows(study, "accuracy")}
     for t in study.trials:
@@ -74,6 +81,8 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
             len(init["layers"]) == t.params["num_layers"]
             and init["hidden_channels"] == t.user_attrs["arch"]["hidden_size"]
         )
+        if t.params["num_layers"] == 1:
+            assert init["layers"] == [one_layer["layer"]]
         assert t.user_attrs["learning_rate"] == 6e-4
         assert t.user_attrs["train_rows"] == {"labelled": 160, "transfer": 32}
         assert len(t.user_attrs["kd"]["learned_teacher_weights"]) == 2
@@ -81,6 +90,7 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
 
 
 def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, monkeypatch):
+    from kdnas.search import one_layer
     from kdnas.search.runner import run_search
     from kdnas.teachers import fitting, importance, logits
 
@@ -91,6 +101,7 @@ def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, mon
     monkeypatch.setattr(logits, "predict_logits", must_not_run)
     monkeypatch.setattr(fitting, "train", must_not_run)
     monkeypatch.setattr(importance, "activation_importance", must_not_run)
+    monkeypatch.setattr(one_layer, "calibrate_one_layer", must_not_run)
     recorded = study.user_attrs
     again = run_search(config)
     assert [(t.number, t.values) for t in again.trials] == [(t.number, t.values) for t in study.trials]

@@ -16,7 +16,6 @@ from kdnas.data.augment import augment_texts
 from kdnas.data.transfer import TransferSet, load_transfer_texts
 from kdnas.objectives.batches import concat, encode
 from kdnas.objectives.latency_cache import latency_cache_dir
-from kdnas.search.one_layer import choose_one_layer
 from kdnas.search.trial import TrialInputs, build_and_measure
 from kdnas.space.inheritance import InheritanceSource, inheritance_source
 from kdnas.space.search_space import smallest_student
@@ -117,15 +116,13 @@ def prepare_inputs(
     config: KDNASConfig, task: TaskData, teacher_logits: torch.Tensor, transfer: TransferSet | None = None
 ) -> TrialInputs:
     """Tokenise the task (and the transfer set, unlabelled) for students once, for every trial; load the
-    intermediate-KD teachers and the inheritance source, with the teacher layer one-layer students inherit
-    (:func:`~kdnas.search.one_layer.choose_one_layer`)."""
+    intermediate-KD teachers and the inheritance source."""
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_length = config.data.max_seq_length
     train = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
     if transfer:
         train = concat(train, encode(tokenizer, transfer.texts, [UNLABELLED] * len(transfer), max_length))
-    cache_dir = Path(config.output_dir) / "cache"
-    inputs = TrialInputs(
+    return TrialInputs(
         config=config,
         metric=task.metric,
         label_names=task.label_names,
@@ -136,10 +133,9 @@ def prepare_inputs(
         students_dir=str((Path(config.output_dir) / "students" / config.search.study_name).resolve()),
         intermediate_teachers=intermediate_teachers(config, task),
         latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
-        inherit=inheritance(config, task, cache_dir),
+        inherit=inheritance(config, task, Path(config.output_dir) / "cache"),
         transfer_rows=len(transfer) if transfer else 0,
     )
-    return choose_one_layer(inputs, cache_dir)
 
 
 def check_budgets_reachable(inputs: TrialInputs) -> None:

@@ -1,13 +1,14 @@
 """Which teacher layer a one-layer student inherits, chosen once per study by training one.
 
 ``uniform`` spreads a student over its teacher, first and last layer included; a one-layer student can hold only one
-of the two, and which serves it better depends on the task: on a task carried by words (SST-2) the first layer wins
-by about a point, on one that needs composition (the demo's negation and clause rules) the last layer by up to 40.
-So before the first trial, the space's largest one-layer student is trained briefly (the study's own KD recipe, at
-most :data:`CALIBRATION_STEPS` steps) from the teacher's first and from its last layer, and every one-layer student
-of the study takes the layer whose student scored higher on the validation set, the set every trial is ranked on
-(a tie keeps the first). The choice and both scores are cached beside the teacher's importance and recorded in the
-study's ``inheritance`` user_attr; ``student.inherit.one_layer: first | last`` names the layer instead.
+of the two, and which serves it better depends on the task: on one carried by words (SST-2) they come within a point
+of each other, on one that needs composition (the demo's negation and clause rules) the last layer won by 5 to 40
+points. So before the first trial, the space's largest one-layer student is trained briefly (the study's logit-KD
+recipe and learning rate, at most :data:`CALIBRATION_STEPS` steps) from the teacher's first and from its last layer,
+and every one-layer student of the study takes the layer whose student scored higher on the validation set, the set
+every trial is ranked on (a tie keeps the first). The choice and both scores are cached beside the teacher's
+importance and recorded in the study's ``inheritance`` user_attr; ``student.inherit.one_layer: first | last`` names
+the layer instead.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
 def calibrate_one_layer(
     inputs: TrialInputs, arch: StudentArch, *, device: torch.device | str = "cpu", steps: int = CALIBRATION_STEPS
 ) -> OneLayerChoice:
-    """Train ``arch`` (one layer) from the inheritance teacher's first and from its last layer with the study's KD
-    recipe for at most ``steps`` steps each (same rows, same seed) and return the layer whose student scored higher
-    on the validation set (a tie: the first)."""
+    """Train ``arch`` (one layer) from the inheritance teacher's first and from its last layer with the study's
+    logit-KD recipe (intermediate KD left out) for at most ``steps`` steps each (same rows, same seed) and return
+    the layer whose student scored higher on the validation set (a tie: the first)."""
     source = inputs.inherit
     if source is None or arch.num_layers != 1:
         raise ValueError("one-layer calibration needs an inheritance source and a one-layer student")

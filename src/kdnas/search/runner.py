@@ -22,6 +22,7 @@ from kdnas.search import local_ray
 from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
 from kdnas.search.inputs import check_budgets_reachable, inheritance_record, prepare_inputs, transfer_set
+from kdnas.search.one_layer import choose_one_layer
 from kdnas.search.orphans import counts_toward_budget, reconcile_orphans, trials_left
 from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
@@ -113,6 +114,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
     inputs = prepare_inputs(config, task, teacher_logits, transfer)
     check_budgets_reachable(inputs)
+    inputs = choose_one_layer(inputs, output_dir / "cache")  # trains: only once the budgets are known reachable
     # the inputs are checked: only now is the study created (or a pre-fingerprint study given its fingerprint)
     storage = storage or open_storage(url)
     study = create_or_load_study(config, storage, fingerprint)
