@@ -113,6 +113,11 @@ def test_report_and_export_round_trip(searched, tmp_path):
     paths = write_report(study, tmp_path / "report", "accuracy")
     page = paths["html"].read_text()
     assert "Pareto front" in page and '<script src="http' not in page and len(page) > 1_000_000  # plotly.js inline
+    one_layer = study.user_attrs["inheritance"]["one_layer"]
+    assert (
+        f"Students are sliced out of minilm (layer rule uniform); one-layer students take its layer "
+        f"{one_layer['layer']}, chosen by {one_layer['steps']} training steps of L1-H32-A2-F64 from each end (layer 0: "
+    ) in page
     summary = json.loads(paths["json"].read_text())
     assert [p["trial"] for p in summary["front"]] == [t.number for t in pareto_front(study)]
     assert summary["hypervolume"] > 0 and summary["reference_point"]["accuracy"] == 0.0

@@ -29,6 +29,7 @@ from kdnas.records import (
     ARCH_SUMMARY_ATTR,
     DUPLICATE_ATTR,
     FAILURE_ATTR,
+    INHERITANCE_ATTR,
     INIT_ATTR,
     KD_ATTR,
     LATENCY_KEY,
@@ -225,6 +226,23 @@ def retime_note(study: optuna.Study) -> str:
     )
 
 
+def inheritance_note(study: optuna.Study, metric: str) -> str:
+    """Where the study's students start: the teacher they are sliced out of, its layer rule, and the layer one-layer
+    students take (with the calibration's scores when it chose it); empty when the study recorded no teacher."""
+    record = study.user_attrs.get(INHERITANCE_ATTR)
+    if not record:
+        return ""
+    note = f"Students are sliced out of {record['teacher']} (layer rule {record['layers']})"
+    one_layer = record.get("one_layer")
+    if not one_layer:
+        return note + "."
+    note += f"; one-layer students take its layer {one_layer['layer']}"
+    if one_layer["rule"] != "auto":
+        return note + f" (student.inherit.one_layer: {one_layer['rule']})."
+    scores = ", ".join(f"layer {layer}: {metric} {value:.4f}" for layer, value in one_layer["scores"].items())
+    return note + f", chosen by {one_layer['steps']} training steps of {one_layer['student']} from each end ({scores})."
+
+
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
     """One flat row per trial: state, values (latency re-timed where the study was), arch, KD recipe,
     initialisation, failure or pruning reason."""
@@ -315,7 +333,8 @@ th{{background:#f4f4f4}}</style></head><body>
 (hypervolume up to {metric} {reference[0]:g} and {reference[1]:.3g} ms; a reused trial is a repeat of a student
 the study holds, not trained again).</p>
 <p>Latency is the measured median forward time{html.escape(retime_note(study))}; dominated students are faded.
-Teachers (stars), measured the same way: {teacher_line or "none recorded"}.</p>
+Teachers (stars), measured the same way: {teacher_line or "none recorded"}.
+{html.escape(inheritance_note(study, metric))}</p>
 {plots}
 {importance_note}
 <h2>Trials</h2>
