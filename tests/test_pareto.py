@@ -73,6 +73,14 @@ def test_knee_and_budgets():
         knee_point([])
 
 
+def test_the_knee_lies_above_the_line_between_the_fronts_ends():
+    # scaled: trial 1 at (0.44, 0.07) lies far below the line from (0, 0) to (1, 1), trial 2 at (0.78, 0.93) above it
+    study = _study([(0.60, 1.0), (0.62, 5.0), (0.88, 8.0), (0.90, 10.0)])
+    assert knee_point(pareto_front(study)).number == 2
+    concave = _study([(0.60, 1.0), (0.62, 5.0), (0.64, 8.0), (0.90, 10.0)])  # every point below: no knee
+    assert knee_point(pareto_front(concave)).number == 3
+
+
 def test_kd_summary_labels_recipes_compactly():
     from kdnas.config import KDConfig
     from kdnas.dashboards.report import kd_summary

@@ -107,20 +107,32 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def knee_point(front: list[FrozenTrial]) -> FrozenTrial:
-    """The front's knee: the point farthest from the line joining its two extremes (objectives min–max scaled)."""
+    """The front's knee: of the points above the line joining its two extremes (objectives min–max scaled), the one
+    farthest from it, where giving up a little accuracy buys the most speed. A front with no point above that line
+    has no knee: its most accurate student (as for a front of one or two)."""
     if not front:
         raise ValueError("the Pareto front is empty")
+    best = max(front, key=lambda t: t.values[0])
     if len(front) <= 2:
-        return max(front, key=lambda t: t.values[0])
+        return best
     values = [t.values[0] for t in front]
     lats = [t.values[1] for t in front]
     v_span = (max(values) - min(values)) or 1.0
     l_span = (max(lats) - min(lats)) or 1.0
-    points = [((t.values[1] - min(lats)) / l_span, (t.values[0] - min(values)) / v_span) for t in front]
-    (x1, y1), (x2, y2) = points[0], points[-1]
+    fastest, slowest = min(front, key=lambda t: t.values[1]), max(front, key=lambda t: t.values[1])
+
+    def scaled(t: FrozenTrial) -> tuple[float, float]:
+        return (t.values[1] - min(lats)) / l_span, (t.values[0] - min(values)) / v_span
+
+    (x1, y1), (x2, y2) = scaled(fastest), scaled(slowest)
     norm = math.hypot(x2 - x1, y2 - y1) or 1.0
-    distances = [abs((y2 - y1) * x - (x2 - x1) * y + x2 * y1 - y2 * x1) / norm for x, y in points]
-    return front[max(range(len(front)), key=distances.__getitem__)]
+
+    def above(t: FrozenTrial) -> float:  # signed distance from the line, positive on the more accurate side
+        x, y = scaled(t)
+        return ((x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)) / norm
+
+    knee = max(front, key=above)
+    return knee if above(knee) > 1e-12 else best
 
 
 def best_under_budget(
