@@ -107,6 +107,8 @@ def test_a_named_layer_other_rules_and_spaces_without_one_layer_students_train_n
     assert choose_one_layer(importance, tmp_path) is importance
     deep = replace(inputs, config=build_config({"student": {"space": {**SPACE, "depth": {"min": 2, "max": 3}}}}))
     assert choose_one_layer(deep, tmp_path) is deep
+    one_layer_teacher = replace(inputs, inherit=replace(inputs.inherit, num_layers=1))  # nothing to choose from
+    assert choose_one_layer(one_layer_teacher, tmp_path) is one_layer_teacher
     random = replace(inputs, inherit=None)
     assert choose_one_layer(random, tmp_path) is random
     assert not list(tmp_path.glob("*.json"))
@@ -119,3 +121,12 @@ def test_one_layer_student_is_the_largest_with_the_teachers_head_size():
     with pytest.raises(ValueError, match="not one of the teacher's 4 layers"):
         inheritance_layer_map(1, 4, "uniform", one_layer=4)
     assert inheritance_layer_map(1, 4, "uniform", one_layer=3) == [3] and inheritance_layer_map(1, 4, "last") == [3]
+
+
+def test_a_recipe_that_diverges_fails_the_calibration_not_the_search(inputs):
+    diverging = build_config({"student": {"space": SPACE}, "training": {"learning_rate": 1e30}})
+    choice = one_layer.calibrate_one_layer(
+        replace(inputs, config=diverging), one_layer_student(diverging.student.space, 8)
+    )
+    assert choice.layer == 0 and choice.scores == {}  # the first layer is kept; the trials fail with their reasons
+    assert set(choice.failed) == {0, 3} and all("non-finite loss" in reason for reason in choice.failed.values())

@@ -58,7 +58,7 @@ def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
     Ray cluster, run as a Ray task with ``search.resources_per_teacher``). Inputs without an inheritance source, with
     another layer rule or without one-layer students come back as they are."""
     source, config = inputs.inherit, inputs.config
-    if source is None or source.rule != "uniform":
+    if source is None or source.rule != "uniform" or source.num_layers < 2:
         return inputs
     arch = one_layer_student(config.student.space, source.head_dim)
     if arch is None:
@@ -75,12 +75,7 @@ def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
         shipped = replace(inputs, intermediate_teachers=())
         choice = run_step(config, f"one-layer calibration ({arch.summary})", calibrate_one_layer, shipped, arch)
         _write(file, choice)
-    logger.info(
-        "one-layer students inherit teacher %s's layer %d (%s)",
-        source.teacher,
-        choice.layer,
-        ", ".join(f"layer {k}: {v:.4f}" for k, v in choice.scores.items()),
-    )
+    logger.info("one-layer students inherit teacher %s's layer %d (%s)", source.teacher, choice.layer, _scores(choice))
     return replace(inputs, inherit=replace(source, one_layer=choice))
 
 
@@ -89,7 +84,9 @@ def calibrate_one_layer(
 ) -> OneLayerChoice:
     """Train ``arch`` (one layer) from the inheritance teacher's first and from its last layer with the study's
     logit-KD recipe (intermediate KD left out) for at most ``steps`` steps each (same rows, same seed) and return
-    the layer whose student scored higher on the validation set (a tie: the first)."""
+    the layer whose student scored higher on the validation set (a tie: the first). A candidate whose training
+    fails (a non-finite or diverging loss) is recorded in ``failed`` and not chosen; if both fail, the first layer is
+    kept and the trials meet the same recipe, and fail, with their own reasons."""
     source = inputs.inherit
     if source is None or arch.num_layers != 1:
         raise ValueError("one-layer calibration needs an inheritance source and a one-layer student")
@@ -102,6 +99,7 @@ def calibrate_one_layer(
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_positions = max(config.data.max_seq_length, config.latency_seq_len)
     scores: dict[int, float] = {}
+    failed: dict[int, str] = {}
     for layer in dict.fromkeys((0, source.num_layers - 1)):
         torch.manual_seed(training.seed)
         model = arch.build(tokenizer, inputs.num_labels, max_positions=max_positions)
@@ -109,26 +107,45 @@ def calibrate_one_layer(
         init = initialise(model, candidate)
         distillation = Distillation(kd, inputs.teacher_logits.to(device), None, labels=inputs.train.labels)
         with Progress(f"one-layer calibration, teacher layer {layer}", "step") as progress:
-            train(
-                model,
-                rows,
-                loss_fn=distillation,
-                extra_parameters=distillation.parameters(),
-                epochs=epochs,
-                batch_size=training.batch_size,
-                learning_rate=learning_rate(config, {}, init),
-                weight_decay=training.weight_decay,
-                warmup_ratio=training.warmup_ratio,
-                seed=training.seed,
-                device=device,
-                on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
-                precision=precision,
-            )
-        scores[layer] = evaluate(model, inputs.eval, inputs.metric, device=device, precision=precision)
-    best = max(scores, key=lambda layer: (scores[layer], -layer))
+            try:
+                train(
+                    model,
+                    rows,
+                    loss_fn=distillation,
+                    extra_parameters=distillation.parameters(),
+                    epochs=epochs,
+                    batch_size=training.batch_size,
+                    learning_rate=learning_rate(config, {}, init),
+                    weight_decay=training.weight_decay,
+                    warmup_ratio=training.warmup_ratio,
+                    seed=training.seed,
+                    device=device,
+                    on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
+                    precision=precision,
+                )
+            except FloatingPointError as err:  # NonFiniteLossError, DivergedError
+                failed[layer] = f"{type(err).__name__}: {err}"
+                continue
+        value = evaluate(model, inputs.eval, inputs.metric, device=device, precision=precision)
+        if math.isfinite(value):
+            scores[layer] = value
+        else:
+            failed[layer] = f"{inputs.metric} is {value}"
+    best = max(scores, key=lambda layer: (scores[layer], -layer), default=0)
     return OneLayerChoice(
-        layer=best, rule="auto", scores=scores, student=arch.summary, steps=trained, ran_on=where(device)
+        layer=best,
+        rule="auto",
+        scores=scores,
+        failed=failed,
+        student=arch.summary,
+        steps=trained,
+        ran_on=where(device),
     )
+
+
+def _scores(choice: OneLayerChoice) -> str:
+    scored = [f"layer {k}: {v:.4f}" for k, v in choice.scores.items()]
+    return ", ".join(scored + [f"layer {k}: {reason}" for k, reason in choice.failed.items()])
 
 
 def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
@@ -169,6 +186,7 @@ def _read(file: Path) -> OneLayerChoice:
         layer=int(record["layer"]),
         rule=record["rule"],
         scores={int(k): float(v) for k, v in record["scores"].items()},
+        failed={int(k): v for k, v in record.get("failed", {}).items()},
         student=record["student"],
         steps=int(record["steps"]),
         ran_on=record.get("ran_on"),

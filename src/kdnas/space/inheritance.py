@@ -91,12 +91,13 @@ def top_k(scores: torch.Tensor, k: int) -> list[int]:
 @dataclass(frozen=True)
 class OneLayerChoice:
     """The teacher layer a one-layer student takes under ``uniform``, and how it was chosen: ``scores`` maps each
-    candidate layer to the validation metric a short training of ``student`` from it reached (empty when the
-    configuration named the layer)."""
+    candidate layer to the validation metric a short training of ``student`` from it reached, ``failed`` a candidate
+    whose training failed to the error (both empty when the configuration named the layer)."""
 
     layer: int
     rule: str  # auto (chosen by the scores), first, last
     scores: dict[int, float] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
     student: str = ""
     steps: int = 0
     ran_on: dict[str, Any] | None = None
@@ -107,6 +108,7 @@ class OneLayerChoice:
             "layer": self.layer,
             "rule": self.rule,
             "scores": {str(k): round(v, 6) for k, v in self.scores.items()},
+            "failed": {str(k): v for k, v in self.failed.items()},
             "student": self.student,
             "steps": self.steps,
             "ran_on": self.ran_on,
