@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import optuna
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from conftest import students_vocabulary_bert
 from kdnas.config import build_config
 from kdnas.objectives.batches import encode
 from kdnas.search.one_layer import choose_one_layer, one_layer_student
+from kdnas.search.retrain import recorded_one_layer
 from kdnas.search.trial import TrialInputs
 from kdnas.space import StudentArch
 from kdnas.space.inheritance import inherit, inheritance_layer_map, inheritance_source
@@ -130,3 +132,13 @@ def test_a_recipe_that_diverges_fails_the_calibration_not_the_search(inputs):
     )
     assert choice.layer == 0 and choice.scores == {}  # the first layer is kept; the trials fail with their reasons
     assert set(choice.failed) == {0, 3} and all("non-finite loss" in reason for reason in choice.failed.values())
+
+
+def test_a_retrained_student_takes_the_layer_its_study_recorded():
+    study = optuna.create_study()
+    assert recorded_one_layer(study) is None  # students from random weights
+    study.set_user_attr("inheritance", {"teacher": "minilm", "layers": "uniform"})
+    assert recorded_one_layer(study) == "first"  # recorded before the choice existed: they took the first layer
+    for layer, named in ((0, "first"), (5, "last")):
+        study.set_user_attr("inheritance", {"teacher": "minilm", "one_layer": {"layer": layer, "rule": "auto"}})
+        assert recorded_one_layer(study) == named

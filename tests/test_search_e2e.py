@@ -264,7 +264,8 @@ def test_stock_optuna_cli_reads_the_study(searched):
 
 def test_export_with_missing_weights_says_so_then_retrains(searched, tmp_path):
     config, study = searched
-    trial = study.trials[0]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    trial = next((t for t in complete if t.params["num_layers"] == 1), complete[0])  # one-layer: the recorded layer
     saved = Path(trial.user_attrs["student_path"])
     hidden = tmp_path / "hidden-student"
     shutil.move(saved, hidden)
@@ -279,7 +280,7 @@ def test_export_with_missing_weights_says_so_then_retrains(searched, tmp_path):
             "--study-name",
             config.search.study_name,
             "--trial",
-            "0",
+            str(trial.number),
             "--out",
             str(tmp_path / "out"),
         ]
@@ -288,15 +289,18 @@ def test_export_with_missing_weights_says_so_then_retrains(searched, tmp_path):
         assert "saved student weights are missing" in refused.stderr and "--retrain" in refused.stderr
         retrained = subprocess.run(base + ["--retrain", "--epochs", "1"], capture_output=True, text=True, timeout=600)
         assert retrained.returncode == 0, retrained.stderr[-2000:]
+        assert "retraining trial" in retrained.stderr and "one-layer" not in retrained.stderr  # the recorded layer
         model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
         assert model.config.num_hidden_layers == trial.params["num_layers"]
         record = json.loads((tmp_path / "out" / "kdnas_trial.json").read_text())
         assert record["retrained"] and record["trial_objectives"] == dict(zip(study.metric_names, trial.values))
         assert record["user_attrs"]["epochs_trained"] == 1 and record["trial_user_attrs"]["epochs_trained"] == 2
+        assert record["user_attrs"]["init"]["layers"] == trial.user_attrs["init"]["layers"]  # the same teacher layers
         value, latency_ms = record["objectives"]["accuracy"], record["objectives"]["latency_ms"]
         assert latency_ms == record["user_attrs"]["latency"]["median_ms"]
         assert f"accuracy={value:.4f}, latency={latency_ms:.3f} ms" in retrained.stdout
         assert f"| {value:.4f} | {latency_ms:.3f} ms |" in (tmp_path / "out" / "README.md").read_text()
-        assert (Path(config.output_dir) / "students" / config.search.study_name / "retrained" / "trial-0000").is_dir()
+        retrained_dir = Path(config.output_dir) / "students" / config.search.study_name / "retrained"
+        assert (retrained_dir / f"trial-{trial.number:04d}").is_dir()
     finally:
         shutil.move(hidden, saved)

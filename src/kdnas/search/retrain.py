@@ -10,7 +10,7 @@ import optuna
 
 from kdnas.config import ConfigError, build_config
 from kdnas.export import Retrained
-from kdnas.records import CONFIG_ATTR
+from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR
 from kdnas.search.trial import prepare_students, student_dir, train_student
 from kdnas.teachers.loading import driver_device
 
@@ -29,6 +29,10 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     raw = {**recorded, "search": {**recorded["search"], "storage": None}}
     if epochs is not None:
         raw["training"] = {**raw["training"], "epochs": epochs}
+    one_layer = recorded_one_layer(study)
+    if one_layer is not None:  # the layer the study's one-layer students took, not a new calibration
+        student = raw.get("student", {})
+        raw["student"] = {**student, "inherit": {**student.get("inherit", {}), "one_layer": one_layer}}
     config = build_config(raw)
     inputs = prepare_students(config)
     inputs = replace(inputs, students_dir=str(Path(inputs.students_dir) / "retrained"))
@@ -37,3 +41,15 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     if report.infeasible is not None:  # e.g. measured slower than latency.budget_ms on this machine
         raise ConfigError(f"trial {trial.number} retrained: {report.infeasible}")
     return Retrained(student_dir(inputs, trial.number), report.value, report.latency_ms, report.attrs)
+
+
+def recorded_one_layer(study: optuna.Study) -> str | None:
+    """``first`` or ``last``: the teacher layer the study's one-layer students inherited (``first`` for a study from
+    before the choice was recorded, when they took the first); None when its students did not inherit."""
+    record = study.user_attrs.get(INHERITANCE_ATTR)
+    if not record:
+        return None
+    chosen = record.get("one_layer")
+    if not chosen:
+        return "first"
+    return "first" if chosen["layer"] == 0 else "last"
