@@ -339,7 +339,8 @@ def test_four_drivers_on_one_postgresql_study_record_every_trial_once(run_dir, r
         subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(4)
     ]
     errors = [d.communicate(timeout=600)[1] for d in drivers]
-    assert [d.returncode for d in drivers] == [0] * 4, [e[-1500:] for e in errors]
+    failed = [f"driver {i} exited {d.returncode}: {e.strip()[-600:]}" for i, (d, e) in enumerate(zip(drivers, errors))]
+    assert [d.returncode for d in drivers] == [0] * 4, "\n".join(f for f, d in zip(failed, drivers) if d.returncode)
     study = load_study(url, config.search.study_name)
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
