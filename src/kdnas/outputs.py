@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kdnas.config import ConfigError
 from kdnas.records import STUDENT_FILES
@@ -26,3 +29,17 @@ def writable_dir(path: Path, what: str) -> Path:
 def missing_student_files(directory: Path) -> list[str]:
     """The files a saved student needs that ``directory`` lacks (all of them when it is no directory)."""
     return [name for name in STUDENT_FILES if not (directory / name).is_file()]
+
+
+def write_json_atomically(file: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``file`` so that readers see the whole file or none: a temporary file of its own in
+    the same directory, then ``os.replace``; a failed write removes it."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(data, out)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

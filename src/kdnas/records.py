@@ -198,6 +198,14 @@ class TrialReport:
         )
 
 
+def one_layer_scores(record: Mapping[str, Any], metric: str) -> str:
+    """The one-layer calibration's outcome per teacher layer, e.g. ``layer 0: accuracy 0.5017, layer 5: accuracy
+    0.6950`` (a failed candidate: its error), from the ``one_layer`` part of the :data:`INHERITANCE_ATTR` record."""
+    scored = [f"layer {layer}: {metric} {value:.4f}" for layer, value in record["scores"].items()]
+    failed = [f"layer {layer}: {reason}" for layer, reason in (record.get("failed") or {}).items()]
+    return ", ".join(scored + failed)
+
+
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 

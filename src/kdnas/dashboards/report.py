@@ -36,6 +36,7 @@ from kdnas.records import (
     PARAMS_CONSTRAINT,
     PRUNED_ATTR,
     RETIMED_ATTR,
+    one_layer_scores,
 )
 
 
@@ -239,9 +240,7 @@ def inheritance_note(study: optuna.Study, metric: str) -> str:
     note += f"; one-layer students take its layer {one_layer['layer']}"
     if one_layer["rule"] != "auto":
         return note + f" (student.inherit.one_layer: {one_layer['rule']})."
-    scored = [f"layer {layer}: {metric} {value:.4f}" for layer, value in one_layer["scores"].items()]
-    failed = [f"layer {layer}: {reason}" for layer, reason in (one_layer.get("failed") or {}).items()]
-    scores = ", ".join(scored + failed)
+    scores = one_layer_scores(one_layer, metric)
     return note + f", chosen by {one_layer['steps']} training steps of {one_layer['student']} from each end ({scores})."
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from kdnas.config import KDNASConfig, LatencyConfig
 from kdnas.objectives.latency import LatencyResult, device_name, measure_configured, resolve_device
+from kdnas.outputs import write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +60,7 @@ def read_cached(directory: Path, key: str) -> LatencyResult | None:
 
 def write_cached(directory: Path, key: str, result: LatencyResult) -> None:
     """Store ``result`` under ``key`` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(result.to_dict(), file)
-        os.replace(tmp, directory / f"{key}.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomically(directory / f"{key}.json", result.to_dict())
 
 
 MAX_SPREAD = 1.5

@@ -28,7 +28,9 @@ from kdnas.objectives.batches import Encoded
 from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.precision import resolve_precision
 from kdnas.objectives.training import evaluate, train
+from kdnas.outputs import write_json_atomically
 from kdnas.progress import Progress
+from kdnas.records import one_layer_scores
 from kdnas.search.fingerprint import config_fingerprint
 from kdnas.search.trial import TrialInputs, initialise, learning_rate, training_rows
 from kdnas.space import StudentArch
@@ -74,8 +76,9 @@ def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
         # a Ray task gets what it needs: no intermediate teachers (models do not survive the object store)
         shipped = replace(inputs, intermediate_teachers=())
         choice = run_step(config, f"one-layer calibration ({arch.summary})", calibrate_one_layer, shipped, arch)
-        _write(file, choice)
-    logger.info("one-layer students inherit teacher %s's layer %d (%s)", source.teacher, choice.layer, _scores(choice))
+        write_json_atomically(file, choice.record())
+    scores = one_layer_scores(choice.record(), inputs.metric)
+    logger.info("one-layer students inherit teacher %s's layer %d (%s)", source.teacher, choice.layer, scores)
     return replace(inputs, inherit=replace(source, one_layer=choice))
 
 
@@ -93,8 +96,8 @@ def calibrate_one_layer(
     config, device = inputs.config, torch.device(device)
     kd, training = kd_recipe(config.kd, {}), config.training
     rows = training_rows(kd, inputs)
-    epochs = min(1.0, steps / math.ceil(len(rows) / training.batch_size))
-    trained = min(steps, math.ceil(len(rows) / training.batch_size))
+    steps_per_epoch = math.ceil(len(rows) / training.batch_size)
+    epochs, trained = min(1.0, steps / steps_per_epoch), min(steps, steps_per_epoch)
     precision = resolve_precision(training.precision, device)
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_positions = max(config.data.max_seq_length, config.latency_seq_len)
@@ -143,11 +146,6 @@ def calibrate_one_layer(
     )
 
 
-def _scores(choice: OneLayerChoice) -> str:
-    scored = [f"layer {k}: {v:.4f}" for k, v in choice.scores.items()]
-    return ", ".join(scored + [f"layer {k}: {reason}" for k, reason in choice.failed.items()])
-
-
 def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
     """What the choice depends on: the teachers, KD and training recipe, the inheritance source (its importance file
     is keyed by the teacher's weights and the data), the rows, the calibration student and its budget."""
@@ -171,13 +169,6 @@ def _digest(data: Encoded) -> str:
     for tensor in (data.input_ids, data.labels):
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _write(file: Path, choice: OneLayerChoice) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(file.name + ".partial")
-    partial.write_text(json.dumps(choice.record(), indent=1))
-    partial.replace(file)
 
 
 def _read(file: Path) -> OneLayerChoice:
