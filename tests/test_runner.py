@@ -118,6 +118,22 @@ def test_samplers_are_seeded_and_chosen_from_config():
     assert isinstance(runner.make_sampler(config), optuna.samplers.NSGAIISampler)
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_survives_the_pickling_tune_gives_its_searcher(tmp_path, sampler):
+    import ray.cloudpickle
+
+    from conftest import make_searcher
+    from kdnas.search.study import open_storage
+
+    config = load_config(None, [f"search.sampler={sampler}"])
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    searcher = make_searcher(config, storage, sampler=runner.make_sampler(config))
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(searcher))  # what tune.Tuner does when a search starts
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy._sampler)
+    study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), n_trials=3)
+    assert len(study.trials) == 3
+
+
 def test_examples_demo_yaml_is_the_built_in_default():
     demo = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
     assert load_config(demo) == KDNASConfig()

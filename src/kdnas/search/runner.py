@@ -27,6 +27,7 @@ from kdnas.search.orphans import counts_toward_budget, reconcile_orphans, trials
 from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
 from kdnas.search.retime import retime_study
+from kdnas.search.samplers import make_sampler
 from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
 from kdnas.search.searcher import DeadlineStopper, KDNASSearch
 from kdnas.search.study import (
@@ -62,19 +63,6 @@ def init_ray(address: str | None, output_dir: Path | None = None) -> None:
     if output_dir is not None:
         context = ray.get_runtime_context()
         local_ray.record(output_dir, Path(context.get_temp_dir()) / context.get_session_name())
-
-
-def make_sampler(config: KDNASConfig, trials_before: int = 0) -> optuna.samplers.BaseSampler:
-    """The configured multi-objective sampler, seeded with ``search.seed`` plus the number of trials the study held
-    before this run: a resumed run does not replay the proposals of the first."""
-    seed = config.search.seed + trials_before
-    if config.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if config.search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if config.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler | None = None) -> optuna.Study:
