@@ -9,15 +9,18 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import safetensors.torch
 import torch
 from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from conftest import make_searcher, outcome_of
-from kdnas.config import ConfigError, KDNASConfig, LatencyConfig, build_config
+from kdnas.config import ConfigError, EarlyStoppingConfig, KDNASConfig, LatencyConfig, build_config
 from kdnas.objectives import latency_cache
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY
+from kdnas.objectives.batches import Encoded
+from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialReport
 from kdnas.search import trial as trial_mod
+from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps
 from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.trial import TrialInputs, run_trial
 
@@ -158,6 +161,65 @@ def test_scheduler_judges_rungs_only_and_ignores_unmeasured_results():
     assert _feed(scheduler, "c", 1, math.nan, 1.0) == TrialScheduler.CONTINUE  # infeasible or failed report
     assert _feed(scheduler, "d", 1, 0.1, 1.0) == TrialScheduler.STOP
     assert _feed(scheduler, "d", 1, 0.1, 1.0) == TrialScheduler.CONTINUE  # a repeated result is judged once
+
+
+def test_a_fractional_grace_puts_rungs_inside_the_first_epoch():
+    assert rungs(0.25, 2, 3) == [0.25, 0.5, 1, 2] and rungs(0.5, 3, 2) == [0.5, 1.5]
+    config = build_config(
+        {"search": {"early_stopping": {"mode": "on", "grace_epochs": 0.25}}, "training": {"epochs": 3, "batch_size": 4}}
+    )
+    assert mid_epoch_rungs(config) == [0.25, 0.5]
+    assert mid_epoch_steps(config, 16) == {1: 0.25, 2: 0.5}  # 4 steps per epoch
+    assert mid_epoch_steps(config, 4) == {}  # one step per epoch: both rungs round to an epoch's end
+    off = config.model_copy(
+        update={"search": config.search.model_copy(update={"early_stopping": EarlyStoppingConfig(mode="off")})}
+    )
+    assert mid_epoch_rungs(off) == [] and mid_epoch_steps(off, 16) == {}
+    scheduler = LatencyAwareASHA(
+        metric="accuracy", latency_attr="latency_ms", max_t=3, grace_period=0.25, latency_bins=1
+    )
+    assert _feed(scheduler, "a", 0.25, 0.9, 1.0) == TrialScheduler.CONTINUE
+    assert _feed(scheduler, "b", 0.3, 0.1, 1.0) == TrialScheduler.CONTINUE  # no rung
+    assert _feed(scheduler, "b", 0.25, 0.1, 1.0) == TrialScheduler.STOP
+    assert scheduler.stop_reasons["b"].startswith("stopped early after epoch 0.25: accuracy 0.1000 below 0.9000")
+
+
+def test_a_trial_reports_at_its_mid_epoch_rungs_without_changing_its_training(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(1000, 30000, (16, 8), generator=generator)
+    data = Encoded(ids, torch.ones_like(ids), None, (ids[:, 0] > 15000).long())
+
+    def trial(stopping: str, out: str) -> tuple[list[dict], dict]:
+        raw = {
+            "data": {"max_seq_length": 8},
+            "training": {"epochs": 2, "batch_size": 4},
+            "latency": {"warmup": 0, "runs": 3, "min_run_time_s": 0, "cache": False},
+            "student": {"inherit": {"enabled": False}},
+            "search": {"early_stopping": {"mode": stopping, "grace_epochs": 0.25}},
+        }
+        inputs = TrialInputs(
+            config=build_config(raw),
+            metric="accuracy",
+            label_names=("neg", "pos"),
+            train=data,
+            eval=data,
+            teacher_names=("t",),
+            teacher_logits=torch.randn(1, len(data), 2, generator=torch.Generator().manual_seed(0)),
+            students_dir=str(tmp_path / out),
+        )
+        reports: list[dict] = []
+        run_trial(ARCH, inputs, trial_number=0, device="cpu", report=reports.append)
+        weights = safetensors.torch.load_file(tmp_path / out / "trial-0000" / "model.safetensors")
+        return reports, weights
+
+    reports, weights = trial("on", "on")
+    assert [r["epoch"] for r in reports] == [0.25, 0.5, 1, 2] and reports[-1][COMPLETED_KEY]
+    stopped_at = [TrialReport.from_result(r, "accuracy") for r in reports[:2]]
+    assert [(r.epoch, r.attrs["epochs_trained"]) for r in stopped_at] == [(0.25, 0.25), (0.5, 0.5)]
+    plain, plain_weights = trial("off", "off")
+    assert [r["epoch"] for r in plain] == [1, 2] and plain[-1]["accuracy"] == reports[-1]["accuracy"]
+    assert weights.keys() == plain_weights.keys()
+    assert all(torch.equal(weights[k], plain_weights[k]) for k in weights)  # evaluating mid-epoch leaves training be
 
 
 CURVES = {  # name: (latency ms, accuracy after each of 4 epochs); Tune runs them one by one, in this order

@@ -380,7 +380,7 @@ class EarlyStoppingConfig(_Section):
     """Latency-aware successive halving: students are compared only with students of similar latency."""
 
     mode: Literal["auto", "on", "off"] = "auto"
-    grace_epochs: int = Field(1, ge=1)
+    grace_epochs: float = Field(1, gt=0)
     reduction_factor: int = Field(2, ge=2)
     latency_bins: int = Field(3, ge=1)
 
@@ -445,7 +445,7 @@ class KDNASConfig(_Section):
         stopping = self.search.early_stopping
         if stopping.mode == "on" and stopping.grace_epochs >= self.training.epochs:
             raise ValueError(
-                f"search.early_stopping.grace_epochs ({stopping.grace_epochs}) must be below training.epochs "
+                f"search.early_stopping.grace_epochs ({stopping.grace_epochs:g}) must be below training.epochs "
                 f"({self.training.epochs}) for early stopping to stop anything"
             )
         return self

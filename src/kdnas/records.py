@@ -132,10 +132,11 @@ class TrialReport:
     """What a trial's worker reports: after each epoch, and once more at its end.
 
     ``value`` is the task metric on the eval split and ``latency_ms`` the student's measured latency (the study's two
-    objectives; NaN when not measured), ``epoch`` the epochs trained so far (None before the first). The last report
-    of a student that trained its full budget is ``completed``; one that failed carries ``error`` (one line), one over
-    a latency or size budget (measured, never trained) ``infeasible`` (why). ``attrs`` are the user attrs its Optuna
-    trial gets (see the ``*_ATTR`` names), ``constraints`` its budget constraints (feasible when ≤ 0).
+    objectives; NaN when not measured), ``epoch`` the epochs trained so far (None before the first; a fraction at a
+    rung inside an epoch). The last report of a student that trained its full budget is ``completed``; one that
+    failed carries ``error`` (one line), one over a latency or size budget (measured, never trained) ``infeasible``
+    (why). ``attrs`` are the user attrs its Optuna trial gets (see the ``*_ATTR`` names), ``constraints`` its budget
+    constraints (feasible when ≤ 0).
 
     It travels through Ray Tune as a flat dict (:meth:`to_result`, :meth:`from_result`). The keys Tune's scheduler
     and the searcher read are plain scalars: the metric under the task's metric name, :data:`LATENCY_KEY`,
@@ -148,7 +149,7 @@ class TrialReport:
 
     value: float = math.nan
     latency_ms: float = math.nan
-    epoch: int | None = None
+    epoch: float | None = None
     completed: bool = False
     error: str | None = None
     infeasible: str | None = None
@@ -189,7 +190,7 @@ class TrialReport:
         return cls(
             value=_number(result.get(metric)),
             latency_ms=_number(result.get(LATENCY_KEY)),
-            epoch=None if epoch is None else int(epoch),
+            epoch=None if epoch is None else _epoch(epoch),
             completed=bool(result.get(COMPLETED_KEY)),
             error=str(result[ERROR_KEY]) if ERROR_KEY in result else None,
             infeasible=str(result[INFEASIBLE_KEY]) if INFEASIBLE_KEY in result else None,
@@ -238,3 +239,9 @@ def tune_results(config: KDNASConfig) -> dict[int, dict[str, Any]]:
         if last is not None and number is not None:
             results[int(number)] = last
     return results
+
+
+def _epoch(value: Any) -> float:
+    """A reported epoch: an int when whole (1, 2, …), else the fraction (0.25)."""
+    epoch = float(value)
+    return int(epoch) if epoch.is_integer() else epoch

@@ -83,6 +83,11 @@ def evaluate(
     return score(metric, preds.tolist(), data.labels.tolist())
 
 
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """The optimisation steps in one pass over ``rows`` examples (the last batch may be short)."""
+    return math.ceil(rows / batch_size)
+
+
 def train(
     model: torch.nn.Module,
     data: Encoded,
@@ -120,8 +125,8 @@ def train(
     precision = resolve_precision(precision, device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(data) / batch_size)
-    total_steps = max(1, math.ceil(steps_per_epoch * epochs))
+    per_epoch = steps_per_epoch(len(data), batch_size)
+    total_steps = max(1, math.ceil(per_epoch * epochs))
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters or [])
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)

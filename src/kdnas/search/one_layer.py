@@ -27,7 +27,7 @@ from kdnas.config import SpaceConfig
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.precision import resolve_precision
-from kdnas.objectives.training import evaluate, train
+from kdnas.objectives.training import evaluate, steps_per_epoch, train
 from kdnas.outputs import write_json_atomically
 from kdnas.progress import Progress
 from kdnas.records import one_layer_scores
@@ -96,8 +96,8 @@ def calibrate_one_layer(
     config, device = inputs.config, torch.device(device)
     kd, training = kd_recipe(config.kd, {}), config.training
     rows = training_rows(kd, inputs)
-    steps_per_epoch = math.ceil(len(rows) / training.batch_size)
-    epochs, trained = min(1.0, steps / steps_per_epoch), min(steps, steps_per_epoch)
+    per_epoch = steps_per_epoch(len(rows), training.batch_size)
+    epochs, trained = min(1.0, steps / per_epoch), min(steps, per_epoch)
     precision = resolve_precision(training.precision, device)
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_positions = max(config.data.max_seq_length, config.latency_seq_len)

@@ -1,13 +1,13 @@
 """Latency-aware asynchronous successive halving: students compete only with students of similar latency.
 
 Plain ASHA ranks every student by accuracy alone, so slow, accurate students stop every fast one and the fast end
-of the Pareto front is never trained. Here, at each rung (epochs ``grace · rf^k`` below the last epoch), the
-students recorded at that rung are split by latency rank into ``latency_bins`` equal-count bins, and a student is
-stopped when its metric is below the ``1 − 1/rf`` quantile of the others already recorded in its bin (ASHA's rule,
-per bin) *and* some student recorded at that rung dominates it (at least as fast and as good, one of them
-strictly). So a student on the rung's (metric, latency) front always runs on: the fastest student seen so far is
-never stopped, however slowly it learns in its first epochs. While a bin holds only the student itself, nothing
-stops it, so the first students of a search run on.
+of the Pareto front is never trained. Here, at each rung (epochs ``grace · rf^k`` below the last epoch; a fractional
+grace puts rungs inside the first epochs, where trials report mid-epoch), the students recorded at that rung are
+split by latency rank into ``latency_bins`` equal-count bins, and a student is stopped when its metric is below the
+``1 − 1/rf`` quantile of the others already recorded in its bin (ASHA's rule, per bin) *and* some student recorded
+at that rung dominates it (at least as fast and as good, one of them strictly). So a student on the rung's (metric,
+latency) front always runs on: the fastest student seen so far is never stopped, however slowly it learns in its
+first epochs. While a bin holds only the student itself, nothing stops it, so the first students of a search run on.
 """
 
 from __future__ import annotations
@@ -21,19 +21,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdnas.config import KDNASConfig
 from kdnas.records import EPOCH_KEY
-
-AUTO_MIN_TRIALS = 8
-"""``mode: auto`` turns early stopping on from this many trials: with 3 latency bins, fewer trials leave a bin
-with one or two students per rung, so stops would rest on single comparisons and save little."""
-
-
-def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
-    """The milestones ``grace · rf^k`` strictly below ``max_t`` (a student's last epoch is never a rung)."""
-    milestones, t = [], grace_period
-    while t < max_t:
-        milestones.append(t)
-        t *= reduction_factor
-    return milestones
+from kdnas.search.rungs import early_stopping_enabled, rungs
 
 
 class LatencyAwareASHA(FIFOScheduler):
@@ -44,10 +32,10 @@ class LatencyAwareASHA(FIFOScheduler):
         *,
         metric: str,
         latency_attr: str,
-        max_t: int,
+        max_t: float,
         mode: Literal["max", "min"] = "max",
         time_attr: str = EPOCH_KEY,
-        grace_period: int = 1,
+        grace_period: float = 1,
         reduction_factor: int = 2,
         latency_bins: int = 3,
     ) -> None:
@@ -55,7 +43,7 @@ class LatencyAwareASHA(FIFOScheduler):
         self._objective, self._sign = metric, 1.0 if mode == "max" else -1.0
         self._latency_attr, self._time_attr = latency_attr, time_attr
         self._reduction_factor, self._latency_bins = reduction_factor, latency_bins
-        self._rungs: dict[int, dict[str, tuple[float, float]]] = {
+        self._rungs: dict[float, dict[str, tuple[float, float]]] = {
             m: {} for m in rungs(grace_period, reduction_factor, max_t)
         }
         self.stop_reasons: dict[str, str] = {}
@@ -69,9 +57,10 @@ class LatencyAwareASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         t, value, latency = (result.get(k) for k in (self._time_attr, self._objective, self._latency_attr))
-        if t not in self._rungs or not _finite(value) or not _finite(latency):
+        rung = self._rung_at(t)
+        if rung is None or not _finite(value) or not _finite(latency):
             return TrialScheduler.CONTINUE
-        recorded = self._rungs[t]
+        recorded = self._rungs[rung]
         if trial.trial_id in recorded:  # a repeated result (e.g. after a restore) was already judged
             return TrialScheduler.CONTINUE
         recorded[trial.trial_id] = (self._sign * value, latency)
@@ -84,10 +73,16 @@ class LatencyAwareASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         latencies = [recorded[p][1] for p in peers]
         self.stop_reasons[trial.trial_id] = (
-            f"stopped early after epoch {t}: {self._objective} {value:.4f} below {self._sign * cutoff:.4f}, the cutoff "
-            f"among {len(peers)} students of {min(latencies):.3g}–{max(latencies):.3g} ms at that epoch"
+            f"stopped early after epoch {rung:g}: {self._objective} {value:.4f} below {self._sign * cutoff:.4f}, "
+            f"the cutoff among {len(peers)} students of {min(latencies):.3g}–{max(latencies):.3g} ms at that epoch"
         )
         return TrialScheduler.STOP
+
+    def _rung_at(self, t: object) -> float | None:
+        """The rung a report at epoch ``t`` belongs to (a mid-epoch report's epoch is a float), or None."""
+        if not _finite(t):
+            return None
+        return next((rung for rung in self._rungs if math.isclose(rung, t, rel_tol=1e-9)), None)
 
     @staticmethod
     def _dominated(trial_id: str, recorded: dict[str, tuple[float, float]]) -> bool:
@@ -108,21 +103,12 @@ class LatencyAwareASHA(FIFOScheduler):
         return [k for k, b in zip(by_latency, bins) if b == own]
 
     def debug_string(self) -> str:
-        sizes = ", ".join(f"epoch {t}: {len(r)}" for t, r in self._rungs.items())
+        sizes = ", ".join(f"epoch {t:g}: {len(r)}" for t, r in self._rungs.items())
         return f"LatencyAwareASHA: {len(self.stop_reasons)} stopped; students per rung: {sizes}"
 
 
 def _finite(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def early_stopping_enabled(config: KDNASConfig) -> bool:
-    """Whether ``search.early_stopping`` is on (``auto``: from :data:`AUTO_MIN_TRIALS` trials, with a rung)."""
-    stopping = config.search.early_stopping
-    if stopping.mode == "off":
-        return False
-    has_rung = stopping.grace_epochs < config.training.epochs
-    return has_rung and (stopping.mode == "on" or config.search.n_trials >= AUTO_MIN_TRIALS)
 
 
 def make_scheduler(config: KDNASConfig, latency_attr: str) -> LatencyAwareASHA | None:

@@ -46,6 +46,7 @@ from kdnas.records import (
     TRAIN_STARTED_ATTR,
     TrialReport,
 )
+from kdnas.search.rungs import mid_epoch_steps
 from kdnas.space import StudentArch
 from kdnas.space.inheritance import InheritanceSource, inherit
 from kdnas.space.search_space import kd_recipe
@@ -204,7 +205,8 @@ def run_trial(
     node: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one student with multi-teacher logit KD, reporting a :class:`~kdnas.records.TrialReport` (as a Tune
-    result, :meth:`~kdnas.records.TrialReport.to_result`) after each epoch; the last report is returned.
+    result, :meth:`~kdnas.records.TrialReport.to_result`) after each epoch, and at each early-stopping rung inside an
+    epoch (:func:`~kdnas.search.rungs.mid_epoch_steps`); the last report is returned.
 
     Each report has the metric, latency, epoch and the attrs so far (kept if a scheduler stops the student there); the
     last is ``completed`` with the full attrs (arch, params, FLOPs, latency details, KD recipe, initialisation,
@@ -247,17 +249,30 @@ def run_trial(
     latest = TrialReport(latency_ms=latency.median_ms)
     last_state: dict[str, Any] = {}
 
-    def on_epoch(epoch: int) -> None:
-        nonlocal latest
+    def judge(epoch: float) -> TrialReport:
+        """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
         value = evaluate(model, inputs.eval, metric, device=device, precision=precision)
         if not math.isfinite(value):
-            raise FloatingPointError(f"{metric} is {value} after epoch {epoch}")
+            raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
         stopped_attrs = {**cost, INIT_ATTR: init, LEARNING_RATE_ATTR: rate, EPOCHS_TRAINED_ATTR: epoch}  # if stopped
-        latest = TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs)
+        return TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs)
+
+    def on_epoch(epoch: int) -> None:
+        nonlocal latest
+        latest = judge(epoch)
         if epoch < training.epochs and checkpoint is not None:
             checkpoint(latest.to_result(metric), last_state)
         elif epoch < training.epochs:
             report(latest.to_result(metric))
+
+    mid_epoch = mid_epoch_steps(config, len(rows))
+
+    def on_step(step: int, total_steps: int, loss: float) -> None:
+        nonlocal latest
+        if step in mid_epoch:  # a rung inside an epoch: reported without a checkpoint (a retry redoes the epoch)
+            latest = judge(mid_epoch[step])
+            report(latest.to_result(metric))
+            model.train()
 
     train(
         model,
@@ -272,6 +287,7 @@ def run_trial(
         seed=training.seed,
         device=device,
         on_epoch=on_epoch,
+        on_step=on_step if mid_epoch else None,
         state=resume,
         on_state=None if checkpoint is None else lambda state: last_state.update(state, loss=distillation.state()),
         precision=precision,
