@@ -270,6 +270,22 @@ def test_unreachable_storage_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert "pw-secret" not in err[0]
 
 
+def test_drivers_opening_one_fresh_postgresql_database_at_once_all_open_it(postgres_db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kdnas.search.study import open_storage
+
+    url, _ = postgres_db
+    start = threading.Barrier(8)
+
+    def open_at_once(_: int) -> list:
+        start.wait()
+        return open_storage(url).get_all_studies()
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(open_at_once, range(8))) == [[]] * 8
+
+
 def _terminate_backends(database: str, stop: threading.Event, every_s: float, counter: list[int]) -> None:
     engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
