@@ -18,6 +18,7 @@ from conftest import make_searcher, outcome_of
 from kdnas.config import ConfigError, EarlyStoppingConfig, KDNASConfig, LatencyConfig, build_config
 from kdnas.objectives import latency_cache
 from kdnas.objectives.batches import Encoded
+from kdnas.objectives.latency import LatencyResult
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialReport
 from kdnas.search import trial as trial_mod
 from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps
@@ -56,6 +57,24 @@ def test_latency_cache_hit_skips_the_measurement(tmp_path, monkeypatch):
     measure(model_key={"arch": {"num_layers": 2}})
     assert calls == [1, 1, 1], "other settings or another model are other keys"
     assert not list(tmp_path.glob(".*.tmp")), "writes are atomic: no temporary file is left"
+
+
+def test_a_steady_measurement_slower_than_an_earlier_attempt_is_not_trusted(monkeypatch):
+    def result(median_ms: float) -> LatencyResult:
+        return LatencyResult(median_ms, median_ms, 0.0, "cpu", "cpu", 1, 1, 8, 10, 0)
+
+    def attempts(*taken: tuple[float, str | None]):
+        queue = [(result(ms), problem) for ms, problem in taken]
+        monkeypatch.setattr(latency_cache, "_measure", lambda *_: queue.pop(0))
+        return latency_cache.measure_trusted(_Echo(), vocab_size=10, settings=FAST, seq_len=8)
+
+    busy = "its thread ran 60% of the time"
+    kept, trusted = attempts((1.66, busy), (2.88, None), (1.70, None))  # a neighbour slowed the second one
+    assert (kept.median_ms, trusted) == (1.70, True)
+    kept, trusted = attempts((1.66, busy), (2.88, None), (2.90, None))
+    assert (kept.median_ms, trusted) == (1.66, False), "never trusted: the fastest is kept, uncached"
+    kept, trusted = attempts((1.66, busy), (1.70, None))  # within MAX_SKEW of the earlier attempt
+    assert (kept.median_ms, trusted) == (1.70, True)
 
 
 # --- latency first: budgets ----------------------------------------------------------------------------------------
