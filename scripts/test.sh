@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Install kdnas with its test extras into ./.venv, lint and format-check with ruff, type-check with mypy, and run the whole test suite (offline).
+# Test files run on 2 pytest-xdist workers (a file's tests stay on one worker: they share its session fixtures);
+# pass -n 0 to run them in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -9,4 +11,4 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m ruff check --quiet src tests benchmarks
 .venv/bin/python -m ruff format --check --quiet src tests benchmarks
 .venv/bin/python -m mypy src/kdnas
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"
