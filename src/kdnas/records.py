@@ -190,7 +190,7 @@ class TrialReport:
         return cls(
             value=_number(result.get(metric)),
             latency_ms=_number(result.get(LATENCY_KEY)),
-            epoch=None if epoch is None else _epoch(epoch),
+            epoch=None if epoch is None else epoch_count(epoch),
             completed=bool(result.get(COMPLETED_KEY)),
             error=str(result[ERROR_KEY]) if ERROR_KEY in result else None,
             infeasible=str(result[INFEASIBLE_KEY]) if INFEASIBLE_KEY in result else None,
@@ -241,7 +241,7 @@ def tune_results(config: KDNASConfig) -> dict[int, dict[str, Any]]:
     return results
 
 
-def _epoch(value: Any) -> float:
-    """A reported epoch: an int when whole (1, 2, …), else the fraction (0.25)."""
+def epoch_count(value: Any) -> float:
+    """An epoch count as kdnas reports it: an int when whole (1, 2, …), else the fraction (0.25)."""
     epoch = float(value)
     return int(epoch) if epoch.is_integer() else epoch

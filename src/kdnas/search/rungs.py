@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kdnas.config import KDNASConfig
 from kdnas.objectives.training import steps_per_epoch
+from kdnas.records import epoch_count
 
 AUTO_MIN_TRIALS = 8
 """``mode: auto`` turns early stopping on from this many trials: with 3 latency bins, fewer trials leave a bin
@@ -11,12 +12,12 @@ with one or two students per rung, so stops would rest on single comparisons and
 
 
 def rungs(grace_period: float, reduction_factor: int, max_t: float) -> list[float]:
-    """The milestones ``grace · rf^k`` strictly below ``max_t`` (a student's last epoch is never a rung); whole
-    numbers come back as ints."""
+    """The milestones ``grace · rf^k`` strictly below ``max_t`` (a student's last epoch is never a rung), as
+    :func:`~kdnas.records.epoch_count`."""
     milestones: list[float] = []
     t = grace_period
     while t < max_t:
-        milestones.append(int(t) if float(t).is_integer() else t)
+        milestones.append(epoch_count(t))
         t *= reduction_factor
     return milestones
 
