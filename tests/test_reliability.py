@@ -108,20 +108,27 @@ def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(
             if t.state == TrialState.COMPLETE:
                 assert completed.setdefault(t.number, t.values) == t.values, "a completed trial changed"
     assert all(code == -signal.SIGKILL for _, code in killed), killed
+    # the rerun trains two students more than the budget left by the kills: two at a time, so one on each node (the
+    # students that survived the kills may all have trained alone, on one node)
+    total = n_trials + 2
     final = subprocess.run(
-        [sys.executable, "-m", "kdnas.cli", *command], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, "-m", "kdnas.cli", *command, "--set", f"search.n_trials={total}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert final.returncode == 0, final.stderr[-2000:]
     study = load_study(url, name)
     assert all(study.trials[n].values == v for n, v in completed.items()), "a completed trial was lost"
-    _assert_consistent(study, n_trials)
-    assert [t.state for t in study.trials if counts_toward_budget(t)] == [TrialState.COMPLETE] * n_trials
+    _assert_consistent(study, total)
+    assert [t.state for t in study.trials if counts_toward_budget(t)] == [TrialState.COMPLETE] * total
     lost = sum(t.user_attrs.get(FAILURE_ATTR) == DRIVER_LOST for t in study.trials)
     nodes = {t.user_attrs["node"]["id"] for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(nodes) == 2, "the students trained on both nodes"
     print(
         f"\n[reliability] driver SIGKILLed at {len(killed)} points ({', '.join(KILL_POINTS)}), then rerun: "
-        f"{n_trials}/{n_trials} COMPLETE, {lost} trials failed as driver lost and retried, 0 RUNNING, "
+        f"{total}/{total} COMPLETE, {lost} trials failed as driver lost and retried, 0 RUNNING, "
         f"0 duplicates, students trained on both nodes; {time.perf_counter() - started:.0f} s"
     )
 
