@@ -108,8 +108,7 @@ def test_driver_killed_at_many_points_then_rerun_loses_and_duplicates_nothing(
             if t.state == TrialState.COMPLETE:
                 assert completed.setdefault(t.number, t.values) == t.values, "a completed trial changed"
     assert all(code == -signal.SIGKILL for _, code in killed), killed
-    # the rerun trains two students more than the budget left by the kills: two at a time, so one on each node (the
-    # students that survived the kills may all have trained alone, on one node)
+    # the rerun raises the budget by two: a study killed at every point resumes, and grows, with nothing lost
     total = n_trials + 2
     final = subprocess.run(
         [sys.executable, "-m", "kdnas.cli", *command, "--set", f"search.n_trials={total}"],
