@@ -111,6 +111,8 @@ def test_predicted_logits_are_float32_under_autocast():
     mixed = predict_logits(model, data, batch_size=8, precision="bf16")
     assert exact.dtype == mixed.dtype == torch.float32 and mixed.shape == (24, 2)
     assert torch.allclose(exact, mixed, atol=0.05) and not torch.equal(exact, mixed)
+    model.train()
+    assert torch.equal(predict_logits(model, data, batch_size=8), exact) and model.training  # eval, mode kept
 
 
 @pytest.mark.parametrize(

@@ -188,6 +188,7 @@ def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_lim
     assert failed.user_attrs[FAILURE_ATTR] == "the trial's process failed after 1 restart(s) (see the Ray trial logs)"
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs[RESTARTS_ATTR] == 1
     assert resumed.user_attrs["epochs_trained"] == 3
+    assert [point[0] for point in resumed.user_attrs["learning_curve"]] == [1, 2, 3]  # epoch 1 from the checkpoint
     assert (folder / "starts-0").read_text().split() == ["0", "1"]  # retried from its epoch-1 checkpoint
     assert (folder / "starts-1").read_text().split() == ["0", "1"]
     print(

@@ -88,6 +88,10 @@ TRAIN_FINISHED_ATTR = "train_finished_at"
 """When (Unix time) its training, the evaluation after each epoch and saving it finished."""
 STUDENT_PATH_ATTR = "student_path"
 """The directory the trained student was saved to."""
+LEARNING_CURVE_ATTR = "learning_curve"
+"""Each evaluation during training, in order: ``[epochs, metric, seconds]`` (epochs trained, a fraction at a rung
+inside an epoch; the task metric; training seconds so far, evaluations included). A student stopped early has the
+points up to its stop: how well early points rank final ones is what early stopping rests on."""
 COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
 """Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 
@@ -107,10 +111,10 @@ INHERITANCE_ATTR = "inheritance"
 TRANSFER_ATTR = "transfer"
 """Study user attr: the transfer set's size, sources and fingerprint (or None without one)."""
 CONFIG_ATTR = "config"
+"""Study user attr: the kdnas config the study was created with (``dump_config``, the storage URL masked)."""
 RETIMED_ATTR = "retimed"
 """Study user attr: latencies measured again on one node after the search (``kdnas retime``): ``students``
 (trial number → ms), ``teachers`` (name → ms), and where, when and how they were taken."""
-"""Study user attr: the kdnas config the study was created with (``dump_config``, the storage URL masked)."""
 
 STUDENT_FILES = ("config.json", "model.safetensors")
 """The files of a saved student."""

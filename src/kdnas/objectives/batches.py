@@ -98,16 +98,21 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits ``[N, C]`` of ``model`` on every row of ``data``, as float32 on the CPU, in row order; ``on_batch(rows
     done, rows)`` runs after each batch. The forward pass autocasts to ``precision`` (see
-    :func:`~kdnas.objectives.precision.resolve_precision`: ``auto`` is fp32 on the CPU, bf16 or fp16 on CUDA)."""
+    :func:`~kdnas.objectives.precision.resolve_precision`: ``auto`` is fp32 on the CPU, bf16 or fp16 on CUDA).
+    It runs in eval mode and leaves ``model`` in the mode it found it (a model evaluated mid-training trains on)."""
     device = torch.device(device)
+    was_training = model.training
     model.to(device).eval()
     precision = resolve_precision(precision, device)
     outputs, done = [], 0
-    for index in index_batches(len(data), batch_size, shuffle=False):
-        with training_step(), autocast(precision, device):  # no latency is measured on this node meanwhile
-            logits = model(**batch_at(data, index, device)).logits
-        outputs.append(logits.float().cpu())
-        done += len(index)
-        if on_batch is not None:
-            on_batch(done, len(data))
+    try:
+        for index in index_batches(len(data), batch_size, shuffle=False):
+            with training_step(), autocast(precision, device):  # no latency is measured on this node meanwhile
+                logits = model(**batch_at(data, index, device)).logits
+            outputs.append(logits.float().cpu())
+            done += len(index)
+            if on_batch is not None:
+                on_batch(done, len(data))
+    finally:
+        model.train(was_training)
     return torch.cat(outputs)

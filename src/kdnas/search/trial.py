@@ -34,6 +34,7 @@ from kdnas.records import (
     KD_ATTR,
     LATENCY_ATTR,
     LATENCY_KEY,
+    LEARNING_CURVE_ATTR,
     LEARNING_RATE_ATTR,
     NODE_ATTR,
     PARAMS_CONSTRAINT,
@@ -248,20 +249,29 @@ def run_trial(
 
     latest = TrialReport(latency_ms=latency.median_ms)
     last_state: dict[str, Any] = {}
+    curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
+    seconds_before = curve[-1][2] if curve else 0.0  # trained before a restart, as its checkpoint recorded
 
     def judge(epoch: float) -> TrialReport:
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
         value = evaluate(model, inputs.eval, metric, device=device, precision=precision)
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
-        stopped_attrs = {**cost, INIT_ATTR: init, LEARNING_RATE_ATTR: rate, EPOCHS_TRAINED_ATTR: epoch}  # if stopped
+        curve.append([epoch, value, round(seconds_before + time.time() - started_at, 3)])
+        stopped_attrs = {  # if stopped here
+            **cost,
+            INIT_ATTR: init,
+            LEARNING_RATE_ATTR: rate,
+            EPOCHS_TRAINED_ATTR: epoch,
+            LEARNING_CURVE_ATTR: list(curve),
+        }
         return TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs)
 
     def on_epoch(epoch: int) -> None:
         nonlocal latest
         latest = judge(epoch)
         if epoch < training.epochs and checkpoint is not None:
-            checkpoint(latest.to_result(metric), last_state)
+            checkpoint(latest.to_result(metric), {**last_state, "curve": list(curve)})
         elif epoch < training.epochs:
             report(latest.to_result(metric))
 
@@ -272,7 +282,6 @@ def run_trial(
         if step in mid_epoch:  # a rung inside an epoch: reported without a checkpoint (a retry redoes the epoch)
             latest = judge(mid_epoch[step])
             report(latest.to_result(metric))
-            model.train()
 
     train(
         model,
@@ -316,6 +325,7 @@ def run_trial(
         TRAIN_STARTED_ATTR: started_at,
         TRAIN_FINISHED_ATTR: time.time(),
         STUDENT_PATH_ATTR: str(out),
+        LEARNING_CURVE_ATTR: curve,
     }
     trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)
     report(trained.to_result(metric))
