@@ -50,6 +50,7 @@ FRACTION = 0.9
 ARMS = {  # name -> (sampler, early stopping, grace epochs)
     "tpe-off": ("tpe", "off", 1.0),
     "tpe-on": ("tpe", "on", 1.0),
+    "tpe-on-grace0.5": ("tpe", "on", 0.5),
     "tpe-on-grace0.25": ("tpe", "on", 0.25),
     "nsga2": ("nsga2", "on", 1.0),
     "gp": ("gp", "on", 1.0),
@@ -284,7 +285,9 @@ def main() -> None:
                 "seconds": done[name]["seconds"],
                 "states": dict(Counter(t.state.name for t in trials)),
                 "repeats": sum(kdnas.is_repeat(t) for t in trials),
-                "stopped_early": sum("students of" in t.user_attrs.get("pruned_reason", "") for t in trials),
+                "stopped_early": sum(  # by the scheduler; a repeat's reason starts "the same student as"
+                    t.user_attrs.get("pruned_reason", "").startswith("stopped early after epoch") for t in trials
+                ),
                 "study": study,
             }
     teacher_ms = max(references, key=lambda r: r["value"])["latency_ms"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from types import SimpleNamespace
@@ -19,10 +20,11 @@ from kdnas.config import ConfigError, EarlyStoppingConfig, KDNASConfig, LatencyC
 from kdnas.objectives import latency_cache
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.latency import LatencyResult
+from kdnas.objectives.metrics import standard_error
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialReport
 from kdnas.search import trial as trial_mod
 from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps
-from kdnas.search.scheduler import LatencyAwareASHA, early_stopping_enabled, make_scheduler, rungs
+from kdnas.search.scheduler import ParetoStopping, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.trial import TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
@@ -145,14 +147,18 @@ def _feed(scheduler, trial_id: str, epoch: int, accuracy: float, latency: float)
 STUDENTS = [("slow-best", 0.90, 5.0), ("fast-best", 0.60, 1.0), ("slow", 0.85, 5.2), ("fast", 0.55, 1.1)]
 
 
-def test_scheduler_keeps_the_fastest_bins_best_student():
-    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=2)
+def _scheduler(**kwargs) -> ParetoStopping:
+    return ParetoStopping(metric="accuracy", latency_attr="latency_ms", **{"max_t": 4, "eval_rows": 1000, **kwargs})
+
+
+def test_scheduler_stops_students_a_faster_one_is_clearly_ahead_of_and_keeps_the_fast_end():
+    scheduler = _scheduler()
     decisions = {name: _feed(scheduler, name, 1, acc, lat) for name, acc, lat in STUDENTS}
-    assert decisions == {"slow-best": "CONTINUE", "fast-best": "CONTINUE", "slow": "CONTINUE", "fast": "STOP"}
-    assert scheduler.stop_reasons == {
-        "fast": "stopped early after epoch 1: accuracy 0.5500 below 0.6000, the cutoff among 2 students of "
-        "1–1.1 ms at that epoch"
-    }
+    assert decisions == {"slow-best": "CONTINUE", "fast-best": "CONTINUE", "slow": "STOP", "fast": "STOP"}
+    assert scheduler.stop_reasons["fast"] == (
+        "stopped early after epoch 1: accuracy 0.5500, while a student at least as fast (1 ms, this one 1.1 ms) had "
+        "0.6000 there, ahead by more than 1 standard error(s) (0.0155 on 1000 examples)"
+    )
     # plain ASHA, fed the same students, stops the fast end of the front
     asha = AsyncHyperBandScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=4, reduction_factor=2)
     for name, *_ in STUDENTS:
@@ -161,9 +167,29 @@ def test_scheduler_keeps_the_fastest_bins_best_student():
     assert plain["fast-best"] == TrialScheduler.STOP
 
 
+def test_scheduler_never_stops_on_a_lead_the_evaluation_set_cannot_resolve():
+    # on 100 examples one standard error at 0.80 is 0.04: a lead of 0.03 is noise, one of 0.10 is not
+    def decisions(margin_se: float) -> dict[str, str]:
+        scheduler = _scheduler(eval_rows=100, margin_se=margin_se)
+        feed = [("leader", 0.80, 1.0), ("close", 0.77, 2.0), ("behind", 0.70, 2.0)]
+        return {name: _feed(scheduler, name, 1, acc, lat) for name, acc, lat in feed}
+
+    assert decisions(1.0) == {"leader": "CONTINUE", "close": "CONTINUE", "behind": "STOP"}
+    assert decisions(0.0) == {"leader": "CONTINUE", "close": "STOP", "behind": "STOP"}
+    assert decisions(3.0) == {"leader": "CONTINUE", "close": "CONTINUE", "behind": "CONTINUE"}
+
+
+def test_metric_standard_errors():
+    assert standard_error("accuracy", 0.8, 100) == pytest.approx(0.04)
+    assert standard_error("f1", 0.5, 400) == pytest.approx(0.025)
+    assert standard_error("mcc", 0.6, 101) == pytest.approx(0.064)
+    assert standard_error("accuracy", 1.2, 10) == 0.0 and standard_error("mcc", 0.5, 1) == math.inf
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        standard_error("auc", 0.5, 10)
+
+
 def test_scheduler_never_stops_a_student_on_the_rungs_front():
-    # one bin: by ASHA's rule alone, the fastest student (still at chance after its first epoch) would be stopped
-    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
+    scheduler = _scheduler()
     assert _feed(scheduler, "slow", 1, 0.80, 3.0) == TrialScheduler.CONTINUE
     assert _feed(scheduler, "mid", 1, 0.75, 2.0) == TrialScheduler.CONTINUE
     assert _feed(scheduler, "fastest", 1, 0.50, 0.5) == TrialScheduler.CONTINUE  # nobody is faster
@@ -174,7 +200,7 @@ def test_scheduler_never_stops_a_student_on_the_rungs_front():
 
 def test_scheduler_judges_rungs_only_and_ignores_unmeasured_results():
     assert rungs(1, 2, 4) == [1, 2] and rungs(1, 3, 10) == [1, 3, 9] and rungs(2, 2, 2) == []
-    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
+    scheduler = _scheduler()
     assert _feed(scheduler, "a", 1, 0.9, 1.0) == TrialScheduler.CONTINUE
     assert _feed(scheduler, "b", 3, 0.1, 1.0) == TrialScheduler.CONTINUE  # epoch 3 is no rung
     assert _feed(scheduler, "c", 1, math.nan, 1.0) == TrialScheduler.CONTINUE  # infeasible or failed report
@@ -194,13 +220,11 @@ def test_a_fractional_grace_puts_rungs_inside_the_first_epoch():
         update={"search": config.search.model_copy(update={"early_stopping": EarlyStoppingConfig(mode="off")})}
     )
     assert mid_epoch_rungs(off) == [] and mid_epoch_steps(off, 16) == {}
-    scheduler = LatencyAwareASHA(
-        metric="accuracy", latency_attr="latency_ms", max_t=3, grace_period=0.25, latency_bins=1
-    )
+    scheduler = _scheduler(max_t=3, grace_period=0.25)
     assert _feed(scheduler, "a", 0.25, 0.9, 1.0) == TrialScheduler.CONTINUE
     assert _feed(scheduler, "b", 0.3, 0.1, 1.0) == TrialScheduler.CONTINUE  # no rung
     assert _feed(scheduler, "b", 0.25, 0.1, 1.0) == TrialScheduler.STOP
-    assert scheduler.stop_reasons["b"].startswith("stopped early after epoch 0.25: accuracy 0.1000 below 0.9000")
+    assert scheduler.stop_reasons["b"].startswith("stopped early after epoch 0.25: accuracy 0.1000, while a student")
 
 
 def test_a_trial_reports_at_its_mid_epoch_rungs_without_changing_its_training(tmp_path):
@@ -235,6 +259,10 @@ def test_a_trial_reports_at_its_mid_epoch_rungs_without_changing_its_training(tm
     assert [r["epoch"] for r in reports] == [0.25, 0.5, 1, 2] and reports[-1][COMPLETED_KEY]
     stopped_at = [TrialReport.from_result(r, "accuracy") for r in reports[:2]]
     assert [(r.epoch, r.attrs["epochs_trained"]) for r in stopped_at] == [(0.25, 0.25), (0.5, 0.5)]
+    curve = TrialReport.from_result(reports[-1], "accuracy").attrs["learning_curve"]
+    assert [(epoch, value) for epoch, value, _ in curve] == [(r["epoch"], r["accuracy"]) for r in reports]
+    assert all(0 < a[2] <= b[2] for a, b in zip(curve, curve[1:]))
+    assert stopped_at[1].attrs["learning_curve"] == curve[:2]
     plain, plain_weights = trial("off", "off")
     assert [r["epoch"] for r in plain] == [1, 2] and plain[-1]["accuracy"] == reports[-1]["accuracy"]
     assert weights.keys() == plain_weights.keys()
@@ -261,7 +289,7 @@ def test_latency_aware_asha_stops_the_dominated_student_in_a_real_tune_run(ray_s
             tune.report({"epoch": epoch, "accuracy": accuracy, "latency_ms": latency})
 
     init_ray(None)
-    scheduler = LatencyAwareASHA(metric="accuracy", latency_attr="latency_ms", max_t=4, latency_bins=1)
+    scheduler = _scheduler()
     tuner = tune.Tuner(
         tune.with_resources(report_curve, {"cpu": 1}),
         param_space={"student": tune.grid_search(list(CURVES.values()))},
@@ -274,7 +302,13 @@ def test_latency_aware_asha_stops_the_dominated_student_in_a_real_tune_run(ray_s
     epochs = {names[r.config["student"][0]]: r.metrics["epoch"] for r in results}
     assert epochs == {"slow": 4, "mid": 4, "fastest": 4, "dominated": 1}
     (reason,) = scheduler.stop_reasons.values()
-    assert reason.startswith("stopped early after epoch 1: accuracy 0.7000 below ")
+    assert reason.startswith("stopped early after epoch 1: accuracy 0.7000, while a student at least as fast (2 ms")
+
+
+def test_configs_with_the_earlier_rules_latency_bins_still_load(caplog):
+    with caplog.at_level(logging.WARNING, logger="kdnas.config"):
+        stopping = build_config({"search": {"early_stopping": {"latency_bins": 3}}}).search.early_stopping
+    assert stopping == EarlyStoppingConfig() and "latency_bins is no longer used" in caplog.text
 
 
 def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
@@ -282,10 +316,10 @@ def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
         return build_config({"search": search})
 
     assert not early_stopping_enabled(config(n_trials=7))
-    assert early_stopping_enabled(config(n_trials=8)) and make_scheduler(config(n_trials=8), "latency_ms")
+    assert early_stopping_enabled(config(n_trials=8)) and make_scheduler(config(n_trials=8), "latency_ms", 100)
     assert not early_stopping_enabled(build_config({"search": {"n_trials": 20}, "training": {"epochs": 1}}))
     assert early_stopping_enabled(config(n_trials=2, early_stopping={"mode": "on"}))
-    assert make_scheduler(config(n_trials=20, early_stopping={"mode": "off"}), "latency_ms") is None
+    assert make_scheduler(config(n_trials=20, early_stopping={"mode": "off"}), "latency_ms", 100) is None
     with pytest.raises(ConfigError, match="grace_epochs \\(4\\) must be below training.epochs \\(4\\)"):
         build_config({"search": {"early_stopping": {"mode": "on", "grace_epochs": 4}}, "training": {"epochs": 4}})
 
@@ -481,7 +515,7 @@ def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir,
             "space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8, 16, 32], "ffn_ratio": [1, 2]},
             "max_params": 1_500_000,
         },  # width 64 (about 1.98M parameters) is over it
-        search={"n_trials": 6, "study_name": "efficiency", "early_stopping": {"mode": "on", "latency_bins": 2}},
+        search={"n_trials": 6, "study_name": "efficiency", "early_stopping": {"mode": "on"}},
     )
     study = run_search(build_config(raw))
     trials = study.trials
@@ -502,7 +536,8 @@ def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir,
             assert t.state == TrialState.PRUNED and t.constraints["params"] > 0 and t.user_attrs["params"] > 1_500_000
             assert reasons[t.number].startswith("infeasible, not trained: ") and t.user_attrs["epochs_trained"] == 0
         elif t.state == TrialState.PRUNED:  # tiny students often tie, so the scheduler may stop none
-            assert reasons[t.number].startswith("stopped early after epoch ") and "students of" in reasons[t.number]
+            assert reasons[t.number].startswith("stopped early after epoch ")
+            assert "ahead by more than" in reasons[t.number]
         else:
             assert t.constraints == {"params": pytest.approx(t.user_attrs["params"] - 1_500_000)}
         earlier = [u for u in trials[: t.number] if u.params == t.params]

@@ -42,6 +42,8 @@ _HOMES = {
     "export_trial": "kdnas.export",
     "retime_study": "kdnas.search.retime",
     "fastest_round": "kdnas.search.retime",
+    "make_scheduler": "kdnas.search.scheduler",
+    "ParetoStopping": "kdnas.search.scheduler",
     # one student outside a search
     "prepare_students": "kdnas.search.trial",
     "train_student": "kdnas.search.trial",
@@ -63,6 +65,7 @@ _HOMES = {
 """Each public name → the module that defines it."""
 
 __all__ = [
+    "ParetoStopping",
     "StudentArch",
     "TrialReport",
     "best_under_budget",
@@ -77,6 +80,7 @@ __all__ = [
     "load_config",
     "load_study",
     "load_task",
+    "make_scheduler",
     "measure_architecture",
     "pareto_front",
     "prepare_students",
@@ -101,6 +105,7 @@ if TYPE_CHECKING:
     from kdnas.search.duplicates import is_repeat, training_seconds
     from kdnas.search.retime import fastest_round, measure_architecture, retime_study
     from kdnas.search.runner import run_search
+    from kdnas.search.scheduler import ParetoStopping, make_scheduler
     from kdnas.search.study import load_study
     from kdnas.search.trial import prepare_students, train_student
     from kdnas.space import StudentArch

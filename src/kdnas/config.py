@@ -7,6 +7,7 @@ Unknown keys and bad values raise :class:`ConfigError` with a one-line message n
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,8 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+logger = logging.getLogger(__name__)
 
 DEMO_TRANSFER_SIZE = 10_000
 """Unlabelled demo-generator sentences in the demo's transfer set."""
@@ -377,12 +380,26 @@ class TeacherResourcesConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    """Latency-aware successive halving: students are compared only with students of similar latency."""
+    """Stop a student at a rung when a student at least as fast leads it there by more than ``margin_se``
+    standard errors of the metric (see :mod:`kdnas.search.scheduler`)."""
 
     mode: Literal["auto", "on", "off"] = "auto"
     grace_epochs: float = Field(1, gt=0)
     reduction_factor: int = Field(2, ge=2)
-    latency_bins: int = Field(3, ge=1)
+    margin_se: float = Field(1.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_latency_bins(cls, data: Any) -> Any:
+        """``latency_bins`` belonged to the earlier rule (ASHA within latency bins): accepted, with a warning, so
+        configs and studies from before still load."""
+        if isinstance(data, dict) and "latency_bins" in data:
+            logger.warning(
+                "search.early_stopping.latency_bins is no longer used (a student is now stopped only when one at "
+                "least as fast is clearly ahead of it): ignored"
+            )
+            data = {k: v for k, v in data.items() if k != "latency_bins"}
+        return data
 
 
 class SearchConfig(_Section):

@@ -48,3 +48,17 @@ def score(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
     if metric not in functions:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     return functions[metric](preds, labels)
+
+
+def standard_error(metric: str, value: float, rows: int) -> float:
+    """The standard error of ``metric`` at ``value`` measured on ``rows`` examples: the binomial one,
+    √(v(1 − v)/n), for accuracy and F1 (proportions), and (1 − v²)/√(n − 1) for Matthews correlation (that of a
+    correlation coefficient). How far two students' scores on the same evaluation set may differ by chance."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if rows < 2:
+        return math.inf
+    if metric == "mcc":
+        return (1.0 - min(value * value, 1.0)) / math.sqrt(rows - 1)
+    clipped = min(max(value, 0.0), 1.0)
+    return math.sqrt(clipped * (1.0 - clipped) / rows)

@@ -28,7 +28,7 @@ from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
 from kdnas.search.retime import retime_study
 from kdnas.search.samplers import make_sampler
-from kdnas.search.scheduler import LatencyAwareASHA, make_scheduler
+from kdnas.search.scheduler import ParetoStopping, make_scheduler
 from kdnas.search.searcher import DeadlineStopper, KDNASSearch
 from kdnas.search.study import (
     HEARTBEAT_INTERVAL_S,
@@ -147,7 +147,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         )
     init_ray(search.ray_address, output_dir)
     if scheduler is None:
-        scheduler = make_scheduler(config, LATENCY_KEY)
+        scheduler = make_scheduler(config, LATENCY_KEY, len(inputs.eval))
     searcher = KDNASSearch(
         space=space.suggest,
         metric=objective_names(config),
@@ -156,7 +156,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         study_name=search.study_name,
         study_id=storage.get_study_id_from_name(search.study_name),
         sampler=make_sampler(config, len(study.get_trials(deepcopy=False))),
-        stop_reasons=scheduler.stop_reasons if isinstance(scheduler, LatencyAwareASHA) else None,
+        stop_reasons=scheduler.stop_reasons if isinstance(scheduler, ParetoStopping) else None,
         n_trials=config.search.n_trials,
         reuse_duplicates=config.search.reuse_duplicates,
         recipe=recipe_key(dump_config(config)),

@@ -1,31 +1,36 @@
-"""Latency-aware asynchronous successive halving: students compete only with students of similar latency.
+"""Early stopping for an (accuracy, latency) search: a student stops when a student at least as fast is clearly ahead.
 
-Plain ASHA ranks every student by accuracy alone, so slow, accurate students stop every fast one and the fast end
-of the Pareto front is never trained. Here, at each rung (epochs ``grace · rf^k`` below the last epoch; a fractional
-grace puts rungs inside the first epochs, where trials report mid-epoch), the students recorded at that rung are
-split by latency rank into ``latency_bins`` equal-count bins, and a student is stopped when its metric is below the
-``1 − 1/rf`` quantile of the others already recorded in its bin (ASHA's rule, per bin) *and* some student recorded
-at that rung dominates it (at least as fast and as good, one of them strictly). So a student on the rung's (metric,
-latency) front always runs on: the fastest student seen so far is never stopped, however slowly it learns in its
-first epochs. While a bin holds only the student itself, nothing stops it, so the first students of a search run on.
+At each rung (epochs ``grace · rf^k`` below the last epoch; a fractional grace puts rungs inside the first epochs,
+where trials report mid-epoch), a student is stopped when another student recorded at that rung is at least as fast
+and ahead of it by more than ``margin_se`` standard errors of the metric on the evaluation set
+(:func:`~kdnas.objectives.metrics.standard_error`). To reach the front, a stopped student would have had to overtake,
+in its remaining epochs, a student already faster and measurably better at the same point of training. So a student
+on the rung's (metric, latency) front always runs on (the fastest student seen so far is never stopped, however
+slowly it learns in its first epochs), no student is stopped on a difference the evaluation set cannot resolve, and
+the first students of a search, with nobody to compare with, run on.
+
+Plain ASHA ranks students by the metric alone and stops the fast end of the front; ranking within latency bins
+(kdnas's earlier rule) still stopped students that would have ended on the front, and gained nothing in the
+replays of ``benchmarks/p4_learning_curves.py`` (README, P4).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 
-import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdnas.config import KDNASConfig
+from kdnas.objectives.metrics import standard_error
 from kdnas.records import EPOCH_KEY
 from kdnas.search.rungs import early_stopping_enabled, rungs
 
 
-class LatencyAwareASHA(FIFOScheduler):
-    """ASHA whose cutoffs are computed within latency bins; ``stop_reasons`` maps stopped Tune trial ids to why."""
+class ParetoStopping(FIFOScheduler):
+    """Stops a student at a rung when one at least as fast leads it there by more than ``margin_se`` standard errors
+    of ``metric`` (maximised) on ``eval_rows`` examples; ``stop_reasons`` maps stopped Tune trial ids to why."""
 
     def __init__(
         self,
@@ -33,16 +38,15 @@ class LatencyAwareASHA(FIFOScheduler):
         metric: str,
         latency_attr: str,
         max_t: float,
-        mode: Literal["max", "min"] = "max",
+        eval_rows: int,
         time_attr: str = EPOCH_KEY,
         grace_period: float = 1,
         reduction_factor: int = 2,
-        latency_bins: int = 3,
+        margin_se: float = 1.0,
     ) -> None:
         super().__init__()
-        self._objective, self._sign = metric, 1.0 if mode == "max" else -1.0
-        self._latency_attr, self._time_attr = latency_attr, time_attr
-        self._reduction_factor, self._latency_bins = reduction_factor, latency_bins
+        self._objective, self._latency_attr, self._time_attr = metric, latency_attr, time_attr
+        self._eval_rows, self._margin_se = eval_rows, margin_se
         self._rungs: dict[float, dict[str, tuple[float, float]]] = {
             m: {} for m in rungs(grace_period, reduction_factor, max_t)
         }
@@ -51,6 +55,16 @@ class LatencyAwareASHA(FIFOScheduler):
     @property
     def metric(self) -> str:
         return self._objective
+
+    @property
+    def time_attr(self) -> str:
+        """The result key a trial's progress is read from (epochs trained)."""
+        return self._time_attr
+
+    @property
+    def rungs(self) -> list[float]:
+        """The epochs at which students are judged."""
+        return list(self._rungs)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return metric is None or metric == self._objective  # it has its own metric; TuneConfig sets none
@@ -63,18 +77,16 @@ class LatencyAwareASHA(FIFOScheduler):
         recorded = self._rungs[rung]
         if trial.trial_id in recorded:  # a repeated result (e.g. after a restore) was already judged
             return TrialScheduler.CONTINUE
-        recorded[trial.trial_id] = (self._sign * value, latency)
-        peers = self._bin_of(trial.trial_id, recorded)
-        others = [recorded[p][0] for p in peers if p != trial.trial_id]
-        if not others:
+        recorded[trial.trial_id] = (value, latency)
+        leader = self._clear_leader(trial.trial_id, recorded)
+        if leader is None:
             return TrialScheduler.CONTINUE
-        cutoff = float(np.percentile(others, (1 - 1 / self._reduction_factor) * 100))
-        if self._sign * value >= cutoff or not self._dominated(trial.trial_id, recorded):
-            return TrialScheduler.CONTINUE
-        latencies = [recorded[p][1] for p in peers]
+        lead_value, lead_latency = recorded[leader]
+        error = standard_error(self._objective, lead_value, self._eval_rows)
         self.stop_reasons[trial.trial_id] = (
-            f"stopped early after epoch {rung:g}: {self._objective} {value:.4f} below {self._sign * cutoff:.4f}, "
-            f"the cutoff among {len(peers)} students of {min(latencies):.3g}–{max(latencies):.3g} ms at that epoch"
+            f"stopped early after epoch {rung:g}: {self._objective} {value:.4f}, while a student at least as fast "
+            f"({lead_latency:.3g} ms, this one {latency:.3g} ms) had {lead_value:.4f} there, ahead by more than "
+            f"{self._margin_se:g} standard error(s) ({error:.4f} on {self._eval_rows} examples)"
         )
         return TrialScheduler.STOP
 
@@ -84,43 +96,38 @@ class LatencyAwareASHA(FIFOScheduler):
             return None
         return next((rung for rung in self._rungs if math.isclose(rung, t, rel_tol=1e-9)), None)
 
-    @staticmethod
-    def _dominated(trial_id: str, recorded: dict[str, tuple[float, float]]) -> bool:
-        """Whether another student in ``recorded`` is as good and as fast as ``trial_id``, and better in one."""
+    def _clear_leader(self, trial_id: str, recorded: dict[str, tuple[float, float]]) -> str | None:
+        """The student furthest ahead of ``trial_id`` among those recorded at its rung that are at least as fast
+        and lead it by more than the margin; None when there is none."""
         value, latency = recorded[trial_id]
-        return any(
-            v >= value and lat <= latency and (v > value or lat < latency)
-            for k, (v, lat) in recorded.items()
-            if k != trial_id
-        )
-
-    def _bin_of(self, trial_id: str, recorded: dict[str, tuple[float, float]]) -> list[str]:
-        """The trials in ``trial_id``'s equal-count latency bin among those ``recorded`` at a rung."""
-        by_latency = sorted(recorded, key=lambda k: (recorded[k][1], k))
-        n = len(by_latency)
-        bins = [rank * self._latency_bins // n for rank in range(n)]
-        own = bins[by_latency.index(trial_id)]
-        return [k for k, b in zip(by_latency, bins) if b == own]
+        leads = {
+            other: v - self._margin_se * standard_error(self._objective, v, self._eval_rows) - value
+            for other, (v, lat) in recorded.items()
+            if other != trial_id and lat <= latency
+        }
+        ahead = {other: lead for other, lead in leads.items() if lead > 0}
+        return max(ahead, key=lambda other: ahead[other]) if ahead else None
 
     def debug_string(self) -> str:
         sizes = ", ".join(f"epoch {t:g}: {len(r)}" for t, r in self._rungs.items())
-        return f"LatencyAwareASHA: {len(self.stop_reasons)} stopped; students per rung: {sizes}"
+        return f"ParetoStopping: {len(self.stop_reasons)} stopped; students per rung: {sizes}"
 
 
 def _finite(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def make_scheduler(config: KDNASConfig, latency_attr: str) -> LatencyAwareASHA | None:
-    """The configured latency-aware early stopping, or None when it is off."""
+def make_scheduler(config: KDNASConfig, latency_attr: str, eval_rows: int) -> ParetoStopping | None:
+    """The configured early stopping for a task evaluated on ``eval_rows`` examples, or None when it is off."""
     if not early_stopping_enabled(config):
         return None
     stopping = config.search.early_stopping
-    return LatencyAwareASHA(
+    return ParetoStopping(
         metric=config.data.metric,
         latency_attr=latency_attr,
         max_t=config.training.epochs,
+        eval_rows=eval_rows,
         grace_period=stopping.grace_epochs,
         reduction_factor=stopping.reduction_factor,
-        latency_bins=stopping.latency_bins,
+        margin_se=stopping.margin_se,
     )
