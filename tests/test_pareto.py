@@ -187,3 +187,40 @@ def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
     saved = trial_record(study, study.trials[0])
     assert not saved["retrained"] and saved["objectives"] == record["trial_objectives"]
     assert "trial_objectives" not in saved and "**Retrained**" not in model_card(saved)
+
+
+def test_the_report_draws_each_trained_students_learning_curve(tmp_path):
+    from kdnas.dashboards.report import learning_curves_figure, write_report
+
+    study = _study([(0.8, 2.0), (0.7, 3.0), (0.9, 5.0)])
+    assert learning_curves_figure(study, "accuracy") is None  # a study from before curves were recorded
+    curves = {0: [[1, 0.7, 2.0], [2, 0.8, 4.0]], 1: [[1, 0.6, 2.5], [2, 0.7, 5.0]], 2: [[1, 0.85, 4.0]]}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number, (values, state) in enumerate(
+        [([0.8, 2.0], TrialState.COMPLETE), ([0.7, 3.0], TrialState.COMPLETE), (None, TrialState.PRUNED)]
+    ):
+        study.add_trial(
+            create_trial(
+                state=state,
+                values=values,
+                params={"num_layers": number + 1},
+                distributions={"num_layers": IntDistribution(1, 20)},
+                user_attrs={"arch_summary": f"L{number + 1}", "learning_curve": curves[number]},
+            )
+        )
+    study.add_trial(  # a repeat trained nothing: no curve of its own
+        create_trial(
+            values=[0.8, 2.0],
+            params={"num_layers": 1},
+            distributions={"num_layers": IntDistribution(1, 20)},
+            user_attrs={"arch_summary": "L1", "learning_curve": curves[0], "duplicate_of": 0},
+        )
+    )
+    figure = learning_curves_figure(study, "accuracy")
+    assert [(trace.name, list(trace.y), trace.showlegend) for trace in figure.data] == [
+        ("trial 0 L1", [0.7, 0.8], True),
+        ("finished", [0.6, 0.7], True),
+        ("stopped early", [0.85], True),
+    ]
+    assert figure.data[2].line.dash == "dash" and list(figure.data[2].marker.symbol) == ["x"]
+    assert 'id="learning-curves"' in write_report(study, tmp_path, "accuracy")["html"].read_text()

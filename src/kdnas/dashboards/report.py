@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.dashboards.pareto import (
     front_students,
@@ -33,11 +33,13 @@ from kdnas.records import (
     INIT_ATTR,
     KD_ATTR,
     LATENCY_KEY,
+    LEARNING_CURVE_ATTR,
     PARAMS_CONSTRAINT,
     PRUNED_ATTR,
     RETIMED_ATTR,
     one_layer_scores,
 )
+from kdnas.search.duplicates import is_repeat
 
 
 def _hover(t: FrozenTrial, metric: str) -> str:
@@ -131,6 +133,50 @@ def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float,
         yaxis_title=f"hypervolume ({metric} × ms)",
         template="plotly_white",
         height=360,
+    )
+    return fig
+
+
+def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None:
+    """The metric at each evaluation of every student the study trained (its ``learning_curve``): front students
+    bold, other finished ones faded, students stopped early dashed, ending in a cross. None when no trial has a
+    curve (studies from before curves were recorded)."""
+    front = {t.number for t in pareto_front(study)}
+    kinds = {  # kind → (line style, marker at the last point)
+        "front": ({"width": 3}, "circle"),
+        "finished": ({"width": 1, "color": "rgba(120,120,120,0.5)"}, "circle"),
+        "stopped early": ({"width": 1, "dash": "dash", "color": "rgba(214,39,40,0.6)"}, "x"),
+    }
+    fig, shown = go.Figure(), set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        curve = t.user_attrs.get(LEARNING_CURVE_ATTR)
+        if not curve or is_repeat(t):
+            continue
+        kind = "front" if t.number in front else "finished" if t.state == TrialState.COMPLETE else "stopped early"
+        line, marker = kinds[kind]
+        label = f"trial {t.number} {t.user_attrs.get(ARCH_SUMMARY_ATTR, '')}"
+        fig.add_trace(
+            go.Scatter(
+                x=[point[0] for point in curve],
+                y=[point[1] for point in curve],
+                mode="lines+markers",
+                line=line,
+                marker={"symbol": [marker if i == len(curve) - 1 else "circle" for i in range(len(curve))]},
+                name=label if kind == "front" else kind,
+                legendgroup=label if kind == "front" else kind,
+                showlegend=kind == "front" or kind not in shown,
+                hovertemplate=f"{html.escape(label)}<br>epoch %{{x:g}}: {metric} %{{y:.4f}}<extra>{kind}</extra>",
+            )
+        )
+        shown.add(kind)
+    if not shown:
+        return None
+    fig.update_layout(
+        title=f"Learning curves: {metric} at each evaluation (stopped students dashed, front students bold)",
+        xaxis_title="epochs trained",
+        yaxis_title=metric,
+        template="plotly_white",
+        height=420,
     )
     return fig
 
@@ -312,6 +358,9 @@ def write_report(
         "pareto": pareto_figure(study, metric, latency_budget_ms),
         "hypervolume": hypervolume_figure(history, reference, metric),
     }
+    curves = learning_curves_figure(study, metric)
+    if curves is not None:
+        figures["learning-curves"] = curves
     importances, note = importance_figures(study, metric)
     for index, fig in enumerate(importances):
         figures[f"importance-{index}"] = fig

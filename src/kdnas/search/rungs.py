@@ -7,8 +7,8 @@ from kdnas.objectives.training import steps_per_epoch
 from kdnas.records import epoch_count
 
 AUTO_MIN_TRIALS = 8
-"""``mode: auto`` turns early stopping on from this many trials: with 3 latency bins, fewer trials leave a bin
-with one or two students per rung, so stops would rest on single comparisons and save little."""
+"""``mode: auto`` turns early stopping on from this many trials: fewer leave one or two students per rung to be
+compared with, so it would stop little and save little."""
 
 
 def rungs(grace_period: float, reduction_factor: int, max_t: float) -> list[float]:
