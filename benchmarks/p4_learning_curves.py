@@ -8,15 +8,15 @@ epochs) is trained once, in full, with :func:`kdnas.train_student`, and its ``le
 rung inside the first epoch and after each epoch, with the training seconds so far) is journaled. Then:
 
 * **predictivity**: the Spearman rank correlation between each rung's metric and the final one, over all students
-  and within latency bins (what latency-aware early stopping compares), and how many final-front students sit in
-  the bottom half of their bin at each rung (the ones a rule with reduction factor 2 could stop);
+  and within latency bins (students of similar latency), and how many final-front students sit in the bottom half
+  of their bin at each rung (what ASHA's median cut within latency bins, kdnas's earlier rule, stopped);
 * **replay**: searches with ``--workers`` concurrent trials, students drawn in a random order (``--replays`` seeds),
   judged by kdnas's own scheduler (:func:`kdnas.make_scheduler`) at each rung, with each step
   charged its recorded training seconds, the evaluations the arm makes (estimated from the curve) and
-  ``--trial-overhead-s`` per trial. Per arm: the mean compute to reach 90 % of the space's hypervolume (range
-  normalisation, as P4) and its ratio to no stopping.
+  ``--trial-overhead-s`` per trial, each architecture's latency measured alone after training. Per arm: the mean
+  compute to reach 90 % of the space's hypervolume (range normalisation, as P4) and its ratio to no stopping.
 
-    python benchmarks/p4_learning_curves.py [--data DIR] [--train-samples 500] [--epochs 3] [--replays 200]
+    python benchmarks/p4_learning_curves.py [--data DIR] [--train-samples 500] [--epochs 3] [--replays 100]
 
 Writes ``benchmarks/results/p4_learning_curves.json``; trained students are journaled in
 ``<output-dir>/curves.jsonl`` (rerunning the command skips them).
@@ -46,7 +46,7 @@ NAME = "p4_learning_curves"
 LATENCY_BINS = 3
 """Equal-count latency bins the predictivity is also measured within (students of similar latency compete)."""
 GRACES = (1.0, 0.5, 0.25)
-"""The stopping arms replayed (grace epochs; reduction factor and latency bins stay the config's defaults)."""
+"""The stopping arms replayed (grace epochs; the reduction factor and margin stay the config's defaults)."""
 
 
 def curves_config(data: Path, args: argparse.Namespace, grace: float = 0.25, mode: str = "on") -> Any:
@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--teacher-epochs", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--replays", type=int, default=200, help="random student orders replayed per arm")
+    parser.add_argument("--replays", type=int, default=100, help="random student orders replayed per arm")
     parser.add_argument("--workers", type=int, default=2, help="concurrent trials in a replay")
     parser.add_argument("--time-budget-s", type=float, default=600.0, help="a replay's wall-clock budget (P4's)")
     parser.add_argument(

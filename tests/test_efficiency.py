@@ -23,7 +23,7 @@ from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.metrics import standard_error
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialReport
 from kdnas.search import trial as trial_mod
-from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps
+from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps, rungs_in_warmup
 from kdnas.search.scheduler import ParetoStopping, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.trial import TrialInputs, run_trial
 
@@ -214,6 +214,8 @@ def test_a_fractional_grace_puts_rungs_inside_the_first_epoch():
         {"search": {"early_stopping": {"mode": "on", "grace_epochs": 0.25}}, "training": {"epochs": 3, "batch_size": 4}}
     )
     assert mid_epoch_rungs(config) == [0.25, 0.5]
+    assert rungs_in_warmup(config) == [0.25]  # warm-up: the first 10 % of 3 epochs' steps
+    assert rungs_in_warmup(build_config({"search": {"early_stopping": {"mode": "on", "grace_epochs": 0.5}}})) == []
     assert mid_epoch_steps(config, 16) == {1: 0.25, 2: 0.5}  # 4 steps per epoch
     assert mid_epoch_steps(config, 4) == {}  # one step per epoch: both rungs round to an epoch's end
     off = config.model_copy(

@@ -27,6 +27,7 @@ from kdnas.search.orphans import counts_toward_budget, reconcile_orphans, trials
 from kdnas.search.progress import SearchProgress
 from kdnas.search.resources import ResourceWait, check_local_resources
 from kdnas.search.retime import retime_study
+from kdnas.search.rungs import rungs_in_warmup
 from kdnas.search.samplers import make_sampler
 from kdnas.search.scheduler import ParetoStopping, make_scheduler
 from kdnas.search.searcher import DeadlineStopper, KDNASSearch
@@ -148,6 +149,15 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     init_ray(search.ray_address, output_dir)
     if scheduler is None:
         scheduler = make_scheduler(config, LATENCY_KEY, len(inputs.eval))
+        early = rungs_in_warmup(config)
+        if scheduler is not None and early:
+            logger.warning(
+                "early stopping judges students after %s epoch(s), inside the learning-rate warm-up (its first "
+                "%.2g epochs): before they trained at their learning rate. A later search.early_stopping.grace_epochs "
+                "or a lower training.warmup_ratio judges them on more",
+                ", ".join(f"{rung:g}" for rung in early),
+                config.training.warmup_ratio * config.training.epochs,
+            )
     searcher = KDNASSearch(
         space=space.suggest,
         metric=objective_names(config),
