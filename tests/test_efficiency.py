@@ -23,6 +23,7 @@ from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.metrics import standard_error
 from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialReport
 from kdnas.search import trial as trial_mod
+from kdnas.search.duplicates import known_students
 from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps, rungs_in_warmup
 from kdnas.search.scheduler import ParetoStopping, early_stopping_enabled, make_scheduler, rungs
 from kdnas.search.trial import TrialInputs, run_trial
@@ -195,6 +196,8 @@ def test_scheduler_never_stops_a_student_on_the_rungs_front():
     assert _feed(scheduler, "fastest", 1, 0.50, 0.5) == TrialScheduler.CONTINUE  # nobody is faster
     assert _feed(scheduler, "dominated", 1, 0.70, 2.5) == TrialScheduler.STOP  # "mid" is faster and better
     assert _feed(scheduler, "later", 2, 0.1, 1.0) == TrialScheduler.CONTINUE  # alone at rung 2
+    promoted = SimpleNamespace(trial_id="promoted", config={"kdnas_promoted": True})  # trains in full
+    assert scheduler.on_trial_result(None, promoted, {"epoch": 1, "accuracy": 0.1, "latency_ms": 9.0}) == "CONTINUE"
     assert set(scheduler.stop_reasons) == {"dominated"}
 
 
@@ -452,6 +455,83 @@ def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
     _complete(searcher, "t1", 0.7)
     assert searcher.suggest("t2") == Searcher.FINISHED
     assert searcher.exhausted == "the study holds all 2 students of the search space"
+
+
+def test_once_every_student_was_tried_the_stopped_ones_are_promoted_to_full_training(tmp_path):
+    from ray.tune.search import Searcher
+
+    from kdnas.records import PROMOTED_KEY, TRIAL_NUMBER_KEY
+    from kdnas.search.study import create_or_load_study, open_storage
+
+    config = build_config(
+        {"student": {"space": {"depth": {"min": 1, "max": 3}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}}}
+    )
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = create_or_load_study(config, storage)
+    reasons = {"t1": "stopped early after epoch 1: …", "t2": "stopped early after epoch 1: …"}
+    searcher = _searcher(config, storage, reuse_duplicates=True, stop_reasons=reasons)
+    configs = {tid: searcher.suggest(tid) for tid in ("t0", "t1", "t2")}
+    assert PROMOTED_KEY not in configs["t1"]
+    _complete(searcher, "t0", 0.6)
+    for tid, accuracy, latency in (("t1", 0.55, 1.0), ("t2", 0.50, 2.0)):  # t2's student is dominated when stopped
+        curve = [[1, accuracy, 3.0]]
+        searcher.on_trial_complete(
+            tid,
+            {
+                "accuracy": accuracy,
+                "latency_ms": latency,
+                "epoch": 1,
+                ATTRS_KEY: json.dumps({"learning_curve": curve, "latency": {"median_ms": latency}}),
+            },
+        )
+    by_number = {t.number: t for t in study.trials}
+    t1, t2 = (configs[tid][TRIAL_NUMBER_KEY] for tid in ("t1", "t2"))
+    assert by_number[t1].state == by_number[t2].state == TrialState.PRUNED
+    promoted = searcher.suggest("t3")  # all 3 students tried: t1's, on the stopped students' front, trains in full
+    assert promoted[PROMOTED_KEY] and {k: promoted[k] for k in by_number[t1].params} == by_number[t1].params
+    record = next(t for t in study.trials if t.number == promoted[TRIAL_NUMBER_KEY])
+    assert record.user_attrs["promoted_from"] == t1 and record.state == TrialState.RUNNING
+    second = searcher.suggest("t4")  # then t2's
+    assert second[PROMOTED_KEY] and {k: second[k] for k in by_number[t2].params} == by_number[t2].params
+    assert searcher.suggest("t5") is None, "nothing left to promote: wait for the promoted students"
+    _complete(searcher, "t3", 0.7)
+    _complete(searcher, "t4", 0.65)
+    assert searcher.suggest("t6") == Searcher.FINISHED
+    known = {t.number for t in known_students(study.trials, "r1").values()}  # repeats now reuse the full results
+    assert known == {configs["t0"][TRIAL_NUMBER_KEY], promoted[TRIAL_NUMBER_KEY], second[TRIAL_NUMBER_KEY]}
+
+
+class _StopAllButPromoted(ParetoStopping):
+    """Stops every student at its first rung unless it was promoted: the searcher's promotions, made certain."""
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial.config.get("kdnas_promoted") or result.get("epoch") != 1:
+            return TrialScheduler.CONTINUE
+        self.stop_reasons[trial.trial_id] = "stopped early after epoch 1: by the test"
+        return TrialScheduler.STOP
+
+
+@pytest.mark.slow
+def test_a_search_that_tried_every_student_trains_the_stopped_ones_in_full(run_dir, ray_session):
+    from conftest import tiny_raw
+    from kdnas.search.runner import run_search
+
+    space = {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}  # 2 students
+    config = build_config(
+        tiny_raw(run_dir, student={"space": space}, search={"n_trials": 4, "study_name": "promotions"})
+    )
+    study = run_search(
+        config, scheduler=_StopAllButPromoted(metric="accuracy", latency_attr="latency_ms", max_t=2, eval_rows=48)
+    )
+    trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    stopped = [t for t in trained if t.state == TrialState.PRUNED]
+    promoted = [t for t in trained if "promoted_from" in t.user_attrs]
+    assert len(stopped) == 2 and all(t.user_attrs["pruned_reason"].endswith("by the test") for t in stopped)
+    assert sorted(t.user_attrs["promoted_from"] for t in promoted) == sorted(t.number for t in stopped)
+    assert all(t.state == TrialState.COMPLETE and t.user_attrs["epochs_trained"] == 2 for t in promoted)
+    assert {json.dumps(t.params, sort_keys=True) for t in promoted} == {
+        json.dumps(t.params, sort_keys=True) for t in stopped
+    }
 
 
 @pytest.mark.slow

@@ -36,6 +36,8 @@ CONSTRAINTS_KEY = "kdnas_constraints"
 """The student's Optuna constraints (feasible when ≤ 0), JSON in a string."""
 TRIAL_NUMBER_KEY = "kdnas_trial_number"
 """The Optuna trial number, in a Tune trial's config."""
+PROMOTED_KEY = "kdnas_promoted"
+"""True in the Tune config of a trial promoted to full training (see :data:`PROMOTED_ATTR`): never stopped early."""
 
 # Optuna trial user attrs.
 FAILURE_ATTR = "failure_reason"
@@ -50,6 +52,11 @@ RECIPE_ATTR = "recipe"
 """Hash of the configuration the trial's student was (or is being) trained under."""
 DUPLICATE_ATTR = "duplicate_of"
 """On a repeat: the number of the trial whose student it is."""
+PROMOTED_ATTR = "promoted_from"
+"""On a trial that trains in full a student the study had stopped early (once a run has tried every student of the
+space): the number of the trial that stopped."""
+STOPPED_EARLY_REASON = "stopped early after epoch"
+"""How the reason of a student stopped early by the scheduler begins."""
 PARAMS_CONSTRAINT = "params"
 """The constraint (and attr) of the student's parameter count."""
 

@@ -19,10 +19,14 @@ from kdnas.records import (
     COST_ATTRS,
     DUPLICATE_ATTR,
     FAILURE_ATTR,
+    LATENCY_ATTR,
+    LEARNING_CURVE_ATTR,
+    PROMOTED_ATTR,
     PRUNED_ATTR,
     RECIPE_ATTR,
     RESTARTS_ATTR,
     RETRY_ATTR,
+    STOPPED_EARLY_REASON,
     TRAIN_FINISHED_ATTR,
     TRAIN_STARTED_ATTR,
     Outcome,
@@ -65,12 +69,71 @@ def holds_student(trial: FrozenTrial) -> bool:
 
 
 def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, FrozenTrial]:
-    """Student key → the first trial holding that student under ``recipe``."""
+    """Student key → the first trial holding that student under ``recipe``, or the trial that promoted it to full
+    training after the first stopped early."""
     known: dict[str, FrozenTrial] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        if trial.user_attrs.get(RECIPE_ATTR) == recipe and holds_student(trial):
-            known.setdefault(student_key(trial.params), trial)
+        if trial.user_attrs.get(RECIPE_ATTR) != recipe or not holds_student(trial):
+            continue
+        key = student_key(trial.params)
+        if key not in known or trial.user_attrs.get(PROMOTED_ATTR) == known[key].number:
+            known[key] = trial
     return known
+
+
+def stopped_early(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` trained a student the scheduler stopped early (not a repeat, not cut by the time budget)."""
+    reason = str(trial.user_attrs.get(PRUNED_ATTR, ""))
+    return trial.state == TrialState.PRUNED and not is_repeat(trial) and reason.startswith(STOPPED_EARLY_REASON)
+
+
+def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[FrozenTrial]:
+    """The students of ``recipe`` stopped early that no trial promoted yet, the most promising first: by Pareto rank
+    of (metric when stopped, latency) among them, then the later stop, then the better metric; a student without a
+    recorded curve or latency last."""
+    trials = list(trials)
+    promoted = {t.user_attrs[PROMOTED_ATTR] for t in trials if PROMOTED_ATTR in t.user_attrs}
+    stopped = [
+        t
+        for t in trials
+        if t.user_attrs.get(RECIPE_ATTR) == recipe and stopped_early(t) and t.number not in promoted and t.params
+    ]
+    points = {t.number: _stop_point(t) for t in stopped}
+    ranks = _pareto_ranks({n: (p[1], p[2]) for n, p in points.items() if p is not None})
+    worst = max(ranks.values(), default=0) + 1
+
+    def order(t: FrozenTrial) -> tuple[float, ...]:
+        point = points[t.number]
+        if point is None:
+            return (worst, 0.0, 0.0, t.number)
+        return (ranks[t.number], -point[0], -point[1], t.number)
+
+    return sorted(stopped, key=order)
+
+
+def _stop_point(trial: FrozenTrial) -> tuple[float, float, float] | None:
+    """(epochs, metric, latency ms) where ``trial``'s student was stopped, or None when not recorded."""
+    curve = trial.user_attrs.get(LEARNING_CURVE_ATTR)
+    latency = (trial.user_attrs.get(LATENCY_ATTR) or {}).get("median_ms")
+    if not curve or latency is None:
+        return None
+    return float(curve[-1][0]), float(curve[-1][1]), float(latency)
+
+
+def _pareto_ranks(points: Mapping[int, tuple[float, float]]) -> dict[int, int]:
+    """Non-dominated sorting of (metric ↑, latency ↓) points: 0 for the front, 1 for the front without it, …"""
+    left, ranks, rank = dict(points), {}, 0
+    while left:
+        front = [
+            k
+            for k, (v, lat) in left.items()
+            if not any(w >= v and m <= lat and (w > v or m < lat) for w, m in left.values())
+        ]
+        for k in front:
+            ranks[k] = rank
+            del left[k]
+        rank += 1
+    return ranks
 
 
 def repeat_of(original: FrozenTrial) -> Outcome:

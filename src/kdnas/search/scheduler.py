@@ -7,7 +7,8 @@ and ahead of it by more than ``margin_se`` standard errors of the metric on the 
 in its remaining epochs, a student already faster and measurably better at the same point of training. So a student
 on the rung's (metric, latency) front always runs on (the fastest student seen so far is never stopped, however
 slowly it learns in its first epochs), no student is stopped on a difference the evaluation set cannot resolve, and
-the first students of a search, with nobody to compare with, run on.
+the first students of a search, with nobody to compare with, run on. A student promoted to full training (see
+:class:`~kdnas.search.searcher.KDNASSearch`) is compared with, never stopped.
 
 Plain ASHA ranks students by the metric alone and stops the fast end of the front; ranking within latency bins
 (kdnas's earlier rule) still stopped students that would have ended on the front, and gained nothing in the
@@ -24,7 +25,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdnas.config import KDNASConfig
 from kdnas.objectives.metrics import standard_error
-from kdnas.records import EPOCH_KEY
+from kdnas.records import EPOCH_KEY, PROMOTED_KEY, STOPPED_EARLY_REASON
 from kdnas.search.rungs import early_stopping_enabled, rungs
 
 
@@ -79,12 +80,12 @@ class ParetoStopping(FIFOScheduler):
             return TrialScheduler.CONTINUE
         recorded[trial.trial_id] = (value, latency)
         leader = self._clear_leader(trial.trial_id, recorded)
-        if leader is None:
+        if leader is None or (getattr(trial, "config", None) or {}).get(PROMOTED_KEY):  # promoted: trains in full
             return TrialScheduler.CONTINUE
         lead_value, lead_latency = recorded[leader]
         error = standard_error(self._objective, lead_value, self._eval_rows)
         self.stop_reasons[trial.trial_id] = (
-            f"stopped early after epoch {rung:g}: {self._objective} {value:.4f}, while a student at least as fast "
+            f"{STOPPED_EARLY_REASON} {rung:g}: {self._objective} {value:.4f}, while a student at least as fast "
             f"({lead_latency:.3g} ms, this one {latency:.3g} ms) had {lead_value:.4f} there, ahead by more than "
             f"{self._margin_se:g} standard error(s) ({error:.4f} on {self._eval_rows} examples)"
         )

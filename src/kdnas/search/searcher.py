@@ -35,13 +35,22 @@ from kdnas.records import (
     FAILURE_ATTR,
     HEARTBEAT_ATTR,
     LATENCY_KEY,
+    PROMOTED_ATTR,
+    PROMOTED_KEY,
     PRUNED_ATTR,
     RESTARTS_ATTR,
     TRIAL_NUMBER_KEY,
     Outcome,
     TrialReport,
 )
-from kdnas.search.duplicates import RECIPE_ATTR, TIME_BUDGET_REASON, known_students, repeat_of, student_key
+from kdnas.search.duplicates import (
+    RECIPE_ATTR,
+    TIME_BUDGET_REASON,
+    known_students,
+    promotion_candidates,
+    repeat_of,
+    student_key,
+)
 from kdnas.search.orphans import counts_toward_budget, this_driver
 
 REPEATS_IN_A_ROW = 25
@@ -289,9 +298,9 @@ class KDNASSearch(Searcher):
             return Searcher.FINISHED
         if not started and self._reuse_duplicates and self._space_size is not None:
             known = known_students(self._study.get_trials(deepcopy=False), self._recipe)
-            if len(known) >= self._space_size:  # wait for the running ones: one may be cut by the time budget
+            if len(known) >= self._space_size and not self._promote():
                 if any(t.state == TrialState.RUNNING for t in known.values()):
-                    return None
+                    return None  # wait for the running ones: one may be cut by the time budget
                 self.exhausted = f"the study holds all {self._space_size} students of the search space"
                 return Searcher.FINISHED
         for _ in range(REPEATS_IN_A_ROW):
@@ -299,23 +308,45 @@ class KDNASSearch(Searcher):
                 self._ot_trials[trial_id] = self._ask(trial_id)
             ot_trial = self._ot_trials[trial_id]
             config = self._sample(ot_trial)
-            original = self._held_student(ot_trial) if self._reuse_duplicates else None
+            promoted = PROMOTED_ATTR in ot_trial.user_attrs
+            original = self._held_student(ot_trial) if self._reuse_duplicates and not promoted else None
             if original is None:
                 storage_id = self._storage_ids[trial_id]
                 self._storage.set_trial_user_attr(storage_id, RECIPE_ATTR, self._recipe)
                 self._beat(storage_id, time.time())  # before the driver: a claimed trial always has a heartbeat
                 self._storage.set_trial_system_attr(storage_id, DRIVER_ATTR, this_driver())
-                return {**config, TRIAL_NUMBER_KEY: ot_trial.number}
+                return {**config, TRIAL_NUMBER_KEY: ot_trial.number, **({PROMOTED_KEY: True} if promoted else {})}
             try:
                 self._tell_repeat(ot_trial, original)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # told before the connection dropped: this ask is a retry (see :func:`retrying`)
             del self._ot_trials[trial_id], self._storage_ids[trial_id]
+        if self._promote():
+            return self._suggest(trial_id)
         self.exhausted = (
             f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
             "the search space is (nearly) exhausted"
         )
         return Searcher.FINISHED
+
+    def _promote(self) -> bool:
+        """Once every student has been tried, enqueue the most promising student the scheduler stopped early (see
+        :func:`~kdnas.search.duplicates.promotion_candidates`) for full training, as ASHA promotes: a stopped
+        student's result is otherwise final. False when there is none left to promote."""
+        if not self._reuse_duplicates:
+            return False
+        candidates = promotion_candidates(self._study.get_trials(deepcopy=False), self._recipe)
+        if not candidates:
+            return False
+        stopped = candidates[0]
+        self._study.enqueue_trial(stopped.params, user_attrs={PROMOTED_ATTR: stopped.number})
+        logger.info(
+            "every student of the space has been tried: the student of trial %d (%s, %s) is trained again, in full",
+            stopped.number,
+            stopped.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
+            stopped.user_attrs.get(PRUNED_ATTR, "stopped early"),
+        )
+        return True
 
     def _sample(self, ot_trial: optuna.Trial) -> dict[str, Any]:
         """The student's parameters, sampled on ``ot_trial`` by the define-by-run space (as ``OptunaSearch`` does:
