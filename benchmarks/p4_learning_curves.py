@@ -229,7 +229,7 @@ def replay(
         if scheduler is not None:  # Tune hands the scheduler every report, the last one too
             result = {"accuracy": value_at(record, reports[index]), "latency_ms": record["latency_ms"]}
             decision = scheduler.on_trial_result(
-                None, SimpleNamespace(trial_id=str(student)), {**result, scheduler.time_attr: reports[index]}
+                None, SimpleNamespace(trial_id=str(student), config={}), {**result, scheduler.time_attr: reports[index]}
             )
             if not last and decision == "STOP":
                 stopped += 1

@@ -142,7 +142,7 @@ def test_feasible_results_carry_their_constraints():
 
 def _feed(scheduler, trial_id: str, epoch: int, accuracy: float, latency: float) -> str:
     result = {"epoch": epoch, "accuracy": accuracy, "latency_ms": latency}
-    return scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial_id), result)
+    return scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial_id, config={}), result)
 
 
 STUDENTS = [("slow-best", 0.90, 5.0), ("fast-best", 0.60, 1.0), ("slow", 0.85, 5.2), ("fast", 0.55, 1.1)]

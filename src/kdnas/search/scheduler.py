@@ -80,7 +80,7 @@ class ParetoStopping(FIFOScheduler):
             return TrialScheduler.CONTINUE
         recorded[trial.trial_id] = (value, latency)
         leader = self._clear_leader(trial.trial_id, recorded)
-        if leader is None or (getattr(trial, "config", None) or {}).get(PROMOTED_KEY):  # promoted: trains in full
+        if leader is None or trial.config.get(PROMOTED_KEY):  # a promoted student trains in full
             return TrialScheduler.CONTINUE
         lead_value, lead_latency = recorded[leader]
         error = standard_error(self._objective, lead_value, self._eval_rows)
