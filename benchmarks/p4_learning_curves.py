@@ -10,13 +10,15 @@ rung inside the first epoch and after each epoch, with the training seconds so f
 * **predictivity**: the Spearman rank correlation between each rung's metric and the final one, over all students
   and within latency bins (students of similar latency), and how many final-front students sit in the bottom half
   of their bin at each rung (what ASHA's median cut within latency bins, kdnas's earlier rule, stopped);
-* **replay**: searches with ``--workers`` concurrent trials, students drawn in a random order (``--replays`` seeds),
-  judged by kdnas's own scheduler (:func:`kdnas.make_scheduler`) at each rung, with each step
-  charged its recorded training seconds, the evaluations the arm makes (estimated from the curve) and
-  ``--trial-overhead-s`` per trial, each architecture's latency measured alone after training. Per arm: the mean
-  compute to reach 90 % of the space's hypervolume (range normalisation, as P4) and its ratio to no stopping.
+* **replay**: searches with ``--workers`` concurrent trials replayed without Ray, ``--replays`` seeds per arm:
+  kdnas's own searcher (:func:`kdnas.make_searcher`: the arm's sampler, repeats reused, promotions once the space is
+  covered) proposes the students and kdnas's scheduler (:func:`kdnas.make_scheduler`) judges them at each rung, each
+  step charged its recorded training seconds (× ``--cost-scale``), the evaluations the arm makes (estimated from the
+  curve) and ``--trial-overhead-s`` per trial, each architecture's latency measured alone after training. Per arm:
+  the mean compute to reach 90 % of the space's hypervolume (range normalisation, as P4) and its ratio to the same
+  sampler without stopping.
 
-    python benchmarks/p4_learning_curves.py [--data DIR] [--train-samples 500] [--epochs 3] [--replays 100]
+    python benchmarks/p4_learning_curves.py [--data DIR | --task demo] [--epochs 3] [--replays 30] [--curves-from JSON]
 
 Writes ``benchmarks/results/p4_learning_curves.json``; trained students are journaled in
 ``<output-dir>/curves.jsonl`` (rerunning the command skips them).
@@ -25,17 +27,21 @@ Writes ``benchmarks/results/p4_learning_curves.json``; trained students are jour
 from __future__ import annotations
 
 import argparse
+import heapq
 import itertools
 import json
-import random
+import logging
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
@@ -45,17 +51,28 @@ from p4_early_stopping import FRACTION, anytime_curve, area, measures, time_to
 NAME = "p4_learning_curves"
 LATENCY_BINS = 3
 """Equal-count latency bins the predictivity is also measured within (students of similar latency compete)."""
-GRACES = (1.0, 0.5, 0.25)
-"""The stopping arms replayed (grace epochs; the reduction factor and margin stay the config's defaults)."""
+ARMS = (
+    "tpe-off",
+    "tpe-grace1",
+    "tpe-grace0.5",
+    "tpe-grace0.25",
+    "random-off",
+    "random-grace1",
+    "random-grace0.5",
+    "random-grace0.25",
+)
+"""The arms replayed: ``<sampler>-off`` (no early stopping) or ``<sampler>-grace<epochs>`` (kdnas's scheduler from that
+grace; the margin stays the config's default)."""
 
 
-def curves_config(data: Path, args: argparse.Namespace, grace: float = 0.25, mode: str = "on") -> Any:
-    """P4's config, with early stopping ``mode`` at ``grace`` (on at 0.25: trials report the rungs inside the first
-    epoch)."""
+def curves_config(data: Path | None, args: argparse.Namespace, grace: float = 0.25, mode: str = "on") -> Any:
+    """P4's config on SST-2 in ``data`` (None: the demo task, with its default teachers), with early stopping
+    ``mode`` at ``grace`` (on at 0.25: trials report the rungs inside the first epoch)."""
+    sections = sst2_sections(data, args.train_samples, args.teacher_epochs, gpt2_teacher=False) if data else {}
     return kdnas.load_config(
         {
             "output_dir": str(Path(args.output_dir).resolve()),
-            **sst2_sections(data, args.train_samples, args.teacher_epochs, gpt2_teacher=False),
+            **sections,
             "training": {"epochs": args.epochs, "seed": args.seed},
             "latency": {"warmup": 2, "runs": 10},
             "search": {"study_name": "p4-curves", "early_stopping": {"mode": mode, "grace_epochs": grace}},
@@ -192,99 +209,178 @@ def step_costs(record: dict[str, Any]) -> tuple[float, float]:
     return float(per_epoch), float(per_eval)
 
 
+def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int) -> Any:
+    """The config of ``arm`` (``<sampler>-off`` or ``<sampler>-grace<epochs>``) for replay ``seed``: the sampler's
+    seed, a trial budget the time budget ends first."""
+    sampler, stopping = arm.split("-")
+    grace = float(stopping.removeprefix("grace")) if stopping != "off" else 1.0
+    config = curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on")
+    return config.model_copy(
+        update={"search": config.search.model_copy(update={"sampler": sampler, "seed": seed, "n_trials": 1000})}
+    )
+
+
 def replay(
-    records: list[dict[str, Any]], order: list[int], config: Any, args: argparse.Namespace, eval_rows: int
-) -> tuple[list[tuple[float, tuple[float, float]]], list[tuple[float, float]], int]:
-    """One search replayed: students started in ``order`` on ``args.workers`` workers until ``args.time_budget_s``
-    of wall time, judged at ``config``'s rungs by its scheduler (none when stopping is off). Returns the finished
-    students (moment, (metric, latency)), every trial's (start, end) and how many were stopped."""
+    records: list[dict[str, Any]], config: Any, args: argparse.Namespace, eval_rows: int
+) -> tuple[list[tuple[float, tuple[float, float]]], list[tuple[float, float]], dict[str, int]]:
+    """One search replayed without Ray on ``args.workers`` workers until ``args.time_budget_s`` of wall time:
+    kdnas's own searcher (:func:`kdnas.make_searcher`: the configured sampler, repeats reused, promotions once the
+    space is covered) proposes the students, kdnas's scheduler judges them at ``config``'s rungs (none when stopping
+    is off), and each student's steps take the seconds its curve recorded, its evaluations and
+    ``args.trial_overhead_s``. Returns the finished students (moment, (metric, latency)), every trial's (start,
+    end) and counts of students stopped, promoted and repeats."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one in-memory study per replay: no line for each
     scheduler = kdnas.make_scheduler(config, "latency_ms", eval_rows)
-    ladder = scheduler.rungs if scheduler is not None else []
-    reports = sorted({*ladder, *range(1, args.epochs + 1)})  # what a trial reports: rungs and every epoch's end
-    events: list[tuple[float, int, int]] = []  # (moment, student, index into ``reports``)
-    starts: dict[int, float] = {}
+    storage = optuna.storages.InMemoryStorage()
+    stop_reasons = scheduler.stop_reasons if scheduler is not None else None
+    searcher = kdnas.make_searcher(config, storage, stop_reasons=stop_reasons)
+    reports = sorted({*(scheduler.rungs if scheduler is not None else []), *range(1, args.epochs + 1)})
+    by_params = {json.dumps(r["params"], sort_keys=True): i for i, r in enumerate(records)}
+    costs = [step_costs(r) for r in records]
+    trials: dict[str, tuple[int, float, dict[str, Any]]] = {}  # Tune trial id → (student, start, suggestion)
+    events: list[tuple[float, int, int]] = []  # (moment, trial, index into ``reports``): a heap
     spans: list[tuple[float, float]] = []
     finished: list[tuple[float, tuple[float, float]]] = []
-    queue, stopped = list(order), 0
+    free, exhausted = args.workers, False
 
-    def report_time(student: int, index: int) -> float:
-        per_epoch, per_eval = step_costs(records[student])
-        return starts[student] + args.trial_overhead_s + per_epoch * reports[index] + per_eval * (index + 1)
+    def report_time(trial: int, index: int) -> float:
+        student, began, _ = trials[str(trial)]
+        per_epoch, per_eval = costs[student]
+        return began + args.trial_overhead_s + args.cost_scale * (per_epoch * reports[index] + per_eval * (index + 1))
 
-    def start(moment: float) -> None:
-        if queue and moment < args.time_budget_s:
-            student = queue.pop(0)
-            starts[student] = moment
-            events.append((report_time(student, 0), student, 0))
+    def result(student: int, index: int) -> dict[str, Any]:
+        record, epoch = records[student], reports[index]
+        return kdnas.TrialReport(
+            value=value_at(record, epoch),
+            latency_ms=record["latency_ms"],
+            epoch=epoch,
+            completed=index == len(reports) - 1,
+            attrs={  # what promotions rank stopped students by
+                "learning_curve": [p for p in record["curve"] if p[0] <= epoch + 1e-9],
+                "latency": {"median_ms": record["latency_ms"]},
+            },
+        ).to_result(config.data.metric)
 
-    for _ in range(args.workers):
-        start(0.0)
+    def fill(moment: float) -> None:
+        """Start the searcher's next students on the free workers (Tune asks again after each trial ends)."""
+        nonlocal free, exhausted
+        while free and not exhausted and moment < args.time_budget_s:
+            trial = len(trials)
+            suggestion = searcher.suggest(str(trial))
+            if suggestion is None:  # it waits for a running student
+                return
+            if not isinstance(suggestion, dict):  # finished: the space is covered and nothing left to promote
+                exhausted = True
+                return
+            params = {key: suggestion[key] for key in records[0]["params"]}
+            trials[str(trial)] = (by_params[json.dumps(params, sort_keys=True)], moment, suggestion)
+            heapq.heappush(events, (report_time(trial, 0), trial, 0))
+            free -= 1
+
+    def end(trial: int, moment: float) -> None:
+        nonlocal free
+        spans.append((trials[str(trial)][1], moment))
+        free += 1
+        fill(moment)
+
+    fill(0.0)
     while events:
-        events.sort()
-        moment, student, index = events.pop(0)
+        moment, trial, index = heapq.heappop(events)
+        student, began, suggestion = trials[str(trial)]
         if moment > args.time_budget_s:  # cut by the time budget
-            spans.append((starts[student], args.time_budget_s))
+            spans.append((began, args.time_budget_s))
             continue
-        record, last = records[student], index == len(reports) - 1
+        reported, last = result(student, index), index == len(reports) - 1
+        searcher.on_trial_result(str(trial), reported)
         if scheduler is not None:  # Tune hands the scheduler every report, the last one too
-            result = {"accuracy": value_at(record, reports[index]), "latency_ms": record["latency_ms"]}
-            decision = scheduler.on_trial_result(
-                None, SimpleNamespace(trial_id=str(student), config={}), {**result, scheduler.time_attr: reports[index]}
-            )
+            judged = SimpleNamespace(trial_id=str(trial), config=suggestion)
+            decision = scheduler.on_trial_result(None, judged, {**reported, scheduler.time_attr: reports[index]})
             if not last and decision == "STOP":
-                stopped += 1
-                spans.append((starts[student], moment))
-                start(moment)
+                searcher.on_trial_complete(str(trial), reported)
+                end(trial, moment)
                 continue
         if not last:
-            events.append((report_time(student, index + 1), student, index + 1))
+            heapq.heappush(events, (report_time(trial, index + 1), trial, index + 1))
             continue
-        finished.append((moment, (record["value"], record["latency_ms"])))
-        spans.append((starts[student], moment))
-        start(moment)
-    return finished, spans, stopped
+        searcher.on_trial_complete(str(trial), reported)
+        finished.append((moment, (records[student]["value"], records[student]["latency_ms"])))
+        end(trial, moment)
+    held = optuna.load_study(study_name=config.search.study_name, storage=storage).get_trials(deepcopy=False)
+    counts = {
+        "stopped": sum(bool(str(t.user_attrs.get("pruned_reason", "")).startswith("stopped early")) for t in held),
+        "promoted": sum("promoted_from" in t.user_attrs for t in held),
+        "repeats": sum(kdnas.is_repeat(t) for t in held),
+    }
+    return finished, spans, counts
 
 
-def replays(records: list[dict[str, Any]], data: Path, args: argparse.Namespace, eval_rows: int) -> dict[str, Any]:
-    """Every arm (stopping off, and on at each of :data:`GRACES`) replayed over ``args.replays`` random orders."""
+def replay_arm(
+    records: list[dict[str, Any]], data: Path | None, args: argparse.Namespace, eval_rows: int, arm: str, seed: int
+) -> dict[str, Any]:
+    """Replay ``arm`` with ``seed``: its anytime curve's time to 90 % of the space's hypervolume, area and counts."""
     every_point = [(r["value"], r["latency_ms"]) for r in records]
     scale = measures(every_point, 0.5, max(lat for _, lat in every_point))["range"]
     best = kdnas.hypervolume([scale["normalise"](p) for p in every_point], scale["reference"])
-    arms = {"off": curves_config(data, args, mode="off")}
-    arms.update({f"grace{g:g}": curves_config(data, args, grace=g) for g in GRACES})
+    finished, spans, counts = replay(records, arm_config(data, args, arm, seed), args, eval_rows)
+    curve = anytime_curve(finished, spans, scale)
+    hit = time_to(curve, FRACTION * best)
+    horizon = args.workers * args.time_budget_s
+    return {
+        "reached": hit is not None,
+        "time": hit if hit is not None else curve[-1][0],
+        "auc": area(curve, horizon) / (horizon * best),
+        "trained_in_full": len(finished),
+        **counts,
+    }
+
+
+def replays(
+    records: list[dict[str, Any]], data: Path | None, args: argparse.Namespace, eval_rows: int
+) -> dict[str, Any]:
+    """Every arm of ``args.arms`` replayed with ``args.replays`` seeds, on ``args.jobs`` processes."""
+    runs = [(arm, seed) for arm in args.arms for seed in range(args.replays)]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        outcomes = list(
+            pool.map(replay_arm, *zip(*[(records, data, args, eval_rows, arm, seed) for arm, seed in runs]))
+        )
     out: dict[str, Any] = {}
-    for arm, config in arms.items():
-        times, reached, aucs, stops, trained = [], 0, [], [], []
-        for seed in range(args.replays):
-            order = list(range(len(records)))
-            random.Random(seed).shuffle(order)
-            finished, spans, stopped = replay(records, order, config, args, eval_rows)
-            curve = anytime_curve(finished, spans, scale)
-            hit = time_to(curve, FRACTION * best)
-            reached += hit is not None
-            times.append(hit if hit is not None else curve[-1][0])
-            aucs.append(area(curve, args.workers * args.time_budget_s) / (args.workers * args.time_budget_s * best))
-            stops.append(stopped)
-            trained.append(len(finished))
+    for arm in args.arms:
+        mine = [o for (a, _), o in zip(runs, outcomes) if a == arm]
+        times = [o["time"] for o in mine]
         out[arm] = {
             "time_to_90_mean_s": round(statistics.mean(times), 1),
-            "reached_90": f"{reached}/{args.replays}",
-            "auc_mean": round(statistics.mean(aucs), 4),
-            "stopped_mean": round(statistics.mean(stops), 1),
-            "trained_in_full_mean": round(statistics.mean(trained), 1),
+            "time_to_90_sem_s": round(statistics.stdev(times) / len(times) ** 0.5, 1) if len(times) > 1 else None,
+            "reached_90": f"{sum(o['reached'] for o in mine)}/{len(mine)}",
+            "auc_mean": round(statistics.mean(o["auc"] for o in mine), 4),
+            **{
+                f"{key}_mean": round(statistics.mean(o[key] for o in mine), 1)
+                for key in ("stopped", "promoted", "repeats", "trained_in_full")
+            },
         }
-    for arm in out:
-        out[arm]["speedup_vs_off"] = round(out["off"]["time_to_90_mean_s"] / out[arm]["time_to_90_mean_s"], 3)
+    for arm, numbers in out.items():
+        off = out.get(f"{arm.split('-')[0]}-off")
+        if off is not None:
+            numbers["speedup_vs_off"] = round(off["time_to_90_mean_s"] / numbers["time_to_90_mean_s"], 3)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, name=NAME, train_samples=500, output_dir="bench-p4-curves")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--task", choices=("sst2", "demo"), default="sst2", help="SST-2 (P4's task) or the embedded demo task"
+    )
+    parser.add_argument("--epochs", type=int, help="training epochs (default: 3 on SST-2, the config's on the demo)")
     parser.add_argument("--teacher-epochs", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--replays", type=int, default=100, help="random student orders replayed per arm")
+    parser.add_argument("--replays", type=int, default=30, help="seeds replayed per arm")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), help="<sampler>-off or <sampler>-grace<epochs>")
+    parser.add_argument("--jobs", type=int, default=2, help="processes the replays run on")
+    parser.add_argument(
+        "--curves-from",
+        type=Path,
+        help="replay the curves of an earlier result JSON (its `curves`) instead of training the students",
+    )
     parser.add_argument("--workers", type=int, default=2, help="concurrent trials in a replay")
     parser.add_argument("--time-budget-s", type=float, default=600.0, help="a replay's wall-clock budget (P4's)")
     parser.add_argument(
@@ -293,13 +389,29 @@ def main() -> None:
         default=1.5,
         help="per trial: start, build, measure, save (not training); P1 measured ~1 s",
     )
+    parser.add_argument(
+        "--cost-scale",
+        type=float,
+        default=1.0,
+        help="training and evaluation seconds × this: a student trained beside another one (P4 proper's 2 "
+        "concurrent trials on 2 cores) takes ~1.8× the seconds it took alone",
+    )
     args = parser.parse_args()
-    data = require_sst2(NAME, args.data)
+    if args.task == "demo":
+        data = None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    else:
+        data = require_sst2(NAME, args.data)
+    if args.epochs is None:
+        args.epochs = 3 if data else kdnas.load_config(None).training.epochs
     config = curves_config(data, args)
-    journal = Path(args.output_dir).resolve() / "curves.jsonl"
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    records = tabulate(config, journal)
-    retime(config, records, journal.parent / "latencies.json")
+    if args.curves_from is not None:
+        records = json.loads(args.curves_from.read_text())["curves"]
+    else:
+        journal = Path(args.output_dir).resolve() / "curves.jsonl"
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        records = tabulate(config, journal)
+        retime(config, records, journal.parent / "latencies.json")
     shape = predictivity(records, LATENCY_BINS)
     eval_rows = len(kdnas.load_task(config.data).labels("eval"))
     replayed = replays(records, data, args, eval_rows)
@@ -308,7 +420,7 @@ def main() -> None:
         {
             "benchmark": NAME,
             "definition": __doc__.split("\n\n")[0],
-            "args": {**vars(args), "data": None, "out": None, "output_dir": None},
+            "args": {**vars(args), "data": None, "out": None, "output_dir": None, "curves_from": None},
             "students": len(records),
             "wall_s_mean": round(statistics.mean(r["wall_s"] for r in records), 1),
             "predictivity": shape,

@@ -108,3 +108,35 @@ def test_a_connection_lost_after_a_repeat_was_told_does_not_stop_the_driver(tmp_
     assert drops == [1] and repeat.state == TrialState.COMPLETE and repeat.user_attrs["duplicate_of"] == 0
     assert fresh["kdnas_trial_number"] == new.number == 2 and new.state == TrialState.RUNNING
     assert new.params == unseen
+
+
+def test_the_public_searcher_runs_a_configured_search_without_ray():
+    """``kdnas.make_searcher`` builds the searcher a search runs (space, sampler, budget, recipe, repeats), so a
+    search can be driven without Ray, as the tabulated P4 benchmark replays searches."""
+    import kdnas
+    from kdnas.config import build_config, dump_config
+    from kdnas.records import TRIAL_NUMBER_KEY
+    from kdnas.search.duplicates import recipe_key
+
+    config = build_config(
+        {
+            "student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8], "ffn_ratio": [1, 2]}},
+            "search": {"sampler": "random", "n_trials": 3, "seed": 5},
+        }
+    )
+    storage = optuna.storages.InMemoryStorage()
+    searcher = kdnas.make_searcher(config, storage)
+    suggestions = [searcher.suggest(f"t{i}") for i in range(3)]
+    students = {(s["num_layers"], s["ffn_ratio"]) for s in suggestions}
+    assert len(students) == 3 and students <= {(1, 1), (1, 2), (2, 1), (2, 2)}, "3 distinct students of the space"
+    for i in range(3):
+        report = TrialReport(value=0.5 + i / 10, latency_ms=1.0 + i, epoch=2, completed=True)
+        searcher.on_trial_complete(f"t{i}", report.to_result("accuracy"))
+    assert searcher.suggest("t3") == "FINISHED", "search.n_trials is the budget"
+    study = optuna.load_study(study_name=config.search.study_name, storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert [t.values for t in study.trials] == [[0.5, 1.0], [0.6, 2.0], [0.7, 3.0]]
+    assert {t.user_attrs["recipe"] for t in study.trials} == {recipe_key(dump_config(config))}
+    assert [s[TRIAL_NUMBER_KEY] for s in suggestions] == [0, 1, 2]
+    again = kdnas.make_searcher(config, optuna.storages.InMemoryStorage())
+    assert [again.suggest(f"t{i}") for i in range(3)] == suggestions, "the sampler is seeded with search.seed"

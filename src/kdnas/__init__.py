@@ -44,6 +44,7 @@ _HOMES = {
     "fastest_round": "kdnas.search.retime",
     "make_scheduler": "kdnas.search.scheduler",
     "ParetoStopping": "kdnas.search.scheduler",
+    "make_searcher": "kdnas.search.searcher",
     # one student outside a search
     "prepare_students": "kdnas.search.trial",
     "train_student": "kdnas.search.trial",
@@ -81,6 +82,7 @@ __all__ = [
     "load_study",
     "load_task",
     "make_scheduler",
+    "make_searcher",
     "measure_architecture",
     "pareto_front",
     "prepare_students",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
     from kdnas.search.retime import fastest_round, measure_architecture, retime_study
     from kdnas.search.runner import run_search
     from kdnas.search.scheduler import ParetoStopping, make_scheduler
+    from kdnas.search.searcher import make_searcher
     from kdnas.search.study import load_study
     from kdnas.search.trial import prepare_students, train_student
     from kdnas.space import StudentArch

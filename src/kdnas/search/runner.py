@@ -19,7 +19,6 @@ from kdnas.objectives.latency import resolve_device
 from kdnas.outputs import writable_dir
 from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEACHERS_ATTR, TASK_ATTR, TRANSFER_ATTR
 from kdnas.search import local_ray
-from kdnas.search.duplicates import recipe_key
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
 from kdnas.search.inputs import check_budgets_reachable, inheritance_record, prepare_inputs, transfer_set
 from kdnas.search.one_layer import choose_one_layer
@@ -30,14 +29,13 @@ from kdnas.search.retime import retime_study
 from kdnas.search.rungs import rungs_in_warmup
 from kdnas.search.samplers import make_sampler
 from kdnas.search.scheduler import ParetoStopping, make_scheduler
-from kdnas.search.searcher import DeadlineStopper, KDNASSearch
+from kdnas.search.searcher import DeadlineStopper, make_searcher
 from kdnas.search.study import (
     HEARTBEAT_INTERVAL_S,
     check_comparable,
     create_or_load_study,
     find_study,
     mask_url,
-    objective_names,
     open_storage,
     open_storage_if_exists,
     record_once,
@@ -158,19 +156,11 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
                 ", ".join(f"{rung:g}" for rung in early),
                 config.training.warmup_ratio * config.training.epochs,
             )
-    searcher = KDNASSearch(
-        space=space.suggest,
-        metric=objective_names(config),
-        mode=["max", "min"],
-        storage=storage,
-        study_name=search.study_name,
-        study_id=storage.get_study_id_from_name(search.study_name),
+    searcher = make_searcher(
+        config,
+        storage,
         sampler=make_sampler(config, len(study.get_trials(deepcopy=False))),
         stop_reasons=scheduler.stop_reasons if isinstance(scheduler, ParetoStopping) else None,
-        n_trials=config.search.n_trials,
-        reuse_duplicates=config.search.reuse_duplicates,
-        recipe=recipe_key(dump_config(config)),
-        space_size=space.size(),
     )
     resources = {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu}
     # keeping one checkpoint per trial forces an experiment snapshot at each epoch; that is cheap here, so Tune's

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Stopper
 from ray.tune.search import Searcher
 
+from kdnas.config import KDNASConfig, dump_config
 from kdnas.records import (
     ARCH_SUMMARY_ATTR,
     DRIVER_ATTR,
@@ -48,10 +49,14 @@ from kdnas.search.duplicates import (
     TIME_BUDGET_REASON,
     known_students,
     promotion_candidates,
+    recipe_key,
     repeat_of,
     student_key,
 )
 from kdnas.search.orphans import counts_toward_budget, this_driver
+from kdnas.search.samplers import make_sampler
+from kdnas.search.study import objective_names
+from kdnas.space import SearchSpace
 
 REPEATS_IN_A_ROW = 25
 """A sampler that proposes this many students the study holds in a row has (nearly) exhausted the space."""
@@ -454,3 +459,34 @@ class DeadlineStopper(Stopper):
 
     def stop_all(self) -> bool:
         return self._searcher.out_of_time()
+
+
+def make_searcher(
+    config: KDNASConfig,
+    storage: optuna.storages.BaseStorage,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    stop_reasons: Mapping[str, str] | None = None,
+) -> KDNASSearch:
+    """The searcher a search over ``config`` runs, on the study ``search.study_name`` in ``storage`` (created when
+    missing): the configured space, the trial budget, repeats reused and promotions as configured; ``sampler``
+    (default: the configured one, seeded with ``search.seed``) proposes the students. ``stop_reasons``: the
+    early-stopping scheduler's (:attr:`~kdnas.search.scheduler.ParetoStopping.stop_reasons`), which explain the
+    students it stopped.
+
+    It also drives a search without Ray: ``suggest`` a trial, hand it the results, ``on_trial_complete`` (as
+    ``benchmarks/p4_learning_curves.py`` replays searches on recorded learning curves)."""
+    space = SearchSpace(config.student.space, config.kd.space, config.training.space)
+    return KDNASSearch(
+        space=space.suggest,
+        metric=objective_names(config),
+        mode=["max", "min"],
+        storage=storage,
+        study_name=config.search.study_name,
+        sampler=sampler if sampler is not None else make_sampler(config),
+        stop_reasons=stop_reasons,
+        n_trials=config.search.n_trials,
+        reuse_duplicates=config.search.reuse_duplicates,
+        recipe=recipe_key(dump_config(config)),
+        space_size=space.size(),
+    )
