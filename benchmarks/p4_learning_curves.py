@@ -294,7 +294,7 @@ def replay(
         searcher.on_trial_result(str(trial), reported)
         if scheduler is not None:  # Tune hands the scheduler every report, the last one too
             judged = SimpleNamespace(trial_id=str(trial), config=suggestion)
-            decision = scheduler.on_trial_result(None, judged, {**reported, scheduler.time_attr: reports[index]})
+            decision = scheduler.on_trial_result(None, judged, reported)  # it reads the epoch the report carries
             if not last and decision == "STOP":
                 searcher.on_trial_complete(str(trial), reported)
                 end(trial, moment)
@@ -307,7 +307,7 @@ def replay(
         end(trial, moment)
     held = optuna.load_study(study_name=config.search.study_name, storage=storage).get_trials(deepcopy=False)
     counts = {
-        "stopped": sum(bool(str(t.user_attrs.get("pruned_reason", "")).startswith("stopped early")) for t in held),
+        "stopped": len(stop_reasons or {}),
         "promoted": sum("promoted_from" in t.user_attrs for t in held),
         "repeats": sum(kdnas.is_repeat(t) for t in held),
     }
