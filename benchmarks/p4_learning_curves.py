@@ -211,13 +211,13 @@ def step_costs(record: dict[str, Any]) -> tuple[float, float]:
 
 def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int) -> Any:
     """The config of ``arm`` (``<sampler>-off`` or ``<sampler>-grace<epochs>``) for replay ``seed``: the sampler's
-    seed, a trial budget the time budget ends first."""
+    seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the config's)."""
     sampler, stopping = arm.split("-")
     grace = float(stopping.removeprefix("grace")) if stopping != "off" else 1.0
     config = curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on")
-    return config.model_copy(
-        update={"search": config.search.model_copy(update={"sampler": sampler, "seed": seed, "n_trials": 1000})}
-    )
+    startup = args.startup_trials or config.search.startup_trials
+    search = {"sampler": sampler, "seed": seed, "n_trials": 1000, "startup_trials": startup}
+    return config.model_copy(update={"search": config.search.model_copy(update=search)})
 
 
 def replay(
@@ -373,9 +373,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default: 3 on SST-2, the config's on the demo)")
     parser.add_argument("--teacher-epochs", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--replays", type=int, default=30, help="seeds replayed per arm")
+    parser.add_argument("--replays", type=int, default=100, help="seeds replayed per arm")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), help="<sampler>-off or <sampler>-grace<epochs>")
     parser.add_argument("--jobs", type=int, default=2, help="processes the replays run on")
+    parser.add_argument(
+        "--startup-trials", type=int, help="random students before TPE/GP model the study (default: the config's)"
+    )
     parser.add_argument(
         "--curves-from",
         type=Path,

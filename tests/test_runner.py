@@ -118,6 +118,20 @@ def test_samplers_are_seeded_and_chosen_from_config():
     assert isinstance(runner.make_sampler(config), optuna.samplers.NSGAIISampler)
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_model_based_samplers_model_the_study_after_search_startup_trials(sampler):
+    def relative_sample(startup: int) -> dict:
+        config = load_config(None, [f"search.sampler={sampler}", f"search.startup_trials={startup}"])
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=runner.make_sampler(config))
+        study.optimize(lambda trial: (trial.suggest_int("x", 0, 9), trial.suggest_int("y", 0, 9)), n_trials=2)
+        trial = study.ask()
+        space = study.sampler.infer_relative_search_space(study, trial)
+        return study.sampler.sample_relative(study, trial, space)  # empty while the sampler samples at random
+
+    assert relative_sample(startup=3) == {}
+    assert set(relative_sample(startup=2)) == {"x", "y"}
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
 def test_every_sampler_survives_the_pickling_tune_gives_its_searcher(tmp_path, sampler):
     import ray.cloudpickle

@@ -411,6 +411,7 @@ class SearchConfig(_Section):
     time_budget_s: float | None = Field(None, gt=0)
     reuse_duplicates: bool = True
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    startup_trials: int = Field(3, ge=1)
     seed: int = 0
     max_concurrent_trials: int = Field(2, ge=1)
     ray_address: str | None = None

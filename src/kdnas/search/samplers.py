@@ -35,12 +35,13 @@ class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
 
 def make_sampler(config: KDNASConfig, trials_before: int = 0) -> optuna.samplers.BaseSampler:
     """The configured multi-objective sampler, seeded with ``search.seed`` plus the number of trials the study held
-    before this run: a resumed run does not replay the proposals of the first."""
-    seed = config.search.seed + trials_before
+    before this run: a resumed run does not replay the proposals of the first. TPE and GP model the study after
+    ``search.startup_trials`` random students."""
+    seed, startup = config.search.seed + trials_before, config.search.startup_trials
     if config.search.sampler == "nsga2":
         return PicklableNSGAIISampler(seed=seed)
     if config.search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if config.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
