@@ -18,7 +18,8 @@ rung inside the first epoch and after each epoch, with the training seconds so f
   the mean compute to reach 90 % of the space's hypervolume (range normalisation, as P4) and its ratio to the same
   sampler without stopping.
 
-    python benchmarks/p4_learning_curves.py [--data DIR | --task demo] [--epochs 3] [--replays 30] [--curves-from JSON]
+    python benchmarks/p4_learning_curves.py [--data DIR | --task demo] [--epochs 3] [--replays 100] [--startup-trials N]
+        [--curves-from JSON]
 
 Writes ``benchmarks/results/p4_learning_curves.json``; trained students are journaled in
 ``<output-dir>/curves.jsonl`` (rerunning the command skips them).
@@ -215,7 +216,7 @@ def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int)
     sampler, stopping = arm.split("-")
     grace = float(stopping.removeprefix("grace")) if stopping != "off" else 1.0
     config = curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on")
-    startup = args.startup_trials or config.search.startup_trials
+    startup = config.search.startup_trials if args.startup_trials is None else args.startup_trials
     search = {"sampler": sampler, "seed": seed, "n_trials": 1000, "startup_trials": startup}
     return config.model_copy(update={"search": config.search.model_copy(update=search)})
 
@@ -400,6 +401,8 @@ def main() -> None:
         "concurrent trials on 2 cores) takes ~1.8× the seconds it took alone",
     )
     args = parser.parse_args()
+    if args.startup_trials is not None and args.startup_trials < 1:
+        parser.error("--startup-trials must be at least 1")
     if args.task == "demo":
         data = None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
