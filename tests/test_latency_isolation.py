@@ -184,6 +184,10 @@ def test_retime_records_each_models_fastest_round_and_counts_the_contended_ones(
     # round 1 times arch a (trials 0, 2), arch b (trial 1), the teacher: 3.0, 0.5, 1.0; round 2: 1.0, 2.5, 4.0
     assert record["students"] == {"0": 1.0, "1": 0.5, "2": 1.0} and record["teachers"] == {"minilm": 1.0}
     assert "3 of 6 measurements were disturbed by other work" in caplog.text
+    # the last line gives the front the report will show (trial 1 at 0.5 ms below 1.1 × 1.0 ms) and the one the
+    # search's progress lines showed (below 1.1 × 5.0 ms, trial 0's latency beside training)
+    assert "front 1, hypervolume 0.48 with these latencies, as the report shows it" in caplog.text
+    assert "(with the search's: front 1, hypervolume 4)" in caplog.text
 
 
 def test_retime_refuses_zero_rounds(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from kdnas.config import ConfigError, KDNASConfig
-from kdnas.dashboards.pareto import search_feasible_completed
+from kdnas.dashboards.pareto import search_feasible_completed, study_summary
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import ATTEMPTS, measure_trusted
 from kdnas.records import ARCH_ATTR, RETIMED_ATTR, TASK_ATTR
@@ -105,14 +105,21 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         "seconds": round(time.perf_counter() - started, 1),
         "contended": contended,
     }
+    searched = study_summary(study)
     study.set_user_attr(RETIMED_ATTR, record)
+    retimed = study_summary(study)
     logger.info(
-        "retimed %d students (%d architectures) and %d teachers on %s in %.0f s",
+        "retimed %d students (%d architectures) and %d teachers on %s in %.0f s: front %d, hypervolume %.4g with "
+        "these latencies, as the report shows it (with the search's: front %d, hypervolume %.4g)",
         len(record["students"]),
         len(trials_by_arch),
         len(record["teachers"]),
         record["host"],
         record["seconds"],
+        retimed["front"],
+        retimed["hypervolume"],
+        searched["front"],
+        searched["hypervolume"],
     )
     if contended:
         logger.info(
