@@ -63,7 +63,31 @@ ARMS = (
     "random-grace0.25",
 )
 """The arms replayed: ``<sampler>-off`` (no early stopping) or ``<sampler>-grace<epochs>`` (kdnas's scheduler from that
-grace; the margin stays the config's default)."""
+grace; the margin stays the config's default); ``<sampler>-oracle<epochs>`` (not run by default) replays
+:class:`FrontOracle` at that grace instead of kdnas's scheduler."""
+
+
+class FrontOracle:
+    """A stopping rule that knows the end: at the first rung of ``scheduler`` (kdnas's, for its rungs), every student
+    off the final (metric, latency) front of ``records`` is stopped and every front student runs on; a student
+    proposed again after a stop (a promotion) trains in full. What stopping alone could save if early metrics were
+    perfect, for comparison with kdnas's scheduler."""
+
+    def __init__(self, records: list[dict[str, Any]], scheduler: kdnas.ParetoStopping) -> None:
+        self.rungs, self.stop_reasons = scheduler.rungs, {}
+        self._time_attr = scheduler.time_attr
+        self._on_front = {json.dumps(records[i]["params"], sort_keys=True) for i in front(records)}
+        self._params = list(records[0]["params"])
+        self._stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        student = json.dumps({key: trial.config[key] for key in self._params}, sort_keys=True)
+        first_rung = abs(result[self._time_attr] - self.rungs[0]) < 1e-9
+        if first_rung and student not in self._on_front and student not in self._stopped:
+            self._stopped.add(student)
+            self.stop_reasons[trial.trial_id] = "off the final front"
+            return "STOP"
+        return "CONTINUE"
 
 
 def curves_config(data: Path | None, args: argparse.Namespace, grace: float = 0.25, mode: str = "on") -> Any:
@@ -211,10 +235,10 @@ def step_costs(record: dict[str, Any]) -> tuple[float, float]:
 
 
 def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int) -> Any:
-    """The config of ``arm`` (``<sampler>-off`` or ``<sampler>-grace<epochs>``) for replay ``seed``: the sampler's
-    seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the config's)."""
+    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>`` or ``-oracle<epochs>``) for replay ``seed``: the
+    sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the config's)."""
     sampler, stopping = arm.split("-")
-    grace = float(stopping.removeprefix("grace")) if stopping != "off" else 1.0
+    grace = float(stopping.removeprefix("grace").removeprefix("oracle")) if stopping != "off" else 1.0
     config = curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on")
     startup = config.search.startup_trials if args.startup_trials is None else args.startup_trials
     search = {"sampler": sampler, "seed": seed, "n_trials": 1000, "startup_trials": startup}
@@ -222,16 +246,18 @@ def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int)
 
 
 def replay(
-    records: list[dict[str, Any]], config: Any, args: argparse.Namespace, eval_rows: int
+    records: list[dict[str, Any]], config: Any, args: argparse.Namespace, eval_rows: int, oracle: bool = False
 ) -> tuple[list[tuple[float, tuple[float, float]]], list[tuple[float, float]], dict[str, int]]:
     """One search replayed without Ray on ``args.workers`` workers until ``args.time_budget_s`` of wall time:
     kdnas's own searcher (:func:`kdnas.make_searcher`: the configured sampler, repeats reused, promotions once the
     space is covered) proposes the students, kdnas's scheduler judges them at ``config``'s rungs (none when stopping
-    is off), and each student's steps take the seconds its curve recorded, its evaluations and
-    ``args.trial_overhead_s``. Returns the finished students (moment, (metric, latency)), every trial's (start,
-    end) and counts of students stopped, promoted and repeats."""
+    is off; :class:`FrontOracle` at those rungs with ``oracle``), and each student's steps take the seconds its
+    curve recorded, its evaluations and ``args.trial_overhead_s``. Returns the finished students (moment, (metric,
+    latency)), every trial's (start, end) and counts of students stopped, promoted and repeats."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one in-memory study per replay: no line for each
-    scheduler = kdnas.make_scheduler(config, "latency_ms", eval_rows)
+    scheduler: Any = kdnas.make_scheduler(config, "latency_ms", eval_rows)
+    if scheduler is not None and oracle:
+        scheduler = FrontOracle(records, scheduler)
     storage = optuna.storages.InMemoryStorage()
     stop_reasons = scheduler.stop_reasons if scheduler is not None else None
     searcher = kdnas.make_searcher(config, storage, stop_reasons=stop_reasons)
@@ -322,7 +348,8 @@ def replay_arm(
     every_point = [(r["value"], r["latency_ms"]) for r in records]
     scale = measures(every_point, 0.5, max(lat for _, lat in every_point))["range"]
     best = kdnas.hypervolume([scale["normalise"](p) for p in every_point], scale["reference"])
-    finished, spans, counts = replay(records, arm_config(data, args, arm, seed), args, eval_rows)
+    config, oracle = arm_config(data, args, arm, seed), "-oracle" in arm
+    finished, spans, counts = replay(records, config, args, eval_rows, oracle)
     curve = anytime_curve(finished, spans, scale)
     hit = time_to(curve, FRACTION * best)
     horizon = args.workers * args.time_budget_s
@@ -375,7 +402,12 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--replays", type=int, default=100, help="seeds replayed per arm")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), help="<sampler>-off or <sampler>-grace<epochs>")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(ARMS),
+        help="<sampler>-off, <sampler>-grace<epochs> or <sampler>-oracle<epochs>",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="processes the replays run on")
     parser.add_argument(
         "--startup-trials", type=int, help="random students before TPE/GP model the study (default: the config's)"
