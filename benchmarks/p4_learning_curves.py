@@ -90,9 +90,11 @@ class FrontOracle:
         return "CONTINUE"
 
 
-def curves_config(data: Path | None, args: argparse.Namespace, grace: float = 0.25, mode: str = "on") -> Any:
+def curves_config(
+    data: Path | None, args: argparse.Namespace, grace: float = 0.25, mode: str = "on", search: dict | None = None
+) -> Any:
     """P4's config on SST-2 in ``data`` (None: the demo task, with its default teachers), with early stopping
-    ``mode`` at ``grace`` (on at 0.25: trials report the rungs inside the first epoch)."""
+    ``mode`` at ``grace`` (on at 0.25: trials report the rungs inside the first epoch) and the ``search`` keys."""
     sections = sst2_sections(data, args.train_samples, args.teacher_epochs, gpt2_teacher=False) if data else {}
     return kdnas.load_config(
         {
@@ -100,7 +102,11 @@ def curves_config(data: Path | None, args: argparse.Namespace, grace: float = 0.
             **sections,
             "training": {"epochs": args.epochs, "seed": args.seed},
             "latency": {"warmup": 2, "runs": 10},
-            "search": {"study_name": "p4-curves", "early_stopping": {"mode": mode, "grace_epochs": grace}},
+            "search": {
+                "study_name": "p4-curves",
+                "early_stopping": {"mode": mode, "grace_epochs": grace},
+                **(search or {}),
+            },
         }
     )
 
@@ -239,10 +245,10 @@ def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int)
     sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the config's)."""
     sampler, stopping = arm.split("-")
     grace = float(stopping.removeprefix("grace").removeprefix("oracle")) if stopping != "off" else 1.0
-    config = curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on")
-    startup = config.search.startup_trials if args.startup_trials is None else args.startup_trials
-    search = {"sampler": sampler, "seed": seed, "n_trials": 1000, "startup_trials": startup}
-    return config.model_copy(update={"search": config.search.model_copy(update=search)})
+    search = {"sampler": sampler, "seed": seed, "n_trials": 1000}
+    if args.startup_trials is not None:
+        search["startup_trials"] = args.startup_trials
+    return curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on", search=search)
 
 
 def replay(
