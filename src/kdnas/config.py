@@ -139,7 +139,7 @@ def _default_teachers() -> list[TeacherConfig]:
             name="gpt2",
             model="gpt2",
             scratch=ScratchConfig(),
-            fit=FitConfig(epochs=4, learning_rate=5e-4),
+            fit=FitConfig(epochs=8, learning_rate=5e-4),
         ),
     ]
 
