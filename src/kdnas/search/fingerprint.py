@@ -101,7 +101,7 @@ def space_distributions(config: KDNASConfig) -> dict[str, BaseDistribution]:
         trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
     finally:
         optuna.logging.set_verbosity(verbosity)
-    SearchSpace(config.student.space, config.kd.space, config.training.space).suggest(trial)
+    SearchSpace.of(config).suggest(trial)
     return dict(trial.distributions)
 
 

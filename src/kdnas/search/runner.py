@@ -135,7 +135,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
         return study
 
     search = config.search
-    space = SearchSpace(config.student.space, config.kd.space, config.training.space)
+    space = SearchSpace.of(config)
     logger.info("search space: %d distinct students", space.size())
     if search.n_trials > space.size():
         logger.warning(

@@ -476,7 +476,7 @@ def make_searcher(
 
     It also drives a search without Ray: ``suggest`` a trial, hand it the results, ``on_trial_complete`` (as
     ``benchmarks/p4_learning_curves.py`` replays searches on recorded learning curves)."""
-    space = SearchSpace(config.student.space, config.kd.space, config.training.space)
+    space = SearchSpace.of(config)
     return KDNASSearch(
         space=space.suggest,
         metric=objective_names(config),

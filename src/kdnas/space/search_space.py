@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from kdnas.config import KDConfig, KDSpaceConfig, SpaceConfig, TrainingSpaceConfig
+from kdnas.config import KDConfig, KDNASConfig, KDSpaceConfig, SpaceConfig, TrainingSpaceConfig
 from kdnas.space.arch import StudentArch
 
 KD_PARAMS = {
@@ -35,6 +35,11 @@ class SearchSpace:
         self.config = config
         self.kd_space = kd_space or KDSpaceConfig()
         self.training_space = training_space or TrainingSpaceConfig()
+
+    @classmethod
+    def of(cls, config: KDNASConfig) -> SearchSpace:
+        """The space a search over ``config`` samples: its student, KD and training spaces."""
+        return cls(config.student.space, config.kd.space, config.training.space)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample one student's parameters on ``trial`` (define-by-run)."""
