@@ -105,12 +105,12 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         "seconds": round(time.perf_counter() - started, 1),
         "contended": contended,
     }
-    searched = study_summary(study)
+    before = study_summary(study)  # the search's latencies, or an earlier re-timing's
     study.set_user_attr(RETIMED_ATTR, record)
     retimed = study_summary(study)
     logger.info(
         "retimed %d students (%d architectures) and %d teachers on %s in %.0f s: front %d, hypervolume %.4g with "
-        "these latencies, as the report shows it (with the search's: front %d, hypervolume %.4g)",
+        "these latencies, as the report shows it (before this re-timing: front %d, hypervolume %.4g)",
         len(record["students"]),
         len(trials_by_arch),
         len(record["teachers"]),
@@ -118,8 +118,8 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
         record["seconds"],
         retimed["front"],
         retimed["hypervolume"],
-        searched["front"],
-        searched["hypervolume"],
+        before["front"],
+        before["hypervolume"],
     )
     if contended:
         logger.info(
