@@ -67,6 +67,11 @@ grace; the margin stays the config's default); ``<sampler>-oracle<epochs>`` (not
 :class:`FrontOracle` at that grace instead of kdnas's scheduler."""
 
 
+def params_key(params: dict[str, Any]) -> str:
+    """One student's sampled parameters as a key (the journal, the replay and the oracle match students by it)."""
+    return json.dumps(params, sort_keys=True)
+
+
 class FrontOracle:
     """A stopping rule that knows the end: at the first rung of ``scheduler`` (kdnas's, for its rungs), every student
     off the final (metric, latency) front of ``records`` is stopped and every front student runs on; a student
@@ -76,12 +81,12 @@ class FrontOracle:
     def __init__(self, records: list[dict[str, Any]], scheduler: kdnas.ParetoStopping) -> None:
         self.rungs, self.stop_reasons = scheduler.rungs, {}
         self._time_attr = scheduler.time_attr
-        self._on_front = {json.dumps(records[i]["params"], sort_keys=True) for i in front(records)}
+        self._on_front = {params_key(records[i]["params"]) for i in front(records)}
         self._params = list(records[0]["params"])
         self._stopped: set[str] = set()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        student = json.dumps({key: trial.config[key] for key in self._params}, sort_keys=True)
+        student = params_key({key: trial.config[key] for key in self._params})
         first_rung = abs(result[self._time_attr] - self.rungs[0]) < 1e-9
         if first_rung and student not in self._on_front and student not in self._stopped:
             self._stopped.add(student)
@@ -125,8 +130,8 @@ def space_students(config: Any) -> list[dict[str, int]]:
 def tabulate(config: Any, journal: Path) -> list[dict[str, Any]]:
     """Train every student of the space in full (those not journaled yet) and return all journaled records."""
     done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
-    seen = {json.dumps(r["params"], sort_keys=True) for r in done}
-    todo = [p for p in space_students(config) if json.dumps(p, sort_keys=True) not in seen]
+    seen = {params_key(r["params"]) for r in done}
+    todo = [p for p in space_students(config) if params_key(p) not in seen]
     total = len(done) + len(todo)
     if todo:
         students = kdnas.prepare_students(config)
@@ -268,7 +273,7 @@ def replay(
     stop_reasons = scheduler.stop_reasons if scheduler is not None else None
     searcher = kdnas.make_searcher(config, storage, stop_reasons=stop_reasons)
     reports = sorted({*(scheduler.rungs if scheduler is not None else []), *range(1, args.epochs + 1)})
-    by_params = {json.dumps(r["params"], sort_keys=True): i for i, r in enumerate(records)}
+    by_params = {params_key(r["params"]): i for i, r in enumerate(records)}
     costs = [step_costs(r) for r in records]
     trials: dict[str, tuple[int, float, dict[str, Any]]] = {}  # Tune trial id → (student, start, suggestion)
     events: list[tuple[float, int, int]] = []  # (moment, trial, index into ``reports``): a heap
@@ -306,7 +311,7 @@ def replay(
                 exhausted = True
                 return
             params = {key: suggestion[key] for key in records[0]["params"]}
-            trials[str(trial)] = (by_params[json.dumps(params, sort_keys=True)], moment, suggestion)
+            trials[str(trial)] = (by_params[params_key(params)], moment, suggestion)
             heapq.heappush(events, (report_time(trial, 0), trial, 0))
             free -= 1
 
