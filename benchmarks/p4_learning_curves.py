@@ -61,10 +61,14 @@ ARMS = (
     "random-grace1",
     "random-grace0.5",
     "random-grace0.25",
+    "tpe-grace1-metric",
+    "tpe-grace0.5-metric",
+    "tpe-grace0.25-metric",
 )
 """The arms replayed: ``<sampler>-off`` (no early stopping) or ``<sampler>-grace<epochs>`` (kdnas's scheduler from that
-grace; the margin stays the config's default); ``<sampler>-oracle<epochs>`` (not run by default) replays
-:class:`FrontOracle` at that grace instead of kdnas's scheduler."""
+grace, judging students by the label probability, the default; the margin stays the config's default), with
+``-metric`` judging them by the task metric instead (the rule before 2026-12-04); ``<sampler>-oracle<epochs>`` (not
+run by default) replays :class:`FrontOracle` at that grace instead of kdnas's scheduler."""
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -99,8 +103,11 @@ def curves_config(
     data: Path | None, args: argparse.Namespace, grace: float = 0.25, mode: str = "on", search: dict | None = None
 ) -> Any:
     """P4's config on SST-2 in ``data`` (None: the demo task, with its default teachers), with early stopping
-    ``mode`` at ``grace`` (on at 0.25: trials report the rungs inside the first epoch) and the ``search`` keys."""
+    ``mode`` at ``grace`` (on at 0.25: trials report the rungs inside the first epoch) and the ``search`` keys (its
+    ``early_stopping`` keys join those)."""
     sections = sst2_sections(data, args.train_samples, args.teacher_epochs, gpt2_teacher=False) if data else {}
+    search = dict(search or {})
+    stopping = {"mode": mode, "grace_epochs": grace, **search.pop("early_stopping", {})}
     return kdnas.load_config(
         {
             "output_dir": str(Path(args.output_dir).resolve()),
@@ -109,8 +116,8 @@ def curves_config(
             "latency": {"warmup": 2, "runs": 10},
             "search": {
                 "study_name": "p4-curves",
-                "early_stopping": {"mode": mode, "grace_epochs": grace},
-                **(search or {}),
+                "early_stopping": stopping,
+                **search,
             },
         }
     )
@@ -193,7 +200,12 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def value_at(record: dict[str, Any], epoch: float) -> float:
     """The metric of ``record``'s student after ``epoch`` epochs."""
-    return next(v for x, v, _ in record["curve"] if abs(x - epoch) < 1e-9)
+    return point_at(record, epoch)[1]
+
+
+def point_at(record: dict[str, Any], epoch: float) -> list[float]:
+    """The learning-curve point of ``record``'s student after ``epoch`` epochs."""
+    return next(point for point in record["curve"] if abs(point[0] - epoch) < 1e-9)
 
 
 def latency_bins(records: list[dict[str, Any]], bins: int) -> list[list[int]]:
@@ -211,12 +223,13 @@ def front(records: list[dict[str, Any]]) -> set[int]:
 
 
 def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str, Any]]:
-    """Per rung: how the metric there ranks the final metric, overall and within latency bins, and how many
-    final-front students are in the bottom half of their bin there (a reduction factor of 2 may stop those)."""
+    """Per rung: how the metric there ranks the final metric, overall and within latency bins, how many final-front
+    students are in the bottom half of their bin there (a reduction factor of 2 may stop those) and, where the curves
+    record it, how the label probability there ranks the final metric."""
     finals = [r["value"] for r in records]
     on_front, groups = front(records), latency_bins(records, bins)
     out: dict[str, dict[str, Any]] = {}
-    for epoch in [x for x, _, _ in records[0]["curve"]][:-1]:
+    for epoch in [point[0] for point in records[0]["curve"]][:-1]:
         at = [value_at(r, epoch) for r in records]
         below = 0
         for group in groups:
@@ -229,6 +242,9 @@ def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str
             ),
             "front_students_below_bin_median": below,
         }
+        if all(len(point_at(r, epoch)) > 3 for r in records):  # curves that record the label probability
+            probability = [point_at(r, epoch)[3] for r in records]
+            out[f"{epoch:g}"]["spearman_label_probability_all"] = round(spearman(probability, finals), 3)
     out["front_size"] = {"students": len(on_front)}
     return out
 
@@ -236,8 +252,8 @@ def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str
 def step_costs(record: dict[str, Any]) -> tuple[float, float]:
     """(training seconds per epoch, seconds per evaluation) fitted to ``record``'s curve: the seconds at its k-th
     point are ``epochs · a + k · e`` (least squares, ``e`` ≥ 0)."""
-    epochs = np.array([x for x, _, _ in record["curve"]])
-    seconds = np.array([s for _, _, s in record["curve"]])
+    epochs = np.array([point[0] for point in record["curve"]])
+    seconds = np.array([point[2] for point in record["curve"]])
     counts = np.arange(1, len(epochs) + 1)
     (per_epoch, per_eval), *_ = np.linalg.lstsq(np.stack([epochs, counts], axis=1), seconds, rcond=None)
     if per_eval < 0:
@@ -246,11 +262,14 @@ def step_costs(record: dict[str, Any]) -> tuple[float, float]:
 
 
 def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int) -> Any:
-    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>`` or ``-oracle<epochs>``) for replay ``seed``: the
-    sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the config's)."""
-    sampler, stopping = arm.split("-")
+    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>[-metric]`` or ``-oracle<epochs>``) for replay
+    ``seed``: the sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the
+    config's)."""
+    sampler, stopping, *judge = arm.split("-")
     grace = float(stopping.removeprefix("grace").removeprefix("oracle")) if stopping != "off" else 1.0
-    search = {"sampler": sampler, "seed": seed, "n_trials": 1000}
+    search: dict[str, Any] = {"sampler": sampler, "seed": seed, "n_trials": 1000}
+    if judge:
+        search["early_stopping"] = {"judge_by": judge[0]}
     if args.startup_trials is not None:
         search["startup_trials"] = args.startup_trials
     return curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on", search=search)
@@ -288,8 +307,10 @@ def replay(
 
     def result(student: int, index: int) -> dict[str, Any]:
         record, epoch = records[student], reports[index]
+        point = point_at(record, epoch)
         return kdnas.TrialReport(
-            value=value_at(record, epoch),
+            value=point[1],
+            label_probability=(point[3], point[4]) if len(point) > 3 else None,  # curves from before 2026-12-04: none
             latency_ms=record["latency_ms"],
             epoch=epoch,
             completed=index == len(reports) - 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 import time
 from types import SimpleNamespace
 
@@ -21,7 +22,16 @@ from kdnas.objectives import latency_cache
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.metrics import standard_error
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, CONSTRAINTS_KEY, INFEASIBLE_KEY, TrialReport
+from kdnas.objectives.training import label_probability
+from kdnas.records import (
+    ATTRS_KEY,
+    COMPLETED_KEY,
+    CONSTRAINTS_KEY,
+    INFEASIBLE_KEY,
+    LABEL_PROBABILITY_KEY,
+    LABEL_PROBABILITY_SE_KEY,
+    TrialReport,
+)
 from kdnas.search import trial as trial_mod
 from kdnas.search.duplicates import known_students
 from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps, rungs_in_warmup
@@ -149,7 +159,48 @@ STUDENTS = [("slow-best", 0.90, 5.0), ("fast-best", 0.60, 1.0), ("slow", 0.85, 5
 
 
 def _scheduler(**kwargs) -> ParetoStopping:
-    return ParetoStopping(metric="accuracy", latency_attr="latency_ms", **{"max_t": 4, "eval_rows": 1000, **kwargs})
+    """The rule judging by the metric (these tests feed accuracies); the default judge is tested below."""
+    defaults = {"max_t": 4, "eval_rows": 1000, "judge_by": "metric"}
+    return ParetoStopping(metric="accuracy", latency_attr="latency_ms", **{**defaults, **kwargs})
+
+
+def test_by_default_students_are_judged_by_the_probability_they_give_the_labels():
+    # three students still predicting the majority class: equal accuracy, which cannot tell them apart
+    scheduler = ParetoStopping(metric="accuracy", latency_attr="latency_ms", max_t=4, eval_rows=872, grace_period=0.25)
+
+    def feed(name: str, probability: float, error: float, latency: float) -> str:
+        result = {"epoch": 0.25, "accuracy": 0.5092, "latency_ms": latency}
+        result.update({LABEL_PROBABILITY_KEY: probability, LABEL_PROBABILITY_SE_KEY: error})
+        return scheduler.on_trial_result(None, SimpleNamespace(trial_id=name, config={}), result)
+
+    assert feed("learning", 0.560, 0.004, 1.0) == TrialScheduler.CONTINUE
+    assert feed("close", 0.557, 0.004, 2.0) == TrialScheduler.CONTINUE  # 0.003 behind: within one standard error
+    assert feed("stuck", 0.501, 0.001, 2.0) == TrialScheduler.STOP
+    assert feed("faster", 0.501, 0.001, 0.5) == TrialScheduler.CONTINUE  # nobody faster
+    assert _feed(scheduler, "unjudged", 0.25, 0.1, 3.0) == TrialScheduler.CONTINUE  # a report without it
+    assert scheduler.stop_reasons == {
+        "stuck": "stopped early after epoch 0.25: accuracy 0.5092, label probability 0.5010, while a student at least "
+        "as fast (1 ms, this one 2 ms) had 0.5600 there, ahead by more than 1 standard error(s) (0.0040 on 872 "
+        "examples)"
+    }
+    config = build_config({"search": {"n_trials": 8}})
+    assert config.search.early_stopping.judge_by == "label_probability"
+    assert make_scheduler(config, "latency_ms", 100).judge_by == "label_probability"
+    metric = build_config({"search": {"n_trials": 8, "early_stopping": {"judge_by": "metric"}}})
+    assert make_scheduler(metric, "latency_ms", 100).judge_by == "metric"
+    with pytest.raises(ValueError, match="judge_by must be one of label_probability, metric, not 'loss'"):
+        _scheduler(judge_by="loss")
+    with pytest.raises(ConfigError, match="judge_by"):
+        build_config({"search": {"early_stopping": {"judge_by": "loss"}}})
+
+
+def test_label_probability_is_the_mean_probability_of_each_label_and_its_standard_error():
+    logits = torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]))
+    labels = torch.tensor([0, 0, 0, 1])  # the label's probabilities: 0.9, 0.6, 0.3 and 0.8
+    mean, error = label_probability(logits, labels, balanced=False)
+    assert mean == pytest.approx(0.65) and error == pytest.approx(statistics.stdev([0.9, 0.6, 0.3, 0.8]) / 2)
+    mean, error = label_probability(logits, labels, balanced=True)  # class 0: 0.6 ± 0.3/√3; class 1: 0.8 alone
+    assert mean == pytest.approx(0.7) and error == pytest.approx(math.sqrt(0.09 / 3) / 2)
 
 
 def test_scheduler_stops_students_a_faster_one_is_clearly_ahead_of_and_keeps_the_fast_end():
@@ -265,7 +316,11 @@ def test_a_trial_reports_at_its_mid_epoch_rungs_without_changing_its_training(tm
     stopped_at = [TrialReport.from_result(r, "accuracy") for r in reports[:2]]
     assert [(r.epoch, r.attrs["epochs_trained"]) for r in stopped_at] == [(0.25, 0.25), (0.5, 0.5)]
     curve = TrialReport.from_result(reports[-1], "accuracy").attrs["learning_curve"]
-    assert [(epoch, value) for epoch, value, _ in curve] == [(r["epoch"], r["accuracy"]) for r in reports]
+    assert [(epoch, value) for epoch, value, *_ in curve] == [(r["epoch"], r["accuracy"]) for r in reports]
+    assert [point[3:] for point in curve] == [
+        [round(r[LABEL_PROBABILITY_KEY], 6), round(r[LABEL_PROBABILITY_SE_KEY], 6)] for r in reports
+    ]
+    assert all(0 < r[LABEL_PROBABILITY_KEY] < 1 and 0 < r[LABEL_PROBABILITY_SE_KEY] < 0.5 for r in reports)
     assert all(0 < a[2] <= b[2] for a, b in zip(curve, curve[1:]))
     assert stopped_at[1].attrs["learning_curve"] == curve[:2]
     plain, plain_weights = trial("off", "off")

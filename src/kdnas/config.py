@@ -381,12 +381,14 @@ class TeacherResourcesConfig(_Section):
 
 class EarlyStoppingConfig(_Section):
     """Stop a student at a rung when a student at least as fast leads it there by more than ``margin_se``
-    standard errors of the metric (see :mod:`kdnas.search.scheduler`)."""
+    standard errors of what ``judge_by`` names: the mean probability of the eval labels, or the task metric (see
+    :mod:`kdnas.search.scheduler`)."""
 
     mode: Literal["auto", "on", "off"] = "auto"
     grace_epochs: float = Field(1, gt=0)
     reduction_factor: int = Field(2, ge=2)
     margin_se: float = Field(1.0, ge=0)
+    judge_by: Literal["label_probability", "metric"] = "label_probability"
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,10 @@ LATENCY_KEY = "latency_ms"
 """The student's measured latency: the second objective."""
 EPOCH_KEY = "epoch"
 """The epoch a result was reported after (the scheduler's time attribute)."""
+LABEL_PROBABILITY_KEY = "kdnas_label_probability"
+"""The mean probability the student gives each eval example's label (what early stopping judges students by)."""
+LABEL_PROBABILITY_SE_KEY = "kdnas_label_probability_se"
+"""The standard error of :data:`LABEL_PROBABILITY_KEY`."""
 COMPLETED_KEY = "kdnas_completed"
 """True on the result of a student that finished training."""
 ERROR_KEY = "kdnas_error"
@@ -96,9 +100,11 @@ TRAIN_FINISHED_ATTR = "train_finished_at"
 STUDENT_PATH_ATTR = "student_path"
 """The directory the trained student was saved to."""
 LEARNING_CURVE_ATTR = "learning_curve"
-"""Each evaluation during training, in order: ``[epochs, metric, seconds]`` (epochs trained, a fraction at a rung
-inside an epoch; the task metric; training seconds so far, evaluations included). A student stopped early has the
-points up to its stop: how well early points rank final ones is what early stopping rests on."""
+"""Each evaluation during training, in order: ``[epochs, metric, seconds, label probability, its standard error]``
+(epochs trained, a fraction at a rung inside an epoch; the task metric; training seconds so far, evaluations
+included; the mean probability given each eval example's label, :class:`~kdnas.objectives.training.Evaluation`;
+studies from before 2026-12-04 have the first three only). A student stopped early has the points up to its stop:
+how well early points rank final ones is what early stopping rests on."""
 COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
 """Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 
@@ -143,11 +149,12 @@ class TrialReport:
     """What a trial's worker reports: after each epoch, and once more at its end.
 
     ``value`` is the task metric on the eval split and ``latency_ms`` the student's measured latency (the study's two
-    objectives; NaN when not measured), ``epoch`` the epochs trained so far (None before the first; a fraction at a
-    rung inside an epoch). The last report of a student that trained its full budget is ``completed``; one that
-    failed carries ``error`` (one line), one over a latency or size budget (measured, never trained) ``infeasible``
-    (why). ``attrs`` are the user attrs its Optuna trial gets (see the ``*_ATTR`` names), ``constraints`` its budget
-    constraints (feasible when ≤ 0).
+    objectives; NaN when not measured), ``epoch`` the epochs trained so far (None before the first; a fraction at a rung
+    inside an epoch), ``label_probability`` the mean probability the student gives the eval split's labels and its
+    standard error (what early stopping judges by; None when not evaluated). The last report of a student that trained
+    its full budget is ``completed``; one that failed carries ``error`` (one line), one over a latency or size budget
+    (measured, never trained) ``infeasible`` (why). ``attrs`` are the user attrs its Optuna trial gets (see the
+    ``*_ATTR`` names), ``constraints`` its budget constraints (feasible when ≤ 0).
 
     It travels through Ray Tune as a flat dict (:meth:`to_result`, :meth:`from_result`). The keys Tune's scheduler
     and the searcher read are plain scalars: the metric under the task's metric name, :data:`LATENCY_KEY`,
@@ -166,6 +173,7 @@ class TrialReport:
     infeasible: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     constraints: dict[str, float] = field(default_factory=dict)
+    label_probability: tuple[float, float] | None = None
 
     def to_result(self, metric: str) -> dict[str, Any]:
         """The Tune result of this report, with the metric under the name ``metric``.
@@ -177,6 +185,8 @@ class TrialReport:
         result: dict[str, Any] = {metric: self.value, LATENCY_KEY: self.latency_ms}
         if self.epoch is not None:
             result[EPOCH_KEY] = self.epoch
+        if self.label_probability is not None:
+            result[LABEL_PROBABILITY_KEY], result[LABEL_PROBABILITY_SE_KEY] = self.label_probability
         if self.completed:
             result[COMPLETED_KEY] = True
         if self.error is not None:
@@ -202,6 +212,7 @@ class TrialReport:
             value=_number(result.get(metric)),
             latency_ms=_number(result.get(LATENCY_KEY)),
             epoch=None if epoch is None else epoch_count(epoch),
+            label_probability=_label_probability(result),
             completed=bool(result.get(COMPLETED_KEY)),
             error=str(result[ERROR_KEY]) if ERROR_KEY in result else None,
             infeasible=str(result[INFEASIBLE_KEY]) if INFEASIBLE_KEY in result else None,
@@ -216,6 +227,12 @@ def one_layer_scores(record: Mapping[str, Any], metric: str) -> str:
     scored = [f"layer {layer}: {metric} {value:.4f}" for layer, value in record["scores"].items()]
     failed = [f"layer {layer}: {reason}" for layer, reason in (record.get("failed") or {}).items()]
     return ", ".join(scored + failed)
+
+
+def _label_probability(result: Mapping[str, Any]) -> tuple[float, float] | None:
+    if LABEL_PROBABILITY_KEY not in result:
+        return None
+    return _number(result[LABEL_PROBABILITY_KEY]), _number(result.get(LABEL_PROBABILITY_SE_KEY))
 
 
 def _number(value: Any) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -69,6 +70,34 @@ def _apply_gradients(
     return skipped
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A model scored on an evaluation set: the task metric ``value``, and the mean probability the model gives each
+    example's label (``label_probability``, per class then averaged over classes unless the metric is accuracy) with
+    that mean's standard error. The probability moves before the predictions do: students still predicting the
+    majority class early in training differ in it, not in the metric."""
+
+    value: float
+    label_probability: float
+    label_probability_se: float
+
+
+def label_probability(logits: torch.Tensor, labels: torch.Tensor, *, balanced: bool) -> tuple[float, float]:
+    """The mean softmax probability of each row's label in ``logits`` and its standard error; ``balanced`` averages
+    the means of the classes present instead (each weighed equally, as macro-F1 and MCC weigh them)."""
+    probs = logits.float().softmax(dim=-1).gather(1, labels[:, None].long())[:, 0].double()
+    groups = [probs[labels == c] for c in labels.unique()] if balanced else [probs]
+    means = torch.stack([g.mean() for g in groups])
+    variances = torch.stack([g.var(correction=1) / len(g) if len(g) > 1 else g.new_tensor(0.0) for g in groups])
+    return float(means.mean()), float(variances.sum().sqrt() / len(groups))
+
+
+def evaluation_of(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> Evaluation:
+    """A model's ``logits`` on an evaluation set with ``labels``, scored by ``metric`` and by its label probability."""
+    mean, error = label_probability(logits, labels, balanced=metric != "accuracy")
+    return Evaluation(score(metric, logits.argmax(dim=-1).tolist(), labels.tolist()), mean, error)
+
+
 def evaluate(
     model: torch.nn.Module,
     data: Encoded,
@@ -79,8 +108,8 @@ def evaluate(
     precision: str = "auto",
 ) -> float:
     """``metric`` of ``model``'s predictions on ``data`` (the forward pass autocast to ``precision``)."""
-    preds = predict_logits(model, data, batch_size=batch_size, device=device, precision=precision).argmax(dim=-1)
-    return score(metric, preds.tolist(), data.labels.tolist())
+    logits = predict_logits(model, data, batch_size=batch_size, device=device, precision=precision)
+    return evaluation_of(logits, data.labels, metric).value
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:

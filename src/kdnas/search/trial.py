@@ -16,13 +16,13 @@ import torch
 from transformers import PreTrainedModel
 
 from kdnas.config import INHERITED_LEARNING_RATE, RANDOM_LEARNING_RATE, KDConfig, KDNASConfig, Ramp
-from kdnas.objectives.batches import Encoded, head
+from kdnas.objectives.batches import Encoded, head, predict_logits
 from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.precision import resolve_precision
-from kdnas.objectives.training import evaluate, train
+from kdnas.objectives.training import evaluation_of, train
 from kdnas.outputs import missing_student_files
 from kdnas.records import (
     ARCH_ATTR,
@@ -254,10 +254,13 @@ def run_trial(
 
     def judge(epoch: float) -> TrialReport:
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
-        value = evaluate(model, inputs.eval, metric, device=device, precision=precision)
+        logits = predict_logits(model, inputs.eval, device=device, precision=precision)
+        scored = evaluation_of(logits, inputs.eval.labels, metric)
+        value, probability = scored.value, (scored.label_probability, scored.label_probability_se)
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
-        curve.append([epoch, value, round(seconds_before + time.time() - started_at, 3)])
+        seconds = round(seconds_before + time.time() - started_at, 3)
+        curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
         stopped_attrs = {  # if stopped here
             **cost,
             INIT_ATTR: init,
@@ -265,7 +268,7 @@ def run_trial(
             EPOCHS_TRAINED_ATTR: epoch,
             LEARNING_CURVE_ATTR: list(curve),
         }
-        return TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs)
+        return TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs, label_probability=probability)
 
     def on_epoch(epoch: int) -> None:
         nonlocal latest
