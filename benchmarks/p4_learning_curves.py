@@ -242,8 +242,9 @@ def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str
             ),
             "front_students_below_bin_median": below,
         }
-        if all(len(point_at(r, epoch)) > 3 for r in records):  # curves that record the label probability
-            probability = [point_at(r, epoch)[3] for r in records]
+        points = [point_at(r, epoch) for r in records]
+        if all(len(point) > 3 for point in points):  # curves that record the label probability
+            probability = [point[3] for point in points]
             out[f"{epoch:g}"]["spearman_label_probability_all"] = round(spearman(probability, finals), 3)
     out["front_size"] = {"students": len(on_front)}
     return out

@@ -72,14 +72,13 @@ def _apply_gradients(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A model scored on an evaluation set: the task metric ``value``, and the mean probability the model gives each
-    example's label (``label_probability``, per class then averaged over classes unless the metric is accuracy) with
+    """A model scored on an evaluation set: the task metric ``value``, and ``label_probability``, the mean probability
+    the model gives each example's label (per class then averaged over classes unless the metric is accuracy) with
     that mean's standard error. The probability moves before the predictions do: students still predicting the
     majority class early in training differ in it, not in the metric."""
 
     value: float
-    label_probability: float
-    label_probability_se: float
+    label_probability: tuple[float, float]
 
 
 def label_probability(logits: torch.Tensor, labels: torch.Tensor, *, balanced: bool) -> tuple[float, float]:
@@ -94,8 +93,8 @@ def label_probability(logits: torch.Tensor, labels: torch.Tensor, *, balanced: b
 
 def evaluation_of(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> Evaluation:
     """A model's ``logits`` on an evaluation set with ``labels``, scored by ``metric`` and by its label probability."""
-    mean, error = label_probability(logits, labels, balanced=metric != "accuracy")
-    return Evaluation(score(metric, logits.argmax(dim=-1).tolist(), labels.tolist()), mean, error)
+    probability = label_probability(logits, labels, balanced=metric != "accuracy")
+    return Evaluation(score(metric, logits.argmax(dim=-1).tolist(), labels.tolist()), probability)
 
 
 def evaluate(

@@ -256,7 +256,7 @@ def run_trial(
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
         logits = predict_logits(model, inputs.eval, device=device, precision=precision)
         scored = evaluation_of(logits, inputs.eval.labels, metric)
-        value, probability = scored.value, (scored.label_probability, scored.label_probability_se)
+        value, probability = scored.value, scored.label_probability
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
         seconds = round(seconds_before + time.time() - started_at, 3)
