@@ -87,6 +87,30 @@ def test_auto_on_cpu_trains_exactly_as_fp32():
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
+def _moves_like_a_device_change(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` whose ``.to()`` copies every weight, as a move from the CPU to a GPU does (on the CPU: a no-op)."""
+    model.to = lambda *args, **kwargs: model._apply(torch.clone)  # type: ignore[method-assign]
+    return model
+
+
+def test_a_model_measured_evaluated_or_ranked_on_another_device_stays_trainable():
+    # A student's latency is measured (on latency.device) before it trains: moved inside inference mode, its weights
+    # became inference tensors and every inherited student failed its first step on CUDA (found by gpu_check.sh).
+    from kdnas.objectives.latency import measure_latency
+    from kdnas.teachers.importance import activation_importance
+
+    data = _data()
+    for use in (
+        lambda m: measure_latency(m, vocab_size=50, seq_len=8, warmup=0, runs=1),
+        lambda m: predict_logits(m, data),
+        lambda m: activation_importance(m, data),
+    ):
+        model = _moves_like_a_device_change(tiny_bert())
+        use(model)
+        assert not any(p.is_inference() for p in model.parameters())
+        train(model, data, epochs=1, batch_size=24, learning_rate=1e-3)  # raises on inference-tensor weights
+
+
 def test_bf16_autocasts_the_forward_pass_and_keeps_float32_weights():
     model, dtypes, losses = tiny_bert(), [], []
     model.classifier.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))

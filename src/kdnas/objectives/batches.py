@@ -86,7 +86,6 @@ def index_batches(
     yield from order.split(batch_size)
 
 
-@torch.inference_mode()
 def predict_logits(
     model: torch.nn.Module,
     data: Encoded,
@@ -99,20 +98,22 @@ def predict_logits(
     """Logits ``[N, C]`` of ``model`` on every row of ``data``, as float32 on the CPU, in row order; ``on_batch(rows
     done, rows)`` runs after each batch. The forward pass autocasts to ``precision`` (see
     :func:`~kdnas.objectives.precision.resolve_precision`: ``auto`` is fp32 on the CPU, bf16 or fp16 on CUDA).
-    It runs in eval mode and leaves ``model`` in the mode it found it (a model evaluated mid-training trains on)."""
+    It runs in eval mode and leaves ``model`` in the mode it found it (a model evaluated mid-training trains on), on
+    ``device``: moved there before inference mode starts, so a model trained afterwards keeps trainable weights."""
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
     precision = resolve_precision(precision, device)
     outputs, done = [], 0
     try:
-        for index in index_batches(len(data), batch_size, shuffle=False):
-            with training_step(), autocast(precision, device):  # no latency is measured on this node meanwhile
-                logits = model(**batch_at(data, index, device)).logits
-            outputs.append(logits.float().cpu())
-            done += len(index)
-            if on_batch is not None:
-                on_batch(done, len(data))
+        with torch.inference_mode():
+            for index in index_batches(len(data), batch_size, shuffle=False):
+                with training_step(), autocast(precision, device):  # no latency is measured on this node meanwhile
+                    logits = model(**batch_at(data, index, device)).logits
+                outputs.append(logits.float().cpu())
+                done += len(index)
+                if on_batch is not None:
+                    on_batch(done, len(data))
+            return torch.cat(outputs)
     finally:
         model.train(was_training)
-    return torch.cat(outputs)

@@ -91,7 +91,6 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-@torch.inference_mode()
 def measure_latency(
     model: torch.nn.Module,
     *,
@@ -113,6 +112,8 @@ def measure_latency(
     milliseconds on the machine does not move it.
     With ``isolate``, warm-up and runs happen while no training step runs on the node
     (:func:`~kdnas.objectives.isolation.isolated`). Returns the median (and p10, p90, IQR) in milliseconds.
+    The model is moved before inference mode starts: weights moved inside it would become inference tensors, which
+    a student trained after its measurement cannot use.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -120,7 +121,7 @@ def measure_latency(
     input_ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator).to(device)
     attention_mask = torch.ones_like(input_ids)
     times: list[float] = []
-    with torch_threads(threads), isolated(isolate):
+    with torch.inference_mode(), torch_threads(threads), isolated(isolate):
         for _ in range(warmup):
             model(input_ids=input_ids, attention_mask=attention_mask)
         _synchronize(device)

@@ -38,7 +38,8 @@ def activation_importance(
 ) -> Importance:
     """Rank ``model``'s (a ``BertForSequenceClassification``) parts by activation magnitude on ``data``."""
     device = torch.device(device)
-    model.to(device).eval()  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
+    with torch.inference_mode(False):  # weights moved in inference mode would become inference tensors: untrainable
+        model.to(device).eval()  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     config = model.config
     num_layers, num_heads = config.num_hidden_layers, config.num_attention_heads
     head_dim = config.hidden_size // num_heads
