@@ -382,14 +382,20 @@ def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing
 
 
 def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_study, tmp_path, monkeypatch, capsys):
-    from kdnas.records import FAILURE_ATTR
+    from kdnas.records import FAILURE_ATTR, FAILURE_TRACEBACK_ATTR
     from kdnas.search import runner
+
+    numbers: list[int] = []
 
     def failing_search(config, **kwargs):
         study = optuna.load_study(study_name="existing", storage=existing_study)
         for _ in range(2):
             number = _running_trial(existing_study)
-            study._storage.set_trial_user_attr(study.trials[number]._trial_id, FAILURE_ATTR, "OSError: disk full")
+            numbers.append(number)
+            trial_id = study.trials[number]._trial_id
+            study._storage.set_trial_user_attr(trial_id, FAILURE_ATTR, "OSError: disk full")
+            trace = f'Traceback (most recent call last):\n  File "trial.py", line {number}\nOSError: disk full\n'
+            study._storage.set_trial_user_attr(trial_id, FAILURE_TRACEBACK_ATTR, trace)
             study.tell(number, state=TrialState.FAIL)
         return study
 
@@ -399,6 +405,13 @@ def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_
     assert code == 1 and errors == [
         "kdnas: error: no student completed (2 trial(s): 2× OSError: disk full); see: kdnas trials --state fail"
     ]
+    assert main(["trials", "--storage", existing_study, "--study-name", "existing", "--state", "fail"]) == 0
+    listed = capsys.readouterr().out  # the table, then where each failed trial's error was raised
+    assert "OSError: disk full" in listed.split("\n\n")[0]
+    for number in numbers:
+        assert (
+            f'trial {number}: Traceback (most recent call last):\n  File "trial.py", line {number}\nOSError' in listed
+        )
 
 
 def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up(monkeypatch):

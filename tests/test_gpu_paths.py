@@ -19,7 +19,7 @@ from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.precision import resolve_precision
 from kdnas.objectives.training import DivergedError, NonFiniteLossError, cross_entropy, train
-from kdnas.records import ERROR_KEY, TRIAL_NUMBER_KEY
+from kdnas.records import ERROR_KEY, FAILURE_TRACEBACK_ATTR, TRIAL_NUMBER_KEY, TrialReport
 from kdnas.search import trainable
 from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.resources import check_local_resources
@@ -356,6 +356,8 @@ def test_a_trial_given_a_gpu_fails_loudly_without_cuda(monkeypatch):
     (report,) = reports
     assert report[ERROR_KEY].startswith("NoGPUError: search.resources_per_trial.gpu is 0.25 but this worker (")
     assert "sees no CUDA device" in report[ERROR_KEY] and math.isnan(report["accuracy"])
+    trace = TrialReport.from_result(report, "accuracy").attrs[FAILURE_TRACEBACK_ATTR]  # where: for `kdnas trials`
+    assert trace.startswith("Traceback") and "in assigned_device" in trace and "NoGPUError" in trace.splitlines()[-1]
 
 
 def test_a_local_search_asking_for_a_gpu_the_machine_lacks_is_refused_up_front(monkeypatch):

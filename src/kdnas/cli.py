@@ -222,7 +222,10 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     config = _load(args)
+    from optuna.trial import TrialState
+
     from kdnas.dashboards.report import trial_rows
+    from kdnas.records import FAILURE_TRACEBACK_ATTR
 
     study = _study(config)
     rows = trial_rows(study, (study.metric_names or [config.data.metric])[0])
@@ -230,6 +233,10 @@ def cmd_trials(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r["state"] == args.state.upper()]
     hidden = {"kd", "num_layers", "num_heads", "head_dim", "ffn_ratio"}
     _print_table([{k: v for k, v in r.items() if k not in hidden} for r in rows])
+    if args.state and args.state.upper() == "FAIL":  # where each failed: the worker's log stays on its node
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if FAILURE_TRACEBACK_ATTR in trial.user_attrs:
+                print(f"\ntrial {trial.number}: {trial.user_attrs[FAILURE_TRACEBACK_ATTR].rstrip()}")
     return 0
 
 

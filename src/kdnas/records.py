@@ -46,6 +46,9 @@ PROMOTED_KEY = "kdnas_promoted"
 # Optuna trial user attrs.
 FAILURE_ATTR = "failure_reason"
 """Why a FAIL trial failed."""
+FAILURE_TRACEBACK_ATTR = "failure_traceback"
+"""Where a FAIL trial's error was raised: its worker's traceback (the last 4,000 characters); ``kdnas trials --state
+fail`` prints it (a worker's own log stays on its node)."""
 PRUNED_ATTR = "pruned_reason"
 """Why a PRUNED trial stopped (infeasible, stopped early, time budget, a repeat of a student still training)."""
 RESTARTS_ATTR = "restarts"

@@ -16,7 +16,7 @@ import torch
 from ray import tune
 
 from kdnas.devices import assigned_device
-from kdnas.records import TRIAL_NUMBER_KEY, TrialReport
+from kdnas.records import FAILURE_TRACEBACK_ATTR, TRIAL_NUMBER_KEY, TrialReport
 from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.trial import TrialInputs, run_trial
 
@@ -68,10 +68,12 @@ def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
             resume=last_state(),
             node=this_node(),
         )
-    except Exception as err:  # recorded as FAIL with this reason by KDNASSearch
-        logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), traceback.format_exc())
+    except Exception as err:  # recorded as FAIL with this reason (and where it was raised) by KDNASSearch
+        trace = traceback.format_exc()
+        logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), trace)
         reason = f"{type(err).__name__}: {err}"[:1000]
-        tune.report(TrialReport(error=reason).to_result(inputs.metric))  # with both objectives, NaN: Tune wants them
+        failed = TrialReport(error=reason, attrs={FAILURE_TRACEBACK_ATTR: trace[-4000:]})
+        tune.report(failed.to_result(inputs.metric))  # with both objectives, NaN: Tune wants them
 
 
 class SearchBookkeeping(tune.Callback):
