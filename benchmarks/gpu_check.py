@@ -12,7 +12,8 @@ reported apart from the search's.
 Writes ``benchmarks/results/gpu_check.json``: the GPU, timings, trials per minute, the teachers' and the front's
 latency, and the checks below; prints one summary line. Exits 1 with one line on stderr when CUDA is absent (the
 check fails, it is never skipped), and 1 when a check fails: no trial failed, every student trained and was timed
-on CUDA in mixed precision, ``--concurrent`` trials ran at once, the whole run took at most ``--target-s`` seconds.
+on CUDA in mixed precision, the teachers were fitted on CUDA in mixed precision, ``--concurrent`` trials ran at once,
+the whole run took at most ``--target-s`` seconds.
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ def main(argv: list[str] | None = None) -> None:
             task.metric: r.get("value"),
             "latency_ms": r.get("latency_ms"),
             "latency_device": r.get("latency", {}).get("device"),
+            "fit": (r.get("ran_on") or {}).get("fit"),  # device and precision of its fitting (None: not fitted here)
         }
         for r in study.user_attrs.get("teachers", [])
     ]
+    fitted = [t["fit"] for t in teachers if t["fit"]]
     failures = {t.number: t.user_attrs.get("failure_reason") for t in trials if t.state == TrialState.FAIL}
     checks = {
         "no_trial_failed": not failures,
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         and all(str(t.user_attrs.get("train_device", "")).startswith("cuda") for t in trained),
         "students_in_mixed_precision": bool(trained)
         and all(t.user_attrs.get("train_precision") in ("bf16", "fp16") for t in trained),
+        "teachers_fitted_on_cuda_in_mixed_precision": bool(fitted)
+        and all(str(f.get("device")).startswith("cuda") and f.get("precision") in ("bf16", "fp16") for f in fitted),
         "latency_timed_on_cuda": bool(front) and all(x["latency_device"] == "cuda" for x in [*front, *teachers]),
         f"{min(args.concurrent, args.trials)}_trials_at_once": max_overlap(spans) >= min(args.concurrent, args.trials),
         f"within_{args.target_s:g}_s": total_s <= args.target_s,

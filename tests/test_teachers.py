@@ -16,6 +16,7 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
     assert [r["name"] for r in records] == ["minilm", "gpt2"]
     assert all(0.0 <= r["value"] <= 1.0 for r in records)
     assert all(r["ran_on"]["device"] == "cpu" and not r["ran_on"]["ray_task"] for r in records)  # in this process
+    assert all(r["ran_on"]["precision"] == "fp32" for r in records)  # training.precision auto, on the CPU
     assert (tmp_path / "run/teachers/minilm/model.safetensors").is_file()
     assert not list((tmp_path / "run/teachers").rglob("*.bin"))
     # already fitted for this task: nothing refitted

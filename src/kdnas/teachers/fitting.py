@@ -25,6 +25,7 @@ from transformers import (
 from kdnas.config import ConfigError, KDNASConfig, ScratchConfig, TeacherConfig
 from kdnas.data import TaskData, load_task
 from kdnas.objectives.batches import encode
+from kdnas.objectives.precision import resolve_precision
 from kdnas.objectives.training import evaluate, train
 from kdnas.progress import Progress
 from kdnas.teachers.loading import ensure_pad_token, resolve_model_ref, teacher_path
@@ -187,7 +188,7 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
         "metric": task.metric,
         "value": value,
         "fit_seconds": round(time.perf_counter() - started, 1),
-        "ran_on": where(device),
+        "ran_on": {**where(device), "precision": resolve_precision(config.training.precision, device)},
     }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
     logger.info("teacher %s: %s = %.4f, saved to %s", teacher.name, task.metric, value, out)
@@ -245,8 +246,8 @@ def _saved_record(path: Path) -> dict | None:
 
 def teacher_fit_record(config: KDNASConfig, name: str) -> dict | None:
     """The record teacher ``name``'s last fit saved (its fit settings, task, ``metric``, ``value`` on the eval split,
-    ``fit_seconds``, ``ran_on``: node, device and whether it ran as a Ray task); None when it has not been fitted (or
-    has no ``fit`` section: it is used as it is)."""
+    ``fit_seconds``, ``ran_on``: node, device, precision and whether it ran as a Ray task); None when it has not been
+    fitted (or has no ``fit`` section: it is used as it is)."""
     teacher = next((t for t in config.teachers if t.name == name), None)
     if teacher is None:
         raise KeyError(f"no teacher named {name!r}; teachers are {[t.name for t in config.teachers]}")
