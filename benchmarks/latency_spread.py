@@ -12,7 +12,11 @@ Before the search starts, the same rounds are taken with nothing of kdnas runnin
 floor, which no isolation inside a search can go below. Also reported: the spread of what ``kdnas retime`` (run at
 the end of every search) would record from these measurements, the fastest of each 3 consecutive rounds.
 
-    python benchmarks/latency_spread.py [--rounds 18] [--output-dir runs/bench-latency]
+    python benchmarks/latency_spread.py [--rounds 18] [--output-dir runs/bench-latency] [--device cuda]
+
+With ``--device cuda`` every measurement is taken on the GPU (``latency.device: cuda``, CUDA-synchronised) while the
+two trials train on that GPU (half of it each): like with like on a GPU node. Without CUDA it fails at the first
+measurement (``latency.device is 'cuda' but no CUDA device is available``).
 
 Writes ``benchmarks/results/latency_spread.json``. The first run fits the demo teachers (a few minutes on a
 2-core machine; later runs reuse them).
@@ -78,7 +82,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=18)
     parser.add_argument("--output-dir", default=str(REPO / "runs" / "bench-latency"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"{NAME}.json"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where models are timed and trained")
     args = parser.parse_args()
+    on_gpu = ["search.resources_per_trial.gpu=0.5"] if args.device == "cuda" else []
     name = f"latency-spread-{uuid.uuid4().hex[:6]}"
     overrides = [
         "search.n_trials=200",
@@ -87,10 +93,13 @@ def main() -> None:
         "search.early_stopping.mode='off'",
         "latency.retime=false",
         "training.epochs=6",
+        f"latency.device={args.device}",
+        *on_gpu,
     ]
     config = kdnas.load_config(None, [f"output_dir={args.output_dir}", f"search.study_name={name}", *overrides])
     archs = [kdnas.StudentArch(*arch) for arch in ARCHS]
-    quiet_config = kdnas.load_config(None, ["latency.isolate=true"])
+    device = f"latency.device={args.device}"
+    quiet_config = kdnas.load_config(None, ["latency.isolate=true", device])
     quiet: dict[str, list[float]] = {a.summary: [] for a in archs}
     for _ in range(args.rounds):  # the machine's own floor: nothing of kdnas runs beside the measurements
         for arch in archs:
@@ -101,8 +110,8 @@ def main() -> None:
         wait_for_training(config.storage_url, name, search, 1200)
         time.sleep(5)  # past the trials' own latency measurement, into their training
         settings = {
-            True: kdnas.load_config(None, ["latency.isolate=true"]),
-            False: kdnas.load_config(None, ["latency.isolate=false"]),
+            True: kdnas.load_config(None, ["latency.isolate=true", device]),
+            False: kdnas.load_config(None, ["latency.isolate=false", device]),
         }
         medians: dict[bool, dict[str, list[float]]] = {mode: {a.summary: [] for a in archs} for mode in settings}
         waits: list[float] = []
@@ -150,7 +159,7 @@ def main() -> None:
         "retimed": f"the fastest of each {RETIME_ROUNDS} consecutive rounds (kdnas.fastest_round)",
         "concurrent_trials": 2,
         "latency_settings": settings[True].latency.model_dump(
-            include={"batch_size", "threads", "warmup", "runs", "min_run_time_s"}
+            include={"device", "batch_size", "threads", "warmup", "runs", "min_run_time_s"}
         ),
         "architectures": rows,
         "worst_isolated_spread_pct": worst_isolated,
