@@ -1,6 +1,6 @@
 """The GPU code paths that run without a GPU: mixed precision through CPU autocast (bf16 and fp16, the fp16 gradient
-scaler included), the precision ``auto`` picks on each device, trials refused a GPU they asked for, and
-``benchmarks/gpu_check.sh`` failing loudly where CUDA is absent."""
+scaler included), the precision ``auto`` picks on each device, models moved to a device outside inference mode,
+trials refused a GPU they asked for, and ``benchmarks/gpu_check.sh`` failing loudly where CUDA is absent."""
 
 import math
 import subprocess
