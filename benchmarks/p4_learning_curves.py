@@ -198,11 +198,6 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
 
 
-def value_at(record: dict[str, Any], epoch: float) -> float:
-    """The metric of ``record``'s student after ``epoch`` epochs."""
-    return point_at(record, epoch)[1]
-
-
 def point_at(record: dict[str, Any], epoch: float) -> list[float]:
     """The learning-curve point of ``record``'s student after ``epoch`` epochs."""
     return next(point for point in record["curve"] if abs(point[0] - epoch) < 1e-9)
@@ -230,7 +225,8 @@ def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str
     on_front, groups = front(records), latency_bins(records, bins)
     out: dict[str, dict[str, Any]] = {}
     for epoch in [point[0] for point in records[0]["curve"]][:-1]:
-        at = [value_at(r, epoch) for r in records]
+        points = [point_at(r, epoch) for r in records]
+        at = [point[1] for point in points]
         below = 0
         for group in groups:
             median = statistics.median(at[i] for i in group)
@@ -242,7 +238,6 @@ def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str
             ),
             "front_students_below_bin_median": below,
         }
-        points = [point_at(r, epoch) for r in records]
         if all(len(point) > 3 for point in points):  # curves that record the label probability
             probability = [point[3] for point in points]
             out[f"{epoch:g}"]["spearman_label_probability_all"] = round(spearman(probability, finals), 3)

@@ -32,14 +32,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def activation_importance(
     model: PreTrainedModel, data: Encoded, *, batch_size: int = 64, device: torch.device | str = "cpu"
 ) -> Importance:
-    """Rank ``model``'s (a ``BertForSequenceClassification``) parts by activation magnitude on ``data``."""
+    """Rank ``model``'s (a ``BertForSequenceClassification``) parts by activation magnitude on ``data``. The model
+    is moved to ``device`` before inference mode starts, so it stays trainable."""
     device = torch.device(device)
-    with torch.inference_mode(False):  # weights moved in inference mode would become inference tensors: untrainable
-        model.to(device).eval()  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
+    model.to(device).eval()  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     config = model.config
     num_layers, num_heads = config.num_hidden_layers, config.num_attention_heads
     head_dim = config.hidden_size // num_heads
@@ -78,14 +77,15 @@ def activation_importance(
         handles.append(block.attention.output.LayerNorm.register_forward_hook(on_channels))
         handles.append(block.output.LayerNorm.register_forward_hook(on_channels))
     try:
-        for index in index_batches(len(data), batch_size, shuffle=False):
-            batch = batch_at(data, index, device)
-            mask["m"] = batch["attention_mask"].to(torch.float64)
-            hidden = model(**batch, output_hidden_states=True).hidden_states
-            for i in range(num_layers):
-                cosine = torch.nn.functional.cosine_similarity(hidden[i], hidden[i + 1], dim=-1)
-                layers[i] += masked_sum((1.0 - cosine).unsqueeze(-1))[0]
-            tokens += int(batch["attention_mask"].sum())
+        with torch.inference_mode():
+            for index in index_batches(len(data), batch_size, shuffle=False):
+                batch = batch_at(data, index, device)
+                mask["m"] = batch["attention_mask"].to(torch.float64)
+                hidden = model(**batch, output_hidden_states=True).hidden_states
+                for i in range(num_layers):
+                    cosine = torch.nn.functional.cosine_similarity(hidden[i], hidden[i + 1], dim=-1)
+                    layers[i] += masked_sum((1.0 - cosine).unsqueeze(-1))[0]
+                tokens += int(batch["attention_mask"].sum())
     finally:
         for handle in handles:
             handle.remove()
