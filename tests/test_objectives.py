@@ -1,5 +1,5 @@
 import math
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -122,15 +122,16 @@ def test_latency_measures_a_real_forward_with_fixed_threads():
     assert torch.get_num_threads() == threads_before
 
 
-def test_latency_times_a_fast_model_for_at_least_the_minimum_run_time():
+def test_latency_times_a_fast_model_for_at_least_the_minimum_run_time(monkeypatch):
     tokenizer = load_tokenizer("minilm")
     model = StudentArch(1, 2, 16, 2).build(tokenizer, num_labels=2, max_positions=64)
-    started = time.perf_counter()
+    clock = iter(range(10**6))  # every reading of the timer 1 ms after the last: each run takes exactly 1 ms
+    monkeypatch.setattr(latency_mod, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1000.0))
     result = latency_mod.measure_latency(
         model, vocab_size=len(tokenizer), seq_len=16, warmup=0, runs=3, min_run_time_s=0.1
     )
-    assert time.perf_counter() - started >= 0.1
-    assert result.runs > 3 and result.runs * result.median_ms >= 50  # about 100 ms of runs, each near the median
+    # 3 runs, then more until they add up to 100 ms (101: float rounding of the 1 ms steps)
+    assert result.runs in (100, 101) and result.median_ms == pytest.approx(1.0)
     assert result.min_run_time_s == 0.1
     slow = latency_mod.measure_latency(
         model, vocab_size=len(tokenizer), seq_len=16, warmup=0, runs=40, min_run_time_s=1e-6
