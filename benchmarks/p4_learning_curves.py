@@ -310,7 +310,8 @@ def replay(
             latency_ms=record["latency_ms"],
             epoch=epoch,
             completed=index == len(reports) - 1,
-            attrs={  # what promotions rank stopped students by
+            attrs={  # what promotions rank stopped students by (and name them with)
+                "arch_summary": record["arch"],
                 "learning_curve": [p for p in record["curve"] if p[0] <= epoch + 1e-9],
                 "latency": {"median_ms": record["latency_ms"]},
             },
