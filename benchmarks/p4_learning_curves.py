@@ -16,10 +16,13 @@ rung inside the first epoch and after each epoch, with the training seconds so f
   step charged its recorded training seconds (× ``--cost-scale``), the evaluations the arm makes (estimated from the
   curve) and ``--trial-overhead-s`` per trial, each architecture's latency measured alone after training. Per arm:
   the mean compute to reach 90 % of the space's hypervolume (range normalisation, as P4) and its ratio to the same
-  sampler without stopping.
+  sampler without stopping. With several tabulations of the space (``--curves-from A.json B.json``: the same
+  students trained with different seeds), each training in a replay follows one of them, drawn at random, and the
+  students are scored by their results averaged over the tabulations, so no stopping rule is judged against one
+  draw of training noise.
 
     python benchmarks/p4_learning_curves.py [--data DIR | --task demo] [--epochs 3] [--replays 100] [--startup-trials N]
-        [--curves-from JSON]
+        [--curves-from JSON [JSON ...]]
 
 Writes ``benchmarks/results/p4_learning_curves.json``; trained students are journaled in
 ``<output-dir>/curves.jsonl`` (rerunning the command skips them).
@@ -67,8 +70,9 @@ ARMS = (
 )
 """The arms replayed: ``<sampler>-off`` (no early stopping) or ``<sampler>-grace<epochs>`` (kdnas's scheduler from that
 grace, judging students by the label probability, the default; the margin stays the config's default), with
-``-metric`` judging them by the task metric instead (the rule before 2026-12-04); ``<sampler>-oracle<epochs>`` (not
-run by default) replays :class:`FrontOracle` at that grace instead of kdnas's scheduler."""
+``-metric`` judging them by the task metric instead (the rule before 2026-12-04) and ``-margin<k>`` (not run by
+default) a margin of k standard errors; ``<sampler>-oracle<epochs>`` (not run by default) replays
+:class:`FrontOracle` at that grace instead of kdnas's scheduler."""
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -258,29 +262,66 @@ def step_costs(record: dict[str, Any]) -> tuple[float, float]:
 
 
 def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int) -> Any:
-    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>[-metric]`` or ``-oracle<epochs>``) for replay
-    ``seed``: the sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default: the
-    config's)."""
-    sampler, stopping, *judge = arm.split("-")
+    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>[-metric][-margin<k>]`` or ``-oracle<epochs>``) for
+    replay ``seed``: the sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default:
+    the config's)."""
+    sampler, stopping, *options = arm.split("-")
     grace = float(stopping.removeprefix("grace").removeprefix("oracle")) if stopping != "off" else 1.0
     search: dict[str, Any] = {"sampler": sampler, "seed": seed, "n_trials": 1000}
-    if judge:
-        search["early_stopping"] = {"judge_by": judge[0]}
+    rule: dict[str, Any] = {}
+    for option in options:  # "metric" (judge by it), "margin<standard errors>"
+        if option.startswith("margin"):
+            rule["margin_se"] = float(option.removeprefix("margin"))
+        else:
+            rule["judge_by"] = option
+    if rule:
+        search["early_stopping"] = rule
     if args.startup_trials is not None:
         search["startup_trials"] = args.startup_trials
     return curves_config(data, args, grace=grace, mode="off" if stopping == "off" else "on", search=search)
 
 
+def aligned(tabulations: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """The ``tabulations`` of one space, each ordered as the first (by the students' parameters)."""
+    order = [params_key(r["params"]) for r in tabulations[0]]
+    by_key = [{params_key(r["params"]): r for r in records} for records in tabulations]
+    if any(set(keys) != set(order) for keys in by_key):
+        raise SystemExit("the tabulations replayed together must hold the same students")
+    return [[keys[key] for key in order] for keys in by_key]
+
+
+def expected(tabulations: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each student of the aligned ``tabulations`` with its final metric and latency averaged over them: what a
+    student can be expected to reach, the standard replays are scored against."""
+    return [
+        {
+            **runs[0],
+            "value": statistics.mean(r["value"] for r in runs),
+            "latency_ms": statistics.mean(r["latency_ms"] for r in runs),
+        }
+        for runs in zip(*tabulations)
+    ]
+
+
 def replay(
-    records: list[dict[str, Any]], config: Any, args: argparse.Namespace, eval_rows: int, oracle: bool = False
+    tabulations: list[list[dict[str, Any]]],
+    config: Any,
+    args: argparse.Namespace,
+    eval_rows: int,
+    oracle: bool = False,
 ) -> tuple[list[tuple[float, tuple[float, float]]], list[tuple[float, float]], dict[str, int]]:
     """One search replayed without Ray on ``args.workers`` workers until ``args.time_budget_s`` of wall time:
     kdnas's own searcher (:func:`kdnas.make_searcher`: the configured sampler, repeats reused, promotions once the
     space is covered) proposes the students, kdnas's scheduler judges them at ``config``'s rungs (none when stopping
     is off; :class:`FrontOracle` at those rungs with ``oracle``), and each student's steps take the seconds its
-    curve recorded, its evaluations and ``args.trial_overhead_s``. Returns the finished students (moment, (metric,
-    latency)), every trial's (start, end) and counts of students stopped, promoted and repeats."""
+    curve recorded, its evaluations and ``args.trial_overhead_s``. Each training (a promotion too) follows the curve
+    of one of the aligned ``tabulations`` (training runs of the space with different seeds), drawn at random with the
+    replay's seed, as tabulated benchmarks draw one of their seeds per evaluation; a finished student is scored by
+    its :func:`expected` result. Returns the finished students (moment, (metric, latency)), every trial's (start,
+    end) and counts of students stopped, promoted and repeats."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one in-memory study per replay: no line for each
+    records = expected(tabulations)
+    draws = np.random.default_rng(config.search.seed)
     scheduler: Any = kdnas.make_scheduler(config, "latency_ms", eval_rows)
     if scheduler is not None and oracle:
         scheduler = FrontOracle(records, scheduler)
@@ -289,20 +330,20 @@ def replay(
     searcher = kdnas.make_searcher(config, storage, stop_reasons=stop_reasons)
     reports = sorted({*(scheduler.rungs if scheduler is not None else []), *range(1, args.epochs + 1)})
     by_params = {params_key(r["params"]): i for i, r in enumerate(records)}
-    costs = [step_costs(r) for r in records]
-    trials: dict[str, tuple[int, float, dict[str, Any]]] = {}  # Tune trial id → (student, start, suggestion)
+    costs = [[step_costs(r) for r in runs] for runs in tabulations]
+    trials: dict[str, tuple[int, float, dict[str, Any], int]] = {}  # Tune id → (student, start, suggestion, draw)
     events: list[tuple[float, int, int]] = []  # (moment, trial, index into ``reports``): a heap
     spans: list[tuple[float, float]] = []
     finished: list[tuple[float, tuple[float, float]]] = []
     free, exhausted = args.workers, False
 
     def report_time(trial: int, index: int) -> float:
-        student, began, _ = trials[str(trial)]
-        per_epoch, per_eval = costs[student]
+        student, began, _, draw = trials[str(trial)]
+        per_epoch, per_eval = costs[draw][student]
         return began + args.trial_overhead_s + args.cost_scale * (per_epoch * reports[index] + per_eval * (index + 1))
 
-    def result(student: int, index: int) -> dict[str, Any]:
-        record, epoch = records[student], reports[index]
+    def result(student: int, draw: int, index: int) -> dict[str, Any]:
+        record, epoch = tabulations[draw][student], reports[index]
         point = point_at(record, epoch)
         return kdnas.TrialReport(
             value=point[1],
@@ -329,7 +370,8 @@ def replay(
                 exhausted = True
                 return
             params = {key: suggestion[key] for key in records[0]["params"]}
-            trials[str(trial)] = (by_params[params_key(params)], moment, suggestion)
+            draw = int(draws.integers(len(tabulations)))
+            trials[str(trial)] = (by_params[params_key(params)], moment, suggestion, draw)
             heapq.heappush(events, (report_time(trial, 0), trial, 0))
             free -= 1
 
@@ -342,11 +384,11 @@ def replay(
     fill(0.0)
     while events:
         moment, trial, index = heapq.heappop(events)
-        student, began, suggestion = trials[str(trial)]
+        student, began, suggestion, draw = trials[str(trial)]
         if moment > args.time_budget_s:  # cut by the time budget
             spans.append((began, args.time_budget_s))
             continue
-        reported, last = result(student, index), index == len(reports) - 1
+        reported, last = result(student, draw, index), index == len(reports) - 1
         searcher.on_trial_result(str(trial), reported)
         if scheduler is not None:  # Tune hands the scheduler every report, the last one too
             judged = SimpleNamespace(trial_id=str(trial), config=suggestion)
@@ -371,14 +413,20 @@ def replay(
 
 
 def replay_arm(
-    records: list[dict[str, Any]], data: Path | None, args: argparse.Namespace, eval_rows: int, arm: str, seed: int
+    tabulations: list[list[dict[str, Any]]],
+    data: Path | None,
+    args: argparse.Namespace,
+    eval_rows: int,
+    arm: str,
+    seed: int,
 ) -> dict[str, Any]:
-    """Replay ``arm`` with ``seed``: its anytime curve's time to 90 % of the space's hypervolume, area and counts."""
-    every_point = [(r["value"], r["latency_ms"]) for r in records]
+    """Replay ``arm`` with ``seed``: its anytime curve's time to 90 % of the space's hypervolume (its students'
+    :func:`expected` results), area and counts."""
+    every_point = [(r["value"], r["latency_ms"]) for r in expected(tabulations)]
     scale = measures(every_point, 0.5, max(lat for _, lat in every_point))["range"]
     best = kdnas.hypervolume([scale["normalise"](p) for p in every_point], scale["reference"])
     config, oracle = arm_config(data, args, arm, seed), "-oracle" in arm
-    finished, spans, counts = replay(records, config, args, eval_rows, oracle)
+    finished, spans, counts = replay(tabulations, config, args, eval_rows, oracle)
     curve = anytime_curve(finished, spans, scale)
     hit = time_to(curve, FRACTION * best)
     horizon = args.workers * args.time_budget_s
@@ -392,13 +440,13 @@ def replay_arm(
 
 
 def replays(
-    records: list[dict[str, Any]], data: Path | None, args: argparse.Namespace, eval_rows: int
+    tabulations: list[list[dict[str, Any]]], data: Path | None, args: argparse.Namespace, eval_rows: int
 ) -> dict[str, Any]:
     """Every arm of ``args.arms`` replayed with ``args.replays`` seeds, on ``args.jobs`` processes."""
     runs = [(arm, seed) for arm in args.arms for seed in range(args.replays)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         outcomes = list(
-            pool.map(replay_arm, *zip(*[(records, data, args, eval_rows, arm, seed) for arm, seed in runs]))
+            pool.map(replay_arm, *zip(*[(tabulations, data, args, eval_rows, arm, seed) for arm, seed in runs]))
         )
     out: dict[str, Any] = {}
     for arm in args.arms:
@@ -444,7 +492,9 @@ def main() -> None:
     parser.add_argument(
         "--curves-from",
         type=Path,
-        help="replay the curves of an earlier result JSON (its `curves`) instead of training the students",
+        nargs="+",
+        help="replay the curves of earlier result JSONs (their `curves`) instead of training the students; with "
+        "several (tabulations of the same space with different training seeds), each training draws one of them",
     )
     parser.add_argument("--workers", type=int, default=2, help="concurrent trials in a replay")
     parser.add_argument("--time-budget-s", type=float, default=600.0, help="a replay's wall-clock budget (P4's)")
@@ -473,26 +523,37 @@ def main() -> None:
         args.epochs = 3 if data else kdnas.load_config(None).training.epochs
     config = curves_config(data, args)
     if args.curves_from is not None:
-        records = json.loads(args.curves_from.read_text())["curves"]
+        tabulations = aligned([json.loads(path.read_text())["curves"] for path in args.curves_from])
     else:
         journal = Path(args.output_dir).resolve() / "curves.jsonl"
         journal.parent.mkdir(parents=True, exist_ok=True)
-        records = tabulate(config, journal)
-        retime(config, records, journal.parent / "latencies.json")
+        tabulations = [tabulate(config, journal)]
+        retime(config, tabulations[0], journal.parent / "latencies.json")
+    records = tabulations[0]
     shape = predictivity(records, LATENCY_BINS)
+    if len(tabulations) > 1:  # each tabulation's own, and how alike their final metrics rank the students
+        shape = {
+            "tabulations": [predictivity(t, LATENCY_BINS) for t in tabulations],
+            "finals_spearman": [
+                round(spearman([r["value"] for r in a], [r["value"] for r in b]), 3)
+                for a, b in itertools.combinations(tabulations, 2)
+            ],
+            "expected_front_size": len(front(expected(tabulations))),
+        }
     eval_rows = len(kdnas.load_task(config.data).labels("eval"))
-    replayed = replays(records, data, args, eval_rows)
+    replayed = replays(tabulations, data, args, eval_rows)
     path = write_result(
         args.out,
         {
             "benchmark": NAME,
             "definition": __doc__.split("\n\n")[0],
             "args": {**vars(args), "data": None, "out": None, "output_dir": None, "curves_from": None},
+            "curves_from": [path.name for path in args.curves_from or []],
             "students": len(records),
-            "wall_s_mean": round(statistics.mean(r["wall_s"] for r in records), 1),
+            "wall_s_mean": round(statistics.mean(r["wall_s"] for t in tabulations for r in t), 1),
             "predictivity": shape,
             "replays": replayed,
-            "curves": records,
+            **({"curves": records} if len(tabulations) == 1 else {}),  # several: in the JSONs they came from
             "config": config.model_dump(mode="json"),
         },
     )
