@@ -72,7 +72,8 @@ ARMS = (
 grace, judging students by the label probability, the default; the margin stays the config's default), with
 ``-metric`` judging them by the task metric instead (the rule before 2026-12-04) and ``-margin<k>`` (not run by
 default) a margin of k standard errors; ``<sampler>-oracle<epochs>`` (not run by default) replays
-:class:`FrontOracle` at that grace instead of kdnas's scheduler."""
+:class:`FrontOracle` at that grace instead of kdnas's scheduler, ``<sampler>-knows<epochs>`` (not run by default)
+:class:`OwnFinalOracle`."""
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -99,6 +100,37 @@ class FrontOracle:
         if first_rung and student not in self._on_front and student not in self._stopped:
             self._stopped.add(student)
             self.stop_reasons[trial.trial_id] = "off the final front"
+            return "STOP"
+        return "CONTINUE"
+
+
+class OwnFinalOracle:
+    """The best any rule judging a student from its own training could do: at the first rung of ``scheduler``, it
+    knows the final metric this very training will reach (``final_of(trial_id)``) and stops the student when a student
+    already finished, at least as fast, ended above it; a student proposed again after a stop (a promotion) trains in
+    full. With several tabulations, what keeps it from :class:`FrontOracle`'s gain is training noise alone."""
+
+    def __init__(self, scheduler: kdnas.ParetoStopping, metric: str, student_params: list[str], final_of: Any) -> None:
+        self.rungs, self.stop_reasons = scheduler.rungs, {}
+        self._time_attr, self._metric, self._final_of = scheduler.time_attr, metric, final_of
+        self._finished: list[tuple[float, float]] = []  # (final metric, latency) of every student trained in full
+        self._params = list(student_params)
+        self._stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        latency = result["latency_ms"]
+        if kdnas.TrialReport.from_result(result, self._metric).completed:
+            self._finished.append((result[self._metric], latency))
+            return "CONTINUE"
+        first_rung = abs(result[self._time_attr] - self.rungs[0]) < 1e-9
+        final = self._final_of(trial.trial_id)
+        beaten = any(value > final and lat <= latency for value, lat in self._finished)
+        student = params_key({key: trial.config[key] for key in self._params})
+        if first_rung and beaten and student not in self._stopped:
+            self._stopped.add(student)
+            # the record's documented form of a stop (README, trial states), so the searcher promotes it as kdnas's
+            reason = f"stopped early after epoch {self.rungs[0]:g}: its final {self._metric} beaten by a faster student"
+            self.stop_reasons[trial.trial_id] = reason
             return "STOP"
         return "CONTINUE"
 
@@ -262,11 +294,13 @@ def step_costs(record: dict[str, Any]) -> tuple[float, float]:
 
 
 def arm_config(data: Path | None, args: argparse.Namespace, arm: str, seed: int) -> Any:
-    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>[-metric][-margin<k>]`` or ``-oracle<epochs>``) for
-    replay ``seed``: the sampler's seed, a trial budget the time budget ends first, ``args.startup_trials`` (default:
-    the config's)."""
+    """The config of ``arm`` (``<sampler>-off``, ``-grace<epochs>[-metric][-margin<k>]``, ``-oracle<epochs>`` or
+    ``-knows<epochs>``) for replay ``seed``: the sampler's seed, a trial budget the time budget ends first,
+    ``args.startup_trials`` (default: the config's)."""
     sampler, stopping, *options = arm.split("-")
-    grace = float(stopping.removeprefix("grace").removeprefix("oracle")) if stopping != "off" else 1.0
+    grace = (
+        float(stopping.removeprefix("grace").removeprefix("oracle").removeprefix("knows")) if stopping != "off" else 1.0
+    )
     search: dict[str, Any] = {"sampler": sampler, "seed": seed, "n_trials": 1000}
     rule: dict[str, Any] = {}
     for option in options:  # "metric" (judge by it), "margin<standard errors>"
@@ -308,13 +342,14 @@ def replay(
     config: Any,
     args: argparse.Namespace,
     eval_rows: int,
-    oracle: bool = False,
+    oracle: str | None = None,
 ) -> tuple[list[tuple[float, tuple[float, float]]], list[tuple[float, float]], dict[str, int]]:
     """One search replayed without Ray on ``args.workers`` workers until ``args.time_budget_s`` of wall time:
     kdnas's own searcher (:func:`kdnas.make_searcher`: the configured sampler, repeats reused, promotions once the
     space is covered) proposes the students, kdnas's scheduler judges them at ``config``'s rungs (none when stopping
-    is off; :class:`FrontOracle` at those rungs with ``oracle``), and each student's steps take the seconds its
-    curve recorded, its evaluations and ``args.trial_overhead_s``. Each training (a promotion too) follows the curve
+    is off; at those rungs :class:`FrontOracle` with ``oracle="oracle"``, :class:`OwnFinalOracle` with
+    ``"knows"``), and each student's steps take the seconds its curve recorded, its evaluations and
+    ``args.trial_overhead_s``. Each training (a promotion too) follows the curve
     of one of the aligned ``tabulations`` (training runs of the space with different seeds), drawn at random with the
     replay's seed, as tabulated benchmarks draw one of their seeds per evaluation; a finished student is scored by
     its :func:`expected` result. Returns the finished students (moment, (metric, latency)), every trial's (start,
@@ -323,8 +358,12 @@ def replay(
     records = expected(tabulations)
     draws = np.random.default_rng(config.search.seed)
     scheduler: Any = kdnas.make_scheduler(config, "latency_ms", eval_rows)
-    if scheduler is not None and oracle:
+    if scheduler is not None and oracle == "oracle":
         scheduler = FrontOracle(records, scheduler)
+    elif scheduler is not None and oracle == "knows":
+        scheduler = OwnFinalOracle(
+            scheduler, config.data.metric, list(records[0]["params"]), lambda trial: final_of(trials[trial])
+        )
     storage = optuna.storages.InMemoryStorage()
     stop_reasons = scheduler.stop_reasons if scheduler is not None else None
     searcher = kdnas.make_searcher(config, storage, stop_reasons=stop_reasons)
@@ -336,6 +375,10 @@ def replay(
     spans: list[tuple[float, float]] = []
     finished: list[tuple[float, tuple[float, float]]] = []
     free, exhausted = args.workers, False
+
+    def final_of(trial: tuple[int, float, dict[str, Any], int]) -> float:
+        student, _, _, draw = trial
+        return tabulations[draw][student]["value"]
 
     def report_time(trial: int, index: int) -> float:
         student, began, _, draw = trials[str(trial)]
@@ -425,7 +468,8 @@ def replay_arm(
     every_point = [(r["value"], r["latency_ms"]) for r in expected(tabulations)]
     scale = measures(every_point, 0.5, max(lat for _, lat in every_point))["range"]
     best = kdnas.hypervolume([scale["normalise"](p) for p in every_point], scale["reference"])
-    config, oracle = arm_config(data, args, arm, seed), "-oracle" in arm
+    config = arm_config(data, args, arm, seed)
+    oracle = next((kind for kind in ("oracle", "knows") if f"-{kind}" in arm), None)
     finished, spans, counts = replay(tabulations, config, args, eval_rows, oracle)
     curve = anytime_curve(finished, spans, scale)
     hit = time_to(curve, FRACTION * best)
@@ -483,7 +527,8 @@ def main() -> None:
         "--arms",
         nargs="+",
         default=list(ARMS),
-        help="<sampler>-off, <sampler>-grace<epochs> or <sampler>-oracle<epochs>",
+        help="<sampler>-off, <sampler>-grace<epochs>[-metric][-margin<k>], <sampler>-oracle<epochs> or "
+        "<sampler>-knows<epochs>",
     )
     parser.add_argument("--jobs", type=int, default=2, help="processes the replays run on")
     parser.add_argument(
