@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from conftest import make_searcher, outcome_of
-from kdnas.config import ConfigError, EarlyStoppingConfig, KDNASConfig, LatencyConfig, build_config
+from kdnas.config import ConfigError, EarlyStoppingConfig, KDNASConfig, LatencyConfig, build_config, load_config
 from kdnas.objectives import latency_cache
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.latency import LatencyResult
@@ -183,10 +183,10 @@ def test_by_default_students_are_judged_by_the_probability_they_give_the_labels(
         "as fast (1 ms, this one 2 ms) had 0.5600 there, ahead by more than 1 standard error(s) (0.0040 on 872 "
         "examples)"
     }
-    config = build_config({"search": {"n_trials": 8}})
+    config = build_config({"search": {"early_stopping": {"mode": "on"}}})
     assert config.search.early_stopping.judge_by == "label_probability"
     assert make_scheduler(config, "latency_ms", 100).judge_by == "label_probability"
-    metric = build_config({"search": {"n_trials": 8, "early_stopping": {"judge_by": "metric"}}})
+    metric = build_config({"search": {"early_stopping": {"mode": "on", "judge_by": "metric"}}})
     assert make_scheduler(metric, "latency_ms", 100).judge_by == "metric"
     with pytest.raises(ValueError, match="judge_by must be one of label_probability, metric, not 'loss'"):
         _scheduler(judge_by="loss")
@@ -371,13 +371,19 @@ def test_configs_with_the_earlier_rules_latency_bins_still_load(caplog):
     assert stopping == EarlyStoppingConfig() and "latency_bins is no longer used" in caplog.text
 
 
-def test_early_stopping_is_on_by_default_from_eight_trials_with_a_rung():
+def test_early_stopping_is_off_by_default_and_auto_turns_it_on_from_eight_trials_with_a_rung():
     def config(**search):
         return build_config({"search": search})
 
-    assert not early_stopping_enabled(config(n_trials=7))
-    assert early_stopping_enabled(config(n_trials=8)) and make_scheduler(config(n_trials=8), "latency_ms", 100)
-    assert not early_stopping_enabled(build_config({"search": {"n_trials": 20}, "training": {"epochs": 1}}))
+    assert not early_stopping_enabled(config(n_trials=100)) and make_scheduler(config(), "latency_ms", 100) is None
+    auto = {"mode": "auto"}
+    assert not early_stopping_enabled(config(n_trials=7, early_stopping=auto))
+    assert early_stopping_enabled(config(n_trials=8, early_stopping=auto))
+    assert make_scheduler(config(n_trials=8, early_stopping=auto), "latency_ms", 100)
+    one_epoch = {"search": {"n_trials": 20, "early_stopping": auto}, "training": {"epochs": 1}}
+    assert not early_stopping_enabled(build_config(one_epoch))
+    for written, mode in (("on", "on"), ("off", "off"), ("auto", "auto")):  # YAML reads bare on/off as booleans
+        assert load_config(None, [f"search.early_stopping.mode={written}"]).search.early_stopping.mode == mode
     assert early_stopping_enabled(config(n_trials=2, early_stopping={"mode": "on"}))
     assert make_scheduler(config(n_trials=20, early_stopping={"mode": "off"}), "latency_ms", 100) is None
     with pytest.raises(ConfigError, match="grace_epochs \\(4\\) must be below training.epochs \\(4\\)"):

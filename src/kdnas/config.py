@@ -384,11 +384,17 @@ class EarlyStoppingConfig(_Section):
     standard errors of what ``judge_by`` names: the mean probability of the eval labels, or the task metric (see
     :mod:`kdnas.search.scheduler`)."""
 
-    mode: Literal["auto", "on", "off"] = "auto"
+    mode: Literal["auto", "on", "off"] = "off"
     grace_epochs: float = Field(1, gt=0)
     reduction_factor: int = Field(2, ge=2)
     margin_se: float = Field(1.0, ge=0)
     judge_by: Literal["label_probability", "metric"] = "label_probability"
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` as true/false: take them as the modes they spell."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="before")
     @classmethod

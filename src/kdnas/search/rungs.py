@@ -23,7 +23,8 @@ def rungs(grace_period: float, reduction_factor: int, max_t: float) -> list[floa
 
 
 def early_stopping_enabled(config: KDNASConfig) -> bool:
-    """Whether ``search.early_stopping`` is on (``auto``: from :data:`AUTO_MIN_TRIALS` trials, with a rung)."""
+    """Whether ``search.early_stopping`` is on (``on``, or ``auto`` from :data:`AUTO_MIN_TRIALS` trials, with a rung;
+    ``off``, the default: P4 found no rule that pays, README "Search efficiency")."""
     stopping = config.search.early_stopping
     if stopping.mode == "off":
         return False
