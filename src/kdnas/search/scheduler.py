@@ -18,6 +18,9 @@ promoted to full training (see :class:`~kdnas.search.searcher.KDNASSearch`) is c
 Plain ASHA ranks students by the metric alone and stops the fast end of the front; ranking within latency bins
 (kdnas's earlier rule) still stopped students that would have ended on the front, and gained nothing in the
 replays of ``benchmarks/p4_learning_curves.py`` (README, P4).
+
+Off by default (``search.early_stopping.mode``): scored by what students can be expected to reach, this rule lost
+time in those replays, and even one knowing each training's final result gained at most 1.22× (README, P4).
 """
 
 from __future__ import annotations
