@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts: where SST-2 is, its config sections, common flags, machine facts, JSON
-results."""
+results, a page rendered to PNG."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,3 +136,28 @@ def write_result(path: str | Path, payload: dict[str, Any]) -> Path:
     text = json.dumps({**payload, "machine": machine()}, indent=2)
     out.write_text(text.replace(str(REPO.parent) + "/", "../").replace("../" + REPO.name + "/", "./"))
     return out
+
+
+def screenshot(html_path: Path, png_path: Path) -> str | None:
+    """``html_path`` rendered to ``png_path`` with headless chromium; the PNG's path (relative to the repository
+    when inside it), or None without chromium or when it wrote nothing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return None
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={png_path}",
+            "--window-size=1120,640",
+            "--virtual-time-budget=5000",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    if not png_path.exists():
+        return None
+    return str(png_path.relative_to(REPO)) if png_path.is_relative_to(REPO) else str(png_path)

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -42,7 +40,7 @@ from optuna.trial import FrozenTrial
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
-from _common import REPO, add_common_args, fit_teachers_timed, require_sst2, sst2_sections, write_result
+from _common import REPO, add_common_args, fit_teachers_timed, require_sst2, screenshot, sst2_sections, write_result
 
 NAME = "p4_early_stopping"
 SPEEDUP_TARGET = 1.3
@@ -217,26 +215,7 @@ def plot(runs: dict[str, dict], level: float, html_path: Path, png_path: Path) -
     )
     html_path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(html_path, include_plotlyjs=True)
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        return None
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--screenshot={png_path}",
-            "--window-size=1120,640",
-            "--virtual-time-budget=5000",
-            html_path.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-    )
-    if not png_path.exists():
-        return None
-    return str(png_path.relative_to(REPO)) if png_path.is_relative_to(REPO) else str(png_path)
+    return screenshot(html_path, png_path)
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ rung inside the first epoch and after each epoch, with the training seconds so f
   draw of training noise.
 
     python benchmarks/p4_learning_curves.py [--data DIR | --task demo] [--epochs 3] [--replays 100] [--startup-trials N]
-        [--curves-from JSON [JSON ...]]
+        [--curves-from JSON [JSON ...]] [--plot PNG]
 
-Writes ``benchmarks/results/p4_learning_curves.json``; trained students are journaled in
-``<output-dir>/curves.jsonl`` (rerunning the command skips them).
+Writes ``benchmarks/results/p4_learning_curves.json`` (each arm with its mean anytime curve; ``--plot`` draws them);
+trained students are journaled in ``<output-dir>/curves.jsonl`` (rerunning the command skips them).
 """
 
 from __future__ import annotations
@@ -49,10 +49,12 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
-from _common import add_common_args, require_sst2, sst2_sections, write_result
+from _common import add_common_args, require_sst2, screenshot, sst2_sections, write_result
 from p4_early_stopping import FRACTION, anytime_curve, area, measures, time_to
 
 NAME = "p4_learning_curves"
+CURVE_POINTS = 61
+"""Points of the mean anytime curve each arm's replays are summed up in (and plotted with ``--plot``)."""
 LATENCY_BINS = 3
 """Equal-count latency bins the predictivity is also measured within (students of similar latency compete)."""
 ARMS = (
@@ -478,9 +480,44 @@ def replay_arm(
         "reached": hit is not None,
         "time": hit if hit is not None else curve[-1][0],
         "auc": area(curve, horizon) / (horizon * best),
+        "curve": [value_at(curve, compute) / best for compute in curve_grid(horizon)],
         "trained_in_full": len(finished),
         **counts,
     }
+
+
+def curve_grid(horizon: float) -> list[float]:
+    """The compute seconds at which replays' anytime curves are averaged: :data:`CURVE_POINTS` from 0 to ``horizon``."""
+    return [horizon * i / (CURVE_POINTS - 1) for i in range(CURVE_POINTS)]
+
+
+def value_at(curve: list[tuple[float, float]], compute: float) -> float:
+    """The step ``curve``'s hypervolume once ``compute`` seconds are spent."""
+    return max((value for at, value in curve if at <= compute), default=0.0)
+
+
+def plot_mean_curves(replayed: dict[str, Any], title: str, png_path: Path) -> str | None:
+    """Each arm's mean anytime curve (share of the space's hypervolume against compute) to HTML beside ``png_path``
+    and to PNG with headless chromium; the PNG's path, or None without chromium."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for arm, numbers in replayed.items():
+        xs, ys = zip(*numbers["mean_curve"])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{arm} ({numbers['time_to_90_mean_s']:.0f} s)"))
+    fig.add_hline(y=FRACTION, line={"dash": "dot", "color": "black"}, annotation_text=f"{FRACTION:.0%}")
+    fig.update_layout(
+        title=title,
+        xaxis_title="cumulative compute (s)",
+        yaxis_title="mean share of the space's hypervolume",
+        width=1060,
+        height=580,
+        template="plotly_white",
+    )
+    html_path = png_path.with_suffix(".html")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(html_path, include_plotlyjs=True, config={"displayModeBar": False})
+    return screenshot(html_path, png_path)
 
 
 def replays(
@@ -501,6 +538,12 @@ def replays(
             "time_to_90_sem_s": round(statistics.stdev(times) / len(times) ** 0.5, 1) if len(times) > 1 else None,
             "reached_90": f"{sum(o['reached'] for o in mine)}/{len(mine)}",
             "auc_mean": round(statistics.mean(o["auc"] for o in mine), 4),
+            "mean_curve": [
+                [round(compute), round(statistics.mean(values), 4)]
+                for compute, values in zip(
+                    curve_grid(args.workers * args.time_budget_s), zip(*(o["curve"] for o in mine))
+                )
+            ],
             **{
                 f"{key}_mean": round(statistics.mean(o[key] for o in mine), 1)
                 for key in ("stopped", "promoted", "repeats", "trained_in_full")
@@ -556,6 +599,11 @@ def main() -> None:
         help="training and evaluation seconds × this: a student trained beside another one (P4 proper's 2 "
         "concurrent trials on 2 cores) takes ~1.8× the seconds it took alone",
     )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="draw each arm's mean anytime curve to this PNG (with an HTML beside it; the PNG needs chromium)",
+    )
     args = parser.parse_args()
     if args.startup_trials is not None and args.startup_trials < 1:
         parser.error("--startup-trials must be at least 1")
@@ -592,7 +640,7 @@ def main() -> None:
         {
             "benchmark": NAME,
             "definition": __doc__.split("\n\n")[0],
-            "args": {**vars(args), "data": None, "out": None, "output_dir": None, "curves_from": None},
+            "args": {**vars(args), "data": None, "out": None, "output_dir": None, "curves_from": None, "plot": None},
             "curves_from": [path.name for path in args.curves_from or []],
             "students": len(records),
             "wall_s_mean": round(statistics.mean(r["wall_s"] for t in tabulations for r in t), 1),
@@ -602,7 +650,11 @@ def main() -> None:
             "config": config.model_dump(mode="json"),
         },
     )
-    print(json.dumps({"predictivity": shape, "replays": replayed}, indent=1))
+    if args.plot is not None:
+        title = f"P4 replayed: {', '.join(p.name for p in args.curves_from or [path])}"
+        print(f"curves → {plot_mean_curves(replayed, title, args.plot) or args.plot.with_suffix('.html')}")
+    summary = {arm: {k: v for k, v in numbers.items() if k != "mean_curve"} for arm, numbers in replayed.items()}
+    print(json.dumps({"predictivity": shape, "replays": summary}, indent=1))
     print(f"{NAME} → {path}")
 
 
