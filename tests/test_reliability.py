@@ -28,9 +28,11 @@ from ray import tune
 
 from conftest import POSTGRES_URL, search_config, wait_for
 from kdnas.cli import main
+from kdnas.config import ConfigError
 from kdnas.objectives.training import DivergedError, NonFiniteLossError, train
 from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search import runner
+from kdnas.search import study as study_mod
 from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.orphans import DRIVER_LOST, counts_toward_budget
 from kdnas.search.study import load_study
@@ -335,6 +337,28 @@ def test_dropped_postgresql_connections_lose_nothing(run_dir, ray_session, postg
         f"\n[reliability] PostgreSQL: {dropped[0]} connections terminated during a {n_trials}-trial search: "
         f"{runs} driver run(s) ({errors or 'no errors'}), {_states(study)}"
     )
+
+
+def test_a_driver_that_loses_the_race_to_create_the_schema_opens_the_storage_again(monkeypatch, tmp_path):
+    # two drivers on a new PostgreSQL database: the second one's CREATE TABLE meets the first one's tables
+    raced = sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+    attempts = []
+
+    def storage(url: str, **kwargs: object) -> optuna.storages.RDBStorage:
+        attempts.append(url)
+        if len(attempts) == 1:
+            raise raced
+        return real_storage(url, **kwargs)
+
+    real_storage = study_mod.RDBStorage
+    monkeypatch.setattr(study_mod, "RDBStorage", storage)
+    monkeypatch.setattr(study_mod.time, "sleep", lambda seconds: None)
+    assert isinstance(study_mod.open_storage(f"sqlite:///{tmp_path}/study.db"), optuna.storages.RDBStorage)
+    assert len(attempts) == 2
+    other = sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied for table studies"))
+    monkeypatch.setattr(study_mod, "RDBStorage", lambda url, **kwargs: (_ for _ in ()).throw(other))
+    with pytest.raises(ConfigError, match="cannot open storage .*permission denied"):
+        study_mod.open_storage(f"sqlite:///{tmp_path}/other.db")
 
 
 @pytest.mark.slow

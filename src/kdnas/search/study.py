@@ -52,11 +52,19 @@ def open_storage(url: str) -> RDBStorage:
                 )
         except Exception as err:  # sqlalchemy raises many kinds; all mean the same to the user
             attempt += 1
-            if isinstance(err, sqlalchemy.exc.IntegrityError) and attempt < 3:  # drivers racing to create tables
+            if _lost_schema_race(err) and attempt < 3:  # drivers racing to create the schema of a new database
                 time.sleep(attempt)
                 continue
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
+
+
+def _lost_schema_race(err: Exception) -> bool:
+    """Whether ``err`` says another driver created Optuna's tables or rows first (a unique violation, or PostgreSQL's
+    and MySQL's "already exists"): opening the storage again finds them."""
+    if isinstance(err, sqlalchemy.exc.IntegrityError):
+        return True
+    return isinstance(err, sqlalchemy.exc.DBAPIError) and "already exists" in str(err)
 
 
 def objective_names(config: KDNASConfig) -> list[str]:
