@@ -124,11 +124,12 @@ class OwnFinalOracle:
         if kdnas.TrialReport.from_result(result, self._metric).completed:
             self._finished.append((result[self._metric], latency))
             return "CONTINUE"
-        first_rung = abs(result[self._time_attr] - self.rungs[0]) < 1e-9
+        if abs(result[self._time_attr] - self.rungs[0]) >= 1e-9:  # it judges at the first rung only
+            return "CONTINUE"
         final = self._final_of(trial.trial_id)
         beaten = any(value > final and lat <= latency for value, lat in self._finished)
         student = params_key({key: trial.config[key] for key in self._params})
-        if first_rung and beaten and student not in self._stopped:
+        if beaten and student not in self._stopped:
             self._stopped.add(student)
             # the record's documented form of a stop (README, trial states), so the searcher promotes it as kdnas's
             reason = f"stopped early after epoch {self.rungs[0]:g}: its final {self._metric} beaten by a faster student"

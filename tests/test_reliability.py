@@ -355,8 +355,11 @@ def test_a_driver_that_loses_the_race_to_create_the_schema_opens_the_storage_aga
     monkeypatch.setattr(study_mod.time, "sleep", lambda seconds: None)
     assert isinstance(study_mod.open_storage(f"sqlite:///{tmp_path}/study.db"), optuna.storages.RDBStorage)
     assert len(attempts) == 2
-    other = sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied for table studies"))
-    monkeypatch.setattr(study_mod, "RDBStorage", lambda url, **kwargs: (_ for _ in ()).throw(other))
+
+    def refused(url: str, **kwargs: object) -> optuna.storages.RDBStorage:
+        raise sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied for table studies"))
+
+    monkeypatch.setattr(study_mod, "RDBStorage", refused)
     with pytest.raises(ConfigError, match="cannot open storage .*permission denied"):
         study_mod.open_storage(f"sqlite:///{tmp_path}/other.db")
 

@@ -394,7 +394,9 @@ class EarlyStoppingConfig(_Section):
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
         """YAML reads a bare ``on``/``off`` as true/false: take them as the modes they spell."""
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
     @model_validator(mode="before")
     @classmethod
