@@ -23,7 +23,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from conftest import search_config, wait_for
 from kdnas.config import ConfigError
 from kdnas.dashboards.pareto import pareto_front
-from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, TRIAL_NUMBER_KEY
+from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search.orphans import DRIVER_LOST
 from kdnas.search.runner import run_search
 from kdnas.search.study import load_study, open_storage
@@ -158,11 +158,19 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path)
     command = [sys.executable, "-m", "kdnas.cli", "search", "--config", str(config_file)]
     url, name = config.storage_url, config.search.study_name
 
-    def states() -> list[TrialState]:
+    def trials() -> list[optuna.trial.FrozenTrial]:
         try:
-            return [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
+            return optuna.load_study(study_name=name, storage=url).trials
         except (KeyError, sqlalchemy.exc.OperationalError):
             return []
+
+    def completed_and_training() -> bool:
+        """A trial completed and another's student handed to training (a kill while it is still being sampled
+        leaves no student to retry: tests/test_runner.py)."""
+        seen = trials()
+        return any(t.state == TrialState.COMPLETE for t in seen) and any(
+            t.state == TrialState.RUNNING and RECIPE_ATTR in t.user_attrs for t in seen
+        )
 
     def in_session(sid: int) -> list[int]:
         """The running processes of session ``sid``: a driver started as a session leader and every process of its
@@ -179,7 +187,7 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path)
 
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: TrialState.COMPLETE in states() and TrialState.RUNNING in states(), 300, "a running trial")
+        wait_for(completed_and_training, 300, "a trial in training")
     finally:
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone (kill -9 PID): its local Ray is left to itself
         driver.wait()
@@ -207,7 +215,10 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(run_dir, tmp_path)
     for n in orphans:
         assert by_number[n].state == TrialState.FAIL and by_number[n].user_attrs[FAILURE_ATTR] == DRIVER_LOST
         retries = [t for t in after.trials if t.user_attrs.get("retry_of") == n]
-        assert len(retries) == 1 and retries[0].params == by_number[n].params
+        if RECIPE_ATTR in by_number[n].user_attrs:  # its student was in training
+            assert len(retries) == 1 and retries[0].params == by_number[n].params
+        else:
+            assert not retries
     counted = [
         t for t in after.trials if t.user_attrs.get(FAILURE_ATTR) != DRIVER_LOST and "duplicate_of" not in t.user_attrs
     ]  # a repeat of a student the study holds: its result, not trained, not counted

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdnas.config import KDNASConfig, build_config, load_config
-from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.search import orphans, runner, trainable
 from kdnas.search.trial import TrialInputs
 
@@ -72,16 +72,22 @@ def test_orphans_are_failed_reenqueued_and_not_counted(tmp_path):
     study.tell(done, [0.5, 1.0])
     orphan = study.ask()
     orphan.suggest_int("num_layers", 1, 4)
+    orphan.set_user_attr(RECIPE_ATTR, "r")  # its student was handed to training
+    sampling = study.ask()  # lost while its student was being sampled: part of one, never trained
+    sampling.suggest_int("num_layers", 1, 4)
     # a trial no driver has claimed yet may belong to a driver between creating and claiming it: left alone
     assert orphans.reconcile_orphans(study, storage) == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    storage.set_trial_system_attr(orphan._trial_id, DRIVER_ATTR, {"host": socket.gethostname(), "pid": dead.pid})
-    assert orphans.reconcile_orphans(study, storage) == 1
+    for lost in (orphan, sampling):
+        storage.set_trial_system_attr(lost._trial_id, DRIVER_ATTR, {"host": socket.gethostname(), "pid": dead.pid})
+    assert orphans.reconcile_orphans(study, storage) == 2
     failed = study.trials[orphan.number]
-    assert failed.state == TrialState.FAIL and failed.user_attrs[FAILURE_ATTR] == orphans.DRIVER_LOST
+    for lost in (orphan, sampling):
+        assert study.trials[lost.number].state == TrialState.FAIL
+        assert study.trials[lost.number].user_attrs[FAILURE_ATTR] == orphans.DRIVER_LOST
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [failed.params]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [failed.params]  # only the student in training
     assert waiting[0].user_attrs["retry_of"] == orphan.number
     assert orphans.trials_left(study, 3) == 2
 

@@ -3,8 +3,9 @@
 Every trial a driver runs records that driver (:data:`~kdnas.records.DRIVER_ATTR`: host and pid) and a heartbeat
 (:data:`~kdnas.records.HEARTBEAT_ATTR`: the Unix time of the driver's last beat), both trial system attrs written
 through Optuna's public storage API. A resumed driver fails only trials whose driver is gone (see
-:func:`driver_gone`) and re-enqueues their parameters once, so several drivers can share a study. Light on purpose
-(no Ray, torch or transformers): ``kdnas search``'s interrupt handler and the progress display import it.
+:func:`driver_gone`) and re-enqueues the students they were training once, so several drivers can share a study.
+Light on purpose (no Ray, torch or transformers): ``kdnas search``'s interrupt handler and the progress display
+import it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.records import DRIVER_ATTR, FAILURE_ATTR, HEARTBEAT_ATTR, RETRY_ATTR
+from kdnas.records import DRIVER_ATTR, FAILURE_ATTR, HEARTBEAT_ATTR, RECIPE_ATTR, RETRY_ATTR
 from kdnas.search.duplicates import is_repeat
 from kdnas.search.study import HEARTBEAT_INTERVAL_S
 
@@ -75,10 +76,12 @@ def driver_gone(trial: FrozenTrial, now: float | None = None) -> bool:
 
 
 def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    """Fail RUNNING trials whose driver is gone (reason: driver lost) and re-enqueue their params once.
+    """Fail RUNNING trials whose driver is gone (reason: driver lost) and re-enqueue their students once.
 
-    Trials of drivers still running (their process on this host, or a fresh heartbeat) are left alone, so several
-    drivers can share a study.
+    A trial's student is re-enqueued only if it was handed to training (it records the recipe it trains under): a
+    driver lost while still sampling leaves no student, or part of one, and a fresh sample takes its place in the
+    budget. Trials of drivers still running (their process on this host, or a fresh heartbeat) are left alone, so
+    several drivers can share a study.
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     now = time.time()
@@ -91,7 +94,7 @@ def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # finished meanwhile (e.g. another driver reconciled it)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        if trial.params:
+        if RECIPE_ATTR in trial.user_attrs:
             study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
         released += 1
     return released
