@@ -357,12 +357,14 @@ def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates
 
 
 def _running_trial(url: str) -> int:
-    """Add a RUNNING trial that this process drives to the study ``existing``; return its number."""
-    from kdnas.records import DRIVER_ATTR
+    """Add a RUNNING trial that this process drives to the study ``existing``, its student in training; return its
+    number."""
+    from kdnas.records import DRIVER_ATTR, RECIPE_ATTR
     from kdnas.search.orphans import this_driver
 
     study = optuna.load_study(study_name="existing", storage=url)
     trial = study.ask({"num_layers": IntDistribution(1, 4)})
+    trial.set_user_attr(RECIPE_ATTR, "recipe")
     study._storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, this_driver())
     return trial.number
 
