@@ -181,7 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
     from kdnas.export import export_trial, saved_student
-    from kdnas.records import ARCH_SUMMARY_ATTR
+    from kdnas.records import ARCH_SUMMARY_ATTR, COLLAPSED_ATTR
 
     study = _study(config)
     try:
@@ -194,7 +194,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             trial = best_under_budget(study, latency_ms=args.latency_budget_ms, params=args.param_budget)
     except (LookupError, ValueError) as err:
-        raise ConfigError(str(err)) from None
+        collapsed = [t.number for t in study.get_trials(deepcopy=False) if COLLAPSED_ATTR in t.user_attrs]
+        kept_off = f" (trials {', '.join(map(str, collapsed))} collapsed: name one with --trial)" if collapsed else ""
+        raise ConfigError(f"{err}{kept_off}") from None
+    if COLLAPSED_ATTR in trial.user_attrs:  # only --trial reaches one: the front and budgets leave them out
+        print(f"warning: trial {trial.number} collapsed ({trial.user_attrs[COLLAPSED_ATTR]})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
     writable_dir(out, "--out" if args.out else "output_dir")
     retrained = None

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.config import ConfigError
 from kdnas.dashboards.pareto import retimed, study_teachers
-from kdnas.dashboards.report import init_summary
+from kdnas.dashboards.report import collapse_notes, init_summary
 from kdnas.outputs import missing_student_files
 from kdnas.records import (
     ARCH_ATTR,
@@ -95,6 +95,7 @@ def model_card(record: dict) -> str:
     kd = attrs.get(KD_ATTR, {})
     train_rows = attrs.get(TRAIN_ROWS_ATTR, {})
     init = init_summary(attrs.get(INIT_ATTR, {})) or "not recorded"
+    notes = "".join(f"\n\n**Note**: {note}." for note in collapse_notes(attrs))
     retrained = ""
     if record.get("retrained"):
         before = record["trial_objectives"]
@@ -111,7 +112,7 @@ tags: [kdnas, knowledge-distillation, neural-architecture-search]
 # kdnas student {attrs.get(ARCH_SUMMARY_ATTR, "")}
 
 A BERT-style student found by kdnas (study `{record["study"]}`, trial {record["trial"]}) and distilled from
-{len(record["teachers"])} teacher(s).{retrained}
+{len(record["teachers"])} teacher(s).{retrained}{notes}
 
 ## Results
 | task | {metric} | latency (median) | parameters |

@@ -108,6 +108,16 @@ LEARNING_CURVE_ATTR = "learning_curve"
 included; the mean probability given each eval example's label, :class:`~kdnas.objectives.training.Evaluation`;
 studies from before 2026-12-04 have the first three only). A student stopped early has the points up to its stop:
 how well early points rank final ones is what early stopping rests on."""
+SLICE_METRIC_ATTR = "slice_metric"
+"""The student as initialised, scored before any training: ``{"value": metric, "label_probability": mean,
+"seconds": to compute}`` (a cheap signal of how well it will rank after training)."""
+RESTART_ATTR = "restart"
+"""On a student whose predictions collapsed after its first epoch and that trained again from its initial weights at
+half the learning rate: ``{"reason", "after_epoch", "metric"}`` and the first attempt's :data:`LEARNING_RATE_ATTR`
+and :data:`LEARNING_CURVE_ATTR`; the trial's own are the second attempt's."""
+COLLAPSED_ATTR = "collapsed"
+"""On a student whose last evaluation had collapsed (one class predicted for every eval example, or the metric no
+better than the majority class's): why. Such a student is kept off the Pareto front and never exported by choice."""
 COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
 """Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 

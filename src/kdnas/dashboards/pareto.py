@@ -9,16 +9,24 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.records import ARCH_SUMMARY_ATTR, LATENCY_KEY, PARAMS_CONSTRAINT, RETIMED_ATTR, STUDY_TEACHERS_ATTR
+from kdnas.records import (
+    ARCH_SUMMARY_ATTR,
+    COLLAPSED_ATTR,
+    LATENCY_KEY,
+    PARAMS_CONSTRAINT,
+    RETIMED_ATTR,
+    STUDY_TEACHERS_ATTR,
+)
 from kdnas.search.duplicates import folded, is_repeat
 
 
 def _feasible(trial: FrozenTrial) -> bool:
-    return all(c <= 0 for c in trial.constraints.values())
+    return all(c <= 0 for c in trial.constraints.values()) and COLLAPSED_ATTR not in trial.user_attrs
 
 
 def search_feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials that meet every constraint, in trial-number order, with the latency measured in the search."""
+    """COMPLETE trials that meet every constraint and did not collapse (to one class or the majority-class level),
+    in trial-number order, with the latency measured in the search."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
 
 

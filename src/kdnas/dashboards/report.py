@@ -27,6 +27,7 @@ from kdnas.dashboards.pareto import (
 from kdnas.records import (
     ARCH_ATTR,
     ARCH_SUMMARY_ATTR,
+    COLLAPSED_ATTR,
     DUPLICATE_ATTR,
     FAILURE_ATTR,
     INHERITANCE_ATTR,
@@ -36,7 +37,9 @@ from kdnas.records import (
     LEARNING_CURVE_ATTR,
     PARAMS_CONSTRAINT,
     PRUNED_ATTR,
+    RESTART_ATTR,
     RETIMED_ATTR,
+    SLICE_METRIC_ATTR,
     one_layer_scores,
 )
 from kdnas.search.duplicates import is_repeat
@@ -290,6 +293,19 @@ def inheritance_note(study: optuna.Study, metric: str) -> str:
     return note + f", chosen by {one_layer['steps']} training steps of {one_layer['student']} from each end ({scores})."
 
 
+def collapse_notes(attrs: dict[str, Any]) -> list[str]:
+    """What a trial's record says of collapse: a restart after a collapsed first epoch, a collapse it kept."""
+    notes = []
+    if RESTART_ATTR in attrs:
+        restart = attrs[RESTART_ATTR]
+        notes.append(
+            f"restarted at half the learning rate: after epoch {restart['after_epoch']} it {restart['reason']}"
+        )
+    if COLLAPSED_ATTR in attrs:
+        notes.append(f"collapsed ({attrs[COLLAPSED_ATTR]}): kept off the Pareto front")
+    return notes
+
+
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
     """One flat row per trial: state, values (latency re-timed where the study was), arch, KD recipe,
     initialisation, failure or pruning reason."""
@@ -309,12 +325,17 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
                 PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
                 "kd": kd_summary(t.user_attrs.get(KD_ATTR, {})),
                 "init": init_summary(t.user_attrs.get(INIT_ATTR, {})),
-                "reason": t.user_attrs.get(FAILURE_ATTR)
-                or t.user_attrs.get(PRUNED_ATTR)
-                or (
-                    f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
-                    if DUPLICATE_ATTR in t.user_attrs
-                    else ""
+                "slice_metric": (t.user_attrs.get(SLICE_METRIC_ATTR) or {}).get("value"),
+                "reason": "; ".join(
+                    reason
+                    for reason in (
+                        t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR),
+                        f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
+                        if DUPLICATE_ATTR in t.user_attrs
+                        else None,
+                        *collapse_notes(t.user_attrs),
+                    )
+                    if reason
                 ),
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 METRICS = ("accuracy", "f1", "mcc")
@@ -48,6 +49,26 @@ def score(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
     if metric not in functions:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     return functions[metric](preds, labels)
+
+
+def collapse_reason(
+    metric: str, value: float, preds: Sequence[int], labels: Sequence[int], label_names: Sequence[str] = ()
+) -> str | None:
+    """Why a model with these eval predictions has collapsed, or None when it has not: it predicts one class for every
+    example, or its ``value`` of ``metric`` is no better than always predicting the most frequent label. A model
+    scored on labels of one class cannot be told collapsed (None)."""
+    if len(set(labels)) < 2:
+        return None
+    predicted = set(preds)
+    if len(predicted) == 1:
+        only = next(iter(predicted))
+        name = f" ({label_names[only]})" if only < len(label_names) else ""
+        return f"predicts class {only}{name} for all {len(preds)} eval examples"
+    majority = Counter(labels).most_common(1)[0][0]
+    floor = score(metric, [majority] * len(labels), labels)
+    if value <= floor + 1e-9:
+        return f"{metric} {value:.4f} is no better than always predicting the majority class ({floor:.4f})"
+    return None
 
 
 def standard_error(metric: str, value: float, rows: int) -> float:

@@ -13,7 +13,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from kdnas.objectives.batches import Encoded, batch_at, index_batches, predict_logits
 from kdnas.objectives.isolation import training_step
-from kdnas.objectives.metrics import score
+from kdnas.objectives.metrics import collapse_reason, score
 from kdnas.objectives.precision import autocast, grad_scaler, resolve_precision
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -75,10 +75,13 @@ class Evaluation:
     """A model scored on an evaluation set: the task metric ``value``, and ``label_probability``, the mean probability
     the model gives each example's label (per class then averaged over classes unless the metric is accuracy) with
     that mean's standard error. The probability moves before the predictions do: students still predicting the
-    majority class early in training differ in it, not in the metric."""
+    majority class early in training differ in it, not in the metric. ``collapsed`` says why the predictions have
+    collapsed to one class or to the majority-class level (:func:`~kdnas.objectives.metrics.collapse_reason`), else
+    None."""
 
     value: float
     label_probability: tuple[float, float]
+    collapsed: str | None = None
 
 
 def label_probability(logits: torch.Tensor, labels: torch.Tensor, *, balanced: bool) -> tuple[float, float]:
@@ -91,10 +94,15 @@ def label_probability(logits: torch.Tensor, labels: torch.Tensor, *, balanced: b
     return float(means.mean()), float(variances.sum().sqrt() / len(groups))
 
 
-def evaluation_of(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> Evaluation:
-    """A model's ``logits`` on an evaluation set with ``labels``, scored by ``metric`` and by its label probability."""
+def evaluation_of(
+    logits: torch.Tensor, labels: torch.Tensor, metric: str, label_names: tuple[str, ...] = ()
+) -> Evaluation:
+    """A model's ``logits`` on an evaluation set with ``labels``, scored by ``metric`` and by its label probability,
+    and checked for collapse (``label_names`` name the class it collapsed to)."""
     probability = label_probability(logits, labels, balanced=metric != "accuracy")
-    return Evaluation(score(metric, logits.argmax(dim=-1).tolist(), labels.tolist()), probability)
+    preds, truth = logits.argmax(dim=-1).tolist(), labels.tolist()
+    value = score(metric, preds, truth)
+    return Evaluation(value, probability, collapse_reason(metric, value, preds, truth, label_names))
 
 
 def evaluate(

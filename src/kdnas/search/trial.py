@@ -5,6 +5,7 @@ Also the public way to train one student outside a search (:func:`prepare_studen
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from kdnas.outputs import missing_student_files
 from kdnas.records import (
     ARCH_ATTR,
     ARCH_SUMMARY_ATTR,
+    COLLAPSED_ATTR,
     ENCODER_PARAMS_ATTR,
     EPOCHS_TRAINED_ATTR,
     FLOPS_ATTR,
@@ -38,6 +40,8 @@ from kdnas.records import (
     LEARNING_RATE_ATTR,
     NODE_ATTR,
     PARAMS_CONSTRAINT,
+    RESTART_ATTR,
+    SLICE_METRIC_ATTR,
     STUDENT_PATH_ATTR,
     TEACHERS_ATTR,
     TRAIN_DEVICE_ATTR,
@@ -55,6 +59,8 @@ from kdnas.teachers.loading import load_tokenizer
 
 if TYPE_CHECKING:
     from kdnas.data import TaskData
+
+logger = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -194,6 +200,41 @@ def _intermediate(
     return distiller.to_device(device)
 
 
+class _Collapsed(Exception):
+    """A student's predictions collapsed after its first epoch (the message says how)."""
+
+
+def slice_metric(model: torch.nn.Module, inputs: TrialInputs, device: torch.device, precision: str) -> dict[str, float]:
+    """The student as initialised (sliced out of the teacher, or random), scored on the eval split before training."""
+    started = time.perf_counter()
+    logits = predict_logits(model, inputs.eval, device=device, precision=precision)
+    scored = evaluation_of(logits, inputs.eval.labels, inputs.metric)
+    return {
+        "value": scored.value,
+        "label_probability": round(scored.label_probability[0], 6),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CPU random state, and the device's when it is a GPU (dropout there draws from its own generator)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _distillation(
+    kd: KDConfig, arch: StudentArch, model: torch.nn.Module, inputs: TrialInputs, device: torch.device
+) -> Distillation:
+    """The trial's loss, afresh: the cached teacher logits and, with intermediate KD, new projections."""
+    intermediate = _intermediate(kd, arch, model, inputs, device)
+    return Distillation(kd, inputs.teacher_logits.to(device), intermediate, labels=inputs.train.labels)
+
+
 def run_trial(
     params: dict[str, Any],
     inputs: TrialInputs,
@@ -236,45 +277,57 @@ def run_trial(
     init = initialise(model, inputs)
     device = torch.device(device)
     precision = resolve_precision(config.training.precision, device)
+    sliced = slice_metric(model, inputs, device, precision)
+    initial_weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    initial_rng = _rng_state(device)  # a restart draws what the first attempt drew: only its learning rate differs
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
-    rate, rows = learning_rate(config, params, init), training_rows(kd, inputs)
-    distillation = Distillation(
-        kd, inputs.teacher_logits.to(device), _intermediate(kd, arch, model, inputs, device), labels=inputs.train.labels
-    )
-    wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
-    restore_attention = expose_attention(model) if wants_attentions else None
+    rows = training_rows(kd, inputs)
+    restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
+    rate = learning_rate(config, params, init) / (2 if restart else 1)
+    distillation = _distillation(kd, arch, model, inputs, device)
     if resume is not None and "loss" in resume:
         distillation.load_state(resume["loss"])
+    wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
+    restore_attention = expose_attention(model) if wants_attentions else None
 
     latest = TrialReport(latency_ms=latency.median_ms)
     last_state: dict[str, Any] = {}
     curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
     seconds_before = curve[-1][2] if curve else 0.0  # trained before a restart, as its checkpoint recorded
 
+    def progress_attrs(epoch: float) -> dict[str, Any]:
+        """The attrs of the student trained so far (what a scheduler stopping it here keeps)."""
+        return {
+            **cost,
+            INIT_ATTR: init,
+            SLICE_METRIC_ATTR: sliced,
+            LEARNING_RATE_ATTR: rate,
+            EPOCHS_TRAINED_ATTR: epoch,
+            LEARNING_CURVE_ATTR: list(curve),
+            **({RESTART_ATTR: restart} if restart else {}),
+        }
+
     def judge(epoch: float) -> TrialReport:
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
         logits = predict_logits(model, inputs.eval, device=device, precision=precision)
-        scored = evaluation_of(logits, inputs.eval.labels, metric)
+        scored = evaluation_of(logits, inputs.eval.labels, metric, inputs.label_names)
         value, probability = scored.value, scored.label_probability
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
         seconds = round(seconds_before + time.time() - started_at, 3)
         curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
-        stopped_attrs = {  # if stopped here
-            **cost,
-            INIT_ATTR: init,
-            LEARNING_RATE_ATTR: rate,
-            EPOCHS_TRAINED_ATTR: epoch,
-            LEARNING_CURVE_ATTR: list(curve),
-        }
-        return TrialReport(value, latency.median_ms, epoch, attrs=stopped_attrs, label_probability=probability)
+        attrs = {**progress_attrs(epoch), **({COLLAPSED_ATTR: scored.collapsed} if scored.collapsed else {})}
+        return TrialReport(value, latency.median_ms, epoch, attrs=attrs, label_probability=probability)
 
     def on_epoch(epoch: int) -> None:
         nonlocal latest
         latest = judge(epoch)
+        if epoch == 1 and restart is None and training.restart_collapsed and COLLAPSED_ATTR in latest.attrs:
+            raise _Collapsed(latest.attrs[COLLAPSED_ATTR])  # before its report: Tune sees the restart's epoch 1
+        state = {**last_state, "curve": list(curve), **({"restart": restart} if restart else {})}
         if epoch < training.epochs and checkpoint is not None:
-            checkpoint(latest.to_result(metric), {**last_state, "curve": list(curve)})
+            checkpoint(latest.to_result(metric), state)
         elif epoch < training.epochs:
             report(latest.to_result(metric))
 
@@ -282,28 +335,50 @@ def run_trial(
 
     def on_step(step: int, total_steps: int, loss: float) -> None:
         nonlocal latest
-        if step in mid_epoch:  # a rung inside an epoch: reported without a checkpoint (a retry redoes the epoch)
-            latest = judge(mid_epoch[step])
+        rung = mid_epoch.get(step)  # a rung inside an epoch: reported without a checkpoint (a retry redoes the epoch)
+        if rung is not None and not (restart is not None and rung <= 1):  # a restart's rungs in epoch 1 were reported
+            latest = judge(rung)
             report(latest.to_result(metric))
 
-    train(
-        model,
-        rows,
-        loss_fn=distillation,
-        extra_parameters=distillation.parameters(),
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        learning_rate=rate,
-        weight_decay=training.weight_decay,
-        warmup_ratio=training.warmup_ratio,
-        seed=training.seed,
-        device=device,
-        on_epoch=on_epoch,
-        on_step=on_step if mid_epoch else None,
-        state=resume,
-        on_state=None if checkpoint is None else lambda state: last_state.update(state, loss=distillation.state()),
-        precision=precision,
-    )
+    def keep_state(state: dict[str, Any]) -> None:
+        last_state.update(state, loss=distillation.state())
+
+    while True:
+        try:
+            train(
+                model,
+                rows,
+                loss_fn=distillation,
+                extra_parameters=distillation.parameters(),
+                epochs=training.epochs,
+                batch_size=training.batch_size,
+                learning_rate=rate,
+                weight_decay=training.weight_decay,
+                warmup_ratio=training.warmup_ratio,
+                seed=training.seed,
+                device=device,
+                on_epoch=on_epoch,
+                on_step=on_step if mid_epoch else None,
+                state=resume,
+                on_state=None if checkpoint is None else keep_state,
+                precision=precision,
+            )
+            break
+        except _Collapsed as collapsed:  # once: from the initial weights at half the learning rate
+            logger.warning(
+                "trial %d: %s after epoch 1; it trains again at half the learning rate", trial_number, collapsed
+            )
+            restart = {
+                "reason": str(collapsed),
+                "after_epoch": 1,
+                "metric": latest.value,
+                LEARNING_RATE_ATTR: rate,
+                LEARNING_CURVE_ATTR: list(curve),
+            }
+            rate, curve[:] = rate / 2, []
+            model.load_state_dict(initial_weights)
+            _set_rng_state(initial_rng, device)
+            distillation = _distillation(kd, arch, model, inputs, device)
     if restore_attention is not None:
         restore_attention()
     out = student_dir(inputs, trial_number)
@@ -313,22 +388,19 @@ def run_trial(
     if missing:  # save_pretrained only logs when ``out`` is not a usable directory
         raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
     attrs = {
-        **cost,
-        INIT_ATTR: init,
-        LEARNING_RATE_ATTR: rate,
+        **progress_attrs(training.epochs),
         TRAIN_ROWS_ATTR: {
             "labelled": len(inputs.train) - inputs.transfer_rows,
             "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows,
         },
         KD_ATTR: distillation.record(),
         TEACHERS_ATTR: list(inputs.teacher_names),
-        EPOCHS_TRAINED_ATTR: training.epochs,
         TRAIN_DEVICE_ATTR: str(device),
         TRAIN_PRECISION_ATTR: precision,
         TRAIN_STARTED_ATTR: started_at,
         TRAIN_FINISHED_ATTR: time.time(),
         STUDENT_PATH_ATTR: str(out),
-        LEARNING_CURVE_ATTR: curve,
+        **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
     }
     trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)
     report(trained.to_result(metric))
