@@ -43,6 +43,13 @@ class TransferConfig(_Section):
     replace_prob: float = Field(0.3, gt=0, le=1)
     neighbours: int = Field(8, ge=1)
     max_samples: int | None = Field(None, ge=1)
+    per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="transfer rows a student trains on per epoch, a fresh seeded sample each epoch beside every "
+        "labelled row (null: the whole transfer set every epoch), so a trial's cost stays bounded as the transfer "
+        "set grows",
+    )
 
 
 class DataConfig(_Section):

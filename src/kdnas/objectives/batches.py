@@ -99,21 +99,25 @@ def predict_logits(
     done, rows)`` runs after each batch. The forward pass autocasts to ``precision`` (see
     :func:`~kdnas.objectives.precision.resolve_precision`: ``auto`` is fp32 on the CPU, bf16 or fp16 on CUDA).
     It runs in eval mode and leaves ``model`` in the mode it found it (a model evaluated mid-training trains on), on
-    ``device``: moved there before inference mode starts, so a model trained afterwards keeps trainable weights."""
+    ``device``: moved there before inference mode starts, so a model trained afterwards keeps trainable weights.
+    Rows are batched by length, longest first, so each batch is trimmed to rows of nearly its own length (padding
+    is masked: the logits are those of row-order batches, up to float rounding)."""
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
     precision = resolve_precision(precision, device)
+    by_length = torch.argsort(data.attention_mask.sum(dim=1), descending=True, stable=True)
     outputs, done = [], 0
     try:
         with torch.inference_mode():
-            for index in index_batches(len(data), batch_size, shuffle=False):
+            for index in by_length.split(batch_size):
                 with training_step(), autocast(precision, device):  # no latency is measured on this node meanwhile
                     logits = model(**batch_at(data, index, device)).logits
                 outputs.append(logits.float().cpu())
                 done += len(index)
                 if on_batch is not None:
                     on_batch(done, len(data))
-            return torch.cat(outputs)
+            logits = torch.cat(outputs)
+            return torch.empty_like(logits).index_copy_(0, by_length, logits)
     finally:
         model.train(was_training)

@@ -119,6 +119,24 @@ def evaluate(
     return evaluation_of(logits, data.labels, metric).value
 
 
+@dataclass(frozen=True)
+class EpochRows:
+    """The rows one epoch trains on: every one of the first ``always`` rows (the labelled ones) and a fresh random
+    ``draw`` of the rest (the transfer set), so an epoch's cost is bounded however large the transfer set grows."""
+
+    always: int
+    draw: int
+
+    def __len__(self) -> int:
+        return self.always + self.draw
+
+    def order(self, rows: int, generator: torch.Generator) -> torch.Tensor:
+        """This epoch's row indices into ``rows`` rows, shuffled with ``generator``."""
+        drawn = self.always + torch.randperm(rows - self.always, generator=generator)[: self.draw]
+        chosen = torch.cat([torch.arange(self.always), drawn])
+        return chosen[torch.randperm(len(chosen), generator=generator)]
+
+
 def steps_per_epoch(rows: int, batch_size: int) -> int:
     """The optimisation steps in one pass over ``rows`` examples (the last batch may be short)."""
     return math.ceil(rows / batch_size)
@@ -142,8 +160,10 @@ def train(
     on_state: Callable[[dict], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     precision: str = "auto",
+    epoch_rows: EpochRows | None = None,
 ) -> None:
-    """Train ``model`` for ``epochs`` passes over ``data`` (a fractional last pass is allowed).
+    """Train ``model`` for ``epochs`` passes over ``data`` (a fractional last pass is allowed); with ``epoch_rows``,
+    each pass is over the rows it draws afresh (e.g. all labelled rows and a sample of the transfer set).
 
     ``on_epoch(epoch)`` runs after each full epoch (1-based), e.g. to evaluate and report.
     ``extra_parameters`` (e.g. the loss's own projections) are optimised alongside the model's.
@@ -161,7 +181,7 @@ def train(
     precision = resolve_precision(precision, device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
-    per_epoch = steps_per_epoch(len(data), batch_size)
+    per_epoch = steps_per_epoch(len(data) if epoch_rows is None else len(epoch_rows), batch_size)
     total_steps = max(1, math.ceil(per_epoch * epochs))
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters or [])
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -184,7 +204,11 @@ def train(
     for epoch in range(first_epoch, math.ceil(epochs) + 1):
         model.train()
         losses = []
-        for index in index_batches(len(data), batch_size, shuffle=True, generator=generator):
+        if epoch_rows is None:
+            batches = index_batches(len(data), batch_size, shuffle=True, generator=generator)
+        else:
+            batches = iter(epoch_rows.order(len(data), generator).split(batch_size))
+        for index in batches:
             if step >= total_steps:
                 break
             with training_step():  # no latency is measured on this node during a step

@@ -53,6 +53,7 @@ def config_fingerprint(config: KDNASConfig) -> dict[str, Any]:
     return {
         "data.metric": config.data.metric,
         "data.max_seq_length": config.data.max_seq_length,
+        "data.transfer.per_epoch": config.data.transfer.per_epoch,
         "latency.device": f"{device.type}: {device_name(device)}",
         "latency.batch_size": latency.batch_size,
         "latency.seq_len": config.latency_seq_len,

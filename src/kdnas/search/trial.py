@@ -23,7 +23,7 @@ from kdnas.objectives.intermediate import IntermediateDistiller, expose_attentio
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.precision import resolve_precision
-from kdnas.objectives.training import evaluation_of, train
+from kdnas.objectives.training import EpochRows, evaluation_of, train
 from kdnas.outputs import missing_student_files
 from kdnas.records import (
     ARCH_ATTR,
@@ -186,6 +186,15 @@ def training_rows(kd: KDConfig, inputs: TrialInputs) -> Encoded:
     return inputs.train
 
 
+def epoch_rows(config: KDNASConfig, inputs: TrialInputs, rows: Encoded) -> EpochRows | None:
+    """Each epoch's rows when ``data.transfer.per_epoch`` samples the transfer set (None: every row every epoch)."""
+    per_epoch = config.data.transfer.per_epoch
+    labelled = len(inputs.train) - inputs.transfer_rows
+    if per_epoch is None or len(rows) - labelled <= per_epoch:
+        return None
+    return EpochRows(labelled, per_epoch)
+
+
 def _intermediate(
     kd: KDConfig, arch: StudentArch, model: torch.nn.Module, inputs: TrialInputs, device: torch.device
 ) -> IntermediateDistiller | None:
@@ -283,6 +292,7 @@ def run_trial(
     started_at = time.time()
     kd, training = kd_recipe(config.kd, params), config.training
     rows = training_rows(kd, inputs)
+    sampled = epoch_rows(config, inputs, rows)
     restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
     rate = learning_rate(config, params, init) / (2 if restart else 1)
     distillation = _distillation(kd, arch, model, inputs, device)
@@ -331,7 +341,7 @@ def run_trial(
         elif epoch < training.epochs:
             report(latest.to_result(metric))
 
-    mid_epoch = mid_epoch_steps(config, len(rows))
+    mid_epoch = mid_epoch_steps(config, len(rows) if sampled is None else len(sampled))
 
     def on_step(step: int, total_steps: int, loss: float) -> None:
         nonlocal latest
@@ -362,6 +372,7 @@ def run_trial(
                 state=resume,
                 on_state=None if checkpoint is None else keep_state,
                 precision=precision,
+                epoch_rows=sampled,
             )
             break
         except _Collapsed as collapsed:  # once: from the initial weights at half the learning rate
@@ -392,6 +403,7 @@ def run_trial(
         TRAIN_ROWS_ATTR: {
             "labelled": len(inputs.train) - inputs.transfer_rows,
             "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows,
+            **({"transfer_per_epoch": sampled.draw} if sampled else {}),
         },
         KD_ATTR: distillation.record(),
         TEACHERS_ATTR: list(inputs.teacher_names),
