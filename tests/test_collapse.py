@@ -25,6 +25,7 @@ from kdnas.records import (
     TrialReport,
 )
 from kdnas.search import trial as trial_mod
+from kdnas.search.checkpoint import load_state, save_state
 from kdnas.search.trial import TrialInputs, run_trial
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
@@ -187,3 +188,32 @@ def test_a_student_at_the_majority_level_is_collapsed_under_every_metric(metric)
     assert collapse_reason(metric, -1.0 if metric == "mcc" else 0.0, [1] * 100, labels) is not None
     preds = [0] * 55 + [1] * 5 + [1] * 35 + [0] * 5
     assert collapse_reason(metric, score(metric, preds, labels), preds, labels) is None
+
+
+def test_a_restarted_student_resumed_from_its_checkpoint_keeps_its_restart_and_half_rate(tmp_path, monkeypatch):
+    real = trial_mod.evaluation_of
+    calls = []
+
+    def first_epoch_collapses(*args, **kwargs):
+        scored = real(*args, **kwargs)
+        calls.append(1)
+        return trial_mod.replace(scored, collapsed="predicts class 0 (neg)") if len(calls) == 2 else scored
+
+    monkeypatch.setattr(trial_mod, "evaluation_of", first_epoch_collapses)
+    saved = tmp_path / "checkpoint"
+
+    def checkpoint(metrics: dict, state: dict) -> None:  # as the trainable does: on disk, at once
+        save_state(state, saved)
+
+    reports: list[dict] = []
+    inputs = _inputs(tmp_path, "whole")
+    run_trial(ARCH, inputs, trial_number=0, device="cpu", report=reports.append, checkpoint=checkpoint)
+    resumed: list[dict] = []
+    state = load_state(saved)
+    assert state["restart"]["reason"] == "predicts class 0 (neg)"
+    run_trial(ARCH, _inputs(tmp_path, "resumed"), trial_number=0, device="cpu", report=resumed.append, resume=state)
+    record = TrialReport.from_result(resumed[-1], "accuracy")
+    assert record.attrs[RESTART_ATTR]["reason"] == "predicts class 0 (neg)"
+    assert record.attrs[LEARNING_RATE_ATTR] == RATE / 2 and [r["epoch"] for r in resumed] == [2]
+    whole, rest = _weights(tmp_path, "whole"), _weights(tmp_path, "resumed")
+    assert all(torch.equal(whole[k], rest[k]) for k in whole)
