@@ -183,6 +183,18 @@ class SpaceConfig(_Section):
     _check_choices = field_validator("heads", "head_dim", "ffn_ratio")(_positive_choices)
 
 
+class ElasticConfig(_Section):
+    """Train the importance-sorted inheritance teacher once per study as an elastic network, and slice every student
+    out of it instead of the teacher (DynaBERT, Once-for-All)."""
+
+    enabled: bool = Field(False, description="train the elastic network before the first trial")
+    epochs: float = Field(1.0, gt=0, description="passes over the labelled rows and the transfer set")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW's peak rate (linear warm-up over a tenth, then decay)")
+    random_students: int = Field(
+        2, ge=0, description="students drawn from the space each step beside its largest and its smallest"
+    )
+
+
 class InheritConfig(_Section):
     """Slice every student out of a BERT teacher that uses the students' vocabulary (Minitron / DynaBERT style)."""
 
@@ -191,6 +203,7 @@ class InheritConfig(_Section):
     layers: Literal["uniform", "importance", "first", "last"] = "uniform"
     one_layer: Literal["auto", "first", "last"] = "auto"
     calibration_size: int = Field(512, ge=1)
+    elastic: ElasticConfig = ElasticConfig()
 
 
 class StudentConfig(_Section):

@@ -257,7 +257,8 @@ def init_summary(record: dict[str, Any]) -> str:
     if record.get("init") == "random":
         return "random"
     layers = ",".join(str(i) for i in record.get("layers", []))
-    label = f"{record['init']} from {record.get('teacher')}" + (f" (layers {layers})" if layers else "")
+    source = f"{record.get('teacher')}'s elastic network" if record.get("elastic") else record.get("teacher")
+    label = f"{record['init']} from {source}" + (f" (layers {layers})" if layers else "")
     randomised = record.get("random") or {}
     return label + (f"; random: {', '.join(randomised)}" if randomised else "")
 

@@ -155,8 +155,8 @@ def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
         "fingerprint": fingerprint,
         "seed": inputs.config.training.seed,
         "importance": source.cache_file if source else None,
-        "train": _digest(inputs.train),
-        "eval": _digest(inputs.eval),
+        "train": digest(inputs.train),
+        "eval": digest(inputs.eval),
         "transfer_rows": inputs.transfer_rows,
         "student": arch.to_dict(),
         "steps": CALIBRATION_STEPS,
@@ -164,7 +164,8 @@ def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _digest(data: Encoded) -> str:
+def digest(data: Encoded) -> str:
+    """A content hash of tokenised rows (their ids and labels)."""
     digest = hashlib.sha256()
     for tensor in (data.input_ids, data.labels):
         digest.update(tensor.contiguous().numpy().tobytes())

@@ -19,6 +19,7 @@ from kdnas.objectives.latency import resolve_device
 from kdnas.outputs import writable_dir
 from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEACHERS_ATTR, TASK_ATTR, TRANSFER_ATTR
 from kdnas.search import local_ray
+from kdnas.search.elastic_phase import elastic_inputs
 from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
 from kdnas.search.inputs import check_budgets_reachable, inheritance_record, prepare_inputs, transfer_set
 from kdnas.search.one_layer import choose_one_layer
@@ -102,6 +103,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     inputs = prepare_inputs(config, task, teacher_logits, transfer)
     check_budgets_reachable(inputs)
     inputs = choose_one_layer(inputs, output_dir / "cache")  # trains: only once the budgets are known reachable
+    inputs = elastic_inputs(inputs, output_dir / "cache")
     # the inputs are checked: only now is the study created (or a pre-fingerprint study given its fingerprint)
     storage = storage or open_storage(url)
     study = create_or_load_study(config, storage, fingerprint)

@@ -428,10 +428,12 @@ def prepare_students(config: KDNASConfig, task: TaskData | None = None) -> Trial
     Loads ``config``'s task (unless ``task`` is given), fits the teachers that are not fitted yet, builds the transfer
     set, reads the teachers' logits from ``<output_dir>/cache`` (computing and caching them when missing), tokenises
     the task for the students and loads the intermediate-KD teachers and the inheritance source (with the teacher
-    layer one-layer students take, :func:`~kdnas.search.one_layer.choose_one_layer`).
+    layer one-layer students take, :func:`~kdnas.search.one_layer.choose_one_layer`, and the elastic network when
+    ``student.inherit.elastic`` is on, :func:`~kdnas.search.elastic_phase.elastic_inputs`).
     """
     from kdnas.data import load_task
     from kdnas.outputs import writable_dir
+    from kdnas.search.elastic_phase import elastic_inputs
     from kdnas.search.inputs import prepare_inputs, transfer_set
     from kdnas.search.one_layer import choose_one_layer
     from kdnas.teachers.fitting import fit_teachers
@@ -442,7 +444,8 @@ def prepare_students(config: KDNASConfig, task: TaskData | None = None) -> Trial
     fit_teachers(config, task)
     transfer = transfer_set(config, task)
     _, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
-    return choose_one_layer(prepare_inputs(config, task, teacher_logits, transfer), output_dir / "cache")
+    inputs = choose_one_layer(prepare_inputs(config, task, teacher_logits, transfer), output_dir / "cache")
+    return elastic_inputs(inputs, output_dir / "cache")
 
 
 def train_student(

@@ -131,6 +131,7 @@ class InheritanceSource:
     calibration: int = 0  # examples the importance was ranked on
     cache_file: str = ""
     one_layer: OneLayerChoice | None = None  # None: one-layer students take the first layer
+    elastic: dict[str, Any] | None = None  # the elastic network's training record, when ``state`` holds its weights
 
     @property
     def one_layer_index(self) -> int:
@@ -156,6 +157,7 @@ class InheritanceSource:
             },
             "importance": self.importance.summary(),
             "one_layer": None if self.one_layer is None else self.one_layer.record(),
+            "elastic": self.elastic,
         }
 
 
@@ -203,6 +205,8 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
     heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
     ffn, positions = config.intermediate_size, config.max_position_embeddings
     record: dict[str, Any] = {"teacher": source.teacher, "rule": source.rule}
+    if source.elastic is not None:
+        record["elastic"] = True
     if width > source.hidden_size:
         return {
             **record,
