@@ -161,3 +161,31 @@ def screenshot(html_path: Path, png_path: Path) -> str | None:
     if not png_path.exists():
         return None
     return str(png_path.relative_to(REPO)) if png_path.is_relative_to(REPO) else str(png_path)
+
+
+TASK_DATA = {"sst2": ("train.tsv", "dev.tsv"), "banking77": ("train.tsv", "test.tsv")}
+
+
+def task_config(name: str, task: str, *, data: str | None, train_samples: int | None, output_dir: str) -> Any:
+    """The kdnas config of ``task`` with ``output_dir``: the built-in demo; ``sst2`` (:func:`sst2_sections`, the
+    MiniLM teacher fitted on the same ``train_samples`` rows for 1 epoch); or ``banking77``
+    (``examples/banking77.yaml``, every label unless ``train_samples``). The data is read from ``data`` (default
+    ``../shared/data/<task>`` beside the checkout); without it benchmark ``name`` is skipped cleanly."""
+    if task == "demo":
+        return kdnas.load_config({"output_dir": output_dir})
+    directory = Path(data or REPO / ".." / "shared" / "data" / task).resolve()
+    train, evaluation = TASK_DATA[task]
+    if not (directory / train).is_file() or not (directory / evaluation).is_file():
+        skip(name, f"no {task} {train}/{evaluation} in {directory} (pass --data)")
+    if task == "sst2":
+        return kdnas.load_config(
+            {"output_dir": output_dir, **sst2_sections(directory, train_samples or 2000, gpt2_teacher=False)}
+        )
+    overrides = [
+        f"output_dir={output_dir}",
+        f"data.train_file={directory / train}",
+        f"data.validation_file={directory / evaluation}",
+    ]
+    if train_samples:
+        overrides.append(f"data.max_train_samples={train_samples}")
+    return kdnas.load_config(REPO / "examples" / "banking77.yaml", overrides)

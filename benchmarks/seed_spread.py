@@ -7,11 +7,11 @@ restart) and on (the default). Per seed: the final metric, the slice's metric be
 collapsed with the restart, and the range is halved.
 
     python benchmarks/seed_spread.py [--task demo|sst2|banking77] [--arch 4,4,32,1] [--seeds 0 1 2 3 4]
-        [--train-samples N] [--data DIR] [--output-dir runs/seed-spread-<task>] [--out FILE]
+        [--train-samples N] [--learning-rate R] [--data DIR] [--output-dir runs/seed-spread-<task>] [--out FILE]
 
 ``demo`` (the default) is the built-in demo task, whose ``L4-H128-A4-F128`` collapsed to one class on seed 0 in the
-2026-12-05 fresh-clone demo. ``sst2`` and ``banking77`` read ``../shared/data`` beside the checkout (or ``--data``) and
-fine-tune the MiniLM teacher on the same ``--train-samples`` rows (skipped cleanly without the data).
+2026-12-05 fresh-clone demo; ``sst2`` and ``banking77`` read ``../shared/data`` beside the checkout (or ``--data``;
+skipped cleanly without it), see ``_common.task_config``.
 """
 
 from __future__ import annotations
@@ -27,30 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
-from _common import REPO, parse_student, skip, write_result
+from _common import REPO, TASK_DATA, parse_student, task_config, write_result
 
 NAME = "seed_spread"
-DATA = {"sst2": ("train.tsv", "dev.tsv"), "banking77": ("train.tsv", "test.tsv")}
-
-
-def task_sections(task: str, data: str | None, train_samples: int | None) -> dict[str, Any]:
-    """The config sections of ``task``: the demo's defaults, or a TSV task with the MiniLM teacher fitted on it."""
-    if task == "demo":
-        return {}
-    directory = Path(data or REPO / ".." / "shared" / "data" / task).resolve()
-    train, evaluation = DATA[task]
-    if not (directory / train).is_file() or not (directory / evaluation).is_file():
-        skip(NAME, f"no {task} {train}/{evaluation} in {directory} (pass --data)")
-    return {
-        "data": {
-            "source": "files",
-            "train_file": str(directory / train),
-            "validation_file": str(directory / evaluation),
-            "max_seq_length": 64,
-            "max_train_samples": train_samples,
-        },
-        "teachers": [{"name": "minilm", "model": "minilm", "fit": {"epochs": 3, "learning_rate": 5e-5}}],
-    }
 
 
 def train_seed(inputs: Any, arch: dict[str, int], seed: int, restart: bool) -> dict[str, Any]:
@@ -87,22 +66,21 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["demo", *DATA], default="demo")
+    parser.add_argument("--task", choices=["demo", *TASK_DATA], default="demo")
     parser.add_argument("--arch", default="4,4,32,1", help="layers,heads,head_dim,ffn_ratio (default L4-H128-A4-F128)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--train-samples", type=int)
+    parser.add_argument("--learning-rate", type=float, help="training.learning_rate (default: kdnas's per-init rate)")
     parser.add_argument("--data", help="the task's folder (default ../shared/data/<task> beside the checkout)")
     parser.add_argument("--output-dir")
     parser.add_argument("--out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     output_dir = args.output_dir or str(REPO / "runs" / f"seed-spread-{args.task}")
-    config = kdnas.load_config(
-        {
-            "output_dir": output_dir,
-            "search": {"study_name": NAME},
-            **task_sections(args.task, args.data, args.train_samples),
-        }
+    config = task_config(NAME, args.task, data=args.data, train_samples=args.train_samples, output_dir=output_dir)
+    training = config.training.model_copy(update={"learning_rate": args.learning_rate})
+    config = config.model_copy(
+        update={"search": config.search.model_copy(update={"study_name": NAME}), "training": training}
     )
     arch = parse_student(args.arch)
     started = time.perf_counter()
@@ -114,6 +92,7 @@ def main() -> None:
     }
     result = {
         "task": args.task,
+        "learning_rate": args.learning_rate,
         "arch": args.arch,
         "seeds": args.seeds,
         "train_rows": len(inputs.train),
