@@ -58,6 +58,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "ragged.tsv").write_text("sentence\tlabel\nit was good\t1\nit was bad\n")
     (root / "empty.csv").write_text("sentence,label\n")
     (root / "ok.csv").write_text("sentence,label\nit was good,1\nit was bad,0\n")
+    (root / "twice.yaml").write_text("training:\n  epochs: 3\nsearch:\n  n_trials: 2\ntraining:\n  batch_size: 8\n")
     return {"root": root}
 
 
@@ -102,6 +103,14 @@ CASES = {
     "negative time budget": (
         ["search", "--time-budget-s", "-5"],
         "search.time_budget_s: Input should be greater than 0",
+    ),
+    "a config section written twice": (
+        ["search", "--config", "{root}/twice.yaml"],
+        "twice.yaml: key 'training' appears twice (lines 1 and 5)",
+    ),
+    "an override with a key written twice": (
+        ["search", "--set", "search={n_trials: 2, n_trials: 3}"],
+        "key 'n_trials' appears twice (line 1)",
     ),
     "missing config file": (
         ["search", "--config", "/nonexistent/kdnas.yaml"],

@@ -537,13 +537,42 @@ def build_config(raw: dict[str, Any]) -> KDNASConfig:
         raise ConfigError(_error_line(err)) from None
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping holds one key twice (PyYAML would silently keep the last)."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
+        lines = f"line {first_line}" if first_line == second_line else f"lines {first_line} and {second_line}"
+        super().__init__(f"key {key!r} appears twice ({lines})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds a key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_yaml(text: str) -> Any:
+    """``text`` parsed as YAML by the safe loader, a key written twice in one mapping refused."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``section.key=value`` (value in YAML syntax) into a key path and a value."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     try:
-        parsed = yaml.safe_load(value)
+        parsed = safe_yaml(value)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r}: {err}") from None
     except yaml.YAMLError:
         raise ConfigError(f"override {text!r}: value is not valid YAML") from None
     return key.strip().split("."), parsed
@@ -572,7 +601,9 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: It
         except OSError as err:
             raise ConfigError(f"cannot read config {source}: {err.strerror}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = safe_yaml(text)
+        except DuplicateKeyError as err:
+            raise ConfigError(f"config {source}: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
