@@ -185,6 +185,10 @@ CASES = {
     "output_dir is a file": (["search", "--output-dir", "{root}/ok.csv"], "output_dir: "),
     "output_dir cannot be created": (["search", "--output-dir", "{root}/ok.csv/run"], "output_dir: cannot write to"),
     "report --out is a file": (["report", "--out", "{root}/ok.csv"], "--out: "),
+    "export into a directory holding another model": (
+        ["export", "--trial", "0", "--out", "{root}/three-labels"],
+        "three-labels is not empty (config.json, model.safetensors, ",  # then the tokenizer's files
+    ),
     "export --out is a file": (["export", "--trial", "0", "--out", "{root}/ok.csv"], "--out: "),
     "report without a study database": (
         ["report", "--storage", "sqlite:///{root}/nowhere/study.db"],

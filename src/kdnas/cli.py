@@ -180,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
-    from kdnas.export import export_trial, saved_student
+    from kdnas.export import check_export_target, export_trial, saved_student
     from kdnas.records import ARCH_SUMMARY_ATTR, COLLAPSED_ATTR
 
     study = _study(config)
@@ -201,12 +201,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"warning: trial {trial.number} collapsed ({trial.user_attrs[COLLAPSED_ATTR]})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
     writable_dir(out, "--out" if args.out else "output_dir")
+    check_export_target(study, trial, out, args.overwrite)  # before any retraining
     retrained = None
     if args.retrain and trial.state == TrialState.COMPLETE and saved_student(trial) is None:
         from kdnas.search.retrain import retrain_student
 
         retrained = retrain_student(study, trial, epochs=args.epochs)
-    export_trial(study, trial, out, retrained=retrained)
+    export_trial(study, trial, out, retrained=retrained, overwrite=args.overwrite)
     value, latency_ms = (retrained.value, retrained.latency_ms) if retrained else trial.values
     print(
         f"exported trial {trial.number} ({trial.user_attrs.get(ARCH_SUMMARY_ATTR)})"
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the trial's saved weights are missing, train its architecture again with its recipe",
     )
     export.add_argument("--epochs", type=int, help="with --retrain: train this many epochs (default: the study's)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace the files of a non-empty --out (refused without it)"
+    )
     export.set_defaults(func=cmd_export)
 
     studies = commands.add_parser("studies", help="list the studies in the storage with their trial counts")

@@ -161,12 +161,38 @@ def saved_student(trial: FrozenTrial) -> Path | None:
     return None
 
 
+def check_export_target(study: optuna.Study, trial: FrozenTrial, out_dir: Path, overwrite: bool) -> None:
+    """Refuse to export into a directory that holds files other than an earlier export of this same trial, unless
+    ``overwrite`` (the files there are then replaced)."""
+    if not out_dir.is_dir() or overwrite:
+        return
+    held = sorted(f.name for f in out_dir.iterdir())
+    if not held:
+        return
+    record_file = out_dir / RECORD_FILE
+    try:
+        earlier = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    except (OSError, ValueError):
+        earlier = {}
+    if earlier.get("study") == study.study_name and earlier.get("trial") == trial.number:
+        return
+    shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+    raise ConfigError(f"--out {out_dir} is not empty ({shown}): pass --overwrite to replace what it holds")
+
+
 def export_trial(
-    study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, *, retrained: Retrained | None = None
+    study: optuna.Study,
+    trial: FrozenTrial,
+    out_dir: str | Path,
+    *,
+    retrained: Retrained | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Copy the trial's student (weights, config, tokenizer) to ``out_dir`` with a model card and its record.
 
     ``retrained`` (a student trained again from the trial) is exported instead of the saved one, with its own results.
+    A directory that holds anything but an earlier export of this trial is refused unless ``overwrite``, which
+    replaces the files it holds.
     """
     if trial.state != TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no student to export")
@@ -178,7 +204,13 @@ def export_trial(
             "architecture again with the trial's recipe"
         )
     out_dir = Path(out_dir)
+    if out_dir.resolve() == source.resolve():
+        raise ConfigError(f"--out {out_dir} is where trial {trial.number}'s student is saved: export it elsewhere")
+    check_export_target(study, trial, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.iterdir():  # an earlier export, or what --overwrite replaces: none of its files stays
+        if stale.is_file() or stale.is_symlink():
+            stale.unlink()
     for file in source.iterdir():
         if file.is_file():
             shutil.copy2(file, out_dir / file.name)
