@@ -58,6 +58,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "ragged.tsv").write_text("sentence\tlabel\nit was good\t1\nit was bad\n")
     (root / "empty.csv").write_text("sentence,label\n")
     (root / "ok.csv").write_text("sentence,label\nit was good,1\nit was bad,0\n")
+    (root / "zero.db").write_bytes(b"")
     (root / "twice.yaml").write_text("training:\n  epochs: 3\nsearch:\n  n_trials: 2\ntraining:\n  batch_size: 8\n")
     return {"root": root}
 
@@ -103,6 +104,14 @@ CASES = {
     "negative time budget": (
         ["search", "--time-budget-s", "-5"],
         "search.time_budget_s: Input should be greater than 0",
+    ),
+    "report on a 0-byte study file": (
+        ["report", "--storage", "sqlite:///{root}/zero.db"],
+        "zero.db is empty (run kdnas search first)",
+    ),
+    "studies on a 0-byte study file": (
+        ["studies", "--storage", "sqlite:///{root}/zero.db"],
+        "zero.db is empty (run kdnas search first)",
     ),
     "a config section written twice": (
         ["search", "--config", "{root}/twice.yaml"],
@@ -468,3 +477,14 @@ def test_a_latency_measured_under_contention_is_measured_again_and_never_cached(
     measured.append(result(0.7, 0.75))
     assert latency_cache.measure_cached(None, **kwargs).median_ms == 0.7
     assert latency_cache.measure_cached(None, **kwargs).cached
+
+
+def test_a_search_on_a_study_file_it_cannot_write_is_refused_up_front(existing_study, monkeypatch, capsys):
+    from kdnas.search import study as study_mod
+
+    file = existing_study.removeprefix("sqlite:///")
+    monkeypatch.setattr(study_mod.os, "access", lambda path, mode: str(path) != file)  # as for a non-root user
+    before = _snapshot(existing_study)
+    code = main(["search", "--storage", existing_study, "--study-name", "existing", *TINY_DATA])
+    assert code == 2 and f"the study storage {file} is not writable" in capsys.readouterr().err
+    assert _snapshot(existing_study) == before

@@ -51,10 +51,11 @@ def _load(args: argparse.Namespace) -> KDNASConfig:
     return config
 
 
-def _study(config: KDNASConfig):
+def _study(config: KDNASConfig, *, read_only: bool = True):
+    """The config's study; a SQLite file opened read-only unless the command writes to it (``read_only=False``)."""
     from kdnas.search.study import load_study
 
-    return load_study(config.storage_url, config.search.study_name)
+    return load_study(config.storage_url, config.search.study_name, read_only=read_only)
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -250,7 +251,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from kdnas.dashboards.launcher import check_can_listen, serve_dashboard
     from kdnas.search.study import mask_url
 
-    _study(config)  # a clear error when the study does not exist
+    _study(config, read_only=False)  # a clear error when the study does not exist; the dashboard writes notes
     check_can_listen(args.host, args.port)
     print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(config.storage_url)}", flush=True)
     try:
@@ -279,7 +280,7 @@ def cmd_retime(args: argparse.Namespace) -> int:
     from kdnas.dashboards.pareto import front_rows
     from kdnas.search.retime import retime_study
 
-    study = _study(config)
+    study = _study(config, read_only=False)
     record = retime_study(study, config, rounds=args.rounds)
     metric = (study.metric_names or [config.data.metric])[0]
     print(

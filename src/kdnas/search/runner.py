@@ -34,6 +34,7 @@ from kdnas.search.searcher import DeadlineStopper, make_searcher
 from kdnas.search.study import (
     HEARTBEAT_INTERVAL_S,
     check_comparable,
+    check_writable,
     create_or_load_study,
     find_study,
     mask_url,
@@ -76,6 +77,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     check_local_resources(config)
     teacher_tasks.check_local(config)
     url = config.storage_url
+    check_writable(url)
     storage = open_storage_if_exists(url)
     existing = find_study(storage, config.search.study_name) if storage else None
     fingerprint = config_fingerprint(config)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -150,15 +152,32 @@ def outcome_problem(trials: list[optuna.trial.FrozenTrial]) -> str | None:
     return f"no student completed ({len(trials)} trial(s): {shown or 'none ran'}{more})"
 
 
-def _missing_sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite ``url`` when it does not exist (opening it would create it), else None."""
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite ``url`` (None for other URLs, in-memory and URI-form SQLite)."""
     try:
         database = sqlalchemy.engine.make_url(url).database
     except sqlalchemy.exc.ArgumentError:
         return None
     if not url.startswith("sqlite") or not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return None if Path(database).exists() else Path(database)
+    return Path(database)
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ``url`` when it does not exist (opening it would create it), else None."""
+    file = _sqlite_file(url)
+    return None if file is None or file.exists() else file
+
+
+def check_writable(url: str) -> None:
+    """Refuse, up front, a SQLite study file (or its directory, where SQLite keeps its journal) that this process
+    cannot write: a search would otherwise fail at its first write as a lost connection."""
+    file = _sqlite_file(url)
+    if file is None or not file.exists():
+        return
+    for path in (file, file.resolve().parent):
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"the study storage {path} is not writable: a search needs to write its trials there")
 
 
 def open_storage_if_exists(url: str) -> RDBStorage | None:
@@ -172,17 +191,28 @@ def open_storage_if_exists(url: str) -> RDBStorage | None:
     return None
 
 
-def open_existing_storage(url: str) -> RDBStorage:
-    """:func:`open_storage` for readers: a SQLite file that does not exist is an error, never created."""
+def open_existing_storage(url: str, *, read_only: bool = False) -> RDBStorage:
+    """:func:`open_storage` for readers: a SQLite file that does not exist is an error, never created; with
+    ``read_only`` a SQLite file is opened read-only, so nothing (not even Optuna's schema) is ever written to it."""
     missing = _missing_sqlite_file(url)
     if missing is not None:
         raise ConfigError(f"no study storage at {mask_url(url)}: {missing} does not exist (run kdnas search first)")
-    return open_storage(url)
+    file = _sqlite_file(url)
+    if not read_only or file is None:
+        return open_storage(url)
+    if file.stat().st_size == 0:
+        raise ConfigError(f"no study storage at {mask_url(url)}: {file} is empty (run kdnas search first)")
+    try:
+        return open_storage(f"sqlite:///file:{quote(str(file.resolve()))}?mode=ro&uri=true")
+    except ConfigError as err:
+        reason = str(err).rsplit(": ", 1)[-1]
+        raise ConfigError(f"cannot read the study storage {file}: {reason}") from None
 
 
-def load_study(url: str, study_name: str) -> optuna.Study:
-    """Load an existing study, with a one-line error naming the study and the (masked) storage."""
-    storage = open_existing_storage(url)
+def load_study(url: str, study_name: str, *, read_only: bool = False) -> optuna.Study:
+    """Load an existing study, with a one-line error naming the study and the (masked) storage; ``read_only`` opens
+    a SQLite file read-only (:func:`open_existing_storage`)."""
+    storage = open_existing_storage(url, read_only=read_only)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -191,8 +221,8 @@ def load_study(url: str, study_name: str) -> optuna.Study:
 
 
 def study_summaries(url: str) -> list[dict]:
-    """One row per study in the storage: name, objectives, trial counts by state."""
-    storage = open_existing_storage(url)
+    """One row per study in the storage (a SQLite file opened read-only): name, objectives, trial counts by state."""
+    storage = open_existing_storage(url, read_only=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
