@@ -6,7 +6,8 @@ Also reported: how well each student's metric as sliced, before training (``slic
 (Spearman, over the trained students), the students that restarted after a collapsed first epoch or ended collapsed,
 and the seconds before the first student trained (teacher fit, logits, importance, calibration).
 
-    python benchmarks/p3a_banking77.py [--data DIR] [--trials 8] [--output-dir runs/p3a-banking77] [--out FILE]
+    python benchmarks/p3a_banking77.py [--data DIR] [--trials 8] [--time-budget-s S] [--output-dir runs/p3a-banking77]
+        [--out FILE]
 
 Skipped cleanly without the data (``../shared/data/banking77`` beside the checkout, or ``--data``). A rerun with the
 same output directory resumes the search and reuses the fitted teacher and its cached logits.
@@ -83,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="BANKING77 folder with train.tsv and test.tsv")
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--time-budget-s", type=float, help="search.time_budget_s (default: none, every trial trains)")
     parser.add_argument("--output-dir", default=str(REPO / "runs" / "p3a-banking77"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"{NAME}.json"))
     args = parser.parse_args()
@@ -97,11 +99,17 @@ def main() -> None:
             f"data.train_file={data / 'train.tsv'}",
             f"data.validation_file={data / 'test.tsv'}",
             f"search.n_trials={args.trials}",
+            *([f"search.time_budget_s={args.time_budget_s}"] if args.time_budget_s else []),
         ],
     )
     started = time.time()
     study = kdnas.run_search(config)
-    result = {"config": "examples/banking77.yaml", "trials": args.trials, **summarise(study, started)}
+    result = {
+        "config": "examples/banking77.yaml",
+        "trials": args.trials,
+        "time_budget_s": args.time_budget_s,
+        **summarise(study, started),
+    }
     result["seconds"] = round(time.time() - started, 1)
     out = write_result(args.out, result)
     best = result["best_at_speedup"]
