@@ -179,7 +179,7 @@ def test_a_collapsed_student_is_off_the_front_and_exported_only_when_named(tmp_p
     assert "warning: trial 0 collapsed (predicts class 0 (neg)" in done.stderr
     assert "collapsed (predicts class 0 (neg) for all 600 eval examples): kept off the Pareto front" in outcome["card"]
     html = (tmp_path / "out" / "report" / "report.html").read_text()
-    assert "kept off the Pareto front" in html
+    assert "kept off the Pareto front" in html and "collapsed (off the front)" in html  # table and plot
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1", "mcc"])

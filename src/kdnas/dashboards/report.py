@@ -54,12 +54,26 @@ def _hover(t: FrozenTrial, metric: str) -> str:
 
 
 def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | None = None) -> go.Figure:
-    """Metric vs measured latency: the front opaque and joined, dominated students faded, teachers as stars."""
+    """Metric vs measured latency: the front opaque and joined, dominated students faded, collapsed students as grey
+    crosses (never on the front), teachers as stars."""
     front = pareto_front(study)
     front_numbers = {t.number for t in front}
     complete = retimed(study, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    dominated = [t for t in complete if t.number not in front_numbers]
+    collapsed = [t for t in complete if COLLAPSED_ATTR in t.user_attrs]
+    dominated = [t for t in complete if t.number not in front_numbers and COLLAPSED_ATTR not in t.user_attrs]
     fig = go.Figure()
+    if collapsed:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.values[1] for t in collapsed],
+                y=[t.values[0] for t in collapsed],
+                mode="markers",
+                name="collapsed (off the front)",
+                marker={"size": 10, "symbol": "x", "color": "#999999"},
+                text=[f"{_hover(t, metric)}<br>collapsed: {t.user_attrs[COLLAPSED_ATTR]}" for t in collapsed],
+                hoverinfo="text",
+            )
+        )
     fig.add_trace(
         go.Scatter(
             x=[t.values[1] for t in dominated],
