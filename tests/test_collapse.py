@@ -44,7 +44,9 @@ def test_collapse_is_one_class_predicted_or_no_better_than_the_majority_class():
     assert collapse_reason("accuracy", 1.0, [1, 1], [1, 1]) is None  # one class in the labels: cannot tell
 
 
-def _inputs(tmp_path, name: str, *, rate: float = RATE, teacher: torch.Tensor | None = None) -> TrialInputs:
+def _inputs(
+    tmp_path, name: str, *, rate: float = RATE, teacher: torch.Tensor | None = None, teacher_values: tuple = ()
+) -> TrialInputs:
     generator = torch.Generator().manual_seed(3)
     ids = torch.randint(1000, 30000, (32, 8), generator=generator)
     data = Encoded(ids, torch.ones_like(ids), None, (ids[:, 0] > 15000).long())
@@ -55,9 +57,8 @@ def _inputs(tmp_path, name: str, *, rate: float = RATE, teacher: torch.Tensor | 
         "student": {"inherit": {"enabled": False}},
         "kd": {"alpha": 0.0 if teacher is not None else 0.5},
     }
-    logits = (
-        teacher if teacher is not None else torch.randn(1, len(data), 2, generator=torch.Generator().manual_seed(0))
-    )
+    knows_labels = 3.0 * torch.nn.functional.one_hot(data.labels, 2).float()[None] - 1.5  # a teacher that learnt
+    logits = teacher if teacher is not None else knows_labels
     return TrialInputs(
         config=build_config(raw),
         metric="accuracy",
@@ -67,6 +68,7 @@ def _inputs(tmp_path, name: str, *, rate: float = RATE, teacher: torch.Tensor | 
         teacher_names=("t",),
         teacher_logits=logits,
         students_dir=str(tmp_path / name),
+        teacher_values=teacher_values,
     )
 
 
@@ -109,14 +111,30 @@ def test_a_student_collapsed_after_its_first_epoch_trains_again_from_its_initial
     assert fresh[-1]["accuracy"] == reports[-1]["accuracy"]
 
 
-def test_a_student_still_collapsed_at_the_end_is_recorded_so(tmp_path):
-    always_neg = torch.tensor([8.0, -8.0]).expand(1, 32, 2).clone()  # a teacher that only ever says "neg"
+def test_a_student_still_collapsed_at_the_end_is_recorded_so(tmp_path, monkeypatch):
+    real = trial_mod.evaluation_of
+
+    def always_collapsed(*args, **kwargs):
+        return trial_mod.replace(real(*args, **kwargs), collapsed="predicts class 0 (neg) for all 32 eval examples")
+
+    monkeypatch.setattr(trial_mod, "evaluation_of", always_collapsed)
     reports: list[dict] = []
-    run_trial(ARCH, _inputs(tmp_path, "c", teacher=always_neg), trial_number=0, device="cpu", report=reports.append)
+    run_trial(ARCH, _inputs(tmp_path, "c"), trial_number=0, device="cpu", report=reports.append)
     record = TrialReport.from_result(reports[-1], "accuracy")
     assert record.completed and [r["epoch"] for r in reports] == [1, 2]
     assert record.attrs[COLLAPSED_ATTR] == "predicts class 0 (neg) for all 32 eval examples"
     assert record.attrs[RESTART_ATTR][LEARNING_RATE_ATTR] == RATE and record.attrs[LEARNING_RATE_ATTR] == RATE / 2
+
+
+def test_a_student_on_a_task_no_teacher_learned_is_not_told_collapsed(tmp_path):
+    always_neg = torch.tensor([8.0, -8.0]).expand(1, 32, 2).clone()  # a teacher that only ever says "neg"
+    inputs = _inputs(tmp_path, "c", teacher=always_neg, teacher_values=(0.4375,))  # below the eval majority level
+    reports: list[dict] = []
+    run_trial(ARCH, inputs, trial_number=0, device="cpu", report=reports.append)
+    record = TrialReport.from_result(reports[-1], "accuracy")
+    assert record.completed and record.value <= 0.6  # it learnt the teacher's one class: the task's level here
+    assert COLLAPSED_ATTR not in record.attrs and RESTART_ATTR not in record.attrs
+    assert record.attrs[LEARNING_RATE_ATTR] == RATE
 
 
 def test_every_trial_records_its_slices_metric_before_training(tmp_path):

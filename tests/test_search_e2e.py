@@ -163,7 +163,7 @@ def test_cli_reports_and_exports_from_the_study(searched, tmp_path):
         (["--trial", "1"], 1),
     ):
         chosen = subprocess.run(
-            base + ["export", *where, *selector, "--out", str(tmp_path / "by-selector")],
+            base + ["export", *where, *selector, "--out", str(tmp_path / "by-selector"), "--overwrite"],
             capture_output=True,
             text=True,
             timeout=300,

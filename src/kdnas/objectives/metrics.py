@@ -51,6 +51,12 @@ def score(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
     return functions[metric](preds, labels)
 
 
+def majority_level(metric: str, labels: Sequence[int]) -> float:
+    """``metric`` of always predicting the most frequent of ``labels``."""
+    majority = Counter(labels).most_common(1)[0][0]
+    return score(metric, [majority] * len(labels), labels)
+
+
 def collapse_reason(
     metric: str, value: float, preds: Sequence[int], labels: Sequence[int], label_names: Sequence[str] = ()
 ) -> str | None:
@@ -64,8 +70,7 @@ def collapse_reason(
         only = next(iter(predicted))
         name = f" ({label_names[only]})" if only < len(label_names) else ""
         return f"predicts class {only}{name} for all {len(preds)} eval examples"
-    majority = Counter(labels).most_common(1)[0][0]
-    floor = score(metric, [majority] * len(labels), labels)
+    floor = majority_level(metric, labels)
     if value <= floor + 1e-9:
         return f"{metric} {value:.4f} is no better than always predicting the majority class ({floor:.4f})"
     return None

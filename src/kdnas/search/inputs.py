@@ -113,10 +113,15 @@ def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None 
 
 
 def prepare_inputs(
-    config: KDNASConfig, task: TaskData, teacher_logits: torch.Tensor, transfer: TransferSet | None = None
+    config: KDNASConfig,
+    task: TaskData,
+    teacher_logits: torch.Tensor,
+    transfer: TransferSet | None = None,
+    teacher_values: tuple[float, ...] = (),
 ) -> TrialInputs:
     """Tokenise the task (and the transfer set, unlabelled) for students once, for every trial; load the
-    intermediate-KD teachers and the inheritance source."""
+    intermediate-KD teachers and the inheritance source. ``teacher_values`` are the teachers' metric on the eval
+    split (what tells a collapsed student from a task no teacher learned)."""
     tokenizer = load_tokenizer(config.student.tokenizer)
     max_length = config.data.max_seq_length
     train = encode(tokenizer, task.texts("train"), task.labels("train"), max_length)
@@ -135,6 +140,7 @@ def prepare_inputs(
         latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
         inherit=inheritance(config, task, Path(config.output_dir) / "cache"),
         transfer_rows=len(transfer) if transfer else 0,
+        teacher_values=teacher_values,
     )
 
 

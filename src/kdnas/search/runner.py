@@ -102,7 +102,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     references, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
     for ref in references:
         logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
-    inputs = prepare_inputs(config, task, teacher_logits, transfer)
+    inputs = prepare_inputs(config, task, teacher_logits, transfer, tuple(ref["value"] for ref in references))
     check_budgets_reachable(inputs)
     inputs = choose_one_layer(inputs, output_dir / "cache")  # trains: only once the budgets are known reachable
     inputs = elastic_inputs(inputs, output_dir / "cache")

@@ -22,6 +22,7 @@ from kdnas.objectives.distillation import Distillation
 from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
 from kdnas.objectives.latency import LatencyResult
 from kdnas.objectives.latency_cache import measure_cached
+from kdnas.objectives.metrics import majority_level
 from kdnas.objectives.precision import resolve_precision
 from kdnas.objectives.training import EpochRows, evaluation_of, train
 from kdnas.outputs import missing_student_files
@@ -83,6 +84,7 @@ class TrialInputs:
     latency_cache_dir: str | None = None  # absolute; None: measure every student afresh
     inherit: InheritanceSource | None = None  # the teacher students are sliced out of; None: random init
     transfer_rows: int = 0  # the last rows of ``train``: the transfer set (unlabelled, KD only)
+    teacher_values: tuple[float, ...] = ()  # the teachers' metric on ``eval``; (): not known
 
     @property
     def num_labels(self) -> int:
@@ -225,6 +227,16 @@ def slice_metric(model: torch.nn.Module, inputs: TrialInputs, device: torch.devi
     }
 
 
+def collapse_is_telling(inputs: TrialInputs) -> bool:
+    """Whether a student at the majority level has collapsed: some teacher scores above always predicting the eval
+    split's most frequent label (or the teachers' scores are not known). On a task no teacher learned, that level is
+    the task's, not the student's failure."""
+    if not inputs.teacher_values:
+        return True
+    floor = majority_level(inputs.metric, inputs.eval.labels.tolist())
+    return any(value > floor + 1e-9 for value in inputs.teacher_values)
+
+
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The CPU random state, and the device's when it is a GPU (dropout there draws from its own generator)."""
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -294,6 +306,7 @@ def run_trial(
     rows = training_rows(kd, inputs)
     sampled = epoch_rows(config, inputs, rows)
     restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
+    detect_collapse = collapse_is_telling(inputs)
     rate = learning_rate(config, params, init) / (2 if restart else 1)
     distillation = _distillation(kd, arch, model, inputs, device)
     if resume is not None and "loss" in resume:
@@ -327,7 +340,8 @@ def run_trial(
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
         seconds = round(seconds_before + time.time() - started_at, 3)
         curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
-        attrs = {**progress_attrs(epoch), **({COLLAPSED_ATTR: scored.collapsed} if scored.collapsed else {})}
+        collapsed = scored.collapsed if detect_collapse else None
+        attrs = {**progress_attrs(epoch), **({COLLAPSED_ATTR: collapsed} if collapsed else {})}
         return TrialReport(value, latency.median_ms, epoch, attrs=attrs, label_probability=probability)
 
     def on_epoch(epoch: int) -> None:
@@ -443,8 +457,9 @@ def prepare_students(config: KDNASConfig, task: TaskData | None = None) -> Trial
     task = load_task(config.data) if task is None else task
     fit_teachers(config, task)
     transfer = transfer_set(config, task)
-    _, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
-    inputs = choose_one_layer(prepare_inputs(config, task, teacher_logits, transfer), output_dir / "cache")
+    references, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
+    values = tuple(reference["value"] for reference in references)
+    inputs = choose_one_layer(prepare_inputs(config, task, teacher_logits, transfer, values), output_dir / "cache")
     return elastic_inputs(inputs, output_dir / "cache")
 
 
