@@ -1,7 +1,7 @@
 """Seed spread and collapse: one student trained with several seeds, without and with the collapse restart.
 
 The config's students are prepared once (teachers fitted, their logits cached under ``--output-dir``, as a search
-does), then the student is trained with each seed twice: ``training.restart_collapsed`` off (kdnas before the
+does), then the student is trained with each seed twice: ``training.detect_collapse`` off (kdnas before the
 restart) and on (the default). Per seed: the final metric, the slice's metric before training, whether it restarted
 (and after what) and whether it ended collapsed; per arm: the range (max − min) and mean. Goals (#35): no student ends
 collapsed with the restart, and the range is halved.
@@ -35,7 +35,7 @@ NAME = "seed_spread"
 def train_seed(inputs: Any, arch: dict[str, int], seed: int, restart: bool) -> dict[str, Any]:
     """Train ``arch`` with ``seed``, the collapse restart on or off; what the record says of it."""
     config = inputs.config
-    training = config.training.model_copy(update={"restart_collapsed": restart})
+    training = config.training.model_copy(update={"detect_collapse": restart})
     inputs = replace(inputs, config=config.model_copy(update={"training": training}))
     started = time.perf_counter()
     record = kdnas.train_student(inputs, arch, seed=seed, trial_number=seed)

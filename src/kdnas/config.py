@@ -358,11 +358,12 @@ class TrainingConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on the CPU
-    restart_collapsed: bool = Field(
+    detect_collapse: bool = Field(
         True,
-        description="a student whose predictions after its first epoch collapse (one class for every eval example, "
-        "or the metric no better than the majority class's) trains again once from its initial weights at half the "
-        "learning rate",
+        description="check each student for collapse (one class for every eval example, or the metric no better "
+        "than the majority class's, while some teacher beats that level): one collapsed after its first epoch trains "
+        "again once from its initial weights at half the learning rate; one still collapsed at the end is recorded "
+        "and kept off the Pareto front",
     )
     space: TrainingSpaceConfig = TrainingSpaceConfig()
 

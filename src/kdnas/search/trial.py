@@ -306,7 +306,7 @@ def run_trial(
     rows = training_rows(kd, inputs)
     sampled = epoch_rows(config, inputs, rows)
     restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
-    detect_collapse = collapse_is_telling(inputs)
+    detect_collapse = config.training.detect_collapse and collapse_is_telling(inputs)
     rate = learning_rate(config, params, init) / (2 if restart else 1)
     distillation = _distillation(kd, arch, model, inputs, device)
     if resume is not None and "loss" in resume:
@@ -347,7 +347,7 @@ def run_trial(
     def on_epoch(epoch: int) -> None:
         nonlocal latest
         latest = judge(epoch)
-        if epoch == 1 and restart is None and training.restart_collapsed and COLLAPSED_ATTR in latest.attrs:
+        if epoch == 1 and restart is None and COLLAPSED_ATTR in latest.attrs:
             raise _Collapsed(latest.attrs[COLLAPSED_ATTR])  # before its report: Tune sees the restart's epoch 1
         state = {**last_state, "curve": list(curve), **({"restart": restart} if restart else {})}
         if epoch < training.epochs and checkpoint is not None:
