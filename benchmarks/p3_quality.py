@@ -16,6 +16,7 @@ once and cached under ``--output-dir`` (its accuracy and fitting time are report
 
     python benchmarks/p3_quality.py [--parts b c d a layers] [--data DIR] [--teacher-samples 20000]
         [--train-samples 2000] [--epochs 2] [--seeds 0 1 2] [--trials 8] [--layers uniform|importance]
+        [--unused-train-rows N] [--per-epoch N]
 
 Parts run in the order given and merge into ``benchmarks/results/p3_quality.json`` (earlier parts' results are kept),
 so they can run as separate commands, each within 45 minutes on 2 cores (the first also fits the teacher, 13 min;
@@ -76,6 +77,10 @@ def student_raw(sst2: Path, args: argparse.Namespace, teachers: list[dict[str, A
     """The students' config: a ``--train-samples`` subset, the fitted teachers as ready models, kdnas defaults;
     ``sections`` are merged into it (one level deep)."""
     base = sst2_sections(sst2, args.train_samples, gpt2_teacher=False)
+    if args.unused_train_rows:  # the SST-2 training rows beyond the labelled subset, as unlabelled transfer text
+        base["data"]["transfer"] = {"unused_train_rows": True, "max_samples": args.unused_train_rows}
+    if args.per_epoch:
+        base["data"].setdefault("transfer", {})["per_epoch"] = args.per_epoch
     raw: dict[str, Any] = {
         "output_dir": args.output_dir,
         "data": base["data"],
@@ -217,6 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         help="student.inherit.layers for every student",
     )
     parser.add_argument("--trials", type=int, default=8, help="(a) search trials")
+    parser.add_argument(
+        "--unused-train-rows",
+        type=int,
+        default=0,
+        help="a seeded sample of this many of the training rows beyond --train-samples joins the transfer set, "
+        "unlabelled, beside the augmented copies (data.transfer.unused_train_rows, max_samples; 0: none)",
+    )
+    parser.add_argument("--per-epoch", type=int, default=0, help="data.transfer.per_epoch (0: the whole set)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads and Ray CPUs per search trial")
     args = parser.parse_args(argv)
     args.output_dir = str(Path(args.output_dir).resolve())

@@ -183,6 +183,17 @@ def test_transfer_texts_come_from_files_and_the_demo_never_from_validation(tmp_p
     assert found.texts == ["an unlabelled sentence", "another one"]
 
 
+def test_training_rows_left_out_by_max_train_samples_can_join_the_transfer_set():
+    raw = {"data": {"demo_train_size": 40, "demo_eval_size": 10, "max_train_samples": 15}}
+    raw["data"]["transfer"] = {"demo_size": 0, "unused_train_rows": True}
+    cfg = build_config(raw).data
+    task, every_row = load_task(cfg), load_task(cfg.model_copy(update={"max_train_samples": None}))
+    transfer = load_transfer_texts(cfg, task)
+    assert transfer.sources == {"unused_train_rows": 25}
+    assert sorted(transfer.texts + task.texts("train")) == sorted(every_row.texts("train"))
+    assert load_transfer_texts(cfg.model_copy(update={"max_train_samples": None}), every_row).texts == []
+
+
 def test_learned_teacher_weights_down_weight_the_teacher_that_explains_the_labels_worse():
     from kdnas.objectives.combiners import learned_teacher_weights
 

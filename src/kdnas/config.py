@@ -39,6 +39,11 @@ class TransferConfig(_Section):
     files: list[str] = Field(default_factory=list)
     splits: list[str] = Field(default_factory=list)
     demo_size: int = Field(DEMO_TRANSFER_SIZE, ge=0)
+    unused_train_rows: bool = Field(
+        False,
+        description="the training rows that data.max_train_samples leaves out join the transfer set, unlabelled "
+        "(a few-label task's in-domain text)",
+    )
     augment_copies: int | None = Field(None, ge=0)
     replace_prob: float = Field(0.3, gt=0, le=1)
     neighbours: int = Field(8, ge=1)

@@ -85,6 +85,25 @@ class _Split(NamedTuple):
 
 def load_task(cfg: DataConfig) -> TaskData:
     """Load the task described by ``cfg``, raising :class:`ConfigError` on any problem with the data."""
+    return _build_task(cfg, *_splits(cfg))
+
+
+def unused_train_texts(cfg: DataConfig) -> list[str] | list[tuple[str, str]]:
+    """The texts of the training rows that ``data.max_train_samples`` leaves out of the task (none without a
+    limit): in-domain text whose labels the task does not use."""
+    if cfg.max_train_samples is None:
+        return []
+    _, train, _ = _splits(cfg)
+    columns = [[str(t) for t in _column(train, c, "data.text_columns")] for c in cfg.text_columns]
+    kept = set(_kept(len(columns[0]), cfg.max_train_samples, cfg.seed))
+    unused = [i for i in range(len(columns[0])) if i not in kept]
+    if len(columns) == 1:
+        return [columns[0][i] for i in unused]
+    return [(columns[0][i], columns[1][i]) for i in unused]
+
+
+def _splits(cfg: DataConfig) -> tuple[str, _Split, _Split]:
+    """The task's name and its train and eval splits as loaded (before any row limit)."""
     if cfg.source == "demo":
         name = "demo"
         splits = demo_datasets(cfg.demo_train_size, cfg.demo_eval_size, cfg.seed)
@@ -101,7 +120,7 @@ def load_task(cfg: DataConfig) -> TaskData:
         name = Path(cfg.train_file).name
         train = _load_file("data.train_file", cfg.train_file)
         eval_ = _load_file("data.validation_file", cfg.validation_file)
-    return _build_task(cfg, name, train, eval_)
+    return name, train, eval_
 
 
 def _first_line(err: BaseException) -> str:
@@ -193,11 +212,15 @@ def _rows(split: _Split, text_columns: tuple[str, ...], label: str) -> dict[str,
     return rows
 
 
-def _subset(rows: dict[str, list[Any]], limit: int | None, seed: int) -> dict[str, list[Any]]:
-    size = len(next(iter(rows.values())))
+def _kept(size: int, limit: int | None, seed: int) -> list[int]:
+    """The sorted indices of the rows a seeded ``limit`` keeps out of ``size``."""
     if limit is None or limit >= size:
-        return rows
-    keep = sorted(random.Random(seed).sample(range(size), limit))
+        return list(range(size))
+    return sorted(random.Random(seed).sample(range(size), limit))
+
+
+def _subset(rows: dict[str, list[Any]], limit: int | None, seed: int) -> dict[str, list[Any]]:
+    keep = _kept(len(next(iter(rows.values()))), limit, seed)
     return {column: [values[i] for i in keep] for column, values in rows.items()}
 
 

@@ -1,8 +1,9 @@
 """The transfer set: unlabelled text that students learn from through the teachers' soft labels.
 
 Sources (``data.transfer``): local files read by the same loaders as the training files (their label column, if
-any, is ignored), splits of the task's hub dataset, sentences from the demo generator, and augmented copies of the
-training sentences (:mod:`kdnas.data.augment`). Validation texts never enter it.
+any, is ignored), splits of the task's hub dataset, sentences from the demo generator, the training rows that
+``data.max_train_samples`` leaves out (without their labels), and augmented copies of the training sentences
+(:mod:`kdnas.data.augment`). Validation texts never enter it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from itertools import islice
 from kdnas.config import ConfigError, DataConfig
 from kdnas.data.augment import Text
 from kdnas.data.demo import _sentences
-from kdnas.data.task import TaskData, _column, _hub_split, _load_file, _load_hub
+from kdnas.data.task import TaskData, _column, _hub_split, _load_file, _load_hub, unused_train_texts
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ def demo_transfer_texts(n: int, seed: int, exclude: set[str]) -> list[str]:
 
 
 def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
-    """The unaugmented transfer texts configured in ``cfg.transfer`` (files, hub splits, demo sentences).
+    """The unaugmented transfer texts configured in ``cfg.transfer`` (files, hub splits, demo sentences, unused
+    training rows).
 
     Raises :class:`ConfigError` for a missing or unreadable file, an unknown split or a missing text column.
     """
@@ -70,6 +72,10 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
         exclude = {t for t in task.texts("eval") if isinstance(t, str)}
         texts += demo_transfer_texts(cfg.demo_transfer_size, cfg.seed, exclude)
         sources["demo"] = cfg.demo_transfer_size
+    if transfer.unused_train_rows:
+        found = unused_train_texts(cfg)
+        texts += found
+        sources["unused_train_rows"] = len(found)
     held_out = set(task.texts("eval"))
     kept = [t for t in texts if t not in held_out]
     if len(kept) < len(texts):
