@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -335,6 +336,43 @@ def tiny_bert(hidden: int = 16, layers: int = 2, heads: int = 2, seed: int = 0):
         num_labels=2,
     )
     return BertForSequenceClassification(config).eval()
+
+
+@functools.cache
+def _tiny_student() -> Path:
+    import tempfile
+
+    from kdnas.space import StudentArch
+    from kdnas.teachers.loading import load_tokenizer, resolve_model_ref
+
+    path = Path(tempfile.mkdtemp(prefix="kdnas-tiny-student-"))
+    tokenizer = load_tokenizer("minilm")
+    StudentArch(1, 2, 8, 1).build(tokenizer, 2, max_positions=64).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    shutil.copy(Path(resolve_model_ref("minilm")) / "vocab.txt", path)  # the slow tokenizer's file too
+    return path
+
+
+def save_tiny_student(directory: Path) -> Path:
+    """A real (untrained) 1-layer student with the MiniLM tokenizer saved in ``directory``: what an export copies
+    and must be able to load."""
+    shutil.copytree(_tiny_student(), directory, dirs_exist_ok=True)
+    return directory
+
+
+def minilm_classifier(path: Path) -> str:
+    """The packaged MiniLM saved with a (random) 2-label classification head and its tokenizer at ``path``: a ready
+    teacher that is used as it is (the bare packaged MiniLM has no head, so it is refused unless fitted)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from kdnas.teachers.loading import load_tokenizer, resolve_model_ref
+
+    if not (path / "model.safetensors").is_file():
+        AutoModelForSequenceClassification.from_pretrained(resolve_model_ref("minilm"), num_labels=2).save_pretrained(
+            path
+        )
+        load_tokenizer("minilm").save_pretrained(path)
+    return str(path)
 
 
 def students_vocabulary_bert(vocab_size: int):

@@ -50,6 +50,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model.save_pretrained(root / name)
         if files != "weights":
             minilm.save_pretrained(root / name)
+    happy = StudentArch(1, 2, 8, 1).build(minilm, 2, max_positions=64)
+    happy.config.id2label, happy.config.label2id = {0: "happy", 1: "sad"}, {"happy": 0, "sad": 1}
+    happy.save_pretrained(root / "happy-sad")
+    minilm.save_pretrained(root / "happy-sad")
     weights = root / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     (root / "no-label.csv").write_text("sentence,target\nit was good,1\nit was bad,0\n")
@@ -58,6 +62,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "ragged.tsv").write_text("sentence\tlabel\nit was good\t1\nit was bad\n")
     (root / "empty.csv").write_text("sentence,label\n")
     (root / "ok.csv").write_text("sentence,label\nit was good,1\nit was bad,0\n")
+    (root / "ok.jsonl").write_text('{"sentence": "it was good", "label": 1}\n{"sentence": "it was bad", "label": 0}\n')
+    (root / "list-label.jsonl").write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": [0]}\n')
+    (root / "word-labels.jsonl").write_text(
+        '{"sentence": "good", "label": "pos"}\n{"sentence": "bad", "label": "neg"}\n'
+    )
     (root / "zero.db").write_bytes(b"")
     (root / "twice.yaml").write_text("training:\n  epochs: 3\nsearch:\n  n_trials: 2\ntraining:\n  batch_size: 8\n")
     return {"root": root}
@@ -187,6 +196,30 @@ CASES = {
     ),
     "teacher without a tokenizer": (["search", "TEACHER:no-tokenizer"], "teacher 'no-tokenizer': "),
     "teacher with truncated weights": (["search", "TEACHER:truncated"], "teacher 'truncated': cannot load "),
+    "teacher whose label names are not the task's": (
+        ["search", "TEACHER:happy-sad"],
+        "teacher 'happy-sad': its labels ['happy', 'sad'] are not the task's ['negative', 'positive']",
+    ),
+    "teacher without a trained classification head": (
+        ["search", "--set", "teachers=[{name: bare, model: minilm}]"],
+        "teacher 'bare' has no trained classification head (classifier.bias, classifier.weight would be newly",
+    ),
+    "a label that is a list": (
+        ["search", "FILES:ok.jsonl:list-label.jsonl"],
+        "list-label.jsonl: class labels are integers or strings",
+    ),
+    "labels of another type in the validation file": (
+        ["search", "FILES:ok.jsonl:word-labels.jsonl"],
+        "word-labels.jsonl str",
+    ),
+    "label names that miss a label": (
+        ["search", "FILES:ok.csv", "--set", "data.label_names=[bad]"],
+        "data.label_names: give at least 2 distinct names, got 1",
+    ),
+    "a study name with a trailing space": (
+        ["search", "--study-name", "existing "],
+        "search.study_name: 'existing ' has leading or trailing spaces",
+    ),
     "teacher whose tokenizer is not its weights'": (
         ["search", "TEACHER:foreign-tokenizer"],
         "does not belong to these weights",
@@ -357,6 +390,43 @@ def test_a_study_from_before_fingerprints_resumes_records_one_and_then_refuses_o
         ["search", "--study-name", "existing", "--set", "latency.batch_size=8"], files["root"], existing_study, tmp_path
     )
     assert code == 2 and "latency.batch_size 1 → 8" in capsys.readouterr().err
+    assert _snapshot(existing_study) == before
+
+
+def test_a_fitted_teacher_changed_on_disk_under_a_study_is_refused(files, existing_study, tmp_path, capsys):
+    teacher = ["--set", "teachers=[{name: t, scratch: {family: bert, layers: 1, hidden: 16, heads: 2}, fit: {}}]"]
+    flags = ["--output-dir", str(tmp_path / "run"), *TINY_DATA, "--storage", existing_study, *teacher]
+    assert main(["search", "--study-name", "existing", "--n-trials", "1", *flags]) == 0  # fits t, trains nothing
+    study = optuna.load_study(study_name="existing", storage=existing_study)
+    assert set(study.user_attrs["fingerprint"]["teachers.weights"]) == {"t"}
+    before = _snapshot(existing_study)
+    fitted = tmp_path / "run" / "teachers" / "t"
+    for file in (files["root"] / "own-tokenizer").iterdir():  # e.g. a student exported into the teacher's directory
+        (fitted / file.name).write_bytes(file.read_bytes())
+    capsys.readouterr()
+    assert main(["search", "--study-name", "existing", "--n-trials", "1", *flags]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kdnas: error: ")]
+    assert len(errors) == 1 and "teachers.weights" in errors[0], errors
+    assert _snapshot(existing_study) == before
+
+
+def test_data_edited_in_place_with_its_time_kept_is_refused_on_a_rerun(files, existing_study, tmp_path, capsys):
+    import os
+
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\nit was good,1\nit was bad,0\nit was fine,1\n")
+    flags = ["search", "--study-name", "existing", "--n-trials", "1", "--set", "data.source=files"]
+    flags += ["--set", f"data.train_file={data}"]
+    flags += ["--set", f"data.validation_file={files['root'] / 'ok.csv'}"]
+    assert _cli(flags, files["root"], existing_study, tmp_path) == 0  # records the data's fingerprint
+    before = _snapshot(existing_study)
+    stat = data.stat()
+    data.write_text(data.read_text().replace("fine,1", "fine,0"))  # same size and time, as cp -p leaves it
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    assert _cli(flags, files["root"], existing_study, tmp_path) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kdnas: error: ")]
+    assert len(errors) == 1 and "data.train " in errors[0], errors
     assert _snapshot(existing_study) == before
 
 

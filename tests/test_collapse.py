@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from conftest import save_tiny_student
 from kdnas.config import build_config
 from kdnas.objectives.batches import Encoded
 from kdnas.objectives.metrics import collapse_reason, score
@@ -161,9 +162,7 @@ READERS = textwrap.dedent("""
     study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "latency_ms"])
     student = root / "student"
-    student.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (student / name).write_text("{}")
+    assert (student / "model.safetensors").is_file()  # a real student, saved by the test (torch stays out)
     collapsed = {"collapsed": "predicts class 0 (neg) for all 600 eval examples"}
     for number, (accuracy, latency, extra) in enumerate([(0.5, 0.5, collapsed), (0.9, 2.0, {}), (0.7, 3.0, {})]):
         study.add_trial(create_trial(
@@ -187,6 +186,7 @@ READERS = textwrap.dedent("""
 
 
 def test_a_collapsed_student_is_off_the_front_and_exported_only_when_named(tmp_path):
+    save_tiny_student(tmp_path / "student")
     done = subprocess.run([sys.executable, "-c", READERS, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])

@@ -310,3 +310,52 @@ def test_real_sst2() -> None:
     assert sum(task.labels("train")) == 37569 and sum(task.labels("eval")) == 444
     assert task.texts("train")[0] == "hide new secretions from the parental units "
     assert "10,000 " in task.texts("train")  # Kept as text, trailing space and all.
+
+
+def test_label_names_name_integer_labels_from_a_list_or_a_file(tmp_path: Path) -> None:
+    rows = [{"sentence": f"s{i}", "label": i % 3} for i in range(9)]
+    names = ["card_arrival", "card_linking", "exchange_rate"]
+    assert load_task(_files_config(tmp_path, rows, rows, label_names=names)).label_names == tuple(names)
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n\n")
+    task = load_task(_files_config(tmp_path, rows, rows, label_names=str(tmp_path / "labels.txt")))
+    assert task.label_names == tuple(names) and task.labels("train")[:3] == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"outside the 2 names of data.label_names in train.csv: \[2\]"):
+        load_task(_files_config(tmp_path, rows, rows, label_names=names[:2]))
+    words = [{"sentence": f"s{i}", "label": ["neg", "pos"][i % 2]} for i in range(4)]
+    ordered = load_task(_files_config(tmp_path, words, words, label_names=["pos", "neg"]))
+    assert ordered.label_names == ("pos", "neg") and ordered.labels("train")[:2] == [1, 0]
+    with pytest.raises(ConfigError, match=r"labels that data.label_names lacks in train.csv: \['neg'\]"):
+        load_task(_files_config(tmp_path, words, words, label_names=["pos", "meh"]))
+
+
+@pytest.mark.parametrize(
+    ("eval_label", "message"),
+    [
+        ([1, 0], r"holds a list in row 1 of .*dev\.jsonl: class labels are integers or strings"),
+        ({"id": 1}, r"holds a dict in row 1 of .*dev\.jsonl"),
+    ],
+)
+def test_labels_that_are_lists_or_objects_name_the_file_and_row(tmp_path: Path, eval_label: Any, message: str) -> None:
+    rows = [{"sentence": "a", "label": 0}, {"sentence": "b", "label": 1}]
+    bad = [{"sentence": "a", "label": 0}, {"sentence": "b", "label": eval_label}]
+    with pytest.raises(ConfigError, match=message):
+        load_task(_files_config(tmp_path, rows, bad, ".jsonl"))
+
+
+def test_labels_of_another_type_in_the_eval_file_name_both_files(tmp_path: Path) -> None:
+    ints = [{"sentence": "a", "label": 0}, {"sentence": "b", "label": 1}]
+    words = [{"sentence": "a", "label": "neg"}, {"sentence": "b", "label": "pos"}]
+    with pytest.raises(ConfigError, match=r"different types in the two splits: .*train\.jsonl int, .*dev\.jsonl str"):
+        load_task(_files_config(tmp_path, ints, words, ".jsonl"))
+
+
+def test_a_file_edited_in_place_with_its_modification_time_kept_is_read_anew(tmp_path: Path) -> None:
+    rows = [{"sentence": f"s{i}", "label": i % 2} for i in range(6)]
+    cfg = _files_config(tmp_path, rows, rows)
+    first = load_task(cfg)
+    train = Path(cfg.train_file or "")
+    stat = train.stat()
+    train.write_text(train.read_text().replace("s1,", "t1,"))  # same size, as `cp -p` or `rsync -a` would leave it
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = load_task(cfg)
+    assert "t1" in again.texts("train") and again.fingerprint() != first.fingerprint()

@@ -7,6 +7,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from conftest import save_tiny_student
 from kdnas.dashboards.pareto import (
     best_under_budget,
     hypervolume,
@@ -168,10 +169,7 @@ def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
     from kdnas.export import Retrained, export_trial, model_card, trial_record
 
     study = _study([(0.8, 2.0)])
-    student = tmp_path / "retrained"
-    student.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (student / name).write_text("{}")
+    student = save_tiny_student(tmp_path / "retrained")
     retrained = Retrained(
         student, 0.6543, 2.5, {"arch_summary": "L1", "epochs_trained": 1, "student_path": str(student)}
     )

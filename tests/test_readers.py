@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from conftest import save_tiny_student
+
 HEAVY = ("torch", "ray", "transformers", "datasets")
 
 READERS = textwrap.dedent("""
@@ -28,9 +30,7 @@ READERS = textwrap.dedent("""
     study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "latency_ms"])
     student = root / "student"
-    student.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (student / name).write_text("{}")
+    assert (student / "model.safetensors").is_file()  # a real student, saved by the test (torch stays out)
     for number, (accuracy, latency) in enumerate([(0.8, 1.0), (0.9, 2.0), (0.7, 3.0)]):
         study.add_trial(create_trial(
             values=[accuracy, latency], params={"num_layers": number + 1},
@@ -53,6 +53,7 @@ READERS = textwrap.dedent("""
 
 
 def test_report_export_trials_studies_and_the_dashboard_read_a_study_without_the_training_stack(tmp_path):
+    save_tiny_student(tmp_path / "student")
     done = subprocess.run(
         [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{READERS}", str(tmp_path)],
         capture_output=True,

@@ -9,7 +9,7 @@ import pytest
 import ray.cloudpickle
 import torch
 
-from conftest import tiny_raw
+from conftest import minilm_classifier, tiny_raw
 from kdnas.cli import main
 from kdnas.config import ConfigError, build_config
 from kdnas.devices import assigned_device
@@ -111,7 +111,7 @@ def test_teachers_fit_rank_and_label_in_ray_tasks_into_output_dir_and_a_rerun_ru
         data={"demo_train_size": 40, "demo_eval_size": 20, "transfer": {"demo_size": 10}},
         student={"inherit": {"calibration_size": 16}},
     )
-    raw["teachers"][0] = {"name": "minilm", "model": "minilm"}
+    raw["teachers"][0] = {"name": "minilm", "model": minilm_classifier(tmp_path / "minilm-classifier")}
     config = build_config(raw)
     students = kdnas.prepare_students(config)
     fit = kdnas.teacher_fit_record(config, "gpt2")

@@ -7,7 +7,9 @@ Unknown keys and bad values raise :class:`ConfigError` with a one-line message n
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +71,11 @@ class DataConfig(_Section):
     validation_split: str = "validation"
     text_columns: list[str] = Field(default_factory=lambda: ["sentence"], min_length=1, max_length=2)
     label_column: str = "label"
+    label_names: list[str] | str | None = Field(
+        None,
+        description="names of integer labels 0..n-1 in order, or a text file holding one per line (e.g. a dataset's "
+        "labels.txt): teachers are matched to the task by these names",
+    )
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
     max_seq_length: int = Field(32, ge=4, le=4096)
     max_train_samples: int | None = Field(None, ge=1)
@@ -136,6 +143,11 @@ class TeacherConfig(_Section):
     fit: FitConfig | None = None
     scratch: ScratchConfig | None = None
     trust_remote_code: bool = False
+    align_labels: Literal["name", "index"] = Field(
+        "name",
+        description="how the teacher's outputs map to the task's labels: by name where both sides name their "
+        "labels (refused when the names differ), else by index; 'index' always takes its outputs in order",
+    )
 
     @model_validator(mode="after")
     def _scratch_needs_fit(self) -> TeacherConfig:
@@ -444,6 +456,9 @@ class EarlyStoppingConfig(_Section):
         return data
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
 class SearchConfig(_Section):
     """The study and how trials run on Ray."""
 
@@ -463,6 +478,23 @@ class SearchConfig(_Section):
     resource_wait_s: float = Field(900.0, gt=0)
     storage_path: str | None = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+    @field_validator("study_name")
+    @classmethod
+    def _study_name_is_printable(cls, name: str) -> str:
+        if name != name.strip() or not name.isprintable():
+            raise ValueError(f"{name!r} has leading or trailing spaces or unprintable characters")
+        return name
+
+    @property
+    def study_dir(self) -> str:
+        """The directory name of the study's students and Tune experiment: the name itself when it is a plain
+        name (letters, digits, ``_ . -``), else a readable form of it plus a hash of the whole name, so two studies
+        never share a directory and no name reaches outside ``output_dir``."""
+        if _PLAIN_NAME.fullmatch(self.study_name):
+            return self.study_name
+        readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.study_name).strip("-.")[:60] or "study"
+        return f"{readable}-{hashlib.sha256(self.study_name.encode()).hexdigest()[:10]}"
 
 
 class KDNASConfig(_Section):

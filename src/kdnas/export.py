@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kdnas.config import ConfigError
 from kdnas.dashboards.pareto import retimed, study_teachers
 from kdnas.dashboards.report import collapse_notes, init_summary
-from kdnas.outputs import missing_student_files
+from kdnas.outputs import missing_student_files, student_digest
 from kdnas.records import (
     ARCH_ATTR,
     ARCH_SUMMARY_ATTR,
@@ -25,6 +27,7 @@ from kdnas.records import (
     LATENCY_KEY,
     LEARNING_RATE_ATTR,
     PARAMS_CONSTRAINT,
+    STUDENT_DIGEST_ATTR,
     STUDENT_PATH_ATTR,
     TASK_ATTR,
     TRAIN_ROWS_ATTR,
@@ -161,6 +164,39 @@ def saved_student(trial: FrozenTrial) -> Path | None:
     return None
 
 
+def check_student_unchanged(trial: FrozenTrial, source: Path, recorded: str | None) -> None:
+    """Refuse a saved student whose files are not the ones its trial trained (``recorded``: the digest the trial
+    recorded; students from before kdnas recorded one are not checked)."""
+    if recorded is None:
+        return
+    found = student_digest(source)
+    if found != recorded:
+        raise ConfigError(
+            f"trial {trial.number}: the student saved in {source} is not the one it trained (SHA-256 "
+            f"{found[:12]}…, recorded {recorded[:12]}…): its files changed since; add --retrain to train this "
+            "architecture again with the trial's recipe"
+        )
+
+
+_LOAD_CHECK = """
+import sys
+from transformers import pipeline
+pipeline("text-classification", model=sys.argv[1], tokenizer=sys.argv[1], device="cpu")("does the export load?")
+"""
+
+
+def check_loads(out_dir: Path) -> None:
+    """Load the exported directory with ``pipeline("text-classification")`` and classify one text, in a fresh
+    Python process as a user's would (this one stays free of torch); raise :class:`ConfigError` with the last line
+    of what fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_CHECK, str(out_dir)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise ConfigError(f"the exported student in {out_dir} does not load: {lines[-1] if lines else done.returncode}")
+
+
 def check_export_target(study: optuna.Study, trial: FrozenTrial, out_dir: Path, overwrite: bool) -> None:
     """Refuse to export into a directory that holds files other than an earlier export of this same trial, unless
     ``overwrite`` (the files there are then replaced)."""
@@ -192,7 +228,8 @@ def export_trial(
 
     ``retrained`` (a student trained again from the trial) is exported instead of the saved one, with its own results.
     A directory that holds anything but an earlier export of this trial is refused unless ``overwrite``, which
-    replaces the files it holds.
+    replaces the files it holds. The student must be the one the trial trained (its recorded SHA-256), and the
+    exported directory must load as ``pipeline()`` loads it; else nothing is left in ``out_dir``.
     """
     if trial.state != TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no student to export")
@@ -206,6 +243,8 @@ def export_trial(
     out_dir = Path(out_dir)
     if out_dir.resolve() == source.resolve():
         raise ConfigError(f"--out {out_dir} is where trial {trial.number}'s student is saved: export it elsewhere")
+    recorded = (retrained.attrs if retrained else trial.user_attrs).get(STUDENT_DIGEST_ATTR)
+    check_student_unchanged(trial, source, recorded)
     check_export_target(study, trial, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.iterdir():  # an earlier export, or what --overwrite replaces: none of its files stays
@@ -214,6 +253,15 @@ def export_trial(
     for file in source.iterdir():
         if file.is_file():
             shutil.copy2(file, out_dir / file.name)
+    try:
+        if recorded is not None and student_digest(out_dir) != recorded:
+            raise ConfigError(f"the copy of trial {trial.number}'s student in {out_dir} differs from {source}")
+        check_loads(out_dir)
+    except ConfigError:
+        for written in out_dir.iterdir():  # nothing unusable is left looking like an export
+            if written.is_file():
+                written.unlink()
+        raise
     record = trial_record(study, trial, retrained)
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     (out_dir / "README.md").write_text(model_card(record))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +30,17 @@ def writable_dir(path: Path, what: str) -> Path:
 def missing_student_files(directory: Path) -> list[str]:
     """The files a saved student needs that ``directory`` lacks (all of them when it is no directory)."""
     return [name for name in STUDENT_FILES if not (directory / name).is_file()]
+
+
+def student_digest(directory: Path) -> str:
+    """SHA-256 over a saved student's files (:data:`~kdnas.records.STUDENT_FILES`), by name and content."""
+    digest = hashlib.sha256()
+    for name in STUDENT_FILES:
+        digest.update(name.encode())
+        with (directory / name).open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json_atomically(file: Path, data: Any) -> None:

@@ -102,6 +102,8 @@ TRAIN_FINISHED_ATTR = "train_finished_at"
 """When (Unix time) its training, the evaluation after each epoch and saving it finished."""
 STUDENT_PATH_ATTR = "student_path"
 """The directory the trained student was saved to."""
+STUDENT_DIGEST_ATTR = "student_sha256"
+"""SHA-256 of the saved student's files (:data:`STUDENT_FILES`): what an export checks it ships."""
 LEARNING_CURVE_ATTR = "learning_curve"
 """Each evaluation during training, in order: ``[epochs, metric, seconds, label probability, its standard error]``
 (epochs trained, a fraction at a rung inside an epoch; the task metric; training seconds so far, evaluations
@@ -262,7 +264,7 @@ def _json_dict(value: Any) -> dict[str, Any]:
 def tune_results(config: KDNASConfig) -> dict[int, dict[str, Any]]:
     """The last result Ray Tune recorded for each trial of ``config``'s search, by Optuna trial number.
 
-    Read from the ``result.json`` files of the Tune experiment ``search.study_name`` under ``search.storage_path``
+    Read from the ``result.json`` files of the Tune experiment ``search.study_dir`` under ``search.storage_path``
     (default ``<output_dir>/ray_results``; a local path), so each holds Tune's own keys (``time_total_s``,
     ``training_iteration``, ``config``, …) beside the trial's report (:meth:`TrialReport.from_result` reads that).
     A trial Tune ran more than once (a resumed search) gives its latest result.
@@ -270,7 +272,7 @@ def tune_results(config: KDNASConfig) -> dict[int, dict[str, Any]]:
     storage = config.search.storage_path or Path(config.output_dir).resolve() / "ray_results"
     results: dict[int, dict[str, Any]] = {}
     for path in sorted(
-        (Path(storage) / config.search.study_name).glob("*/result.json"), key=lambda p: p.stat().st_mtime
+        (Path(storage) / config.search.study_dir).glob("*/result.json"), key=lambda p: p.stat().st_mtime
     ):
         last = None
         for line in path.read_text().splitlines():

@@ -153,14 +153,26 @@ def _load_file(key: str, path: str) -> _Split:
     builder, options = _READERS[suffix]
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log lines would repeat the error we raise
+    bars = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a file is read anew each time (below): no bar for each read
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+        # read anew every time: the `datasets` cache knows a local file by its modification time only, so a file
+        # edited in place with its time kept (cp -p, rsync -a) would be read as the old data
+        dataset = datasets.load_dataset(
+            builder,
+            data_files=str(file),
+            split="train",
+            download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD,
+            **options,
+        )
     except Exception as err:
         if "corresponds to no data" in str(err):  # How `datasets` reports a file with no rows.
             raise ConfigError(f"{key}: {path} has no rows") from None
         raise ConfigError(f"{key}: cannot read {path}: {_first_line(err)}") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
     return _Split(key, path, dataset)
 
 
@@ -173,35 +185,104 @@ def _column(split: _Split, column: str, key: str) -> list[Any]:
     return values
 
 
+def _label_kind(split: _Split, label: str, values: list[Any]) -> type | None:
+    """The one type of ``split``'s labels (int, str or bool), refusing lists, objects, floats and mixed types with
+    the file and row; None for an empty split."""
+    kind: type | None = None
+    for row, value in enumerate(values):
+        if isinstance(value, float):
+            raise ConfigError(
+                f"{label} holds floats in {split.where} (row {row}: {value}); only integer or string class labels "
+                "are supported"
+            )
+        if not isinstance(value, (int, str)):
+            what = type(value).__name__
+            raise ConfigError(
+                f"{label} holds a {what} in row {row} of {split.where}: class labels are integers or strings"
+            )
+        if kind is None:
+            kind = type(value)
+        elif type(value) is not kind:
+            raise ConfigError(
+                f"{label} mixes value types in {split.where}: row {row} is {type(value).__name__}, "
+                f"earlier rows {kind.__name__}"
+            )
+    return kind
+
+
+def _named_labels(label_names: list[str] | str | None) -> tuple[str, ...] | None:
+    """``data.label_names`` as a tuple: the list, or the lines of the file it names."""
+    if label_names is None or isinstance(label_names, list):
+        return tuple(label_names) if label_names is not None else None
+    file = Path(label_names)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"data.label_names: cannot read {label_names}: {_first_line(err)}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(lines)
+
+
 def _label_ids(
-    column: str, name: str, feature: Any, train: list[Any], eval_: list[Any]
+    cfg: DataConfig, name: str, train_split: _Split, eval_split: _Split, train: list[Any], eval_: list[Any]
 ) -> tuple[list[int], list[int], tuple[str, ...]]:
+    column = cfg.label_column
     label = f"data.label_column {column!r}"
+    feature = train_split.dataset.features[column]
+    kinds = {_label_kind(train_split, label, train), _label_kind(eval_split, label, eval_)} - {None}
+    if len(kinds) > 1:
+        by_split = f"{train_split.where} {type(train[0]).__name__}, {eval_split.where} {type(eval_[0]).__name__}"
+        raise ConfigError(f"{label} has labels of different types in the two splits: {by_split}")
     if len(set(train)) < 2:
         raise ConfigError(f"{label} has fewer than 2 distinct labels in the train split of {name}: {set(train)}")
     values = set(train) | set(eval_)
+    given = _named_labels(cfg.label_names)
     if isinstance(feature, datasets.ClassLabel):
         names = tuple(feature.names)
         outside = sorted(v for v in values if not 0 <= v < len(names))
         if outside:
             raise ConfigError(f"{label} has values outside its {len(names)} class names in {name}: {outside[:5]}")
+        if given is not None:
+            raise ConfigError(f"data.label_names: {name} names its labels already ({', '.join(names[:5])}, …)")
         return train, eval_, names
-    kinds = {type(v) for v in values}
-    if float in kinds:
-        raise ConfigError(f"{label} holds floats in {name}; only integer or string class labels are supported")
-    if len(kinds) > 1:
-        raise ConfigError(f"{label} mixes value types in {name}: {sorted(k.__name__ for k in kinds)}")
     unseen = set(eval_) - set(train)
-    if unseen and not isinstance(feature, datasets.ClassLabel):
+    if unseen:
         raise ConfigError(
             f"{label}: label(s) {sorted(map(str, unseen))[:5]} of the eval split never occur in the "
             f"train split of {name} (train labels: {sorted(map(str, set(train)))[:10]})"
         )
+    if given is not None:
+        return _labels_by_given_names(given, name, label, values, train, eval_)
     ordered = sorted(values)
     index = {value: i for i, value in enumerate(ordered)}
     contiguous = ordered == list(range(len(ordered)))
     names = tuple(str(i) for i in range(len(ordered))) if contiguous else tuple(str(v) for v in ordered)
     return [index[v] for v in train], [index[v] for v in eval_], names
+
+
+def _labels_by_given_names(
+    given: tuple[str, ...], name: str, label: str, values: set[Any], train: list[Any], eval_: list[Any]
+) -> tuple[list[int], list[int], tuple[str, ...]]:
+    """Label ids and names when ``data.label_names`` names the classes: integer labels index it, string labels
+    must be among it."""
+    if len(set(given)) != len(given) or len(given) < 2:
+        raise ConfigError(
+            f"data.label_names: give at least 2 distinct names, got {len(given)} ({len(set(given))} distinct)"
+        )
+    if all(isinstance(v, str) for v in values):
+        index: dict[Any, int] = {n: i for i, n in enumerate(given)}
+        outside = sorted(v for v in values if v not in index)
+        if outside:
+            raise ConfigError(f"{label} has labels that data.label_names lacks in {name}: {outside[:5]}")
+    else:
+        index = {i: i for i in range(len(given))}
+        outside = sorted(v for v in values if v not in index)
+        if outside:
+            raise ConfigError(
+                f"{label} has values outside the {len(given)} names of data.label_names in {name}: {outside[:5]}"
+            )
+    return [index[v] for v in train], [index[v] for v in eval_], given
 
 
 def _rows(split: _Split, text_columns: tuple[str, ...], label: str) -> dict[str, list[Any]]:
@@ -229,7 +310,7 @@ def _build_task(cfg: DataConfig, name: str, train: _Split, eval_: _Split) -> Tas
     train_rows = _rows(train, text_columns, label)
     eval_rows = _rows(eval_, text_columns, label)
     train_rows[label], eval_rows[label], label_names = _label_ids(
-        label, name, train.dataset.features[label], train_rows[label], eval_rows[label]
+        cfg, name, train, eval_, train_rows[label], eval_rows[label]
     )
     features = datasets.Features(
         {

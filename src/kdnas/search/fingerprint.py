@@ -1,9 +1,10 @@
 """What makes a study's students comparable, recorded at its creation and checked on every rerun.
 
 The fingerprint holds what defines the two axes and what a student learns from: the data (content hashes), label set,
-metric, sequence length, latency settings and device, teachers, student tokenizer, inheritance, KD and training
-recipe. Budgets, concurrency, storage and seeds are left out: changing them keeps students comparable. The search
-space is checked separately, parameter by parameter, against the distributions the study's trials were sampled from.
+metric, sequence length, latency settings and device, teachers (a ready one's weights; a fitted one's settings and,
+once fitted, its saved weights), student tokenizer, inheritance, KD and training recipe. Budgets, concurrency,
+storage and seeds are left out: changing them keeps students comparable. The search space is checked separately,
+parameter by parameter, against the distributions the study's trials were sampled from.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kdnas.data.transfer import TransferSet
 from kdnas.objectives.latency import device_name, resolve_device
 from kdnas.space import SearchSpace
 from kdnas.space.search_space import KD_PARAMS
-from kdnas.teachers.loading import teacher_identity
+from kdnas.teachers.loading import teacher_identity, teacher_path, weights_digest
 
 PARAM_KEYS = {
     "num_layers": "student.space.depth",
@@ -73,6 +74,13 @@ def task_fingerprint(task: TaskData) -> dict[str, Any]:
         "data.eval": task.split_fingerprint("eval"),
         "data.labels": list(task.label_names),
     }
+
+
+def fitted_teachers_fingerprint(config: KDNASConfig) -> dict[str, Any]:
+    """The fitted teachers' part, known once they are fitted: a content hash of each one's saved weights, so a
+    teacher changed on disk under a study (an export into its directory, an edit) is refused as other data is."""
+    fitted = {t.name: weights_digest(str(teacher_path(config, t)))[:16] for t in config.teachers if t.fit is not None}
+    return {"teachers.weights": fitted} if fitted else {}
 
 
 def transfer_fingerprint(transfer: TransferSet | None) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def prepare_inputs(
         eval=encode(tokenizer, task.texts("eval"), task.labels("eval"), max_length),
         teacher_names=tuple(t.name for t in config.teachers),
         teacher_logits=teacher_logits,
-        students_dir=str((Path(config.output_dir) / "students" / config.search.study_name).resolve()),
+        students_dir=str((Path(config.output_dir) / "students" / config.search.study_dir).resolve()),
         intermediate_teachers=intermediate_teachers(config, task),
         latency_cache_dir=str(latency_cache_dir(config)) if config.latency.cache else None,
         inherit=inheritance(config, task, Path(config.output_dir) / "cache"),

@@ -73,7 +73,7 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
     for arch in trials_by_arch:
         models[f"student {arch.summary}"] = (student_model(config, arch, tokenizer, num_labels), len(tokenizer))
     for teacher_config in config.teachers:
-        teacher = load_teacher(config, teacher_config, num_labels)
+        teacher = load_teacher(config, teacher_config, num_labels, timing_only=True)
         models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
     medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
     contended = 0  # measurements still disturbed after every attempt (their fastest was kept)

@@ -20,7 +20,12 @@ from kdnas.outputs import writable_dir
 from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEACHERS_ATTR, TASK_ATTR, TRANSFER_ATTR
 from kdnas.search import local_ray
 from kdnas.search.elastic_phase import elastic_inputs
-from kdnas.search.fingerprint import config_fingerprint, task_fingerprint, transfer_fingerprint
+from kdnas.search.fingerprint import (
+    config_fingerprint,
+    fitted_teachers_fingerprint,
+    task_fingerprint,
+    transfer_fingerprint,
+)
 from kdnas.search.inputs import check_budgets_reachable, inheritance_record, prepare_inputs, transfer_set
 from kdnas.search.one_layer import choose_one_layer
 from kdnas.search.orphans import counts_toward_budget, reconcile_orphans, trials_left
@@ -92,10 +97,12 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     found = load_transfer_texts(config.data, task)  # a missing transfer file fails before teachers are fitted
     for teacher in config.teachers:  # a ready teacher's weights and tokenizer are checked before any fitting
         if teacher.fit is None:
-            load_teacher(config, teacher, task.num_labels)
+            load_teacher(config, teacher, task.num_labels, task.label_names)
     if teacher_tasks.on_cluster(config):  # teachers run as Ray tasks there: join it once the inputs are checked
         init_ray(config.search.ray_address, output_dir)
     fit_teachers(config, task)
+    fingerprint.update(fitted_teachers_fingerprint(config))
+    check_comparable(existing, config, fingerprint)
     transfer = transfer_set(config, task, found)
     fingerprint.update(transfer_fingerprint(transfer))
     check_comparable(existing, config, fingerprint)
@@ -182,7 +189,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             reuse_actors=True,  # a trial's worker imports torch and kdnas once, not once per trial
         ),
         run_config=tune.RunConfig(
-            name=search.study_name,
+            name=search.study_dir,
             storage_path=search.storage_path or str(output_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             stop=DeadlineStopper(searcher),  # search.time_budget_s, on the searcher's clock

@@ -25,7 +25,7 @@ from kdnas.objectives.latency_cache import measure_cached
 from kdnas.objectives.metrics import majority_level
 from kdnas.objectives.precision import resolve_precision
 from kdnas.objectives.training import EpochRows, evaluation_of, train
-from kdnas.outputs import missing_student_files
+from kdnas.outputs import missing_student_files, student_digest
 from kdnas.records import (
     ARCH_ATTR,
     ARCH_SUMMARY_ATTR,
@@ -43,6 +43,7 @@ from kdnas.records import (
     PARAMS_CONSTRAINT,
     RESTART_ATTR,
     SLICE_METRIC_ATTR,
+    STUDENT_DIGEST_ATTR,
     STUDENT_PATH_ATTR,
     TEACHERS_ATTR,
     TRAIN_DEVICE_ATTR,
@@ -426,6 +427,7 @@ def run_trial(
         TRAIN_STARTED_ATTR: started_at,
         TRAIN_FINISHED_ATTR: time.time(),
         STUDENT_PATH_ATTR: str(out),
+        STUDENT_DIGEST_ATTR: student_digest(out),
         **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
     }
     trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)

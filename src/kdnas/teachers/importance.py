@@ -112,7 +112,7 @@ def teacher_importance(
     teacher: Teacher | None = None,
 ) -> tuple[Importance, Path]:
     """:func:`cached_importance` of the teacher ``teacher_cfg`` describes (loaded unless given)."""
-    teacher = load_teacher(config, teacher_cfg, task.num_labels) if teacher is None else teacher
+    teacher = load_teacher(config, teacher_cfg, task.num_labels, task.label_names) if teacher is None else teacher
     return cached_importance(teacher, task, calibration, max_length, cache_dir, device)
 
 

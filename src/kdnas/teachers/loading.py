@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -55,6 +56,8 @@ class Teacher:
     path: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    label_order: tuple[int, ...] | None = None
+    """The teacher's output index of each task label when they differ (its head was reordered to the task's)."""
 
 
 def driver_device() -> torch.device:
@@ -74,9 +77,18 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTo
     return AutoTokenizer.from_pretrained(resolve_model_ref(ref), trust_remote_code=trust_remote_code)
 
 
-def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -> Teacher:
-    """Load a teacher classifier (safetensors weights only) and check it: it predicts ``num_labels`` classes, has a
-    tokenizer of its own whose ids its embeddings cover, and runs on the longest input it will be given."""
+def load_teacher(
+    config: KDNASConfig,
+    teacher: TeacherConfig,
+    num_labels: int,
+    label_names: tuple[str, ...] = (),
+    *,
+    timing_only: bool = False,
+) -> Teacher:
+    """Load a teacher classifier (safetensors weights only) and check it: it predicts ``num_labels`` classes with a
+    trained head (unless loaded ``timing_only``, for its latency), has a tokenizer of its own whose ids its
+    embeddings cover, and runs on the longest input it will be given. With the task's ``label_names`` its outputs
+    are put in the task's order (:func:`label_order`)."""
     path = teacher_path(config, teacher)
     if teacher.fit is not None and not (Path(path) / "config.json").exists():
         raise ConfigError(f"teacher {teacher.name!r} is not fitted yet (run: kdnas teachers fit)")
@@ -86,8 +98,8 @@ def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -
             "save the tokenizer the teacher was trained with beside its weights"
         )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=teacher.trust_remote_code
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=teacher.trust_remote_code, output_loading_info=True
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=teacher.trust_remote_code)
     except Exception as err:  # missing, truncated or mismatched files raise many kinds; all mean the same here
@@ -97,10 +109,95 @@ def load_teacher(config: KDNASConfig, teacher: TeacherConfig, num_labels: int) -
         raise ConfigError(
             f"teacher {teacher.name!r} predicts {model.config.num_labels} labels but the task has {num_labels}"
         )
+    if loading["missing_keys"] and not timing_only:
+        missing = ", ".join(sorted(loading["missing_keys"])[:3])
+        remedy = (
+            f"set teachers[{teacher.name}].fit to fine-tune it on the task" if teacher.fit is None else "fit it again"
+        )
+        raise ConfigError(
+            f"teacher {teacher.name!r} has no trained classification head ({missing} would be newly initialised "
+            f"from {path}, so it would score chance); {remedy}, or name a fine-tuned classifier"
+        )
     ensure_pad_token(model, tokenizer)
     loaded = Teacher(name=teacher.name, path=str(path), model=model.eval(), tokenizer=tokenizer)
-    _check_runs(loaded, _input_lengths(config, teacher))
+    probe = _check_runs(loaded, _input_lengths(config, teacher))
+    if label_names:
+        order = label_order(teacher, _teacher_label_names(model), label_names)
+        if order is not None:
+            _reorder_head(loaded, order, probe)
     return loaded
+
+
+_GENERIC_LABEL = re.compile(r"^(LABEL_)?\d+$")
+
+
+def _teacher_label_names(model: PreTrainedModel) -> tuple[str, ...]:
+    id2label: dict[Any, str] = dict(model.config.id2label or {})
+    return tuple(str(id2label.get(i, i)) for i in range(len(id2label)))
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[\s_-]+", " ", name.strip().casefold())
+
+
+def label_order(teacher: TeacherConfig, own: tuple[str, ...], task: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The teacher's output index for each of the task's labels, matched by name (case, spaces, ``_`` and ``-``
+    ignored); None when its outputs are already in the task's order or either side has no names (``LABEL_0``,
+    ``0``…), or with ``align_labels: index``. Raises :class:`ConfigError` when both sides name their labels and
+    the names differ. Logs which mapping was used when it is not plain."""
+    unnamed = all(_GENERIC_LABEL.match(n) for n in own) or all(_GENERIC_LABEL.match(n) for n in task)
+    if teacher.align_labels == "index" or unnamed:
+        if teacher.align_labels == "index" or not all(_GENERIC_LABEL.match(n) for n in own):
+            pairs = ", ".join(f"{o} → {t}" for o, t in zip(own[:4], task[:4], strict=False))
+            logger.info(
+                "teacher %s: outputs taken in order as the task's labels (%s%s)",
+                teacher.name,
+                pairs,
+                ", …" if len(own) > 4 else "",
+            )
+        return None
+    position = {_normalised(n): i for i, n in enumerate(own)}
+    if len(position) != len(own) or {_normalised(n) for n in task} != set(position):
+        theirs, ours = sorted(own)[:6], sorted(task)[:6]
+        raise ConfigError(
+            f"teacher {teacher.name!r}: its labels {theirs} are not the task's {ours}; rename the data's labels "
+            f"(or data.label_names) to the teacher's, or set teachers[{teacher.name}].align_labels: index to take its "
+            "outputs in order"
+        )
+    order = tuple(position[_normalised(n)] for n in task)
+    if order == tuple(range(len(order))):
+        return None
+    moved = [f"{own[i]} (output {i}) → label {j}" for j, i in enumerate(order) if i != j]
+    logger.info(
+        "teacher %s: labels aligned by name: %s%s", teacher.name, ", ".join(moved[:4]), ", …" if len(moved) > 4 else ""
+    )
+    return order
+
+
+def _reorder_head(teacher: Teacher, order: tuple[int, ...], probe: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Permute the rows of the teacher's output layer so that output ``j`` is the task's label ``j``; checked on
+    the probe input (``ids``, logits before) so an unusual head fails loudly, never silently."""
+    model, count = teacher.model, len(order)
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == count]
+    ids, before = probe
+    index = torch.tensor(order)
+    if heads:
+        with torch.no_grad():
+            head = heads[-1]
+            head.weight.copy_(head.weight[index.to(head.weight.device)])
+            if head.bias is not None:
+                head.bias.copy_(head.bias[index.to(head.bias.device)])
+    with torch.inference_mode():
+        after = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    if not heads or not torch.allclose(after, before[:, index.to(before.device)], atol=1e-5):
+        raise ConfigError(
+            f"teacher {teacher.name!r}: cannot reorder its output layer to the task's label order; save it with "
+            f"its labels in the task's order, or set teachers[{teacher.name}].align_labels: index"
+        )
+    own = _teacher_label_names(model)
+    model.config.id2label = {j: own[i] for j, i in enumerate(order)}
+    model.config.label2id = {name: j for j, name in model.config.id2label.items()}
+    teacher.label_order = order
 
 
 def _input_lengths(config: KDNASConfig, teacher: TeacherConfig) -> dict[str, int]:
@@ -125,9 +222,10 @@ def _position_limit(model: PreTrainedModel) -> int | None:
 
 
 @torch.inference_mode()
-def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> None:
+def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Check the teacher's tokenizer fits its embeddings, the input lengths fit its positions, and one forward pass
-    at the longest length gives finite logits, so a broken teacher fails before any of its output is cached."""
+    at the longest length gives finite logits, so a broken teacher fails before any of its output is cached; return
+    that probe's input ids and logits."""
     name, tokenizer, model = teacher.name, teacher.tokenizer, teacher.model
     special = set(tokenizer.all_special_tokens)
     if len(set(tokenizer.get_vocab()) - special) == 0:
@@ -156,6 +254,7 @@ def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> None:
         raise ConfigError(f"teacher {name!r} cannot run on {length}-token inputs ({key}): {first_line}") from None
     if not torch.isfinite(logits).all():
         raise ConfigError(f"teacher {name!r}: its weights in {teacher.path} give non-finite logits")
+    return ids.to(model.device), logits
 
 
 def teacher_identity(config: KDNASConfig, teacher: TeacherConfig) -> str:
@@ -165,7 +264,8 @@ def teacher_identity(config: KDNASConfig, teacher: TeacherConfig) -> str:
         fit = teacher.fit.model_dump(mode="json")
         scratch = teacher.scratch.model_dump(mode="json") if teacher.scratch else None
         return f"{teacher.name}: {teacher.model} fitted with {json.dumps(fit)}, scratch {json.dumps(scratch)}"
-    return f"{teacher.name}: {teacher.model} weights {weights_digest(str(teacher_path(config, teacher)))[:12]}"
+    aligned = ", labels by index" if teacher.align_labels == "index" else ""
+    return f"{teacher.name}: {teacher.model} weights {weights_digest(str(teacher_path(config, teacher)))[:12]}{aligned}"
 
 
 def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: int, content: str = "") -> str:
     """Key of a teacher's cached outputs: its weights, the task's content and split (plus ``content``, the hash of
-    texts outside the task such as the transfer set), and the tokenisation."""
+    texts outside the task such as the transfer set), the tokenisation and any reordering of its labels."""
     parts = [
         weights_digest(teacher.path),
         task.fingerprint(),
@@ -39,6 +39,8 @@ def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: i
         str(max_length),
         str(len(teacher.tokenizer)),
     ]
+    if teacher.label_order is not None:  # its head reordered to the task's labels
+        parts.append(json.dumps(teacher.label_order))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -117,7 +119,7 @@ def teacher_reference(
     cache_dir = Path(cache_dir).resolve()
     references, train_logits = [], []
     for teacher_cfg in config.teachers:
-        teacher = load_teacher(config, teacher_cfg, task.num_labels)
+        teacher = load_teacher(config, teacher_cfg, task.num_labels, task.label_names)
         max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
         files = [logits_file(teacher, task, split, max_length, cache_dir) for split in ("train", "eval")]
         if transfer:
@@ -154,7 +156,7 @@ def teacher_outputs(
     """One teacher's reference record (eval metric, latency, parameters) and its logits on the train split followed
     by the ``transfer`` set, run on ``device`` (logits read from ``cache_dir`` when there, else computed and cached);
     the teacher is loaded unless given."""
-    teacher = load_teacher(config, teacher_cfg, task.num_labels) if teacher is None else teacher
+    teacher = load_teacher(config, teacher_cfg, task.num_labels, task.label_names) if teacher is None else teacher
     max_length = (teacher_cfg.fit.max_seq_length if teacher_cfg.fit else None) or config.data.max_seq_length
     logits = cached_logits(teacher, task, "train", max_length, cache_dir, device)
     if transfer:

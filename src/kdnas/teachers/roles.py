@@ -34,7 +34,7 @@ def vocabulary_teachers(config: KDNASConfig, task: TaskData) -> list[Teacher]:
     """The teachers that tokenise like the students (same vocabulary, same ids on a sample of the task)."""
     student_tokenizer = load_tokenizer(config.student.tokenizer)
     sample = task.texts("train")[:64]
-    teachers = [load_teacher(config, t, task.num_labels) for t in config.teachers]
+    teachers = [load_teacher(config, t, task.num_labels, task.label_names) for t in config.teachers]
     return [t for t in teachers if shares_tokenizer(student_tokenizer, t.tokenizer, sample)]
 
 
@@ -84,7 +84,7 @@ def intermediate_teachers(config: KDNASConfig, task: TaskData) -> tuple[tuple[st
     for teacher_cfg in config.teachers:
         if named is not None and teacher_cfg.name not in named:
             continue
-        teacher = load_teacher(config, teacher_cfg, task.num_labels)
+        teacher = load_teacher(config, teacher_cfg, task.num_labels, task.label_names)
         if shares_tokenizer(student_tokenizer, teacher.tokenizer, sample):
             chosen.append((teacher.name, teacher.model))
         elif named is not None:
