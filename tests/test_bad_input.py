@@ -558,3 +558,40 @@ def test_a_search_on_a_study_file_it_cannot_write_is_refused_up_front(existing_s
     code = main(["search", "--storage", existing_study, "--study-name", "existing", *TINY_DATA])
     assert code == 2 and f"the study storage {file} is not writable" in capsys.readouterr().err
     assert _snapshot(existing_study) == before
+
+
+@pytest.mark.slow
+def test_sigterm_while_students_train_exits_143_with_the_resume_line_and_leaves_no_running_trial(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["search", "--output-dir", str(tmp_path / "run"), "--storage", url, "--study-name", "term", *TINY_DATA]
+    args += ["--set", "teachers=[{name: t, scratch: {family: bert, layers: 1, hidden: 16, heads: 2}, fit: {}}]"]
+    args += ["--set", "training.epochs=200", "--n-trials", "2"]  # students that are still training when it arrives
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from kdnas.cli import main; sys.exit(main(sys.argv[1:]))", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="term", storage=url).trials
+        except KeyError:  # not created yet
+            trials = []
+        if any(t.state == TrialState.RUNNING for t in trials):
+            break
+        time.sleep(0.5)
+    else:
+        driver.kill()
+        pytest.fail(f"no trial started training: {driver.stderr.read() if driver.stderr else ''}")
+    time.sleep(2)  # inside Tune's loop, with Ray's handlers installed
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err[-2000:]
+    assert "kdnas: error: interrupted; to resume, run the same command again: kdnas search" in err
+    states = [t.state for t in optuna.load_study(study_name="term", storage=url).trials]
+    assert TrialState.RUNNING not in states, states

@@ -149,3 +149,23 @@ def test_benchmark_results_hold_no_local_absolute_path(tmp_path, monkeypatch):
     for result in sorted((repo / "benchmarks" / "results").glob("*.json")):
         absolute = re.findall(r'"(/(?:work|root|home|tmp|Users)/[^"]*)"', result.read_text())
         assert not absolute, (result.name, absolute[:3])
+
+
+@pytest.mark.slow
+def test_no_file_a_search_writes_holds_the_storage_password(request, tmp_path):
+    """Tune's experiment state (``tuner.pkl``, ``search_gen_state-*.json``, on ``search.storage_path``, often shared
+    storage) and every other file under output_dir hold no credential."""
+    from conftest import tiny_raw
+
+    import kdnas
+
+    base = request.getfixturevalue("postgres_url")
+    url = sqlalchemy.engine.make_url(base).set(password=PASSWORD).render_as_string(hide_password=False)
+    raw = tiny_raw(tmp_path / "run", search={"n_trials": 1, "study_name": "secret-search", "storage": url})
+    try:
+        kdnas.run_search(build_config(raw))
+        leaks = [f for f in (tmp_path / "run").rglob("*") if f.is_file() and PASSWORD.encode() in f.read_bytes()]
+        assert leaks == []
+        assert list((tmp_path / "run" / "ray_results").rglob("tuner.pkl")), "Tune's state is where it was looked for"
+    finally:
+        optuna.delete_study(study_name="secret-search", storage=url)

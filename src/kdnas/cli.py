@@ -77,7 +77,12 @@ class Interrupted(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+_terminated: list[int] = []
+"""SIGTERM received by this process (Ray Tune may re-raise the interrupt as a plain KeyboardInterrupt)."""
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
+    _terminated.append(signum)
     raise Interrupted()
 
 
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         again = f"; to resume, run the same command again: kdnas {shlex.join(argv)}" if args.command == "search" else ""
         print(f"kdnas: error: interrupted{again}", file=sys.stderr)
-        return 128 + getattr(err, "signum", signal.SIGINT)
+        return 128 + (signal.SIGTERM if _terminated else getattr(err, "signum", signal.SIGINT))
     except OSError as err:  # a file system or network failure during the run, named by its file or address
         logger.debug("details", exc_info=True)
         print(f"kdnas: error: {err}", file=sys.stderr)

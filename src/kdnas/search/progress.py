@@ -37,6 +37,11 @@ class SearchProgress(tune.Callback):
         self.bar: tqdm | None = None
         self._stack = contextlib.ExitStack()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickles of this callback (Tune's experiment state, ``tuner.pkl``): all but the study, whose storage
+        URL may hold a password; the callback runs in the driver only."""
+        return {**self.__dict__, "study": None}
+
     def __enter__(self) -> SearchProgress:
         if interactive():
             self._stack.enter_context(logging_redirect_tqdm())

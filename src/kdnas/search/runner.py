@@ -17,6 +17,7 @@ from kdnas.data import load_task
 from kdnas.data.transfer import load_transfer_texts
 from kdnas.objectives.latency import resolve_device
 from kdnas.outputs import writable_dir
+from kdnas.ray_session import ray_init
 from kdnas.records import CONFIG_ATTR, INHERITANCE_ATTR, LATENCY_KEY, STUDY_TEACHERS_ATTR, TASK_ATTR, TRANSFER_ATTR
 from kdnas.search import local_ray
 from kdnas.search.elastic_phase import elastic_inputs
@@ -63,9 +64,9 @@ def init_ray(address: str | None, output_dir: Path | None = None) -> None:
     of it if this driver is killed (:mod:`kdnas.search.local_ray`)."""
     if address or os.environ.get("RAY_ADDRESS"):
         if not ray.is_initialized():  # joined already to run the teachers (kdnas.teachers.tasks)
-            ray.init(address=address)
+            ray_init(address=address)
         return
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    ray_init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     if output_dir is not None:
         context = ray.get_runtime_context()
         local_ray.record(output_dir, Path(context.get_temp_dir()) / context.get_session_name())

@@ -194,6 +194,14 @@ class KDNASSearch(Searcher):
         self._restarts: dict[str, int] = {}
         self._last_results: dict[str, dict] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickles of this searcher (Tune's experiment state, ``tuner.pkl``, often on shared storage): all but
+        the storage, the study and the running trials, which hold the storage URL and so may hold a password. kdnas
+        resumes a search from its study, never from Tune's pickle."""
+        state = dict(self.__dict__)
+        state.update(_storage=None, _views_storage=None, _study=None, _ot_trials={})
+        return state
+
     # --- Ray Tune's Searcher contract -------------------------------------------------------------------------------
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:

@@ -24,6 +24,7 @@ import torch
 
 from kdnas.config import ConfigError, KDNASConfig
 from kdnas.devices import assigned_device
+from kdnas.ray_session import ray_init
 
 if TYPE_CHECKING:
     import ray
@@ -139,7 +140,7 @@ def run_step(
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=config.search.ray_address, ignore_reinit_error=True)
+        ray_init(address=config.search.ray_address, ignore_reinit_error=True)
     wanted = resources(config)
     args = tuple(_for_other_nodes(arg) for arg in args)
     logger.info(
