@@ -155,9 +155,8 @@ def test_benchmark_results_hold_no_local_absolute_path(tmp_path, monkeypatch):
 def test_no_file_a_search_writes_holds_the_storage_password(request, tmp_path):
     """Tune's experiment state (``tuner.pkl``, ``search_gen_state-*.json``, on ``search.storage_path``, often shared
     storage) and every other file under output_dir hold no credential."""
-    from conftest import tiny_raw
-
     import kdnas
+    from conftest import tiny_raw
 
     base = request.getfixturevalue("postgres_url")
     url = sqlalchemy.engine.make_url(base).set(password=PASSWORD).render_as_string(hide_password=False)
