@@ -212,6 +212,10 @@ CASES = {
         ["search", "FILES:ok.jsonl:word-labels.jsonl"],
         "word-labels.jsonl str",
     ),
+    "a label names file that is not there": (
+        ["search", "FILES:ok.csv", "--set", "data.label_names=/nonexistent/labels.txt"],
+        "data.label_names: cannot read /nonexistent/labels.txt",
+    ),
     "label names that miss a label": (
         ["search", "FILES:ok.csv", "--set", "data.label_names=[bad]"],
         "data.label_names: give at least 2 distinct names, got 1",
@@ -253,6 +257,10 @@ CASES = {
     "augmentation without a teacher of the students' vocabulary": (
         ["search", "TEACHER:own-tokenizer", "--set", "data.transfer.augment_copies=2"],
         "data.transfer.augment_copies: no teacher uses the students' vocabulary",
+    ),
+    "augmented copies that would not fit in memory": (
+        ["search", "--set", "data.transfer.augment_copies=100000000"],
+        "data.transfer: the transfer set would hold 4,000,000,020 texts (20 found + 100000000 augmented copies of 40",
     ),
     "calibration size 0": (
         ["search", "--set", "student.inherit.calibration_size=0"],

@@ -205,3 +205,14 @@ def test_learned_teacher_weights_down_weight_the_teacher_that_explains_the_label
     twins = learned_teacher_weights(torch.stack([good, good]), labels)
     assert twins.tolist() == pytest.approx([0.5, 0.5])
     assert learned_teacher_weights(good.unsqueeze(0), labels).tolist() == [1.0]
+
+
+def test_repeated_texts_of_transfer_files_are_dropped_and_counted(tmp_path):
+    (tmp_path / "a.csv").write_text("sentence\none\ntwo\none\n")
+    (tmp_path / "b.csv").write_text("sentence\ntwo\nthree\n")
+    raw = {"data": {"demo_train_size": 20, "demo_eval_size": 10}}
+    raw["data"]["transfer"] = {"files": [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], "demo_size": 0}
+    cfg = build_config(raw).data
+    found = load_transfer_texts(cfg, load_task(cfg))
+    assert found.texts == ["one", "two", "three"]
+    assert found.sources == {"duplicates_dropped": 2, f"file:{tmp_path / 'a.csv'}": 2, f"file:{tmp_path / 'b.csv'}": 1}

@@ -70,3 +70,37 @@ def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         logits_mod.save_atomically({"logits": new}, fresh)
     assert not fresh.exists()
+
+
+def test_logits_computed_before_an_interrupt_are_kept_and_a_rerun_goes_on_from_there(tmp_path, monkeypatch):
+    from kdnas.space import StudentArch
+    from kdnas.teachers.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    StudentArch(1, 2, 8, 1).build(tokenizer, 2, max_positions=64).save_pretrained(tmp_path / "t")
+    tokenizer.save_pretrained(tmp_path / "t")
+    config = build_config(tiny_raw(tmp_path / "run", teachers=[{"name": "t", "model": str(tmp_path / "t")}]))
+    task = load_task(config.data)
+    teacher = load_teacher(config, config.teachers[0], task.num_labels)
+    texts = [f"sentence number {i} of the transfer set" for i in range(45)]
+    monkeypatch.setattr(logits_mod, "LOGITS_CHUNK", 10)
+    real, calls = logits_mod.predict_logits, []
+
+    def interrupted_at_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(logits_mod, "predict_logits", interrupted_at_the_third_chunk)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        logits_mod.cached_logits(teacher, task, "transfer", 24, cache, torch.device("cpu"), texts, "c")
+    assert len(list(cache.glob(".*.part-*.safetensors"))) == 2
+    calls.clear()
+    monkeypatch.setattr(logits_mod, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = logits_mod.cached_logits(teacher, task, "transfer", 24, cache, torch.device("cpu"), texts, "c")
+    assert len(calls) == 3  # chunks 3, 4 and 5 of 5
+    assert list(cache.iterdir()) == [logits_mod.logits_file(teacher, task, "transfer", 24, cache, "c")]
+    whole = real(teacher.model, logits_mod.encode(teacher.tokenizer, texts, [0] * 45, 24), device=torch.device("cpu"))
+    assert torch.allclose(resumed, whole, atol=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from itertools import islice
@@ -56,8 +57,19 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
     transfer, columns = cfg.transfer, task.text_columns
     texts: list[Text] = []
     sources: dict[str, int] = {}
+    seen: set[Text] = set()  # texts of files and hub splits: a repeated one is dropped
+
+    def distinct(found: list[str] | list[tuple[str, str]]) -> list[Text]:
+        kept: list[Text] = []
+        for text in found:
+            if text not in seen:
+                seen.add(text)
+                kept.append(text)
+        sources["duplicates_dropped"] = sources.get("duplicates_dropped", 0) + len(found) - len(kept)
+        return kept
+
     for path in transfer.files:
-        found = _split_texts(_load_file("data.transfer.files", path), columns)
+        found = distinct(_split_texts(_load_file("data.transfer.files", path), columns))
         texts += found
         sources[f"file:{path}"] = len(found)
     if transfer.splits:
@@ -65,17 +77,19 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
         name = f"{cfg.hub_name}/{cfg.hub_config}" if cfg.hub_config else cfg.hub_name
         splits = _load_hub(cfg.hub_name, cfg.hub_config, name)
         for split in transfer.splits:
-            found = _split_texts(_hub_split(splits, name, "data.transfer.splits", split), columns)
+            found = distinct(_split_texts(_hub_split(splits, name, "data.transfer.splits", split), columns))
             texts += found
             sources[f"split:{split}"] = len(found)
+    if not sources.get("duplicates_dropped"):
+        sources.pop("duplicates_dropped", None)
     if cfg.demo_transfer_size:
         exclude = {t for t in task.texts("eval") if isinstance(t, str)}
         texts += demo_transfer_texts(cfg.demo_transfer_size, cfg.seed, exclude)
         sources["demo"] = cfg.demo_transfer_size
     if transfer.unused_train_rows:
-        found = unused_train_texts(cfg)
-        texts += found
-        sources["unused_train_rows"] = len(found)
+        unused = unused_train_texts(cfg)
+        texts += unused
+        sources["unused_train_rows"] = len(unused)
     held_out = set(task.texts("eval"))
     kept = [t for t in texts if t not in held_out]
     if len(kept) < len(texts):
@@ -86,3 +100,42 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
     if (transfer.files or transfer.splits or cfg.demo_transfer_size) and not kept:
         raise ConfigError("data.transfer: the transfer sources hold no text outside the validation set")
     return TransferSet(kept, sources)
+
+
+MEMORY_SHARE = 0.5
+"""The largest share of this machine's memory a transfer set may be estimated to take (``check_transfer_size``)."""
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (16 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def transfer_estimate(
+    cfg: DataConfig, task: TaskData, found: TransferSet, copies: int, teachers: int
+) -> tuple[int, int]:
+    """(rows, bytes): the transfer set's texts once ``copies`` augmented copies of each training text join
+    ``found``, and the memory they take as text, tokenised for students (ids, mask, token types at
+    ``data.max_seq_length``) and as the ``teachers``' logits."""
+    train = task.texts("train")
+    text_bytes = sum(len(str(t)) for t in found.texts) + copies * sum(len(str(t)) for t in train)
+    rows = len(found) + copies * len(train)
+    per_row = 3 * 8 * cfg.max_seq_length + 4 * teachers * task.num_labels + 56  # + a Python string's overhead
+    return rows, text_bytes + rows * per_row
+
+
+def check_transfer_size(cfg: DataConfig, task: TaskData, found: TransferSet, copies: int, teachers: int) -> None:
+    """Refuse, before building it, a transfer set estimated to need more than :data:`MEMORY_SHARE` of this
+    machine's memory, saying the estimate and what to lower."""
+    rows, needed = transfer_estimate(cfg, task, found, copies, teachers)
+    limit = MEMORY_SHARE * machine_memory()
+    if needed > limit:
+        raise ConfigError(
+            f"data.transfer: the transfer set would hold {rows:,} texts ({len(found):,} found + {copies} augmented "
+            f"copies of {len(task.train):,} training texts), about {needed / 2**30:.1f} GiB in memory: more than "
+            f"half of this machine's {machine_memory() / 2**30:.0f} GiB. Lower data.transfer.augment_copies or set "
+            "data.transfer.max_samples"
+        )

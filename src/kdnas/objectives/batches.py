@@ -25,6 +25,10 @@ class Encoded:
         return self.labels.shape[0]
 
 
+ENCODE_CHUNK = 8192
+"""Texts tokenised at a time: the tokenizer's Python lists stay this small, so memory follows the tensors."""
+
+
 def encode(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str | tuple[str, str]],
@@ -32,18 +36,33 @@ def encode(
     max_length: int,
 ) -> Encoded:
     """Tokenise single sentences or sentence pairs (all one or the other), truncating and right-padding to
-    ``max_length``."""
+    ``max_length``, :data:`ENCODE_CHUNK` texts at a time."""
+    chunks = [
+        _encode_chunk(tokenizer, texts[start : start + ENCODE_CHUNK], max_length)
+        for start in range(0, len(texts), ENCODE_CHUNK)
+    ] or [_encode_chunk(tokenizer, texts, max_length)]
+    types = [c[2] for c in chunks]
+    return Encoded(
+        input_ids=torch.cat([c[0] for c in chunks]),
+        attention_mask=torch.cat([c[1] for c in chunks]),
+        token_type_ids=torch.cat([t for t in types if t is not None]) if types[0] is not None else None,
+        labels=torch.tensor(list(labels), dtype=torch.long),
+    )
+
+
+def _encode_chunk(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | tuple[str, str]], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if texts and isinstance(texts[0], tuple):
         first, second = [t[0] for t in texts], [t[1] for t in texts]
         enc = tokenizer(first, second, truncation=True, max_length=max_length, padding="max_length")
     else:
         enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding="max_length")
     token_types = enc.get("token_type_ids")
-    return Encoded(
-        input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
-        attention_mask=torch.tensor(enc["attention_mask"], dtype=torch.long),
-        token_type_ids=torch.tensor(token_types, dtype=torch.long) if token_types is not None else None,
-        labels=torch.tensor(list(labels), dtype=torch.long),
+    return (
+        torch.tensor(enc["input_ids"], dtype=torch.long),
+        torch.tensor(enc["attention_mask"], dtype=torch.long),
+        torch.tensor(token_types, dtype=torch.long) if token_types is not None else None,
     )
 
 

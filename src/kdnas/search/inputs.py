@@ -13,7 +13,7 @@ import torch
 from kdnas.config import ConfigError, KDNASConfig
 from kdnas.data import TaskData
 from kdnas.data.augment import augment_texts
-from kdnas.data.transfer import TransferSet, load_transfer_texts
+from kdnas.data.transfer import TransferSet, check_transfer_size, load_transfer_texts
 from kdnas.objectives.batches import concat, encode
 from kdnas.objectives.latency_cache import latency_cache_dir
 from kdnas.search.trial import TrialInputs, build_and_measure
@@ -81,6 +81,7 @@ def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None 
     """
     settings, copies = config.data.transfer, config.data.augment_copies
     found = load_transfer_texts(config.data, task) if found is None else found
+    check_transfer_size(config.data, task, found, copies, len(config.teachers))
     augmented: list = []
     teachers = (
         sorted(vocabulary_teachers(config, task), key=lambda t: t.name != config.student.inherit.teacher)

@@ -14,7 +14,7 @@ from ray import tune
 
 from kdnas.config import KDNASConfig, dump_config
 from kdnas.data import load_task
-from kdnas.data.transfer import load_transfer_texts
+from kdnas.data.transfer import check_transfer_size, load_transfer_texts
 from kdnas.objectives.latency import resolve_device
 from kdnas.outputs import writable_dir
 from kdnas.ray_session import ray_init
@@ -96,6 +96,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     fingerprint.update(task_fingerprint(task))
     check_comparable(existing, config, fingerprint)
     found = load_transfer_texts(config.data, task)  # a missing transfer file fails before teachers are fitted
+    check_transfer_size(config.data, task, found, config.data.augment_copies, len(config.teachers))  # and a huge one
     for teacher in config.teachers:  # a ready teacher's weights and tokenizer are checked before any fitting
         if teacher.fit is None:
             load_teacher(config, teacher, task.num_labels, task.label_names)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -80,6 +81,15 @@ def logits_file(
     return Path(cache_dir) / f"{teacher.name}-{split}-{key}.safetensors"
 
 
+LOGITS_CHUNK = 16384
+"""Texts a teacher labels between two saves: an interrupted run keeps what it computed, and a rerun goes on from
+there."""
+
+
+def _part_file(file: Path, index: int) -> Path:
+    return file.parent / f".{file.stem}.part-{index:05d}.safetensors"
+
+
 def cached_logits(
     teacher: Teacher,
     task: TaskData,
@@ -92,18 +102,41 @@ def cached_logits(
 ) -> torch.Tensor:
     """The teacher's logits ``[N, C]`` on ``split``, computed once and then read from ``cache_dir``.
 
-    ``texts`` (identified by the hash ``content``) replace the split's own texts, e.g. for the transfer set.
+    ``texts`` (identified by the hash ``content``) replace the split's own texts, e.g. for the transfer set. They are
+    labelled :data:`LOGITS_CHUNK` at a time, each chunk saved as it is done, so an interrupted run loses at most one
+    chunk; the chunks become one cache file at the end.
     """
     file = logits_file(teacher, task, split, max_length, cache_dir, content)
     if file.exists():
         logger.info("teacher logits cache hit: %s %s (%s)", teacher.name, split, file.name)
         return load_file(file)["logits"]
     texts = task.texts(split) if texts is None else texts
-    logger.info("teacher logits cache miss: %s %s, running the teacher on %d texts", teacher.name, split, len(texts))
-    data = encode(teacher.tokenizer, texts, [0] * len(texts), max_length)
+    starts = range(0, len(texts), LOGITS_CHUNK)
+    kept = sum(_part_file(file, i).exists() for i in range(len(starts)))
+    logger.info(
+        "teacher logits cache miss: %s %s, running the teacher on %d texts%s",
+        teacher.name,
+        split,
+        len(texts),
+        f" ({kept} of {len(starts)} chunks kept from an interrupted run)" if kept else "",
+    )
+    chunks = []
     with Progress(f"teacher {teacher.name} logits on {split}", "text") as progress:
-        logits = predict_logits(teacher.model, data, device=device, on_batch=progress.advance)
+        for index, start in enumerate(starts):
+            part = _part_file(file, index)
+            chunk = texts[start : start + LOGITS_CHUNK]
+            if part.exists():
+                chunks.append(load_file(part)["logits"])
+            else:
+                data = encode(teacher.tokenizer, chunk, [0] * len(chunk), max_length)
+                advance = partial(lambda done, total, at: progress.advance(at + done, len(texts)), at=start)
+                chunks.append(predict_logits(teacher.model, data, device=device, on_batch=advance))
+                save_atomically({"logits": chunks[-1]}, part)
+            progress.advance(start + len(chunk), len(texts))
+    logits = torch.cat(chunks) if chunks else torch.zeros(0, len(task.label_names))
     save_atomically({"logits": logits}, file, ran_on=where(device))
+    for index in range(len(starts)):
+        _part_file(file, index).unlink(missing_ok=True)
     return logits
 
 
