@@ -13,10 +13,13 @@ once and cached under ``--output-dir`` (its accuracy and fitting time are report
     one alone, for the middle architecture. Target: ≥ +0.5 point.
 (layers) ``student.inherit.layers``: the most important teacher layers against uniformly spread ones, for the
     2- and 3-layer students (not run by default: ``--parts layers``).
+(text) How the knee student (``--text-arch``, default L4-H192-A6-F384) gains from more in-domain text: the SST-2
+    training rows beyond the labelled subset as unlabelled transfer text (``data.transfer.unused_train_rows``), a
+    seeded ``--text-rows`` of them each run, beside the augmented copies (not run by default: ``--parts text``).
 
     python benchmarks/p3_quality.py [--parts b c d a layers] [--data DIR] [--teacher-samples 20000]
         [--train-samples 2000] [--epochs 2] [--seeds 0 1 2] [--trials 8] [--layers uniform|importance]
-        [--unused-train-rows N] [--per-epoch N]
+        [--unused-train-rows N] [--per-epoch N] [--text-rows 0 16000 32000] [--text-arch L,HEADS,HEAD_DIM,FFN]
 
 Parts run in the order given and merge into ``benchmarks/results/p3_quality.json`` (earlier parts' results are kept),
 so they can run as separate commands, each within 45 minutes on 2 cores (the first also fits the teacher, 13 min;
@@ -209,7 +212,9 @@ def front_against_teacher(study: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, name=NAME, train_samples=2000, output_dir="bench-p3")
-    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d", "layers"], default=["b", "c", "d", "a"])
+    parser.add_argument(
+        "--parts", nargs="+", choices=["a", "b", "c", "d", "layers", "text"], default=["b", "c", "d", "a"]
+    )
     parser.add_argument("--teacher-samples", type=int, default=20000, help="MiniLM's fine-tuning examples")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=2, help="student epochs")
@@ -230,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         "unlabelled, beside the augmented copies (data.transfer.unused_train_rows, max_samples; 0: none)",
     )
     parser.add_argument("--per-epoch", type=int, default=0, help="data.transfer.per_epoch (0: the whole set)")
+    parser.add_argument("--text-rows", type=int, nargs="+", default=[0, 16000, 32000], help="(text) unused rows")
+    parser.add_argument("--text-arch", default="4,6,32,2", help="(text) the student, as layers,heads,head_dim,ffn")
     parser.add_argument("--threads", type=int, default=1, help="torch threads and Ray CPUs per search trial")
     args = parser.parse_args(argv)
     args.output_dir = str(Path(args.output_dir).resolve())
@@ -273,6 +280,17 @@ def main(argv: list[str] | None = None) -> None:
             hard = student_raw(data, args, [teacher], kd={"alpha": 1.0}, data={"transfer": {"augment_copies": 0}})
             section = runs.compare(("transfer", with_transfer), ("hard_labels", hard), args.archs, args.seeds, 1.0)
             summary.append(f"(c) transfer - hard labels {section['mean_gain_points']:+.2f} pts")
+        elif part == "text":
+            per_rows = []
+            for rows in args.text_rows:
+                transfer = {"unused_train_rows": True, "max_samples": rows} if rows else {}
+                raw = student_raw(data, args, [teacher], data={"transfer": transfer})
+                value = runs.train(f"text-{rows}", raw, args.text_arch, args.seeds[0])
+                per_rows.append(
+                    {"unused_rows": rows, "value": value, "gap_points": 100 * (teacher["dev_accuracy"] - value)}
+                )
+            section = {"arch": args.text_arch, "seed": args.seeds[0], "per_rows": per_rows}
+            summary.append("(text) " + ", ".join(f"{r['unused_rows']}: {r['value']:.4f}" for r in per_rows))
         elif part == "layers":
             importance = student_raw(data, args, [teacher], student={"inherit": {"layers": "importance"}})
             uniform = student_raw(data, args, [teacher], student={"inherit": {"layers": "uniform"}})
