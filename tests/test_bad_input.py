@@ -438,6 +438,34 @@ def test_data_edited_in_place_with_its_time_kept_is_refused_on_a_rerun(files, ex
     assert _snapshot(existing_study) == before
 
 
+def test_export_of_a_student_changed_since_its_trial_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from conftest import save_tiny_student
+    from kdnas.outputs import student_digest
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    student = save_tiny_student(tmp_path / "students" / "s" / "trial-0000")
+    study = optuna.create_study(storage=url, study_name="s", directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "latency_ms"])
+    attrs = {"arch_summary": "L1-H16", "params": 1000, "student_path": str(student)}
+    study.add_trial(
+        create_trial(
+            values=[0.8, 1.0],
+            params={"num_layers": 1},
+            distributions={"num_layers": IntDistribution(1, 4)},
+            user_attrs={**attrs, "student_sha256": student_digest(student)},
+        )
+    )
+    weights = student / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])  # truncated, e.g. a full disk
+    before = _snapshot(url)
+    capsys.readouterr()
+    out = tmp_path / "export"
+    code = main(["export", "--storage", url, "--study-name", "s", "--trial", "0", "--out", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kdnas: error: ")]
+    assert code == 2 and len(errors) == 1 and "is not the one it trained (SHA-256 " in errors[0], errors
+    assert not (out.exists() and any(out.iterdir())) and _snapshot(url) == before  # --out is checked writable first
+
+
 def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates_no_study(
     files, existing_study, tmp_path, monkeypatch, capsys
 ):

@@ -60,11 +60,14 @@ def test_label_names_differing_from_the_task_are_refused_in_one_line(tmp_path):
 
 def test_unnamed_labels_on_either_side_are_taken_by_index(tmp_path, caplog):
     unnamed = _teacher(tmp_path, None)
-    assert _load(unnamed, ("neg", "pos")).label_order is None
     named = _teacher(tmp_path, {0: "neg", 1: "pos"})
     with caplog.at_level(logging.INFO, logger="kdnas.teachers.loading"):
+        assert _load(unnamed, ("neg", "pos")).label_order is None
         assert _load(named, ("0", "1")).label_order is None
+        assert _load(unnamed, ("0", "1")).label_order is None  # nothing named: nothing to say
+    assert "outputs taken in order as the task's labels (LABEL_0 → neg, LABEL_1 → pos)" in caplog.text
     assert "outputs taken in order as the task's labels (neg → 0, pos → 1)" in caplog.text
+    assert "LABEL_0 → 0" not in caplog.text
 
 
 def test_a_teacher_without_a_trained_classification_head_is_refused_unless_fitted():

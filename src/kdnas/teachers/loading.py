@@ -145,9 +145,10 @@ def label_order(teacher: TeacherConfig, own: tuple[str, ...], task: tuple[str, .
     ignored); None when its outputs are already in the task's order or either side has no names (``LABEL_0``,
     ``0``…), or with ``align_labels: index``. Raises :class:`ConfigError` when both sides name their labels and
     the names differ. Logs which mapping was used when it is not plain."""
-    unnamed = all(_GENERIC_LABEL.match(n) for n in own) or all(_GENERIC_LABEL.match(n) for n in task)
-    if teacher.align_labels == "index" or unnamed:
-        if teacher.align_labels == "index" or not all(_GENERIC_LABEL.match(n) for n in own):
+    own_named = not all(_GENERIC_LABEL.match(n) for n in own)
+    task_named = not all(_GENERIC_LABEL.match(n) for n in task)
+    if teacher.align_labels == "index" or not (own_named and task_named):
+        if own_named or task_named:  # a mapping worth saying: at least one side names its labels
             pairs = ", ".join(f"{o} → {t}" for o, t in zip(own[:4], task[:4], strict=False))
             logger.info(
                 "teacher %s: outputs taken in order as the task's labels (%s%s)",
