@@ -150,11 +150,8 @@ def label_order(teacher: TeacherConfig, own: tuple[str, ...], task: tuple[str, .
     if teacher.align_labels == "index" or not (own_named and task_named):
         if own_named or task_named:  # a mapping worth saying: at least one side names its labels
             pairs = ", ".join(f"{o} → {t}" for o, t in zip(own[:4], task[:4], strict=False))
-            logger.info(
-                "teacher %s: outputs taken in order as the task's labels (%s%s)",
-                teacher.name,
-                pairs,
-                ", …" if len(own) > 4 else "",
+            _say_once(
+                f"teacher {teacher.name}: outputs taken in order as the task's labels ({pairs}{', …' * (len(own) > 4)})"
             )
         return None
     position = {_normalised(n): i for i, n in enumerate(own)}
@@ -169,10 +166,18 @@ def label_order(teacher: TeacherConfig, own: tuple[str, ...], task: tuple[str, .
     if order == tuple(range(len(order))):
         return None
     moved = [f"{own[i]} (output {i}) → label {j}" for j, i in enumerate(order) if i != j]
-    logger.info(
-        "teacher %s: labels aligned by name: %s%s", teacher.name, ", ".join(moved[:4]), ", …" if len(moved) > 4 else ""
-    )
+    _say_once(f"teacher {teacher.name}: labels aligned by name: {', '.join(moved[:4])}{', …' * (len(moved) > 4)}")
     return order
+
+
+_said: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """Log ``line`` the first time this process would (a teacher is loaded for several steps of one search)."""
+    if line not in _said:
+        _said.add(line)
+        logger.info("%s", line)
 
 
 def _reorder_head(teacher: Teacher, order: tuple[int, ...], probe: tuple[torch.Tensor, torch.Tensor]) -> None:
