@@ -165,3 +165,19 @@ def test_latency_synchronises_cuda_and_refuses_missing_gpu(monkeypatch):
     assert latency_mod.resolve_device("auto").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert latency_mod.resolve_device("auto").type == "cuda"
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_texts_encoded_in_chunks_are_encoded_as_all_at_once(monkeypatch, pairs):
+    from kdnas.objectives import batches
+    from kdnas.teachers.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    texts = [f"sentence {i} " + "word " * (i % 9) for i in range(23)]
+    texts = [(t, t[::-1]) for t in texts] if pairs else texts
+    whole = batches.encode(tokenizer, texts, list(range(23)), 16)
+    monkeypatch.setattr(batches, "ENCODE_CHUNK", 5)
+    chunked = batches.encode(tokenizer, texts, list(range(23)), 16)
+    for name in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+    assert chunked.input_ids.shape == (23, 16)

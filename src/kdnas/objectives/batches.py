@@ -36,16 +36,22 @@ def encode(
     max_length: int,
 ) -> Encoded:
     """Tokenise single sentences or sentence pairs (all one or the other), truncating and right-padding to
-    ``max_length``, :data:`ENCODE_CHUNK` texts at a time."""
-    chunks = [
-        _encode_chunk(tokenizer, texts[start : start + ENCODE_CHUNK], max_length)
-        for start in range(0, len(texts), ENCODE_CHUNK)
-    ] or [_encode_chunk(tokenizer, texts, max_length)]
-    types = [c[2] for c in chunks]
+    ``max_length``, :data:`ENCODE_CHUNK` texts at a time into tensors allocated once (memory: the tensors)."""
+    ids, mask, types = _encode_chunk(tokenizer, texts[:ENCODE_CHUNK], max_length)
+    if len(texts) > ENCODE_CHUNK:
+        first = (ids, mask, types)
+        ids, mask = ids.new_empty(len(texts), ids.shape[1]), mask.new_empty(len(texts), mask.shape[1])
+        types = types.new_empty(len(texts), types.shape[1]) if types is not None else None
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            chunk = first if start == 0 else _encode_chunk(tokenizer, texts[start : start + ENCODE_CHUNK], max_length)
+            end = start + len(chunk[0])
+            ids[start:end], mask[start:end] = chunk[0], chunk[1]
+            if types is not None and chunk[2] is not None:
+                types[start:end] = chunk[2]
     return Encoded(
-        input_ids=torch.cat([c[0] for c in chunks]),
-        attention_mask=torch.cat([c[1] for c in chunks]),
-        token_type_ids=torch.cat([t for t in types if t is not None]) if types[0] is not None else None,
+        input_ids=ids,
+        attention_mask=mask,
+        token_type_ids=types,
         labels=torch.tensor(list(labels), dtype=torch.long),
     )
 
