@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,20 @@ def missing_student_files(directory: Path) -> list[str]:
     return [name for name in STUDENT_FILES if not (directory / name).is_file()]
 
 
-def student_digest(directory: Path) -> str:
-    """SHA-256 over a saved student's files (:data:`~kdnas.records.STUDENT_FILES`), by name and content."""
+def files_digest(files: Iterable[Path]) -> str:
+    """SHA-256 over ``files`` in the order given, each by its name and content."""
     digest = hashlib.sha256()
-    for name in STUDENT_FILES:
-        digest.update(name.encode())
-        with (directory / name).open("rb") as handle:
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def student_digest(directory: Path) -> str:
+    """SHA-256 over a saved student's files (:data:`~kdnas.records.STUDENT_FILES`), by name and content."""
+    return files_digest(directory / name for name in STUDENT_FILES)
 
 
 def write_json_atomically(file: Path, data: Any) -> None:

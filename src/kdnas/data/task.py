@@ -88,20 +88,6 @@ def load_task(cfg: DataConfig) -> TaskData:
     return _build_task(cfg, *_splits(cfg))
 
 
-def unused_train_texts(cfg: DataConfig) -> list[str] | list[tuple[str, str]]:
-    """The texts of the training rows that ``data.max_train_samples`` leaves out of the task (none without a
-    limit): in-domain text whose labels the task does not use."""
-    if cfg.max_train_samples is None:
-        return []
-    _, train, _ = _splits(cfg)
-    columns = [[str(t) for t in _column(train, c, "data.text_columns")] for c in cfg.text_columns]
-    kept = set(_kept(len(columns[0]), cfg.max_train_samples, cfg.seed))
-    unused = [i for i in range(len(columns[0])) if i not in kept]
-    if len(columns) == 1:
-        return [columns[0][i] for i in unused]
-    return [(columns[0][i], columns[1][i]) for i in unused]
-
-
 def _splits(cfg: DataConfig) -> tuple[str, _Split, _Split]:
     """The task's name and its train and eval splits as loaded (before any row limit)."""
     if cfg.source == "demo":
@@ -212,8 +198,10 @@ def _label_kind(split: _Split, label: str, values: list[Any]) -> type | None:
 
 def _named_labels(label_names: list[str] | str | None) -> tuple[str, ...] | None:
     """``data.label_names`` as a tuple: the list, or the lines of the file it names."""
-    if label_names is None or isinstance(label_names, list):
-        return tuple(label_names) if label_names is not None else None
+    if label_names is None:
+        return None
+    if isinstance(label_names, list):
+        return tuple(label_names)
     file = Path(label_names)
     try:
         lines = file.read_text(encoding="utf-8").splitlines()

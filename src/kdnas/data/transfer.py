@@ -18,7 +18,7 @@ from itertools import islice
 from kdnas.config import ConfigError, DataConfig
 from kdnas.data.augment import Text
 from kdnas.data.demo import _sentences
-from kdnas.data.task import TaskData, _column, _hub_split, _load_file, _load_hub, unused_train_texts
+from kdnas.data.task import TaskData, _column, _hub_split, _kept, _load_file, _load_hub, _splits
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,16 @@ class TransferSet:
 def _split_texts(split, text_columns: tuple[str, ...]) -> list[str] | list[tuple[str, str]]:
     columns = [[str(t) for t in _column(split, column, "data.text_columns")] for column in text_columns]
     return columns[0] if len(columns) == 1 else list(zip(*columns))
+
+
+def unused_train_texts(cfg: DataConfig, text_columns: tuple[str, ...]) -> list[Text]:
+    """The texts of the training rows that ``data.max_train_samples`` leaves out of the task (none without a
+    limit): in-domain text whose labels the task does not use."""
+    if cfg.max_train_samples is None:
+        return []
+    texts: list[Text] = [*_split_texts(_splits(cfg)[1], text_columns)]
+    kept = set(_kept(len(texts), cfg.max_train_samples, cfg.seed))
+    return [text for i, text in enumerate(texts) if i not in kept]
 
 
 def demo_transfer_texts(n: int, seed: int, exclude: set[str]) -> list[str]:
@@ -87,7 +97,7 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
         texts += demo_transfer_texts(cfg.demo_transfer_size, cfg.seed, exclude)
         sources["demo"] = cfg.demo_transfer_size
     if transfer.unused_train_rows:
-        unused = unused_train_texts(cfg)
+        unused = unused_train_texts(cfg, columns)
         texts += unused
         sources["unused_train_rows"] = len(unused)
     held_out = set(task.texts("eval"))

@@ -3,7 +3,6 @@ used; what identifies its weights."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from transformers import (
 )
 
 from kdnas.config import ConfigError, KDNASConfig, TeacherConfig
+from kdnas.outputs import files_digest
 
 logger = logging.getLogger(__name__)
 
@@ -282,13 +282,7 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 
 
 def weights_digest(path: str) -> str:
+    """SHA-256 of a model directory's weights and config (by name and content; none for a hub id)."""
     directory = Path(path)
-    digest = hashlib.sha256()
     files = sorted(directory.glob("*.safetensors")) + [directory / "config.json"]
-    for file in files:
-        if file.exists():
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
+    return files_digest(file for file in files if file.exists())

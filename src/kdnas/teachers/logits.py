@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -129,7 +128,10 @@ def cached_logits(
                 chunks.append(load_file(part)["logits"])
             else:
                 data = encode(teacher.tokenizer, chunk, [0] * len(chunk), max_length)
-                advance = partial(lambda done, total, at: progress.advance(at + done, len(texts)), at=start)
+
+                def advance(done: int, total: int, at: int = start) -> None:
+                    progress.advance(at + done, len(texts))
+
                 chunks.append(predict_logits(teacher.model, data, device=device, on_batch=advance))
                 save_atomically({"logits": chunks[-1]}, part)
             progress.advance(start + len(chunk), len(texts))
