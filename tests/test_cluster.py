@@ -107,6 +107,9 @@ def test_worker_node_lost_mid_trial_then_a_node_joins_and_a_ray_job_trains_on_bo
         cluster_storage,
         training={"epochs": EPOCHS, "batch_size": 2},  # a few seconds an epoch: both nodes take a trial
         search={"n_trials": n_trials, "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1}, "max_failures": 1},
+        # 3x the tiny task's rows: an epoch long enough that the worker's student is seen mid-training even on a
+        # loaded machine (with 160 rows a whole trial took 3 s and the search sometimes ended before it was seen)
+        data={"demo_train_size": 480},
     )
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
