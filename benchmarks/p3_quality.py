@@ -16,6 +16,9 @@ once and cached under ``--output-dir`` (its accuracy and fitting time are report
 (text) How the knee student (``--text-arch``, default L4-H192-A6-F384) gains from more in-domain text: the SST-2
     training rows beyond the labelled subset as unlabelled transfer text (``data.transfer.unused_train_rows``), a
     seeded ``--text-rows`` of them each run, beside the augmented copies (not run by default: ``--parts text``).
+(hidden) Lever 3 of #35: the knee student with ``--text-rows``' largest count of unused rows, logit KD alone against
+    logit KD plus hidden-state KD of its last layer by the teacher's last (``kd.intermediate.layer_map: final``,
+    hidden states only, β = ``--hidden-weight``), over ``--seeds`` (not run by default: ``--parts hidden``).
 
     python benchmarks/p3_quality.py [--parts b c d a layers] [--data DIR] [--teacher-samples 20000]
         [--train-samples 2000] [--epochs 2] [--seeds 0 1 2] [--trials 8] [--layers uniform|importance]
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, name=NAME, train_samples=2000, output_dir="bench-p3")
     parser.add_argument(
-        "--parts", nargs="+", choices=["a", "b", "c", "d", "layers", "text"], default=["b", "c", "d", "a"]
+        "--parts", nargs="+", choices=["a", "b", "c", "d", "layers", "text", "hidden"], default=["b", "c", "d", "a"]
     )
     parser.add_argument("--teacher-samples", type=int, default=20000, help="MiniLM's fine-tuning examples")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
@@ -237,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-epoch", type=int, default=0, help="data.transfer.per_epoch (0: the whole set)")
     parser.add_argument("--text-rows", type=int, nargs="+", default=[0, 16000, 32000], help="(text) unused rows")
     parser.add_argument("--text-arch", default="4,6,32,2", help="(text) the student, as layers,heads,head_dim,ffn")
+    parser.add_argument("--hidden-weight", type=float, default=1.0, help="(hidden) kd.intermediate.weight")
     parser.add_argument("--threads", type=int, default=1, help="torch threads and Ray CPUs per search trial")
     args = parser.parse_args(argv)
     args.output_dir = str(Path(args.output_dir).resolve())
@@ -291,6 +295,15 @@ def main(argv: list[str] | None = None) -> None:
                 )
             section = {"arch": args.text_arch, "seed": args.seeds[0], "per_rows": per_rows}
             summary.append("(text) " + ", ".join(f"{r['unused_rows']}: {r['value']:.4f}" for r in per_rows))
+        elif part == "hidden":
+            transfer = {"unused_train_rows": True, "max_samples": max(args.text_rows)}
+            logit = student_raw(data, args, [teacher], data={"transfer": transfer})
+            final = {"enabled": True, "layer_map": "final", "weight": args.hidden_weight, "attention": 0.0}
+            hidden = student_raw(
+                data, args, [teacher], data={"transfer": transfer}, kd={"intermediate": {**final, "embedding": 0.0}}
+            )
+            section = runs.compare(("hidden_final", hidden), ("logits_only", logit), [args.text_arch], args.seeds, 0.0)
+            summary.append(f"(hidden) last-layer hidden KD - logits only {section['mean_gain_points']:+.2f} pts")
         elif part == "layers":
             importance = student_raw(data, args, [teacher], student={"inherit": {"layers": "importance"}})
             uniform = student_raw(data, args, [teacher], student={"inherit": {"layers": "uniform"}})

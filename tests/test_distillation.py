@@ -35,6 +35,8 @@ from kdnas.teachers.roles import shares_tokenizer
         ("skip", 4, 6, [1, 3, 5, 5]),
         ("last", 2, 6, [4, 5]),
         ("last", 1, 6, [5]),
+        ("final", 3, 6, [None, None, 5]),
+        ("final", 1, 6, [5]),
         ([0, 5], 2, 6, [0, 5]),
     ],
 )
@@ -176,6 +178,26 @@ def test_identical_student_and_teacher_give_zero_intermediate_loss(mapping):
     batch = _batch()
     out = student(**batch, output_hidden_states=True, output_attentions=True)
     assert distiller(out, batch).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_final_map_teaches_only_the_last_layer_by_the_teachers_last():
+    teacher, student = tiny_bert(hidden=24, layers=3, heads=3), tiny_bert(hidden=16, layers=2, heads=2, seed=5)
+    distiller = IntermediateDistiller(
+        IntermediateConfig(enabled=True, layer_map="final", attention=0.0, embedding=0.0),
+        student_hidden=16,
+        student_layers=2,
+        teachers=[("t", teacher)],
+    )
+    batch = _batch()
+    out = student(**batch, output_hidden_states=True)
+    loss = distiller(out, batch)
+    with torch.no_grad():
+        taught = teacher(**batch, output_hidden_states=True).hidden_states[3]
+        expected = masked_mse(distiller.projections["t"](out.hidden_states[2]), taught, batch["attention_mask"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()  # the first layer learns only through the last one's input
+    assert student.bert.encoder.layer[0].output.dense.weight.grad.abs().sum() > 0
+    assert distiller.record() == {"t": {"layer_map": [None, 3]}}
 
 
 def test_intermediate_loss_trains_student_and_projection_not_teacher():

@@ -267,7 +267,7 @@ def _ends(value: Scheduled) -> tuple[float, float]:
     return (value.start, value.end) if isinstance(value, Ramp) else (value, value)
 
 
-LAYER_MAPS = ("uniform", "skip", "last", "emd")
+LAYER_MAPS = ("uniform", "skip", "last", "final", "emd")
 
 
 class IntermediateConfig(_Section):
@@ -280,7 +280,7 @@ class IntermediateConfig(_Section):
     attention: float = Field(1.0, ge=0)
     attention_loss: Literal["kl", "mse"] = "kl"
     embedding: float = Field(1.0, ge=0)
-    layer_map: Literal["uniform", "skip", "last", "emd"] | list[int] = "uniform"
+    layer_map: Literal["uniform", "skip", "last", "final", "emd"] | list[int] = "uniform"
     emd_separate: bool = False
 
     @model_validator(mode="after")
@@ -300,7 +300,7 @@ class KDSpaceConfig(_Section):
     combiner: list[Literal["mean", "learned", "weighted", "confidence", "gradient"]] | None = None
     temperature: list[float] | None = None
     alpha: list[float] | None = None
-    intermediate: list[Literal["off", "uniform", "skip", "last", "emd"]] | None = None
+    intermediate: list[Literal["off", "uniform", "skip", "last", "final", "emd"]] | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> KDSpaceConfig:

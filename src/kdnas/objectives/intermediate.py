@@ -21,26 +21,30 @@ from kdnas.config import IntermediateConfig
 from kdnas.objectives.emd import EMDLayerMapping
 
 
-def kd_layer_map(kind: str | Sequence[int], student_layers: int, teacher_layers: int) -> list[int]:
-    """The teacher layer that teaches each student layer: a layer map (see :mod:`kdnas.space`), 0-based.
+def kd_layer_map(kind: str | Sequence[int], student_layers: int, teacher_layers: int) -> list[int | None]:
+    """The teacher layer that teaches each student layer (``None``: none does): a layer map (see
+    :mod:`kdnas.space`), 0-based.
 
     ``uniform``: evenly spread, ending at the last layer (TinyBERT's ``g(m) = m·N/M`` with layers counted from 1);
     ``skip``: every other layer, the 2nd, 4th, … (PKD-skip, DistilBERT's selection); ``last``: the top M layers
-    (PKD-last); or an explicit list of 0-based indices (the config's ``kd.intermediate.layer_map`` list counts from
-    1: see :func:`config_layer_map`).
+    (PKD-last); ``final``: only the student's last layer, taught by the teacher's last (Ko et al. 2023: at small
+    data, distilling the last layer alone beats layer-to-layer maps); or an explicit list of 0-based indices (the
+    config's ``kd.intermediate.layer_map`` list counts from 1: see :func:`config_layer_map`).
     """
     m, n = student_layers, teacher_layers
     if not isinstance(kind, str):
         chosen = list(kind)
         if len(chosen) != m or not all(0 <= j < n for j in chosen):
             raise ValueError(f"layer map {chosen} must list {m} teacher layer indices between 0 and {n - 1}")
-        return chosen
+        return list[int | None](chosen)
     if kind == "uniform":
         return [math.ceil(i * n / m) - 1 for i in range(1, m + 1)]
     if kind == "skip":
         return [min(2 * i, n) - 1 for i in range(1, m + 1)]
     if kind == "last":
         return [max(n - m + i, 1) - 1 for i in range(1, m + 1)]
+    if kind == "final":
+        return [None] * (m - 1) + [n - 1]
     raise ValueError(f"unknown layer map {kind!r}")
 
 
@@ -124,11 +128,11 @@ class IntermediateTeacher:
 
     name: str
     model: PreTrainedModel
-    layers: list[int] | None  # fixed layer map (0-based, per student layer); None when matched by EMD
+    layers: list[int | None] | None  # fixed layer map (0-based, per student layer); None when matched by EMD
     emd: EMDLayerMapping | None
 
     @property
-    def layer_map(self) -> list[int]:
+    def layer_map(self) -> list[int | None]:
         """The fixed layer map, which a teacher has exactly when it is not matched by EMD."""
         if self.layers is None:
             raise ValueError(f"teacher {self.name!r} is matched by EMD: it has no fixed layer map")
@@ -203,8 +207,9 @@ class IntermediateDistiller(torch.nn.Module):
         if teacher.emd is not None:
             costs = self._cost_matrices(student_hidden, student, out, mask)
             return total + teacher.emd.loss(costs) if costs else total
-        m = len(student_hidden) - 1
-        for i, j in enumerate(teacher.layer_map):  # hidden_states[0] are the embeddings: layer i's output is at i + 1
+        pairs = [(i, j) for i, j in enumerate(teacher.layer_map) if j is not None]
+        m = len(pairs)
+        for i, j in pairs:  # hidden_states[0] are the embeddings: layer i's output is at i + 1
             if cfg.hidden > 0:
                 total = total + cfg.hidden * masked_mse(student_hidden[i + 1], out.hidden_states[j + 1], mask) / m
             if cfg.attention > 0:
@@ -241,7 +246,7 @@ class IntermediateDistiller(torch.nn.Module):
         """Per teacher: its fixed layer map (teacher layer numbers counting from 1, as the config writes them), or
         its EMD layer weights (rounded) at the end of training."""
         return {
-            t.name: {"layer_map": [j + 1 for j in t.layer_map]}
+            t.name: {"layer_map": [None if j is None else j + 1 for j in t.layer_map]}
             if t.emd is None
             else {
                 "layer_map": "emd",
