@@ -67,7 +67,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def searched(run_dir: Path, ray_session):
     """(config, study) after one real tiny search on local Ray with a SQLite study."""
-    from kdnas.search.runner import run_search
+    from kdnas.tune.driver import run_search
 
     config = build_config(tiny_raw(run_dir))
     return config, run_search(config)
@@ -146,8 +146,8 @@ def search_config(run_dir: Path, study_name: str, storage: tuple[str | None, str
 
 def outcome_of(result: dict | None, error: bool = False):
     """How ``KDNASSearch`` classifies a trial whose last Tune result is ``result`` (metrics: accuracy, latency)."""
-    from kdnas.records import TrialReport
-    from kdnas.search.searcher import report_outcome
+    from kdnas.study.records import TrialReport
+    from kdnas.tune.searcher import report_outcome
 
     return report_outcome(TrialReport.from_result(result, "accuracy"), error, ["accuracy", "latency_ms"])
 
@@ -155,8 +155,8 @@ def outcome_of(result: dict | None, error: bool = False):
 def make_searcher(config: KDNASConfig, storage, **kwargs):
     """A ``KDNASSearch`` over ``config``'s space and study in ``storage`` (accuracy up, latency down); ``kwargs``
     go to its constructor."""
-    from kdnas.search.searcher import KDNASSearch
-    from kdnas.space import SearchSpace
+    from kdnas.student import SearchSpace
+    from kdnas.tune.searcher import KDNASSearch
 
     return KDNASSearch(
         space=SearchSpace(config.student.space).suggest,
@@ -342,7 +342,7 @@ def tiny_bert(hidden: int = 16, layers: int = 2, heads: int = 2, seed: int = 0):
 def _tiny_student() -> Path:
     import tempfile
 
-    from kdnas.space import StudentArch
+    from kdnas.student import StudentArch
     from kdnas.teachers.loading import load_tokenizer, resolve_model_ref
 
     path = Path(tempfile.mkdtemp(prefix="kdnas-tiny-student-"))

@@ -12,7 +12,7 @@ import sys
 import optuna
 
 from kdnas.cli import main
-from kdnas.search.searcher import KDNASSearch
+from kdnas.tune.searcher import KDNASSearch
 
 
 def _die(*_: object, **__: object) -> None:

@@ -11,9 +11,10 @@ import ray.cloudpickle
 import torch
 from ray import tune
 
-from kdnas.records import ARCH_SUMMARY_ATTR, TRIAL_NUMBER_KEY, TrialReport
-from kdnas.search import inputs, runner
-from kdnas.search.trial import TrialInputs
+from kdnas.study.records import ARCH_SUMMARY_ATTR, TRIAL_NUMBER_KEY, TrialReport
+from kdnas.tune import driver as runner
+from kdnas.tune import inputs
+from kdnas.tune.trial import TrialInputs
 
 if __name__ != "__main__":
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/

@@ -194,12 +194,12 @@ def test_the_benchmarks_use_only_the_public_api():
 
 def test_the_benchmark_rule_catches_what_it_should():
     source = (
-        "import kdnas\nimport kdnas.records\nfrom kdnas.search.trial import run_trial\nfrom kdnas import records\n"
+        "import kdnas\nimport kdnas.study.records\nfrom kdnas.tune.trial import run_trial\nfrom kdnas import records\n"
         "from kdnas import train_student\nkdnas.search.trial\nkdnas.train_student\n"
     )
     assert [use.split(": ", 1)[1] for use in private_uses(source)] == [
-        "import kdnas.records",
-        "from kdnas.search.trial import …",
+        "import kdnas.study.records",
+        "from kdnas.tune.trial import …",
         "from kdnas import records",
         "kdnas.search",
     ]

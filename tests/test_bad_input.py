@@ -13,11 +13,11 @@ from optuna.trial import TrialState, create_trial
 from kdnas.cli import main
 from kdnas.config import ScratchConfig, load_config
 from kdnas.data import load_task
-from kdnas.records import FINGERPRINT_ATTR
-from kdnas.search.fingerprint import config_fingerprint, task_fingerprint
-from kdnas.space import StudentArch
+from kdnas.student import StudentArch
+from kdnas.study.records import FINGERPRINT_ATTR
 from kdnas.teachers.fitting import _train_tokenizer
 from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.fingerprint import config_fingerprint, task_fingerprint
 
 TINY_DATA = [
     "--set",
@@ -469,7 +469,7 @@ def test_export_of_a_student_changed_since_its_trial_is_one_line_and_writes_noth
 def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates_no_study(
     files, existing_study, tmp_path, monkeypatch, capsys
 ):
-    from kdnas.search import runner
+    from kdnas.tune import driver as runner
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -487,8 +487,8 @@ def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates
 def _running_trial(url: str) -> int:
     """Add a RUNNING trial that this process drives to the study ``existing``, its student in training; return its
     number."""
-    from kdnas.records import DRIVER_ATTR, RECIPE_ATTR
-    from kdnas.search.orphans import this_driver
+    from kdnas.study.orphans import this_driver
+    from kdnas.study.records import DRIVER_ATTR, RECIPE_ATTR
 
     study = optuna.load_study(study_name="existing", storage=url)
     trial = study.ask({"num_layers": IntDistribution(1, 4)})
@@ -498,7 +498,7 @@ def _running_trial(url: str) -> int:
 
 
 def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing_study, tmp_path, monkeypatch, capsys):
-    from kdnas.search import runner
+    from kdnas.tune import driver as runner
 
     def interrupted_search(config, **kwargs):
         _running_trial(existing_study)
@@ -512,8 +512,8 @@ def test_ctrl_c_mid_search_exits_130_and_leaves_no_running_trial(files, existing
 
 
 def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_study, tmp_path, monkeypatch, capsys):
-    from kdnas.records import FAILURE_ATTR, FAILURE_TRACEBACK_ATTR
-    from kdnas.search import runner
+    from kdnas.study.records import FAILURE_ATTR, FAILURE_TRACEBACK_ATTR
+    from kdnas.tune import driver as runner
 
     numbers: list[int] = []
 
@@ -547,8 +547,8 @@ def test_a_search_whose_trials_all_failed_exits_1_counting_the_reasons(existing_
 def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up(monkeypatch):
     from types import SimpleNamespace
 
-    from kdnas.search import resources
-    from kdnas.search.resources import ResourcesUnavailable, ResourceWait
+    from kdnas import resources
+    from kdnas.resources import ResourcesUnavailable, ResourceWait
 
     now = [0.0]
     monkeypatch.setattr(resources.time, "monotonic", lambda: now[0])
@@ -568,8 +568,8 @@ def test_waiting_for_cluster_resources_says_what_is_missing_and_gives_up(monkeyp
 
 def test_a_latency_measured_under_contention_is_measured_again_and_never_cached(tmp_path, monkeypatch):
     from kdnas.config import LatencyConfig
-    from kdnas.objectives import latency_cache
-    from kdnas.objectives.latency import LatencyResult
+    from kdnas.latency import cache as latency_cache
+    from kdnas.latency.timing import LatencyResult
 
     def result(median: float, p90: float) -> LatencyResult:
         return LatencyResult(median, p90, 0.1, "cuda", "gpu", 1, 1, 8, 3, 1)
@@ -586,7 +586,7 @@ def test_a_latency_measured_under_contention_is_measured_again_and_never_cached(
 
 
 def test_a_search_on_a_study_file_it_cannot_write_is_refused_up_front(existing_study, monkeypatch, capsys):
-    from kdnas.search import study as study_mod
+    from kdnas.study import storage as study_mod
 
     file = existing_study.removeprefix("sqlite:///")
     monkeypatch.setattr(study_mod.os, "access", lambda path, mode: str(path) != file)  # as for a non-root user

@@ -21,10 +21,10 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import join_node, search_config, stop_group
-from kdnas.records import ATTRS_KEY, EPOCH_KEY, NODE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search.duplicates import is_repeat
-from kdnas.search.orphans import counts_toward_budget
-from kdnas.search.study import load_study
+from kdnas.study.orphans import counts_toward_budget
+from kdnas.study.records import ATTRS_KEY, EPOCH_KEY, NODE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
+from kdnas.study.repeats import is_repeat
+from kdnas.study.storage import load_study
 from test_reliability import _assert_consistent
 
 EPOCHS = 3

@@ -15,9 +15,9 @@ import torch
 
 from conftest import save_tiny_student
 from kdnas.config import build_config
-from kdnas.objectives.batches import Encoded
-from kdnas.objectives.metrics import collapse_reason, score
-from kdnas.records import (
+from kdnas.student.batches import Encoded
+from kdnas.student.metrics import collapse_reason, score
+from kdnas.study.records import (
     COLLAPSED_ATTR,
     LEARNING_CURVE_ATTR,
     LEARNING_RATE_ATTR,
@@ -25,9 +25,9 @@ from kdnas.records import (
     SLICE_METRIC_ATTR,
     TrialReport,
 )
-from kdnas.search import trial as trial_mod
-from kdnas.search.checkpoint import load_state, save_state
-from kdnas.search.trial import TrialInputs, run_trial
+from kdnas.tune import trial as trial_mod
+from kdnas.tune.checkpoint import load_state, save_state
+from kdnas.tune.trial import TrialInputs, run_trial
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
 RATE = 1e-3
@@ -155,7 +155,7 @@ READERS = textwrap.dedent("""
     from optuna.trial import create_trial
 
     from kdnas.cli import main
-    from kdnas.dashboards.pareto import best_under_budget, pareto_front
+    from kdnas.study.front import best_under_budget, pareto_front
 
     root = Path(sys.argv[1])
     storage = f"sqlite:///{root / 'study.db'}"

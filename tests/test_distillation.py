@@ -9,9 +9,9 @@ import torch
 
 from conftest import tiny_bert
 from kdnas.config import IntermediateConfig, KDConfig, KDSpaceConfig, Ramp, SpaceConfig
-from kdnas.objectives.distillation import Distillation
-from kdnas.objectives.emd import EMDLayerMapping, inverse_cost_weights, transport_flow
-from kdnas.objectives.intermediate import (
+from kdnas.distill.distillation import Distillation
+from kdnas.distill.emd import EMDLayerMapping, inverse_cost_weights, transport_flow
+from kdnas.distill.intermediate import (
     IntermediateDistiller,
     attention_mse,
     attention_scores,
@@ -19,8 +19,8 @@ from kdnas.objectives.intermediate import (
     kd_layer_map,
     masked_mse,
 )
-from kdnas.objectives.schedules import value_at
-from kdnas.space.search_space import SearchSpace, kd_recipe
+from kdnas.distill.schedules import value_at
+from kdnas.student.space import SearchSpace, kd_recipe
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.teachers.roles import shares_tokenizer
 
@@ -278,7 +278,7 @@ def test_only_teachers_with_the_students_tokenizer_share_it():
 
 
 def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
-    from kdnas.search.checkpoint import load_state, save_state
+    from kdnas.tune.checkpoint import load_state, save_state
 
     def distillation(teacher):
         inter = IntermediateDistiller(
@@ -308,7 +308,7 @@ def test_emd_layer_weights_survive_a_checkpoint(tmp_path):
 
 
 def test_exposed_attention_maps_are_dropout_free_in_training_and_restored():
-    from kdnas.objectives.intermediate import expose_attention
+    from kdnas.distill.intermediate import expose_attention
 
     student = tiny_bert().train()  # attention dropout 0.1 would zero and rescale entries of the maps
     batch = _batch()
@@ -322,7 +322,7 @@ def test_exposed_attention_maps_are_dropout_free_in_training_and_restored():
 
 
 def test_attention_kl_by_hand():
-    from kdnas.objectives.intermediate import attention_kl
+    from kdnas.distill.intermediate import attention_kl
 
     mask = torch.tensor([[1, 1, 0]])
     teacher = torch.tensor([[[[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.3, 0.3, 0.4]]]])  # last row: a padded query

@@ -18,12 +18,12 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from conftest import make_searcher, outcome_of
 from kdnas.config import ConfigError, EarlyStoppingConfig, KDNASConfig, LatencyConfig, build_config, load_config
-from kdnas.objectives import latency_cache
-from kdnas.objectives.batches import Encoded
-from kdnas.objectives.latency import LatencyResult
-from kdnas.objectives.metrics import standard_error
-from kdnas.objectives.training import label_probability
-from kdnas.records import (
+from kdnas.latency import cache as latency_cache
+from kdnas.latency.timing import LatencyResult
+from kdnas.student.batches import Encoded
+from kdnas.student.metrics import standard_error
+from kdnas.student.training import label_probability
+from kdnas.study.records import (
     ATTRS_KEY,
     COMPLETED_KEY,
     CONSTRAINTS_KEY,
@@ -32,11 +32,11 @@ from kdnas.records import (
     LABEL_PROBABILITY_SE_KEY,
     TrialReport,
 )
-from kdnas.search import trial as trial_mod
-from kdnas.search.duplicates import known_students
-from kdnas.search.rungs import mid_epoch_rungs, mid_epoch_steps, rungs_in_warmup
-from kdnas.search.scheduler import ParetoStopping, early_stopping_enabled, make_scheduler, rungs
-from kdnas.search.trial import TrialInputs, run_trial
+from kdnas.study.repeats import known_students
+from kdnas.tune import trial as trial_mod
+from kdnas.tune.rungs import mid_epoch_rungs, mid_epoch_steps, rungs_in_warmup
+from kdnas.tune.scheduler import ParetoStopping, early_stopping_enabled, make_scheduler, rungs
+from kdnas.tune.trial import TrialInputs, run_trial
 
 METRICS = ["accuracy", "latency_ms"]
 FAST = LatencyConfig(warmup=0, runs=3, min_run_time_s=0)
@@ -341,7 +341,7 @@ CURVES = {  # name: (latency ms, accuracy after each of 4 epochs); Tune runs the
 def test_latency_aware_asha_stops_the_dominated_student_in_a_real_tune_run(ray_session, tmp_path):
     from ray import tune
 
-    from kdnas.search.runner import init_ray
+    from kdnas.tune.driver import init_ray
 
     def report_curve(config: dict) -> None:  # nested, so the workers get it by value
         latency, curve = config["student"]
@@ -394,8 +394,8 @@ def test_early_stopping_is_off_by_default_and_auto_turns_it_on_from_eight_trials
 
 
 def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
-    from kdnas.records import PRUNED_ATTR
-    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.study.records import PRUNED_ATTR
+    from kdnas.study.storage import create_or_load_study, open_storage
 
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
@@ -412,9 +412,9 @@ def test_searcher_records_the_schedulers_reason_for_a_stopped_student(tmp_path):
 def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
     from ray.tune.search import Searcher
 
-    from kdnas.records import PRUNED_ATTR
-    from kdnas.search.searcher import DeadlineStopper
-    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.study.records import PRUNED_ATTR
+    from kdnas.study.storage import create_or_load_study, open_storage
+    from kdnas.tune.searcher import DeadlineStopper
 
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
@@ -433,7 +433,7 @@ def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
 
 
 def _searcher(config: KDNASConfig, storage, *, recipe: str = "r1", seed: int = 0, **kwargs):
-    from kdnas.space import SearchSpace
+    from kdnas.student import SearchSpace
 
     space = SearchSpace(config.student.space)
     return make_searcher(
@@ -462,9 +462,9 @@ def _complete(searcher, trial_id: str, accuracy: float) -> None:
 
 
 def test_a_student_the_study_holds_is_recorded_as_a_repeat_and_the_sampler_asked_again(tmp_path):
-    from kdnas.records import TRIAL_NUMBER_KEY
-    from kdnas.search.orphans import counts_toward_budget
-    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.study.orphans import counts_toward_budget
+    from kdnas.study.records import TRIAL_NUMBER_KEY
+    from kdnas.study.storage import create_or_load_study, open_storage
 
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
@@ -494,7 +494,7 @@ def test_a_student_the_study_holds_is_recorded_as_a_repeat_and_the_sampler_asked
 def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
     from ray.tune.search import Searcher
 
-    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.study.storage import create_or_load_study, open_storage
 
     config = build_config(
         {"student": {"space": {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}}}
@@ -521,8 +521,8 @@ def test_an_exhausted_space_ends_the_search_with_its_reason(tmp_path):
 def test_once_every_student_was_tried_the_stopped_ones_are_promoted_to_full_training(tmp_path):
     from ray.tune.search import Searcher
 
-    from kdnas.records import PROMOTED_KEY, TRIAL_NUMBER_KEY
-    from kdnas.search.study import create_or_load_study, open_storage
+    from kdnas.study.records import PROMOTED_KEY, TRIAL_NUMBER_KEY
+    from kdnas.study.storage import create_or_load_study, open_storage
 
     config = build_config(
         {"student": {"space": {"depth": {"min": 1, "max": 3}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}}}
@@ -575,7 +575,7 @@ class _StopAllButPromoted(ParetoStopping):
 @pytest.mark.slow
 def test_a_search_that_tried_every_student_trains_the_stopped_ones_in_full(run_dir, ray_session):
     from conftest import tiny_raw
-    from kdnas.search.runner import run_search
+    from kdnas.tune.driver import run_search
 
     space = {"depth": {"min": 1, "max": 2}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}  # 2 students
     config = build_config(
@@ -598,9 +598,9 @@ def test_a_search_that_tried_every_student_trains_the_stopped_ones_in_full(run_d
 @pytest.mark.slow
 def test_search_trains_a_repeated_student_once_and_counts_its_cost_once(run_dir, ray_session):
     from conftest import tiny_raw
-    from kdnas.search.duplicates import training_seconds
-    from kdnas.search.runner import run_search
-    from kdnas.search.study import open_storage
+    from kdnas.study.repeats import training_seconds
+    from kdnas.study.storage import open_storage
+    from kdnas.tune.driver import run_search
 
     config = build_config(tiny_raw(run_dir, search={"n_trials": 2, "study_name": "duplicates"}))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -626,8 +626,8 @@ def test_search_trains_a_repeated_student_once_and_counts_its_cost_once(run_dir,
 @pytest.mark.slow
 def test_search_stops_at_its_time_budget(run_dir, ray_session):
     from conftest import tiny_raw
-    from kdnas.records import PRUNED_ATTR
-    from kdnas.search.runner import run_search
+    from kdnas.study.records import PRUNED_ATTR
+    from kdnas.tune.driver import run_search
 
     budget = 18.0  # long enough for a first epoch after Ray starts the worker, even on a loaded machine
     raw = tiny_raw(
@@ -648,8 +648,8 @@ def test_search_stops_at_its_time_budget(run_dir, ray_session):
 @pytest.mark.slow
 def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir, ray_session):
     from conftest import tiny_raw
-    from kdnas.records import PRUNED_ATTR
-    from kdnas.search.runner import run_search
+    from kdnas.study.records import PRUNED_ATTR
+    from kdnas.tune.driver import run_search
 
     raw = tiny_raw(
         run_dir,
@@ -669,7 +669,7 @@ def test_search_prunes_infeasible_students_and_runs_with_early_stopping(run_dir,
         for t in trials
         if t.state == TrialState.PRUNED
     }
-    from kdnas.search.orphans import counts_toward_budget
+    from kdnas.study.orphans import counts_toward_budget
 
     assert sum(map(counts_toward_budget, trials)) == 6, "repeats of a held student do not use up the budget"
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)

@@ -12,16 +12,17 @@ from transformers import BertForSequenceClassification
 
 from conftest import students_vocabulary_bert
 from kdnas.config import ElasticConfig, KDConfig, SpaceConfig, build_config
-from kdnas.objectives.batches import batch_at, encode
-from kdnas.search.elastic_phase import elastic_inputs
-from kdnas.search.fingerprint import config_fingerprint, fingerprint_differences
-from kdnas.search.inputs import UNLABELLED
-from kdnas.search.trial import TrialInputs, initialise
-from kdnas.space import StudentArch
-from kdnas.space.inheritance import inherit, inheritance_source
+from kdnas.student import StudentArch
+from kdnas.student.batches import batch_at, encode
+from kdnas.student.inheritance import inherit, inheritance_source
+from kdnas.study.storage import fingerprint_differences
 from kdnas.teachers.elastic import sandwich_students, sorted_source, train_elastic
 from kdnas.teachers.importance import activation_importance
 from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.elastic_phase import elastic_inputs
+from kdnas.tune.fingerprint import config_fingerprint
+from kdnas.tune.inputs import UNLABELLED
+from kdnas.tune.trial import TrialInputs, initialise
 
 TEXTS = [
     "the film was not very good",

@@ -12,7 +12,7 @@ from optuna.trial import create_trial
 
 from conftest import save_tiny_student
 from kdnas.config import ConfigError
-from kdnas.export import RECORD_FILE, export_trial
+from kdnas.readers.export import RECORD_FILE, export_trial
 
 
 @pytest.fixture

@@ -13,17 +13,17 @@ import torch
 
 from conftest import tiny_bert
 from kdnas.config import ConfigError, IntermediateConfig, KDConfig, build_config
-from kdnas.objectives import training as training_mod
-from kdnas.objectives.batches import Encoded, predict_logits
-from kdnas.objectives.distillation import Distillation
-from kdnas.objectives.intermediate import IntermediateDistiller, expose_attention
-from kdnas.objectives.precision import resolve_precision
-from kdnas.objectives.training import DivergedError, NonFiniteLossError, cross_entropy, train
-from kdnas.records import ERROR_KEY, FAILURE_TRACEBACK_ATTR, TRIAL_NUMBER_KEY, TrialReport
-from kdnas.search import trainable
-from kdnas.search.checkpoint import load_state, save_state
-from kdnas.search.resources import check_local_resources
-from kdnas.search.trial import TrialInputs, run_trial
+from kdnas.distill.distillation import Distillation
+from kdnas.distill.intermediate import IntermediateDistiller, expose_attention
+from kdnas.resources import check_local_resources
+from kdnas.student import training as training_mod
+from kdnas.student.batches import Encoded, predict_logits
+from kdnas.student.precision import resolve_precision
+from kdnas.student.training import DivergedError, NonFiniteLossError, cross_entropy, train
+from kdnas.study.records import ERROR_KEY, FAILURE_TRACEBACK_ATTR, TRIAL_NUMBER_KEY, TrialReport
+from kdnas.tune import trainable
+from kdnas.tune.checkpoint import load_state, save_state
+from kdnas.tune.trial import TrialInputs, run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def _moves_like_a_device_change(model: torch.nn.Module) -> torch.nn.Module:
 def test_a_model_measured_evaluated_or_ranked_on_another_device_stays_trainable():
     # A student's latency is measured (on latency.device) before it trains: moved inside inference mode, its weights
     # became inference tensors and every inherited student failed its first step on CUDA (found by gpu_check.sh).
-    from kdnas.objectives.latency import measure_latency
+    from kdnas.latency.timing import measure_latency
     from kdnas.teachers.importance import activation_importance
 
     data = _data()
@@ -206,7 +206,7 @@ def test_a_trial_records_the_precision_it_trained_in(tmp_path):
     )
     arch = {"num_layers": 1, "num_heads": 2, "head_dim": 8, "ffn_ratio": 1}
     result = run_trial(arch, inputs, trial_number=0, device="cpu", report=lambda _: None)
-    from kdnas.records import TrialReport
+    from kdnas.study.records import TrialReport
 
     attrs = TrialReport.from_result(result, "accuracy").attrs
     assert attrs["train_precision"] == "bf16" and attrs["train_device"] == "cpu"

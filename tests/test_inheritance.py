@@ -11,13 +11,13 @@ from kdnas.config import ConfigError, build_config
 from kdnas.data import load_task
 from kdnas.data.augment import augment_texts
 from kdnas.data.transfer import load_transfer_texts
-from kdnas.objectives.batches import batch_at, encode
-from kdnas.objectives.losses import kd_loss
-from kdnas.search.trial import learning_rate
-from kdnas.space import StudentArch
-from kdnas.space.inheritance import inherit, inheritance_layer_map, inheritance_source
+from kdnas.distill.losses import kd_loss
+from kdnas.student import StudentArch
+from kdnas.student.batches import batch_at, encode
+from kdnas.student.inheritance import inherit, inheritance_layer_map, inheritance_source
 from kdnas.teachers.importance import activation_importance
 from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.trial import learning_rate
 
 TEXTS = [
     "the film was not very good",
@@ -195,7 +195,7 @@ def test_training_rows_left_out_by_max_train_samples_can_join_the_transfer_set()
 
 
 def test_learned_teacher_weights_down_weight_the_teacher_that_explains_the_labels_worse():
-    from kdnas.objectives.combiners import learned_teacher_weights
+    from kdnas.distill.combiners import learned_teacher_weights
 
     labels = torch.tensor([0, 1, 0, 1, -100, -100])
     good = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [0.0, 4.0], [0.0, 0.0], [0.0, 0.0]])

@@ -17,19 +17,19 @@ from optuna.trial import TrialState, create_trial
 
 from conftest import wait_for
 from kdnas.config import build_config
-from kdnas.dashboards.pareto import feasible_completed, front_rows, non_dominated, pareto_front, study_teachers
-from kdnas.dashboards.report import retime_note, write_report
-from kdnas.export import trial_record
-from kdnas.objectives.isolation import LOCK_DIR_ENV, isolated
-from kdnas.objectives.latency import measure_latency
-from kdnas.records import ARCH_ATTR, RETIMED_ATTR, STUDY_TEACHERS_ATTR, TASK_ATTR
-from kdnas.search.retime import retime_study, student_model
-from kdnas.space import StudentArch
+from kdnas.latency.isolation import LOCK_DIR_ENV, isolated
+from kdnas.latency.timing import measure_latency
+from kdnas.readers.export import trial_record
+from kdnas.readers.report import retime_note, write_report
+from kdnas.student import StudentArch
+from kdnas.study.front import feasible_completed, front_rows, non_dominated, pareto_front, study_teachers
+from kdnas.study.records import ARCH_ATTR, RETIMED_ATTR, STUDY_TEACHERS_ATTR, TASK_ATTR
 from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.retime import retime_study, student_model
 
 TRAINER = """
 import sys, time
-from kdnas.objectives.isolation import training_step
+from kdnas.latency.isolation import training_step
 end = time.time() + float(sys.argv[1])
 with open(sys.argv[2], "w") as out:
     while time.time() < end:
@@ -165,8 +165,8 @@ def test_retime_measures_every_architecture_and_teacher_and_the_front_reads_it(t
 def test_retime_records_each_models_fastest_round_and_counts_the_contended_ones(
     tmp_path, lock_dir, monkeypatch, caplog
 ):
-    from kdnas.objectives.latency import LatencyResult
-    from kdnas.search import retime as retime_mod
+    from kdnas.latency.timing import LatencyResult
+    from kdnas.tune import retime as retime_mod
 
     study, config = _retimable_study(tmp_path)
     calls = []
@@ -178,7 +178,7 @@ def test_retime_records_each_models_fastest_round_and_counts_the_contended_ones(
         return LatencyResult(median, 1.1, 0.1, "cpu", "cpu", 1, 1, 16, 30, 1), len(calls) % 2 == 1
 
     monkeypatch.setattr(retime_mod, "measure_trusted", disturbed_every_other_time)
-    with caplog.at_level("INFO", logger="kdnas.search.retime"):
+    with caplog.at_level("INFO", logger="kdnas.tune.retime"):
         record = retime_study(study, config, rounds=2)
     assert len(calls) == 6 and record["contended"] == 3  # 2 architectures and 1 teacher, twice
     # round 1 times arch a (trials 0, 2), arch b (trial 1), the teacher: 3.0, 0.5, 1.0; round 2: 1.0, 2.5, 4.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kdnas.search import local_ray
+from kdnas.tune import local_ray
 
 SESSION = "/tmp/ray/session_2026-01-01_00-00-00_000000_7"
 ME = os.getpid()

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from kdnas.config import ConfigError, KDConfig
-from kdnas.objectives import latency as latency_mod
-from kdnas.objectives.combiners import (
+from kdnas.distill.combiners import (
     ConfidenceCombiner,
     FixedWeightCombiner,
     GradientSpaceCombiner,
@@ -15,9 +14,10 @@ from kdnas.objectives.combiners import (
     make_combiner,
     min_norm_weights,
 )
-from kdnas.objectives.losses import kd_loss
-from kdnas.objectives.metrics import score
-from kdnas.space import StudentArch
+from kdnas.distill.losses import kd_loss
+from kdnas.latency import timing as latency_mod
+from kdnas.student import StudentArch
+from kdnas.student.metrics import score
 from kdnas.teachers.loading import load_tokenizer
 
 
@@ -140,8 +140,8 @@ def test_latency_times_a_fast_model_for_at_least_the_minimum_run_time(monkeypatc
 
 
 def test_a_measurement_whose_median_sits_far_above_its_p10_counts_as_contended():
-    from kdnas.objectives.latency import LatencyResult
-    from kdnas.objectives.latency_cache import contention
+    from kdnas.latency.cache import contention
+    from kdnas.latency.timing import LatencyResult
 
     def result(median: float, p10: float | None) -> LatencyResult:
         return LatencyResult(median, median * 1.05, 0.1, "cpu", "cpu", 1, 1, 8, 30, 1, p10_ms=p10)
@@ -169,7 +169,7 @@ def test_latency_synchronises_cuda_and_refuses_missing_gpu(monkeypatch):
 
 @pytest.mark.parametrize("pairs", [False, True])
 def test_texts_encoded_in_chunks_are_encoded_as_all_at_once(monkeypatch, pairs):
-    from kdnas.objectives import batches
+    from kdnas.student import batches
     from kdnas.teachers.loading import load_tokenizer
 
     tokenizer = load_tokenizer("minilm")

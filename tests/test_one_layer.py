@@ -8,17 +8,17 @@ import optuna
 import pytest
 import torch
 
-import kdnas.search.one_layer as one_layer
+import kdnas.tune.one_layer as one_layer
 from conftest import students_vocabulary_bert
 from kdnas.config import build_config
-from kdnas.objectives.batches import encode
-from kdnas.search.one_layer import choose_one_layer, one_layer_student
-from kdnas.search.retrain import recorded_one_layer
-from kdnas.search.trial import TrialInputs
-from kdnas.space import StudentArch
-from kdnas.space.inheritance import inherit, inheritance_layer_map, inheritance_source
+from kdnas.student import StudentArch
+from kdnas.student.batches import encode
+from kdnas.student.inheritance import inherit, inheritance_layer_map, inheritance_source
 from kdnas.teachers.importance import activation_importance
 from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.one_layer import choose_one_layer, one_layer_student
+from kdnas.tune.retrain import recorded_one_layer
+from kdnas.tune.trial import TrialInputs
 
 TEXTS = ["the film was not very good", "although the plot was dull , the acting was wonderful"] * 20
 SPACE = {"depth": {"min": 1, "max": 2}, "heads": [2, 4], "head_dim": [8], "ffn_ratio": [1, 2]}

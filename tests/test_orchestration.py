@@ -22,11 +22,11 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from conftest import search_config, wait_for
 from kdnas.config import ConfigError
-from kdnas.dashboards.pareto import pareto_front
-from kdnas.records import FAILURE_ATTR, PRUNED_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search.orphans import DRIVER_LOST
-from kdnas.search.runner import run_search
-from kdnas.search.study import load_study, open_storage
+from kdnas.study.front import pareto_front
+from kdnas.study.orphans import DRIVER_LOST
+from kdnas.study.records import FAILURE_ATTR, PRUNED_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.study.storage import load_study, open_storage
+from kdnas.tune.driver import run_search
 
 pytestmark = pytest.mark.slow
 

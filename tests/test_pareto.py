@@ -8,7 +8,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import save_tiny_student
-from kdnas.dashboards.pareto import (
+from kdnas.study.front import (
     best_under_budget,
     hypervolume,
     hypervolume_history,
@@ -84,7 +84,7 @@ def test_the_knee_lies_above_the_line_between_the_fronts_ends():
 
 def test_kd_summary_labels_recipes_compactly():
     from kdnas.config import KDConfig
-    from kdnas.dashboards.report import kd_summary
+    from kdnas.readers.report import kd_summary
 
     assert kd_summary(KDConfig(combiner="mean").model_dump(mode="json")) == "mean T=2 α=0.5"
     ramped = KDConfig(
@@ -101,8 +101,8 @@ def test_kd_summary_labels_recipes_compactly():
 
 
 def test_a_repeated_student_is_one_point_of_the_front_listing_its_trials(tmp_path):
-    from kdnas.dashboards.pareto import front_rows
-    from kdnas.dashboards.report import write_report
+    from kdnas.readers.report import write_report
+    from kdnas.study.front import front_rows
 
     study = _study([(0.8, 2.0), (0.9, 5.0)])
     original = study.trials[0]
@@ -125,7 +125,7 @@ def test_a_repeated_student_is_one_point_of_the_front_listing_its_trials(tmp_pat
 def test_dashboard_notes_follow_the_front_and_spare_a_persons_note():
     from optuna_dashboard import get_note, save_note
 
-    from kdnas.dashboards.launcher import NOTE_HEAD, write_front_notes
+    from kdnas.readers.launcher import NOTE_HEAD, write_front_notes
 
     storage = optuna.storages.InMemoryStorage()
     study = _study([(0.8, 2.0), (0.9, 5.0), (0.5, 6.0)], storage=storage)
@@ -149,7 +149,7 @@ def test_dashboard_notes_follow_the_front_and_spare_a_persons_note():
 
 
 def test_report_notes_importances_it_cannot_trust(tmp_path):
-    from kdnas.dashboards.report import importance_figures, write_report
+    from kdnas.readers.report import importance_figures, write_report
 
     assert importance_figures(_study([]), "accuracy") == (
         [],
@@ -166,7 +166,8 @@ def test_report_notes_importances_it_cannot_trust(tmp_path):
 
 
 def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
-    from kdnas.export import Retrained, export_trial, model_card, trial_record
+    from kdnas.readers.export import export_trial, model_card, trial_record
+    from kdnas.study.records import Retrained
 
     study = _study([(0.8, 2.0)])
     student = save_tiny_student(tmp_path / "retrained")
@@ -188,7 +189,7 @@ def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
 
 
 def test_the_report_draws_each_trained_students_learning_curve(tmp_path):
-    from kdnas.dashboards.report import learning_curves_figure, write_report
+    from kdnas.readers.report import learning_curves_figure, write_report
 
     study = _study([(0.8, 2.0), (0.7, 3.0), (0.9, 5.0)])
     assert learning_curves_figure(study, "accuracy") is None  # a study from before curves were recorded

@@ -11,12 +11,12 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from kdnas import progress as progress_mod
-from kdnas.dashboards.pareto import study_summary, summary_line
-from kdnas.objectives.batches import Encoded
-from kdnas.objectives.training import train
 from kdnas.progress import Progress, duration
-from kdnas.search import progress as search_progress
-from kdnas.search.progress import SearchProgress
+from kdnas.student.batches import Encoded
+from kdnas.student.training import train
+from kdnas.study.front import study_summary, summary_line
+from kdnas.tune import progress as search_progress
+from kdnas.tune.progress import SearchProgress
 
 
 def test_duration_reads_like_a_clock():

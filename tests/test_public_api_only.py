@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "kdnas"
 ALLOWED: dict[tuple[str, str], str] = {
     # (file relative to src/kdnas, attribute): why
     (
-        "objectives/intermediate.py",
+        "distill/intermediate.py",
         "_attn_implementation",
     ): "transformers' PretrainedConfig has no public setter for the attention implementation of a config built "
     "in code; neither Optuna nor Ray",

@@ -1,7 +1,8 @@
 """Reading a study is light: the commands that only read one never import torch, Ray or transformers.
 
 And readers and writers agree on what a trial records: every Tune result key and trial/study attr name is spelled
-once, in ``kdnas.records`` (which readers import, light as it is); no other module of src/kdnas spells one as a string.
+once, in ``kdnas.study.records`` (which readers import, light as it is); no other module of src/kdnas spells one
+as a string.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ READERS = textwrap.dedent("""
     api = [kdnas.load_config, kdnas.load_study, kdnas.pareto_front, kdnas.knee_point, kdnas.best_under_budget,
            kdnas.write_report, kdnas.export_trial]  # the public API's readers
     from kdnas.cli import main
-    from kdnas.dashboards import launcher  # noqa: F401  (kdnas dashboard's module; serving would block)
+    from kdnas.readers import launcher  # noqa: F401  (kdnas dashboard's module; serving would block)
 
     flags = ["--storage", storage, "--study-name", "s", "--output-dir", str(root / "out")]
     codes = [main([command, *flags, *extra]) for command, extra in (
@@ -80,8 +81,8 @@ ATTR_CALLS = {"set_user_attr", "set_system_attr", "record_once"}
 
 
 def record_names() -> dict[str, str]:
-    """Each Tune result key and trial/study attr name ``kdnas.records`` defines → the constant that holds it."""
-    import kdnas.records as records
+    """Each Tune result key and trial/study attr name ``kdnas.study.records`` defines → the constant that holds it."""
+    import kdnas.study.records as records
 
     names: dict[str, str] = {}
     for constant, value in vars(records).items():
@@ -156,7 +157,7 @@ def test_src_spells_no_result_key_or_attr_name_outside_records():
         if path != SRC / "records.py"
         for line, value in keyed_record_literals(path.read_text(), names)
     ]
-    assert not problems, "record names spelled as literals (use kdnas.records' constant):\n" + "\n".join(problems)
+    assert not problems, "record names spelled as literals (use kdnas.study.records' constant):\n" + "\n".join(problems)
 
 
 def test_the_record_names_are_the_results_and_attrs_records_defines():

@@ -29,13 +29,13 @@ from ray import tune
 from conftest import POSTGRES_URL, search_config, wait_for
 from kdnas.cli import main
 from kdnas.config import ConfigError
-from kdnas.objectives.training import DivergedError, NonFiniteLossError, train
-from kdnas.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search import runner
-from kdnas.search import study as study_mod
-from kdnas.search.checkpoint import load_state, save_state
-from kdnas.search.orphans import DRIVER_LOST, counts_toward_budget
-from kdnas.search.study import load_study
+from kdnas.student.training import DivergedError, NonFiniteLossError, train
+from kdnas.study import storage as study_mod
+from kdnas.study.orphans import DRIVER_LOST, counts_toward_budget
+from kdnas.study.records import FAILURE_ATTR, RESTARTS_ATTR, TRIAL_NUMBER_KEY
+from kdnas.study.storage import load_study
+from kdnas.tune import driver as runner
+from kdnas.tune.checkpoint import load_state, save_state
 from stub_search import use_stub_trials
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the dying trainable below runs on Ray workers
@@ -149,7 +149,7 @@ def dying_student(config: dict, inputs) -> None:
 
     Each attempt appends the epoch it resumed from (0: from scratch) to ``starts-<trial>``.
     """
-    from kdnas.search.trainable import last_state, train_student
+    from kdnas.tune.trainable import last_state, train_student
 
     folder = Path(inputs.students_dir)
     number = config[TRIAL_NUMBER_KEY]
@@ -282,7 +282,7 @@ def test_unreachable_storage_is_one_line_and_exit_code_2(tmp_path, capsys):
 def test_drivers_opening_one_fresh_postgresql_database_at_once_all_open_it(postgres_db):
     from concurrent.futures import ThreadPoolExecutor
 
-    from kdnas.search.study import open_storage
+    from kdnas.study.storage import open_storage
 
     url, _ = postgres_db
     start = threading.Barrier(8)
@@ -452,7 +452,7 @@ def _loss(model, batch, labels, index, progress) -> torch.Tensor:
 
 
 def _tiny_data():
-    from kdnas.objectives.batches import Encoded
+    from kdnas.student.batches import Encoded
 
     torch.manual_seed(0)
     ids = torch.randint(0, 5, (16, 4))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from kdnas.dashboards.report import write_report
+from kdnas.readers.report import write_report
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,11 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdnas.config import KDNASConfig, build_config, load_config
-from kdnas.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
-from kdnas.search import orphans, runner, trainable
-from kdnas.search.trial import TrialInputs
+from kdnas.study import orphans
+from kdnas.study.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.tune import driver as runner
+from kdnas.tune import trainable
+from kdnas.tune.trial import TrialInputs
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +104,7 @@ def test_an_unclaimed_trial_is_an_orphan_only_after_the_grace(tmp_path, monkeypa
 
 
 def test_a_trial_is_an_orphan_once_its_drivers_heartbeat_is_stale(tmp_path, monkeypatch):
-    from kdnas.records import HEARTBEAT_ATTR
+    from kdnas.study.records import HEARTBEAT_ATTR
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
@@ -143,7 +145,7 @@ def test_every_sampler_survives_the_pickling_tune_gives_its_searcher(tmp_path, s
     import ray.cloudpickle
 
     from conftest import make_searcher
-    from kdnas.search.study import open_storage
+    from kdnas.study.storage import open_storage
 
     config = load_config(None, [f"search.sampler={sampler}"])
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")

@@ -14,16 +14,16 @@ from optuna.trial import TrialState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from conftest import wait_for
-from kdnas.dashboards.pareto import (
+from kdnas.readers.export import export_trial
+from kdnas.readers.report import write_report
+from kdnas.study.front import (
     best_under_budget,
     knee_point,
     non_dominated,
     pareto_front,
     search_feasible_completed,
 )
-from kdnas.dashboards.report import write_report
-from kdnas.export import export_trial
-from kdnas.search.duplicates import folded
+from kdnas.study.repeats import folded
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_search_records_complete_trials_with_values_and_attrs(searched):
 
 
 def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(searched):
-    from kdnas.dashboards.report import trial_rows
+    from kdnas.readers.report import trial_rows
 
     config, study = searched
     inheritance, transfer = study.user_attrs["inheritance"], study.user_attrs["transfer"]
@@ -90,9 +90,9 @@ def test_students_inherit_and_learn_from_the_transfer_set_and_the_study_says_so(
 
 
 def test_rerun_reuses_teachers_logits_and_latency_and_runs_nothing(searched, monkeypatch):
-    from kdnas.search import one_layer
-    from kdnas.search.runner import run_search
     from kdnas.teachers import fitting, importance, logits
+    from kdnas.tune import one_layer
+    from kdnas.tune.driver import run_search
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a teacher ran again")

@@ -7,11 +7,11 @@ from optuna.trial import TrialState
 
 from conftest import make_searcher, outcome_of
 from kdnas.config import KDNASConfig
-from kdnas.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY, TrialReport
-from kdnas.search import searcher as searcher_mod
-from kdnas.search.orphans import this_driver
-from kdnas.search.searcher import KDNASSearch
-from kdnas.search.study import create_or_load_study, open_storage
+from kdnas.study.orphans import this_driver
+from kdnas.study.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY, TrialReport
+from kdnas.study.storage import create_or_load_study, open_storage
+from kdnas.tune import searcher as searcher_mod
+from kdnas.tune.searcher import KDNASSearch
 
 METRICS = ["accuracy", "latency_ms"]
 
@@ -115,8 +115,8 @@ def test_the_public_searcher_runs_a_configured_search_without_ray():
     search can be driven without Ray, as the tabulated P4 benchmark replays searches."""
     import kdnas
     from kdnas.config import build_config, dump_config
-    from kdnas.records import TRIAL_NUMBER_KEY
-    from kdnas.search.duplicates import recipe_key
+    from kdnas.study.records import TRIAL_NUMBER_KEY
+    from kdnas.study.repeats import recipe_key
 
     config = build_config(
         {

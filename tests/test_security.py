@@ -16,8 +16,8 @@ from optuna.trial import create_trial
 
 from kdnas.cli import build_parser, main
 from kdnas.config import ConfigError, TeacherConfig, build_config
-from kdnas.dashboards.launcher import serve_dashboard
-from kdnas.space import StudentArch
+from kdnas.readers.launcher import serve_dashboard
+from kdnas.student import StudentArch
 from kdnas.teachers import loading
 from kdnas.teachers.loading import load_teacher, load_tokenizer
 

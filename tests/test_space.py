@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdnas.config import SpaceConfig
-from kdnas.space import SearchSpace, StudentArch
+from kdnas.student import SearchSpace, StudentArch
 from kdnas.teachers.loading import load_tokenizer
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdnas.config import ConfigError, build_config
-from kdnas.space import StudentArch
+from kdnas.student import StudentArch
 from kdnas.teachers.loading import load_teacher, load_tokenizer
 
 PROBE = torch.tensor([[101, 2023, 2001, 2204, 102]])

@@ -13,7 +13,7 @@ from conftest import minilm_classifier, tiny_raw
 from kdnas.cli import main
 from kdnas.config import ConfigError, build_config
 from kdnas.devices import assigned_device
-from kdnas.search.resources import ResourcesUnavailable
+from kdnas.resources import ResourcesUnavailable
 from kdnas.teachers import tasks
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
@@ -62,7 +62,7 @@ def probe(fail: bool = False, *, device: torch.device) -> dict:
 @pytest.fixture
 def as_on_a_cluster(ray_session, monkeypatch):
     """Teacher steps run as Ray tasks, on this process's local Ray (started as a search starts it)."""
-    from kdnas.search.runner import init_ray
+    from kdnas.tune.driver import init_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     init_ray(None)
@@ -104,7 +104,7 @@ def test_teachers_fit_rank_and_label_in_ray_tasks_into_output_dir_and_a_rerun_ru
     """What a search prepares before its trials, with every teacher step a Ray task: fitting (the scratch teacher),
     logits and the reference (both teachers), importance (MiniLM, used as it is); then all of it from the cache."""
     import kdnas
-    from kdnas.search.inputs import inheritance_record
+    from kdnas.tune.inputs import inheritance_record
 
     raw = tiny_raw(
         tmp_path / "run",

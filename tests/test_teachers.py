@@ -73,7 +73,7 @@ def test_logit_cache_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_logits_computed_before_an_interrupt_are_kept_and_a_rerun_goes_on_from_there(tmp_path, monkeypatch):
-    from kdnas.space import StudentArch
+    from kdnas.student import StudentArch
     from kdnas.teachers.loading import load_tokenizer
 
     tokenizer = load_tokenizer("minilm")

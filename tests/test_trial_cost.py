@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import torch
 
 from kdnas.config import build_config
-from kdnas.objectives.batches import Encoded, predict_logits
-from kdnas.objectives.training import EpochRows, train
-from kdnas.records import TRAIN_ROWS_ATTR, TrialReport
-from kdnas.search.fingerprint import config_fingerprint, fingerprint_differences
-from kdnas.search.inputs import UNLABELLED
-from kdnas.search.trial import TrialInputs, run_trial
+from kdnas.student.batches import Encoded, predict_logits
+from kdnas.student.training import EpochRows, train
+from kdnas.study.records import TRAIN_ROWS_ATTR, TrialReport
+from kdnas.study.storage import fingerprint_differences
+from kdnas.tune.fingerprint import config_fingerprint
+from kdnas.tune.inputs import UNLABELLED
+from kdnas.tune.trial import TrialInputs, run_trial
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
 

@@ -33,35 +33,35 @@ __version__ = "0.1.0"
 _HOMES = {
     "load_config": "kdnas.config",
     "fit_teachers": "kdnas.teachers.fitting",
-    "run_search": "kdnas.search.runner",
-    "load_study": "kdnas.search.study",
-    "pareto_front": "kdnas.dashboards.pareto",
-    "knee_point": "kdnas.dashboards.pareto",
-    "best_under_budget": "kdnas.dashboards.pareto",
-    "write_report": "kdnas.dashboards.report",
-    "export_trial": "kdnas.export",
-    "retime_study": "kdnas.search.retime",
-    "fastest_round": "kdnas.search.retime",
-    "make_scheduler": "kdnas.search.scheduler",
-    "ParetoStopping": "kdnas.search.scheduler",
-    "make_searcher": "kdnas.search.searcher",
+    "run_search": "kdnas.tune.driver",
+    "load_study": "kdnas.study.storage",
+    "pareto_front": "kdnas.study.front",
+    "knee_point": "kdnas.study.front",
+    "best_under_budget": "kdnas.study.front",
+    "write_report": "kdnas.readers.report",
+    "export_trial": "kdnas.readers.export",
+    "retime_study": "kdnas.tune.retime",
+    "fastest_round": "kdnas.tune.retime",
+    "make_scheduler": "kdnas.tune.scheduler",
+    "ParetoStopping": "kdnas.tune.scheduler",
+    "make_searcher": "kdnas.tune.searcher",
     # one student outside a search
-    "prepare_students": "kdnas.search.trial",
-    "train_student": "kdnas.search.trial",
-    "TrialReport": "kdnas.records",
-    "StudentArch": "kdnas.space",
-    "measure_architecture": "kdnas.search.retime",
+    "prepare_students": "kdnas.tune.students",
+    "train_student": "kdnas.tune.students",
+    "TrialReport": "kdnas.study.records",
+    "StudentArch": "kdnas.student",
+    "measure_architecture": "kdnas.tune.retime",
     # teachers and data
     "load_task": "kdnas.data",
     "teacher_reference": "kdnas.teachers.logits",
-    "device_name": "kdnas.objectives.latency",
+    "device_name": "kdnas.latency.timing",
     "teacher_fit_record": "kdnas.teachers.fitting",
     # reading a study's trials
-    "feasible_completed": "kdnas.dashboards.pareto",
-    "hypervolume": "kdnas.dashboards.pareto",
-    "is_repeat": "kdnas.search.duplicates",
-    "training_seconds": "kdnas.search.duplicates",
-    "tune_results": "kdnas.records",
+    "feasible_completed": "kdnas.study.front",
+    "hypervolume": "kdnas.study.front",
+    "is_repeat": "kdnas.study.repeats",
+    "training_seconds": "kdnas.study.repeats",
+    "tune_results": "kdnas.study.records",
 }
 """Each public name → the module that defines it."""
 
@@ -98,22 +98,22 @@ __all__ = [
 
 if TYPE_CHECKING:
     from kdnas.config import load_config
-    from kdnas.dashboards.pareto import best_under_budget, feasible_completed, hypervolume, knee_point, pareto_front
-    from kdnas.dashboards.report import write_report
     from kdnas.data import load_task
-    from kdnas.export import export_trial
-    from kdnas.objectives.latency import device_name
-    from kdnas.records import TrialReport, tune_results
-    from kdnas.search.duplicates import is_repeat, training_seconds
-    from kdnas.search.retime import fastest_round, measure_architecture, retime_study
-    from kdnas.search.runner import run_search
-    from kdnas.search.scheduler import ParetoStopping, make_scheduler
-    from kdnas.search.searcher import make_searcher
-    from kdnas.search.study import load_study
-    from kdnas.search.trial import prepare_students, train_student
-    from kdnas.space import StudentArch
+    from kdnas.latency.timing import device_name
+    from kdnas.readers.export import export_trial
+    from kdnas.readers.report import write_report
+    from kdnas.student import StudentArch
+    from kdnas.study.front import best_under_budget, feasible_completed, hypervolume, knee_point, pareto_front
+    from kdnas.study.records import TrialReport, tune_results
+    from kdnas.study.repeats import is_repeat, training_seconds
+    from kdnas.study.storage import load_study
     from kdnas.teachers.fitting import fit_teachers, teacher_fit_record
     from kdnas.teachers.logits import teacher_reference
+    from kdnas.tune.driver import run_search
+    from kdnas.tune.retime import fastest_round, measure_architecture, retime_study
+    from kdnas.tune.scheduler import ParetoStopping, make_scheduler
+    from kdnas.tune.searcher import make_searcher
+    from kdnas.tune.students import prepare_students, train_student
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,7 @@ def _load(args: argparse.Namespace) -> KDNASConfig:
 
 def _study(config: KDNASConfig, *, read_only: bool = True):
     """The config's study; a SQLite file opened read-only unless the command writes to it (``read_only=False``)."""
-    from kdnas.search.study import load_study
+    from kdnas.study.storage import load_study
 
     return load_study(config.storage_url, config.search.study_name, read_only=read_only)
 
@@ -88,8 +88,8 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def _release_trials(config: KDNASConfig) -> None:
     """Fail (and re-enqueue) the trials this driver leaves RUNNING, so a stopped search leaves none behind."""
-    from kdnas.search.orphans import reconcile_orphans
-    from kdnas.search.study import find_study, open_existing_storage
+    from kdnas.study.orphans import reconcile_orphans
+    from kdnas.study.storage import find_study, open_existing_storage
 
     try:
         storage = open_existing_storage(config.storage_url)
@@ -104,9 +104,9 @@ def _release_trials(config: KDNASConfig) -> None:
 
 def _search_problem(study) -> str | None:
     """Why the search produced no usable student (None when this run, or the study, holds a COMPLETE one)."""
-    from kdnas.records import DRIVER_ATTR
-    from kdnas.search.orphans import this_driver
-    from kdnas.search.study import outcome_problem
+    from kdnas.study.orphans import this_driver
+    from kdnas.study.records import DRIVER_ATTR
+    from kdnas.study.storage import outcome_problem
 
     driver = this_driver()
     mine = [t for t in study.trials if t.system_attrs.get(DRIVER_ATTR) == driver]
@@ -116,11 +116,11 @@ def _search_problem(study) -> str | None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.pareto import front_rows
-    from kdnas.dashboards.report import write_report
-    from kdnas.search.resources import ResourcesUnavailable
-    from kdnas.search.runner import run_search
-    from kdnas.search.study import mask_url
+    from kdnas.readers.report import write_report
+    from kdnas.resources import ResourcesUnavailable
+    from kdnas.study.front import front_rows
+    from kdnas.study.storage import mask_url
+    from kdnas.tune.driver import run_search
 
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the search here, not in Tune
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -165,8 +165,8 @@ def cmd_teachers_fit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.pareto import front_rows
-    from kdnas.dashboards.report import write_report
+    from kdnas.readers.report import write_report
+    from kdnas.study.front import front_rows
 
     study = _study(config)
     metric = (study.metric_names or [config.data.metric])[0]
@@ -185,9 +185,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     config = _load(args)
     from optuna.trial import TrialState
 
-    from kdnas.dashboards.pareto import best_under_budget, knee_point, pareto_front
-    from kdnas.export import check_export_target, export_trial, saved_student
-    from kdnas.records import ARCH_SUMMARY_ATTR, COLLAPSED_ATTR
+    from kdnas.readers.export import check_export_target, export_trial, saved_student
+    from kdnas.study.front import best_under_budget, knee_point, pareto_front
+    from kdnas.study.records import ARCH_SUMMARY_ATTR, COLLAPSED_ATTR
 
     study = _study(config)
     try:
@@ -210,7 +210,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_export_target(study, trial, out, args.overwrite)  # before any retraining
     retrained = None
     if args.retrain and trial.state == TrialState.COMPLETE and saved_student(trial) is None:
-        from kdnas.search.retrain import retrain_student
+        from kdnas.tune.retrain import retrain_student
 
         retrained = retrain_student(study, trial, epochs=args.epochs)
     export_trial(study, trial, out, retrained=retrained, overwrite=args.overwrite)
@@ -225,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_studies(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.search.study import study_summaries
+    from kdnas.study.storage import study_summaries
 
     _print_table(study_summaries(config.storage_url))
     return 0
@@ -235,8 +235,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
     config = _load(args)
     from optuna.trial import TrialState
 
-    from kdnas.dashboards.report import trial_rows
-    from kdnas.records import FAILURE_TRACEBACK_ATTR
+    from kdnas.readers.report import trial_rows
+    from kdnas.study.records import FAILURE_TRACEBACK_ATTR
 
     study = _study(config)
     rows = trial_rows(study, (study.metric_names or [config.data.metric])[0])
@@ -253,8 +253,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.launcher import check_can_listen, serve_dashboard
-    from kdnas.search.study import mask_url
+    from kdnas.readers.launcher import check_can_listen, serve_dashboard
+    from kdnas.study.storage import mask_url
 
     _study(config, read_only=False)  # a clear error when the study does not exist; the dashboard writes notes
     check_can_listen(args.host, args.port)
@@ -268,8 +268,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.search.retime import measure_architecture
-    from kdnas.space import StudentArch
+    from kdnas.student import StudentArch
+    from kdnas.tune.retime import measure_architecture
 
     try:
         arch = StudentArch(args.layers, args.heads, args.head_dim, args.ffn_ratio)
@@ -282,8 +282,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 def cmd_retime(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.dashboards.pareto import front_rows
-    from kdnas.search.retime import retime_study
+    from kdnas.study.front import front_rows
+    from kdnas.tune.retime import retime_study
 
     study = _study(config, read_only=False)
     record = retime_study(study, config, rounds=args.rounds)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         from optuna.exceptions import StorageInternalError
         from sqlalchemy.exc import DBAPIError
 
-        from kdnas.search.study import mask_url
+        from kdnas.study.storage import mask_url
 
         if not isinstance(err, (StorageInternalError, DBAPIError)):
             raise

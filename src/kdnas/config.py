@@ -426,7 +426,7 @@ class TeacherResourcesConfig(_Section):
 class EarlyStoppingConfig(_Section):
     """Stop a student at a rung when a student at least as fast leads it there by more than ``margin_se``
     standard errors of what ``judge_by`` names: the mean probability of the eval labels, or the task metric (see
-    :mod:`kdnas.search.scheduler`)."""
+    :mod:`kdnas.tune.scheduler`)."""
 
     mode: Literal["auto", "on", "off"] = "off"
     grace_epochs: float = Field(1, gt=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdnas.config import ConfigError
-from kdnas.records import STUDENT_FILES
+from kdnas.study.records import STUDENT_FILES
 
 
 def writable_dir(path: Path, what: str) -> Path:
@@ -45,7 +45,7 @@ def files_digest(files: Iterable[Path]) -> str:
 
 
 def student_digest(directory: Path) -> str:
-    """SHA-256 over a saved student's files (:data:`~kdnas.records.STUDENT_FILES`), by name and content."""
+    """SHA-256 over a saved student's files (:data:`~kdnas.study.records.STUDENT_FILES`), by name and content."""
     return files_digest(directory / name for name in STUDENT_FILES)
 
 

@@ -5,7 +5,7 @@ first (a permutation: the sorted teacher computes the same function), so the stu
 prefix of every weight. :func:`train_elastic` then trains those shared weights with the sandwich rule: each step
 distils the space's largest and smallest students and ``random_students`` random ones on the same batch from the
 cached teacher outputs; each student's gradient lands on the slice of the shared weights it was copied from. Every
-student sliced afterwards (:func:`~kdnas.space.inheritance.inherit` on the returned source) starts from weights
+student sliced afterwards (:func:`~kdnas.student.inheritance.inherit` on the returned source) starts from weights
 trained to work at its own size.
 """
 
@@ -21,13 +21,13 @@ import torch
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from kdnas.config import ElasticConfig, KDConfig, SpaceConfig
-from kdnas.objectives.batches import Encoded, batch_at, index_batches
-from kdnas.objectives.distillation import Distillation
-from kdnas.objectives.isolation import training_step
-from kdnas.objectives.precision import autocast, resolve_precision
+from kdnas.distill.distillation import Distillation
+from kdnas.latency.isolation import training_step
 from kdnas.progress import Progress
-from kdnas.space import StudentArch
-from kdnas.space.inheritance import Importance, InheritanceSource, inherit, inheritance_layer_map
+from kdnas.student import StudentArch
+from kdnas.student.batches import Encoded, batch_at, index_batches
+from kdnas.student.inheritance import Importance, InheritanceSource, inherit, inheritance_layer_map
+from kdnas.student.precision import autocast, resolve_precision
 
 LAYER_KEY = "bert.encoder.layer."
 

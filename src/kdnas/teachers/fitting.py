@@ -24,10 +24,10 @@ from transformers import (
 
 from kdnas.config import ConfigError, KDNASConfig, ScratchConfig, TeacherConfig
 from kdnas.data import TaskData, load_task
-from kdnas.objectives.batches import encode
-from kdnas.objectives.precision import resolve_precision
-from kdnas.objectives.training import evaluate, train
 from kdnas.progress import Progress
+from kdnas.student.batches import encode
+from kdnas.student.precision import resolve_precision
+from kdnas.student.training import evaluate, train
 from kdnas.teachers.loading import ensure_pad_token, resolve_model_ref, teacher_path
 from kdnas.teachers.tasks import run_step, where
 

@@ -20,8 +20,8 @@ from transformers import PreTrainedModel
 
 from kdnas.config import KDNASConfig, TeacherConfig
 from kdnas.data import TaskData
-from kdnas.objectives.batches import Encoded, batch_at, index_batches
-from kdnas.space.inheritance import Importance, importance_from_tensors
+from kdnas.student.batches import Encoded, batch_at, index_batches
+from kdnas.student.inheritance import Importance, importance_from_tensors
 from kdnas.teachers.loading import Teacher, load_teacher
 from kdnas.teachers.logits import logits_cache_key, save_atomically
 from kdnas.teachers.tasks import where

@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from kdnas.config import KDNASConfig, TeacherConfig
 from kdnas.data import TaskData
 from kdnas.data.transfer import TransferSet
-from kdnas.objectives.batches import encode, predict_logits
-from kdnas.objectives.latency_cache import latency_cache_dir, measure_cached
-from kdnas.objectives.metrics import score
+from kdnas.latency.cache import latency_cache_dir, measure_cached
 from kdnas.progress import Progress
+from kdnas.student.batches import encode, predict_logits
+from kdnas.student.metrics import score
 from kdnas.teachers.fitting import teacher_fit_record
 from kdnas.teachers.loading import Teacher, load_teacher, weights_digest
 from kdnas.teachers.tasks import run_step, where

@@ -47,7 +47,7 @@ _remote: Any = None  # the Ray remote function of :func:`_teacher_task`, made on
 
 def on_cluster(config: KDNASConfig) -> bool:
     """Whether teacher steps run as Ray tasks: the search joins a Ray cluster rather than starting a local Ray."""
-    from kdnas.search.resources import uses_local_ray
+    from kdnas.resources import uses_local_ray
 
     return not uses_local_ray(config)
 
@@ -93,7 +93,7 @@ def where(device: torch.device | str) -> dict[str, Any]:
     Ray task (else the driver)."""
     import ray
 
-    from kdnas.objectives.latency import device_name
+    from kdnas.latency.timing import device_name
 
     device = torch.device(device)
     context = ray.get_runtime_context() if ray.is_initialized() else None
@@ -131,7 +131,7 @@ def run_step(
 
     ``what`` names the step in the driver's log and the task's name. The task's errors are raised here as they were
     raised there; when no node of the cluster could ever hold the task, the driver waits ``search.resource_wait_s``
-    (saying every minute what is missing) and then raises :class:`~kdnas.search.resources.ResourcesUnavailable`.
+    (saying every minute what is missing) and then raises :class:`~kdnas.resources.ResourcesUnavailable`.
     """
     if not on_cluster(config):
         return step(*args, device=local_device(config), **kwargs, **(here or {}))
@@ -216,7 +216,7 @@ def _wait(ref: ray.ObjectRef, wanted: dict[str, float], wait_s: float, what: str
     ``wait_s``; a task the driver stops waiting for (Ctrl-C included) cancelled."""
     import ray
 
-    from kdnas.search.resources import ResourcesUnavailable
+    from kdnas.resources import ResourcesUnavailable
 
     since: float | None = None
     said = 0.0

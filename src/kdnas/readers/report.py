@@ -1,0 +1,452 @@
+"""A self-contained HTML report of a study (plotly.js embedded, opens offline), plus CSV and JSON exports."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+
+from kdnas.study.front import (
+    front_students,
+    hypervolume_history,
+    hypervolume_reference,
+    pareto_front,
+    retimed,
+    study_summary,
+    study_teachers,
+    summary_line,
+)
+from kdnas.study.records import (
+    ARCH_ATTR,
+    ARCH_SUMMARY_ATTR,
+    COLLAPSED_ATTR,
+    DUPLICATE_ATTR,
+    FAILURE_ATTR,
+    INHERITANCE_ATTR,
+    INIT_ATTR,
+    KD_ATTR,
+    LATENCY_KEY,
+    LEARNING_CURVE_ATTR,
+    PARAMS_CONSTRAINT,
+    PRUNED_ATTR,
+    RESTART_ATTR,
+    RETIMED_ATTR,
+    SLICE_METRIC_ATTR,
+    one_layer_scores,
+)
+from kdnas.study.repeats import is_repeat
+
+
+def _hover(t: FrozenTrial, metric: str) -> str:
+    return (
+        f"trial {t.number}<br>{t.user_attrs.get(ARCH_SUMMARY_ATTR, '?')}<br>"
+        f"{metric} {t.values[0]:.4f}<br>latency {t.values[1]:.3f} ms<br>"
+        f"params {t.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M"
+    )
+
+
+def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | None = None) -> go.Figure:
+    """Metric vs measured latency: the front opaque and joined, dominated students faded, collapsed students as grey
+    crosses (never on the front), teachers as stars."""
+    front = pareto_front(study)
+    front_numbers = {t.number for t in front}
+    complete = retimed(study, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    collapsed = [t for t in complete if COLLAPSED_ATTR in t.user_attrs]
+    dominated = [t for t in complete if t.number not in front_numbers and COLLAPSED_ATTR not in t.user_attrs]
+    fig = go.Figure()
+    if collapsed:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.values[1] for t in collapsed],
+                y=[t.values[0] for t in collapsed],
+                mode="markers",
+                name="collapsed (off the front)",
+                marker={"size": 10, "symbol": "x", "color": "#999999"},
+                text=[f"{_hover(t, metric)}<br>collapsed: {t.user_attrs[COLLAPSED_ATTR]}" for t in collapsed],
+                hoverinfo="text",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[t.values[1] for t in dominated],
+            y=[t.values[0] for t in dominated],
+            mode="markers",
+            name="dominated students",
+            marker={"size": 9, "color": "#8da0cb", "opacity": 0.35},
+            text=[_hover(t, metric) for t in dominated],
+            hoverinfo="text",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[t.values[1] for t in front],
+            y=[t.values[0] for t in front],
+            mode="lines+markers",
+            name="Pareto front",
+            marker={"size": 11, "color": "#d95f02"},
+            line={"shape": "hv", "width": 1.5},
+            text=[_hover(t, metric) for t in front],
+            hoverinfo="text",
+        )
+    )
+    teachers = study_teachers(study)
+    if teachers:
+        fig.add_trace(
+            go.Scatter(
+                x=[t["latency_ms"] for t in teachers],
+                y=[t["value"] for t in teachers],
+                mode="markers+text",
+                name="teachers",
+                marker={"size": 14, "symbol": "star", "color": "#1b9e77"},
+                text=[t["name"] for t in teachers],
+                textposition="top center",
+                hovertext=[
+                    f"teacher {t['name']}<br>{metric} {t['value']:.4f}<br>latency {t['latency_ms']:.3f} ms"
+                    for t in teachers
+                ],
+                hoverinfo="text",
+            )
+        )
+    if latency_budget_ms is not None:
+        fig.add_vline(
+            x=latency_budget_ms,
+            line_dash="dash",
+            line_color="#e7298a",
+            annotation_text=f"budget {latency_budget_ms} ms",
+        )
+    fig.update_layout(
+        title=f"{study.study_name}: {metric} vs measured latency",
+        xaxis_title="latency (ms, median)",
+        yaxis_title=metric,
+        template="plotly_white",
+        height=520,
+    )
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float, float], metric: str) -> go.Figure:
+    """Hypervolume of the feasible front after each finished trial."""
+    fig = go.Figure(
+        go.Scatter(
+            x=[n for n, _ in history],
+            y=[v for _, v in history],
+            mode="lines+markers",
+            name="hypervolume",
+            line={"shape": "hv"},
+        )
+    )
+    fig.update_layout(
+        title=f"Hypervolume history (reference: {metric} = {reference[0]:g}, latency = {reference[1]:.3f} ms)",
+        xaxis_title="trial",
+        yaxis_title=f"hypervolume ({metric} × ms)",
+        template="plotly_white",
+        height=360,
+    )
+    return fig
+
+
+def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None:
+    """The metric at each evaluation of every student the study trained (its ``learning_curve``): front students
+    bold, other finished ones faded, students stopped early dashed, ending in a cross. None when no trial has a
+    curve (studies from before curves were recorded)."""
+    front = {t.number for t in pareto_front(study)}
+    kinds = {  # kind → (line style, marker at the last point)
+        "front": ({"width": 3}, "circle"),
+        "finished": ({"width": 1, "color": "rgba(120,120,120,0.5)"}, "circle"),
+        "stopped early": ({"width": 1, "dash": "dash", "color": "rgba(214,39,40,0.6)"}, "x"),
+    }
+    fig, shown = go.Figure(), set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        curve = t.user_attrs.get(LEARNING_CURVE_ATTR)
+        if not curve or is_repeat(t):
+            continue
+        kind = "front" if t.number in front else "finished" if t.state == TrialState.COMPLETE else "stopped early"
+        line, marker = kinds[kind]
+        label = f"trial {t.number} {t.user_attrs.get(ARCH_SUMMARY_ATTR, '')}"
+        fig.add_trace(
+            go.Scatter(
+                x=[point[0] for point in curve],
+                y=[point[1] for point in curve],
+                mode="lines+markers",
+                line=line,
+                marker={"symbol": [marker if i == len(curve) - 1 else "circle" for i in range(len(curve))]},
+                name=label if kind == "front" else kind,
+                legendgroup=label if kind == "front" else kind,
+                showlegend=kind == "front" or kind not in shown,
+                hovertemplate=f"{html.escape(label)}<br>epoch %{{x:g}}: {metric} %{{y:.4f}}<extra>{kind}</extra>",
+            )
+        )
+        shown.add(kind)
+    if not shown:
+        return None
+    fig.update_layout(
+        title=f"Learning curves: {metric} at each evaluation (stopped students dashed, front students bold)",
+        xaxis_title="epochs trained",
+        yaxis_title=metric,
+        template="plotly_white",
+        height=420,
+    )
+    return fig
+
+
+def _signed_objective(index: int, sign: float) -> Callable[[FrozenTrial], float]:
+    """A trial's ``index``-th objective value times ``sign``."""
+    return lambda t: sign * t.values[index]
+
+
+def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure], str]:
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA), one figure per objective, and a one-sentence
+    note naming the objectives whose importances are missing or that Optuna warns are unreliable ("" if none).
+
+    PED-ANOVA ranks what drives a target *down*, so the maximised metric is negated (and its warning saying so dropped).
+    """
+    completed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    figures, doubtful = [], []
+    for index, (name, sign) in enumerate(((metric, -1.0), (LATENCY_KEY, 1.0))):
+        fig, warned = None, False
+        if completed:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                try:
+                    fig = optuna.visualization.plot_param_importances(
+                        study, target=_signed_objective(index, sign), target_name=name
+                    )
+                except (ValueError, RuntimeError):  # e.g. a constant space
+                    pass
+            warned = any(issubclass(w.category, UserWarning) and "low `target`" not in str(w.message) for w in caught)
+        if fig is None or warned:
+            doubtful.append(name)
+        if fig is not None:
+            fig.update_layout(title=f"Parameter importances for {name}", template="plotly_white", height=320)
+            figures.append(fig)
+    note = (
+        (
+            f"Parameter importances for {' and '.join(doubtful)} are missing or unreliable with {completed} "
+            "completed trial(s)."
+        )
+        if doubtful
+        else ""
+    )
+    return figures, note
+
+
+def _scheduled(value: Any) -> str:
+    return f"{value['start']:g}→{value['end']:g}" if isinstance(value, dict) else f"{value:g}"
+
+
+def kd_summary(recipe: dict[str, Any]) -> str:
+    """A short label of a trial's recorded KD recipe, e.g. ``mean T=2 α=0.5 + EMD (β=1)``."""
+    if not recipe:
+        return ""
+    combiner = recipe.get("combiner", "")
+    if combiner == "weighted":
+        combiner += str(recipe.get("teacher_weights"))
+    elif combiner == "learned" and "learned_teacher_weights" in recipe:
+        combiner += str(recipe["learned_teacher_weights"])
+    parts = [combiner]
+    for name, key in (("T", "temperature"), ("α", "alpha")):
+        if key in recipe:
+            parts.append(f"{name}={_scheduled(recipe[key])}")
+    label = " ".join(parts)
+    inter = recipe.get("intermediate") or {}
+    if inter.get("enabled"):
+        mapping = inter.get("layer_map")
+        label += f" + {'EMD' if mapping == 'emd' else f'layers {mapping}'} (β={_scheduled(inter.get('weight', 1.0))})"
+    return label
+
+
+def init_summary(record: dict[str, Any]) -> str:
+    """A short label of how a trial's student was initialised, e.g. ``inherited from minilm (layers 0,5)``."""
+    if not record:
+        return ""
+    if record.get("init") == "random":
+        return "random"
+    layers = ",".join(str(i) for i in record.get("layers", []))
+    source = f"{record.get('teacher')}'s elastic network" if record.get("elastic") else record.get("teacher")
+    label = f"{record['init']} from {source}" + (f" (layers {layers})" if layers else "")
+    randomised = record.get("random") or {}
+    return label + (f"; random: {', '.join(randomised)}" if randomised else "")
+
+
+def retime_note(study: optuna.Study) -> str:
+    """How the study's latencies were taken: during the search, or re-timed afterwards (where, when)."""
+    record = study.user_attrs.get(RETIMED_ATTR)
+    if not record:
+        return " during the search, on the node that trained each student"
+    alone = ", alone on the node" if record.get("isolated") else ""
+    kept = "fastest" if record.get("kept") == "fastest" else "median"  # studies re-timed before 2026-12-03: median
+    return (
+        f", re-timed after the search on {record['host']} ({record['device_name']}{alone}) at {record['at']}: "
+        f"{len(record['students'])} students and {len(record['teachers'])} teachers, the {kept} of "
+        f"{record['settings']['rounds']} interleaved rounds"
+    )
+
+
+def inheritance_note(study: optuna.Study, metric: str) -> str:
+    """Where the study's students start: the teacher they are sliced out of, its layer rule, and the layer one-layer
+    students take (with the calibration's scores when it chose it); empty when the study recorded no teacher."""
+    record = study.user_attrs.get(INHERITANCE_ATTR)
+    if not record:
+        return ""
+    note = f"Students are sliced out of {record['teacher']} (layer rule {record['layers']})"
+    one_layer = record.get("one_layer")
+    if not one_layer:
+        return note + "."
+    note += f"; one-layer students take its layer {one_layer['layer']}"
+    if one_layer["rule"] != "auto":
+        return note + f" (student.inherit.one_layer: {one_layer['rule']})."
+    scores = one_layer_scores(one_layer, metric)
+    return note + f", chosen by {one_layer['steps']} training steps of {one_layer['student']} from each end ({scores})."
+
+
+def collapse_notes(attrs: dict[str, Any]) -> list[str]:
+    """What a trial's record says of collapse: a restart after a collapsed first epoch, a collapse it kept."""
+    notes = []
+    if RESTART_ATTR in attrs:
+        restart = attrs[RESTART_ATTR]
+        notes.append(
+            f"restarted at half the learning rate: after epoch {restart['after_epoch']} it {restart['reason']}"
+        )
+    if COLLAPSED_ATTR in attrs:
+        notes.append(f"collapsed ({attrs[COLLAPSED_ATTR]}): kept off the Pareto front")
+    return notes
+
+
+def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
+    """One flat row per trial: state, values (latency re-timed where the study was), arch, KD recipe,
+    initialisation, failure or pruning reason."""
+    rows = []
+    retimes = (study.user_attrs.get(RETIMED_ATTR) or {}).get("students")
+    for t in study.get_trials(deepcopy=False):
+        values = t.values or [None, None]
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                metric: values[0],
+                LATENCY_KEY: retimes.get(str(t.number), values[1]) if retimes else values[1],
+                **({"search_latency_ms": values[1]} if retimes else {}),
+                "arch": t.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
+                **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
+                PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
+                "kd": kd_summary(t.user_attrs.get(KD_ATTR, {})),
+                "init": init_summary(t.user_attrs.get(INIT_ATTR, {})),
+                "slice_metric": (t.user_attrs.get(SLICE_METRIC_ATTR) or {}).get("value"),
+                "reason": "; ".join(
+                    reason
+                    for reason in (
+                        t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR),
+                        f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
+                        if DUPLICATE_ATTR in t.user_attrs
+                        else None,
+                        *collapse_notes(t.user_attrs),
+                    )
+                    if reason
+                ),
+            }
+        )
+    return rows
+
+
+def _table_html(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>No trials yet.</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def write_report(
+    study: optuna.Study,
+    out_dir: str | Path,
+    metric: str,
+    *,
+    latency_budget_ms: float | None = None,
+    reference: tuple[float, float] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.html``, ``trials.csv`` and ``pareto.json`` into ``out_dir``; return their paths.
+
+    The hypervolume uses ``reference`` (metric, latency ms), by default ``(0, 1.1 × slowest student)``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(study, metric)
+    reference = reference or hypervolume_reference(study)
+    history = hypervolume_history(study, reference)
+    figures = {
+        "pareto": pareto_figure(study, metric, latency_budget_ms),
+        "hypervolume": hypervolume_figure(history, reference, metric),
+    }
+    curves = learning_curves_figure(study, metric)
+    if curves is not None:
+        figures["learning-curves"] = curves
+    importances, note = importance_figures(study, metric)
+    for index, fig in enumerate(importances):
+        figures[f"importance-{index}"] = fig
+    importance_note = f'<p id="importance-note"><b>Note:</b> {html.escape(note)}</p>' if note else ""
+    plots = "\n".join(
+        fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
+        for i, (name, fig) in enumerate(figures.items())
+    )
+    teachers = study_teachers(study)
+    teacher_line = "; ".join(
+        f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms" for t in teachers
+    )
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>kdnas · {html.escape(study.study_name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
+th{{background:#f4f4f4}}</style></head><body>
+<h1>kdnas study {html.escape(study.study_name)}</h1>
+<p><b>{len(rows)} trials: {html.escape(summary_line(study_summary(study)))}</b>
+(hypervolume up to {metric} {reference[0]:g} and {reference[1]:.3g} ms; a reused trial is a repeat of a student
+the study holds, not trained again).</p>
+<p>Latency is the measured median forward time{html.escape(retime_note(study))}; dominated students are faded.
+Teachers (stars), measured the same way: {teacher_line or "none recorded"}.
+{html.escape(inheritance_note(study, metric))}</p>
+{plots}
+{importance_note}
+<h2>Trials</h2>
+{_table_html(rows)}
+</body></html>"""
+    paths = {"html": out_dir / "report.html", "csv": out_dir / "trials.csv", "json": out_dir / "pareto.json"}
+    paths["html"].write_text(page, encoding="utf-8")
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    front = [
+        {
+            "trial": t.number,
+            "trials": numbers,
+            metric: t.values[0],
+            LATENCY_KEY: t.values[1],
+            PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
+            ARCH_ATTR: t.user_attrs.get(ARCH_ATTR),
+        }
+        for t, numbers in front_students(study)
+    ]
+    summary = {
+        "reference_point": {metric: reference[0], LATENCY_KEY: reference[1]},
+        "hypervolume": history[-1][1] if history else 0.0,
+        "front": front,
+    }
+    paths["json"].write_text(json.dumps(summary, indent=2))
+    return paths

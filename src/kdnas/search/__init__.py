@@ -1,1 +1,0 @@
-"""Running students as Ray Tune trials into the Optuna study: trial body, searcher, study, driver."""

@@ -1,0 +1,300 @@
+"""The names of what a trial records, defined once: the keys a worker reports to Tune and the attrs the study keeps.
+
+Light on purpose (no torch, Ray or transformers): readers of a study (report, export, ``kdnas trials``, the
+dashboard) import their names from here. A worker's report itself is one typed record, :class:`TrialReport`, which
+alone knows how it is laid out as a Tune result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    from kdnas.config import KDNASConfig
+
+# Keys of a worker's Tune result (``search/trial.py`` reports them, ``search/searcher.py`` stores them).
+LATENCY_KEY = "latency_ms"
+"""The student's measured latency: the second objective."""
+EPOCH_KEY = "epoch"
+"""The epoch a result was reported after (the scheduler's time attribute)."""
+LABEL_PROBABILITY_KEY = "kdnas_label_probability"
+"""The mean probability the student gives each eval example's label (what early stopping judges students by)."""
+LABEL_PROBABILITY_SE_KEY = "kdnas_label_probability_se"
+"""The standard error of :data:`LABEL_PROBABILITY_KEY`."""
+COMPLETED_KEY = "kdnas_completed"
+"""True on the result of a student that finished training."""
+ERROR_KEY = "kdnas_error"
+"""A failure inside the trial, as one line."""
+ATTRS_KEY = "kdnas_attrs"
+"""The user attrs the trial's Optuna record gets (JSON in a string)."""
+INFEASIBLE_KEY = "kdnas_infeasible"
+"""Why a student over a budget was not trained."""
+CONSTRAINTS_KEY = "kdnas_constraints"
+"""The student's Optuna constraints (feasible when ≤ 0), JSON in a string."""
+TRIAL_NUMBER_KEY = "kdnas_trial_number"
+"""The Optuna trial number, in a Tune trial's config."""
+PROMOTED_KEY = "kdnas_promoted"
+"""True in the Tune config of a trial promoted to full training (see :data:`PROMOTED_ATTR`): never stopped early."""
+
+# Optuna trial user attrs.
+FAILURE_ATTR = "failure_reason"
+"""Why a FAIL trial failed."""
+FAILURE_TRACEBACK_ATTR = "failure_traceback"
+"""Where a FAIL trial's error was raised: its worker's traceback (the last 4,000 characters); ``kdnas trials --state
+fail`` prints it (a worker's own log stays on its node)."""
+PRUNED_ATTR = "pruned_reason"
+"""Why a PRUNED trial stopped (infeasible, stopped early, time budget, a repeat of a student still training)."""
+RESTARTS_ATTR = "restarts"
+"""How often Tune restarted the trial from its checkpoint."""
+RETRY_ATTR = "retry_of"
+"""On a trial enqueued again after its driver was lost: the number of the trial it retries."""
+RECIPE_ATTR = "recipe"
+"""Hash of the configuration the trial's student was (or is being) trained under."""
+DUPLICATE_ATTR = "duplicate_of"
+"""On a repeat: the number of the trial whose student it is."""
+PROMOTED_ATTR = "promoted_from"
+"""On a trial that trains in full a student the study had stopped early (once a run has tried every student of the
+space): the number of the trial that stopped."""
+STOPPED_EARLY_REASON = "stopped early after epoch"
+"""How the reason of a student stopped early by the scheduler begins."""
+PARAMS_CONSTRAINT = "params"
+"""The constraint (and attr) of the student's parameter count."""
+
+# The user attrs of a student's record (a trial's ``TrialReport.attrs``), as the README's "Storage" table lists them.
+ARCH_ATTR = "arch"
+"""The architecture as ``StudentArch.to_dict()``."""
+ARCH_SUMMARY_ATTR = "arch_summary"
+"""The architecture in one short line, e.g. ``L2-H128-A4-F256``."""
+ENCODER_PARAMS_ATTR = "encoder_params"
+"""The encoder's parameter count (the total is :data:`PARAMS_CONSTRAINT`)."""
+FLOPS_ATTR = "flops"
+"""The encoder's FLOPs at the latency sequence length."""
+LATENCY_ATTR = "latency"
+"""The latency measurement in detail (median, p90, IQR, device, threads, batch, sequence length, runs, cached)."""
+INIT_ATTR = "init"
+"""How the student was initialised: sliced out of a teacher (which layers, heads, neurons) or random, and why."""
+LEARNING_RATE_ATTR = "learning_rate"
+"""The learning rate the student trained with."""
+TRAIN_ROWS_ATTR = "train_rows"
+"""The rows it trained on: ``{"labelled": n, "transfer": m}``."""
+KD_ATTR = "kd"
+"""The distillation recipe as applied (combiner, weights, temperature, intermediate layers)."""
+TEACHERS_ATTR = "teachers"
+"""The names of the teachers it learnt from."""
+EPOCHS_TRAINED_ATTR = "epochs_trained"
+"""Epochs it trained (0 for a student over a budget; fewer than configured for one stopped early)."""
+TRAIN_DEVICE_ATTR = "train_device"
+"""The device it trained on."""
+TRAIN_PRECISION_ATTR = "train_precision"
+"""The precision it trained and was evaluated in: ``fp32``, ``bf16`` or ``fp16`` (``training.precision`` resolved)."""
+NODE_ATTR = "node"
+"""The Ray node it was measured and trained on: ``{"id", "ip", "hostname"}``."""
+TRAIN_STARTED_ATTR = "train_started_at"
+"""When (Unix time) its training started, after it was built and measured."""
+TRAIN_FINISHED_ATTR = "train_finished_at"
+"""When (Unix time) its training, the evaluation after each epoch and saving it finished."""
+STUDENT_PATH_ATTR = "student_path"
+"""The directory the trained student was saved to."""
+STUDENT_DIGEST_ATTR = "student_sha256"
+"""SHA-256 of the saved student's files (:data:`STUDENT_FILES`): what an export checks it ships."""
+LEARNING_CURVE_ATTR = "learning_curve"
+"""Each evaluation during training, in order: ``[epochs, metric, seconds, label probability, its standard error]``
+(epochs trained, a fraction at a rung inside an epoch; the task metric; training seconds so far, evaluations
+included; the mean probability given each eval example's label, :class:`~kdnas.student.training.Evaluation`;
+studies from before 2026-12-04 have the first three only). A student stopped early has the points up to its stop:
+how well early points rank final ones is what early stopping rests on."""
+SLICE_METRIC_ATTR = "slice_metric"
+"""The student as initialised, scored before any training: ``{"value": metric, "label_probability": mean,
+"seconds": to compute}`` (a cheap signal of how well it will rank after training)."""
+RESTART_ATTR = "restart"
+"""On a student whose predictions collapsed after its first epoch and that trained again from its initial weights at
+half the learning rate: ``{"reason", "after_epoch", "metric"}`` and the first attempt's :data:`LEARNING_RATE_ATTR`
+and :data:`LEARNING_CURVE_ATTR`; the trial's own are the second attempt's."""
+COLLAPSED_ATTR = "collapsed"
+"""On a student whose last evaluation had collapsed (one class predicted for every eval example, or the metric no
+better than the majority class's): why. Such a student is kept off the Pareto front and never exported by choice."""
+COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
+"""Attrs that time the training itself: a repeat spent none, so it does not carry them."""
+
+# Optuna trial system attrs and study user attrs.
+DRIVER_ATTR = "kdnas:driver"
+"""System attr: the driver process that runs the trial."""
+HEARTBEAT_ATTR = "kdnas:heartbeat"
+"""System attr: when (Unix time, the driver's clock) the trial's driver last recorded that it still runs the trial."""
+FINGERPRINT_ATTR = "fingerprint"
+"""Study user attr: what makes its students comparable (a flat ``{key: value}`` dict)."""
+TASK_ATTR = "task"
+"""Study user attr: the task (``{"name": …, "metric": …, "label_names": […]}``)."""
+STUDY_TEACHERS_ATTR = "teachers"
+"""Study user attr: each teacher's reference record (name, model, metric value, ``latency_ms``, ``params``)."""
+INHERITANCE_ATTR = "inheritance"
+"""Study user attr: the teacher students are sliced out of, its shape, layer rule and importance ranking (or None)."""
+TRANSFER_ATTR = "transfer"
+"""Study user attr: the transfer set's size, sources and fingerprint (or None without one)."""
+CONFIG_ATTR = "config"
+"""Study user attr: the kdnas config the study was created with (``dump_config``, the storage URL masked)."""
+RETIMED_ATTR = "retimed"
+"""Study user attr: latencies measured again on one node after the search (``kdnas retime``): ``students``
+(trial number → ms), ``teachers`` (name → ms), and where, when and how they were taken."""
+
+STUDENT_FILES = ("config.json", "model.safetensors")
+"""The files of a saved student."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial is told to Optuna: its state, values, user attrs, reason (PRUNED or FAIL) and constraints."""
+
+    state: TrialState
+    values: list[float] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """What a trial's worker reports: after each epoch, and once more at its end.
+
+    ``value`` is the task metric on the eval split and ``latency_ms`` the student's measured latency (the study's two
+    objectives; NaN when not measured), ``epoch`` the epochs trained so far (None before the first; a fraction at a rung
+    inside an epoch), ``label_probability`` the mean probability the student gives the eval split's labels and its
+    standard error (what early stopping judges by; None when not evaluated). The last report of a student that trained
+    its full budget is ``completed``; one that failed carries ``error`` (one line), one over a latency or size budget
+    (measured, never trained) ``infeasible`` (why). ``attrs`` are the user attrs its Optuna trial gets (see the
+    ``*_ATTR`` names), ``constraints`` its budget constraints (feasible when ≤ 0).
+
+    It travels through Ray Tune as a flat dict (:meth:`to_result`, :meth:`from_result`). The keys Tune's scheduler
+    and the searcher read are plain scalars: the metric under the task's metric name, :data:`LATENCY_KEY`,
+    :data:`EPOCH_KEY` (the scheduler's time attribute). ``attrs`` and ``constraints`` travel as JSON strings, not
+    nested dicts: Tune flattens every result (``ray.tune.utils.flatten_dict``) before its scheduler and searcher see
+    it, so nested dicts would arrive as one key per leaf (``kdnas_attrs/latency/median_ms``) with empty dicts (no
+    constraints) dropped, and its CSV logger fixes a trial's columns at its first result, so the attrs only the last
+    report has would be cut from ``progress.csv``. A JSON string stays one value, read back whole.
+    """
+
+    value: float = math.nan
+    latency_ms: float = math.nan
+    epoch: float | None = None
+    completed: bool = False
+    error: str | None = None
+    infeasible: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)
+    label_probability: tuple[float, float] | None = None
+
+    def to_result(self, metric: str) -> dict[str, Any]:
+        """The Tune result of this report, with the metric under the name ``metric``.
+
+        The metric and latency are always there (Tune wants every reported objective); the other keys only when they
+        say something, and the constraints with every final report (completed or infeasible), even when there are
+        none.
+        """
+        result: dict[str, Any] = {metric: self.value, LATENCY_KEY: self.latency_ms}
+        if self.epoch is not None:
+            result[EPOCH_KEY] = self.epoch
+        if self.label_probability is not None:
+            result[LABEL_PROBABILITY_KEY], result[LABEL_PROBABILITY_SE_KEY] = self.label_probability
+        if self.completed:
+            result[COMPLETED_KEY] = True
+        if self.error is not None:
+            result[ERROR_KEY] = self.error
+        if self.infeasible is not None:
+            result[INFEASIBLE_KEY] = self.infeasible
+        if self.constraints or self.completed or self.infeasible is not None:
+            result[CONSTRAINTS_KEY] = json.dumps(self.constraints)
+        if self.attrs:
+            result[ATTRS_KEY] = json.dumps(self.attrs)
+        return result
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any] | None, metric: str) -> TrialReport:
+        """The report in a Tune result (or in none: an empty report), its metric read under the name ``metric``.
+
+        Keys Tune adds (``time_total_s``, ``config``, …) are ignored; a missing or non-numeric metric or latency
+        reads as NaN.
+        """
+        result = result or {}
+        epoch = result.get(EPOCH_KEY)
+        return cls(
+            value=_number(result.get(metric)),
+            latency_ms=_number(result.get(LATENCY_KEY)),
+            epoch=None if epoch is None else epoch_count(epoch),
+            label_probability=_label_probability(result),
+            completed=bool(result.get(COMPLETED_KEY)),
+            error=str(result[ERROR_KEY]) if ERROR_KEY in result else None,
+            infeasible=str(result[INFEASIBLE_KEY]) if INFEASIBLE_KEY in result else None,
+            attrs=_json_dict(result.get(ATTRS_KEY)),
+            constraints=_json_dict(result.get(CONSTRAINTS_KEY)),
+        )
+
+
+def one_layer_scores(record: Mapping[str, Any], metric: str) -> str:
+    """The one-layer calibration's outcome per teacher layer, e.g. ``layer 0: accuracy 0.5017, layer 5: accuracy
+    0.6950`` (a failed candidate: its error), from the ``one_layer`` part of the :data:`INHERITANCE_ATTR` record."""
+    scored = [f"layer {layer}: {metric} {value:.4f}" for layer, value in record["scores"].items()]
+    failed = [f"layer {layer}: {reason}" for layer, reason in (record.get("failed") or {}).items()]
+    return ", ".join(scored + failed)
+
+
+def _label_probability(result: Mapping[str, Any]) -> tuple[float, float] | None:
+    if LABEL_PROBABILITY_KEY not in result:
+        return None
+    return _number(result[LABEL_PROBABILITY_KEY]), _number(result.get(LABEL_PROBABILITY_SE_KEY))
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _json_dict(value: Any) -> dict[str, Any]:
+    """A dict sent as JSON text (or, from a caller that kept it, as a dict); empty when absent."""
+    if value is None:
+        return {}
+    return dict(json.loads(value) if isinstance(value, str) else value)
+
+
+def tune_results(config: KDNASConfig) -> dict[int, dict[str, Any]]:
+    """The last result Ray Tune recorded for each trial of ``config``'s search, by Optuna trial number.
+
+    Read from the ``result.json`` files of the Tune experiment ``search.study_dir`` under ``search.storage_path``
+    (default ``<output_dir>/ray_results``; a local path), so each holds Tune's own keys (``time_total_s``,
+    ``training_iteration``, ``config``, …) beside the trial's report (:meth:`TrialReport.from_result` reads that).
+    A trial Tune ran more than once (a resumed search) gives its latest result.
+    """
+    storage = config.search.storage_path or Path(config.output_dir).resolve() / "ray_results"
+    results: dict[int, dict[str, Any]] = {}
+    for path in sorted(
+        (Path(storage) / config.search.study_dir).glob("*/result.json"), key=lambda p: p.stat().st_mtime
+    ):
+        last = None
+        for line in path.read_text().splitlines():
+            if line.strip():
+                last = json.loads(line)
+        number = (last or {}).get("config", {}).get(TRIAL_NUMBER_KEY)
+        if last is not None and number is not None:
+            results[int(number)] = last
+    return results
+
+
+def epoch_count(value: Any) -> float:
+    """An epoch count as kdnas reports it: an int when whole (1, 2, …), else the fraction (0.25)."""
+    epoch = float(value)
+    return int(epoch) if epoch.is_integer() else epoch
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A trial's architecture trained again with the study's recipe (``export --retrain``), and what it scored."""
+
+    path: Path
+    value: float
+    latency_ms: float
+    attrs: dict

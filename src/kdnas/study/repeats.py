@@ -1,0 +1,182 @@
+"""Students a study already holds: the identity of a student (parameters + recipe) and the copy a repeat gets.
+
+A student is its sampled parameters (architecture and sampled recipe) trained under the study's fixed training
+configuration. ``recipe_key`` hashes the part of the config that changes what a student learns or how it is
+measured, so a repeat is recognised across runs and drivers, and a rerun with another recipe (e.g. more epochs)
+trains its students afresh. Light on purpose: readers (report, export) fold repeats without the training stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from kdnas.study.records import (
+    COST_ATTRS,
+    DUPLICATE_ATTR,
+    FAILURE_ATTR,
+    LATENCY_ATTR,
+    LEARNING_CURVE_ATTR,
+    PROMOTED_ATTR,
+    PRUNED_ATTR,
+    RECIPE_ATTR,
+    RESTARTS_ATTR,
+    RETRY_ATTR,
+    STOPPED_EARLY_REASON,
+    TRAIN_FINISHED_ATTR,
+    TRAIN_STARTED_ATTR,
+    Outcome,
+)
+
+TIME_BUDGET_REASON = "stopped when the search's time budget ran out"
+"""How a student cut short by the search's time budget is PRUNED: not a property of the student, so it may rerun."""
+
+_NOT_TRAINING = ("search", "output_dir")
+_SPACES = (("student", "space"), ("kd", "space"), ("training", "space"), ("latency", "cache"))
+
+
+def recipe_key(recorded: Mapping[str, Any]) -> str:
+    """A short hash of a recorded (``dump_config``) config without what does not change a given student: the search
+    settings, output paths, the search spaces (a sampled value is part of the student's parameters) and caching."""
+    kept = {k: v for k, v in recorded.items() if k not in _NOT_TRAINING}
+    for section, key in _SPACES:
+        kept[section] = {k: v for k, v in kept.get(section, {}).items() if k != key}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def student_key(params: Mapping[str, Any]) -> str:
+    """The sampled parameters as a comparable key."""
+    return json.dumps(dict(params), sort_keys=True)
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` holds a repeat of an earlier trial's student (not trained itself)."""
+    return DUPLICATE_ATTR in trial.user_attrs
+
+
+def holds_student(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` trained (or is training) a student a repeat may reuse: COMPLETE, RUNNING, or PRUNED for a
+    reason of its own (over a budget, stopped by the scheduler), not cut by the time budget; never a repeat."""
+    if is_repeat(trial) or not trial.params:
+        return False
+    if trial.state == TrialState.PRUNED:
+        return not str(trial.user_attrs.get(PRUNED_ATTR, "")).startswith(TIME_BUDGET_REASON)
+    return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
+
+
+def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, FrozenTrial]:
+    """Student key → the first trial holding that student under ``recipe``, or the trial that promoted it to full
+    training after the first stopped early."""
+    known: dict[str, FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.user_attrs.get(RECIPE_ATTR) != recipe or not holds_student(trial):
+            continue
+        key = student_key(trial.params)
+        if key not in known or trial.user_attrs.get(PROMOTED_ATTR) == known[key].number:
+            known[key] = trial
+    return known
+
+
+def stopped_early(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` trained a student the scheduler stopped early (not a repeat, not cut by the time budget)."""
+    reason = str(trial.user_attrs.get(PRUNED_ATTR, ""))
+    return trial.state == TrialState.PRUNED and not is_repeat(trial) and reason.startswith(STOPPED_EARLY_REASON)
+
+
+def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[FrozenTrial]:
+    """The students of ``recipe`` stopped early that no trial promoted yet, the most promising first: by Pareto rank
+    of (metric when stopped, latency) among them, then the later stop, then the better metric; a student without a
+    recorded curve or latency last."""
+    trials = list(trials)
+    promoted = {t.user_attrs[PROMOTED_ATTR] for t in trials if PROMOTED_ATTR in t.user_attrs}
+    stopped = [
+        t
+        for t in trials
+        if t.user_attrs.get(RECIPE_ATTR) == recipe and stopped_early(t) and t.number not in promoted and t.params
+    ]
+    points = {t.number: _stop_point(t) for t in stopped}
+    ranks = _pareto_ranks({n: (p[1], p[2]) for n, p in points.items() if p is not None})
+    worst = max(ranks.values(), default=0) + 1
+
+    def order(t: FrozenTrial) -> tuple[float, ...]:
+        point = points[t.number]
+        if point is None:
+            return (worst, 0.0, 0.0, t.number)
+        return (ranks[t.number], -point[0], -point[1], t.number)
+
+    return sorted(stopped, key=order)
+
+
+def _stop_point(trial: FrozenTrial) -> tuple[float, float, float] | None:
+    """(epochs, metric, latency ms) where ``trial``'s student was stopped, or None when not recorded."""
+    curve = trial.user_attrs.get(LEARNING_CURVE_ATTR)
+    latency = (trial.user_attrs.get(LATENCY_ATTR) or {}).get("median_ms")
+    if not curve or latency is None:
+        return None
+    return float(curve[-1][0]), float(curve[-1][1]), float(latency)
+
+
+def _pareto_ranks(points: Mapping[int, tuple[float, float]]) -> dict[int, int]:
+    """Non-dominated sorting of (metric ↑, latency ↓) points: 0 for the front, 1 for the front without it, …"""
+    left, ranks, rank = dict(points), {}, 0
+    while left:
+        front = [
+            k
+            for k, (v, lat) in left.items()
+            if not any(w >= v and m <= lat and (w > v or m < lat) for w, m in left.values())
+        ]
+        for k in front:
+            ranks[k] = rank
+            del left[k]
+        rank += 1
+    return ranks
+
+
+def repeat_of(original: FrozenTrial) -> Outcome:
+    """The record of a repeat of ``original``'s student: its result without training (no training times)."""
+    attrs = {
+        k: v
+        for k, v in original.user_attrs.items()
+        if k not in COST_ATTRS and k not in (PRUNED_ATTR, FAILURE_ATTR, RESTARTS_ATTR, RETRY_ATTR)
+    }
+    attrs[DUPLICATE_ATTR] = original.number
+    if original.state == TrialState.COMPLETE:
+        return Outcome(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
+    if original.state == TrialState.PRUNED:
+        reason = f"the same student as trial {original.number}: {original.user_attrs.get(PRUNED_ATTR, 'pruned')}"
+        return Outcome(TrialState.PRUNED, None, attrs, reason, dict(original.constraints))
+    return Outcome(
+        TrialState.PRUNED,
+        None,
+        attrs,
+        f"the same student as trial {original.number}, which was training: not trained twice",
+    )
+
+
+def folded(trials: Iterable[FrozenTrial]) -> list[tuple[FrozenTrial, list[int]]]:
+    """``trials`` with each repeat folded into its original: ``(trial, [its number, its repeats' numbers])``; a
+    repeat whose original is not among ``trials`` stands for itself."""
+    trials = list(trials)
+    numbers = {t.number for t in trials}
+    repeats: dict[int, list[int]] = {}
+    for t in trials:
+        if is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers:
+            repeats.setdefault(t.user_attrs[DUPLICATE_ATTR], []).append(t.number)
+    return [
+        (t, sorted([t.number, *repeats.get(t.number, [])]))
+        for t in trials
+        if not (is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers)
+    ]
+
+
+def training_seconds(trial: FrozenTrial) -> float:
+    """The compute ``trial`` itself spent training (and evaluating, saving) its student: 0 for a repeat, which reused
+    another trial's, and for a trial that never trained."""
+    attrs = trial.user_attrs
+    if is_repeat(trial) or not all(key in attrs for key in COST_ATTRS):
+        return 0.0
+    return float(attrs[TRAIN_FINISHED_ATTR] - attrs[TRAIN_STARTED_ATTR])

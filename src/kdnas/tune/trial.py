@@ -1,0 +1,438 @@
+"""One student trial, runnable without Ray: build the arch, time it, distil it from cached teacher logits, save it.
+
+Also the public way to train one student outside a search (:func:`prepare_students`, :func:`train_student`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import PreTrainedModel
+
+from kdnas.config import INHERITED_LEARNING_RATE, RANDOM_LEARNING_RATE, KDConfig, KDNASConfig, Ramp
+from kdnas.distill.distillation import Distillation
+from kdnas.distill.intermediate import IntermediateDistiller, expose_attention
+from kdnas.latency.cache import measure_cached
+from kdnas.latency.timing import LatencyResult
+from kdnas.outputs import missing_student_files, student_digest
+from kdnas.student import StudentArch
+from kdnas.student.batches import Encoded, head, predict_logits
+from kdnas.student.inheritance import InheritanceSource, inherit
+from kdnas.student.metrics import majority_level
+from kdnas.student.precision import resolve_precision
+from kdnas.student.space import kd_recipe
+from kdnas.student.training import EpochRows, evaluation_of, train
+from kdnas.study.records import (
+    ARCH_ATTR,
+    ARCH_SUMMARY_ATTR,
+    COLLAPSED_ATTR,
+    ENCODER_PARAMS_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    FLOPS_ATTR,
+    INIT_ATTR,
+    KD_ATTR,
+    LATENCY_ATTR,
+    LATENCY_KEY,
+    LEARNING_CURVE_ATTR,
+    LEARNING_RATE_ATTR,
+    NODE_ATTR,
+    PARAMS_CONSTRAINT,
+    RESTART_ATTR,
+    SLICE_METRIC_ATTR,
+    STUDENT_DIGEST_ATTR,
+    STUDENT_PATH_ATTR,
+    TEACHERS_ATTR,
+    TRAIN_DEVICE_ATTR,
+    TRAIN_FINISHED_ATTR,
+    TRAIN_PRECISION_ATTR,
+    TRAIN_ROWS_ATTR,
+    TRAIN_STARTED_ATTR,
+    TrialReport,
+)
+from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.rungs import mid_epoch_steps
+
+if TYPE_CHECKING:
+    pass
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any]], None]
+Checkpoint = Callable[[dict[str, Any], dict[str, Any]], None]
+"""``checkpoint(metrics, state)``: report ``metrics`` together with the resumable training ``state``."""
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a study shares; built once by the driver (Ray ships it through its object store)."""
+
+    config: KDNASConfig
+    metric: str
+    label_names: tuple[str, ...]
+    train: Encoded
+    eval: Encoded
+    teacher_names: tuple[str, ...]
+    teacher_logits: torch.Tensor  # [K, N_train, C], row-aligned with ``train``
+    students_dir: str  # absolute
+    intermediate_teachers: tuple[tuple[str, PreTrainedModel], ...] = ()  # those sharing the student's tokenizer
+    latency_cache_dir: str | None = None  # absolute; None: measure every student afresh
+    inherit: InheritanceSource | None = None  # the teacher students are sliced out of; None: random init
+    transfer_rows: int = 0  # the last rows of ``train``: the transfer set (unlabelled, KD only)
+    teacher_values: tuple[float, ...] = ()  # the teachers' metric on ``eval``; (): not known
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def student_dir(inputs: TrialInputs, trial_number: int) -> Path:
+    """Where the student of Optuna trial ``trial_number`` is saved."""
+    return Path(inputs.students_dir) / f"trial-{trial_number:04d}"
+
+
+def budget_constraints(config: KDNASConfig, latency_ms: float, params: int) -> dict[str, float]:
+    """Optuna constraints (feasible when ≤ 0) for the configured budgets: latency and total parameter count."""
+    constraints = {}
+    if config.latency.budget_ms is not None:
+        constraints[LATENCY_KEY] = latency_ms - config.latency.budget_ms
+    if config.student.max_params is not None:
+        constraints[PARAMS_CONSTRAINT] = float(params - config.student.max_params)
+    return constraints
+
+
+def over_budget(config: KDNASConfig, constraints: dict[str, float], latency_ms: float, params: int) -> str:
+    """What a student exceeds, e.g. ``latency 3.2 ms > budget 1 ms`` (empty when it is feasible)."""
+    over = []
+    if constraints.get(LATENCY_KEY, 0) > 0:
+        over.append(f"latency {latency_ms:.3g} ms > budget {config.latency.budget_ms:g} ms")
+    if constraints.get(PARAMS_CONSTRAINT, 0) > 0:
+        over.append(f"{params:,} parameters > student.max_params {config.student.max_params:,}")
+    return "; ".join(over)
+
+
+@dataclass(frozen=True)
+class MeasuredStudent:
+    """A freshly built student with its cost (parameters, FLOPs, measured latency) and budget constraints."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    latency: LatencyResult
+    cost: dict[str, Any]
+    constraints: dict[str, float]
+    over_budget: str  # empty when feasible
+
+
+def build_and_measure(arch: StudentArch, inputs: TrialInputs) -> MeasuredStudent:
+    """Build ``arch`` as an HF classifier and measure it (latency cached), before any training."""
+    config = inputs.config
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    torch.manual_seed(config.training.seed)
+    max_positions = max(config.data.max_seq_length, config.latency_seq_len)
+    model = arch.build(tokenizer, inputs.num_labels, max_positions=max_positions)
+    model.config.id2label = dict(enumerate(inputs.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(inputs.label_names)}
+    latency = measure_cached(
+        model,
+        model_key={"arch": arch.to_dict(), "vocab_size": len(tokenizer), "num_labels": inputs.num_labels},
+        vocab_size=len(tokenizer),
+        settings=config.latency,
+        seq_len=config.latency_seq_len,
+        cache_dir=Path(inputs.latency_cache_dir) if inputs.latency_cache_dir else None,
+    )
+    params = sum(p.numel() for p in model.parameters())
+    cost: dict[str, Any] = {
+        ARCH_ATTR: arch.to_dict(),
+        ARCH_SUMMARY_ATTR: arch.summary,
+        PARAMS_CONSTRAINT: params,
+        ENCODER_PARAMS_ATTR: sum(p.numel() for p in model.bert.encoder.parameters()),
+        FLOPS_ATTR: arch.encoder_flops(config.latency_seq_len),
+        LATENCY_ATTR: latency.to_dict(),
+    }
+    constraints = budget_constraints(config, latency.median_ms, params)
+    over = over_budget(config, constraints, latency.median_ms, params)
+    return MeasuredStudent(model, tokenizer, latency, cost, constraints, over)
+
+
+def initialise(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
+    """Slice ``model`` out of the inheritance teacher (in place), or leave it random; the record says which."""
+    if inputs.inherit is None:
+        reason = (
+            "student.inherit.enabled is false"
+            if not inputs.config.student.inherit.enabled
+            else "no BERT teacher uses the students' vocabulary"
+        )
+        return {"init": "random", "random": {"all": reason}}
+    return inherit(model, inputs.inherit)
+
+
+def learning_rate(config: KDNASConfig, params: dict[str, Any], init: dict[str, Any]) -> float:
+    """The sampled learning rate, else ``training.learning_rate``, else the default for the student's init."""
+    if "learning_rate" in params:
+        return float(params["learning_rate"])
+    if config.training.learning_rate is not None:
+        return config.training.learning_rate
+    return RANDOM_LEARNING_RATE if init["init"] == "random" else INHERITED_LEARNING_RATE
+
+
+def training_rows(kd: KDConfig, inputs: TrialInputs) -> Encoded:
+    """The rows a student trains on: labelled and transfer rows, or labelled only when it learns no KD (α = 1)."""
+    no_kd = not isinstance(kd.alpha, Ramp) and kd.alpha >= 1.0 and not kd.intermediate.enabled
+    if no_kd and inputs.transfer_rows:
+        return head(inputs.train, len(inputs.train) - inputs.transfer_rows)
+    return inputs.train
+
+
+def epoch_rows(config: KDNASConfig, inputs: TrialInputs, rows: Encoded) -> EpochRows | None:
+    """Each epoch's rows when ``data.transfer.per_epoch`` samples the transfer set (None: every row every epoch)."""
+    per_epoch = config.data.transfer.per_epoch
+    labelled = len(inputs.train) - inputs.transfer_rows
+    if per_epoch is None or len(rows) - labelled <= per_epoch:
+        return None
+    return EpochRows(labelled, per_epoch)
+
+
+def _intermediate(
+    kd: KDConfig, arch: StudentArch, model: torch.nn.Module, inputs: TrialInputs, device: torch.device
+) -> IntermediateDistiller | None:
+    """The intermediate-layer distiller of this trial's recipe, or None when intermediate KD is off."""
+    if not kd.intermediate.enabled:
+        return None
+    wanted = kd.intermediate.teachers
+    teachers = [(name, m) for name, m in inputs.intermediate_teachers if wanted is None or name in wanted]
+    distiller = IntermediateDistiller(
+        kd.intermediate, student_hidden=arch.hidden_size, student_layers=arch.num_layers, teachers=teachers
+    )
+    return distiller.to_device(device)
+
+
+class _Collapsed(Exception):
+    """A student's predictions collapsed after its first epoch (the message says how)."""
+
+
+def slice_metric(model: torch.nn.Module, inputs: TrialInputs, device: torch.device, precision: str) -> dict[str, float]:
+    """The student as initialised (sliced out of the teacher, or random), scored on the eval split before training."""
+    started = time.perf_counter()
+    logits = predict_logits(model, inputs.eval, device=device, precision=precision)
+    scored = evaluation_of(logits, inputs.eval.labels, inputs.metric)
+    return {
+        "value": scored.value,
+        "label_probability": round(scored.label_probability[0], 6),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def collapse_is_telling(inputs: TrialInputs) -> bool:
+    """Whether a student at the majority level has collapsed: some teacher scores above always predicting the eval
+    split's most frequent label (or the teachers' scores are not known). On a task no teacher learned, that level is
+    the task's, not the student's failure."""
+    if not inputs.teacher_values:
+        return True
+    floor = majority_level(inputs.metric, inputs.eval.labels.tolist())
+    return any(value > floor + 1e-9 for value in inputs.teacher_values)
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CPU random state, and the device's when it is a GPU (dropout there draws from its own generator)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _distillation(
+    kd: KDConfig, arch: StudentArch, model: torch.nn.Module, inputs: TrialInputs, device: torch.device
+) -> Distillation:
+    """The trial's loss, afresh: the cached teacher logits and, with intermediate KD, new projections."""
+    intermediate = _intermediate(kd, arch, model, inputs, device)
+    return Distillation(kd, inputs.teacher_logits.to(device), intermediate, labels=inputs.train.labels)
+
+
+def run_trial(
+    params: dict[str, Any],
+    inputs: TrialInputs,
+    *,
+    trial_number: int,
+    device: torch.device | str,
+    report: Report,
+    checkpoint: Checkpoint | None = None,
+    resume: dict[str, Any] | None = None,
+    node: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train one student with multi-teacher logit KD, reporting a :class:`~kdnas.study.records.TrialReport` (as a Tune
+    result, :meth:`~kdnas.study.records.TrialReport.to_result`) after each epoch, and at each early-stopping rung inside
+    an epoch (:func:`~kdnas.tune.rungs.mid_epoch_steps`); the last report is returned.
+
+    Each report has the metric, latency, epoch and the attrs so far (kept if a scheduler stops the student there); the
+    last is ``completed`` with the full attrs (arch, params, FLOPs, latency details, KD recipe, initialisation,
+    learning rate, rows trained on, training times, student path) and the budget constraints. A student over a
+    latency or size budget is measured, not trained: its only report is ``infeasible`` (the reason).
+    Errors propagate to the caller.
+    With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
+    state) continues training after its epoch. ``node`` (where it runs) joins every report's attrs.
+    """
+    config, metric = inputs.config, inputs.metric
+    arch = StudentArch.from_dict(params)
+    student = build_and_measure(arch, inputs)
+    model, tokenizer, latency, constraints = student.model, student.tokenizer, student.latency, student.constraints
+    cost = student.cost if node is None else {**student.cost, NODE_ATTR: node}
+    if student.over_budget:  # latency first: an infeasible student is never trained
+        measured = TrialReport(
+            math.nan,
+            latency.median_ms,
+            epoch=0,
+            infeasible=f"infeasible, not trained: {student.over_budget}",
+            attrs={**cost, EPOCHS_TRAINED_ATTR: 0},
+            constraints=constraints,
+        )
+        report(measured.to_result(metric))
+        return measured.to_result(metric)
+    init = initialise(model, inputs)
+    device = torch.device(device)
+    precision = resolve_precision(config.training.precision, device)
+    sliced = slice_metric(model, inputs, device, precision)
+    initial_weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    initial_rng = _rng_state(device)  # a restart draws what the first attempt drew: only its learning rate differs
+    started_at = time.time()
+    kd, training = kd_recipe(config.kd, params), config.training
+    rows = training_rows(kd, inputs)
+    sampled = epoch_rows(config, inputs, rows)
+    restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
+    detect_collapse = config.training.detect_collapse and collapse_is_telling(inputs)
+    rate = learning_rate(config, params, init) / (2 if restart else 1)
+    distillation = _distillation(kd, arch, model, inputs, device)
+    if resume is not None and "loss" in resume:
+        distillation.load_state(resume["loss"])
+    wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
+    restore_attention = expose_attention(model) if wants_attentions else None
+
+    latest = TrialReport(latency_ms=latency.median_ms)
+    last_state: dict[str, Any] = {}
+    curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
+    seconds_before = curve[-1][2] if curve else 0.0  # trained before a restart, as its checkpoint recorded
+
+    def progress_attrs(epoch: float) -> dict[str, Any]:
+        """The attrs of the student trained so far (what a scheduler stopping it here keeps)."""
+        return {
+            **cost,
+            INIT_ATTR: init,
+            SLICE_METRIC_ATTR: sliced,
+            LEARNING_RATE_ATTR: rate,
+            EPOCHS_TRAINED_ATTR: epoch,
+            LEARNING_CURVE_ATTR: list(curve),
+            **({RESTART_ATTR: restart} if restart else {}),
+        }
+
+    def judge(epoch: float) -> TrialReport:
+        """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
+        logits = predict_logits(model, inputs.eval, device=device, precision=precision)
+        scored = evaluation_of(logits, inputs.eval.labels, metric, inputs.label_names)
+        value, probability = scored.value, scored.label_probability
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
+        seconds = round(seconds_before + time.time() - started_at, 3)
+        curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
+        collapsed = scored.collapsed if detect_collapse else None
+        attrs = {**progress_attrs(epoch), **({COLLAPSED_ATTR: collapsed} if collapsed else {})}
+        return TrialReport(value, latency.median_ms, epoch, attrs=attrs, label_probability=probability)
+
+    def on_epoch(epoch: int) -> None:
+        nonlocal latest
+        latest = judge(epoch)
+        if epoch == 1 and restart is None and COLLAPSED_ATTR in latest.attrs:
+            raise _Collapsed(latest.attrs[COLLAPSED_ATTR])  # before its report: Tune sees the restart's epoch 1
+        state = {**last_state, "curve": list(curve), **({"restart": restart} if restart else {})}
+        if epoch < training.epochs and checkpoint is not None:
+            checkpoint(latest.to_result(metric), state)
+        elif epoch < training.epochs:
+            report(latest.to_result(metric))
+
+    mid_epoch = mid_epoch_steps(config, len(rows) if sampled is None else len(sampled))
+
+    def on_step(step: int, total_steps: int, loss: float) -> None:
+        nonlocal latest
+        rung = mid_epoch.get(step)  # a rung inside an epoch: reported without a checkpoint (a retry redoes the epoch)
+        if rung is not None and not (restart is not None and rung <= 1):  # a restart's rungs in epoch 1 were reported
+            latest = judge(rung)
+            report(latest.to_result(metric))
+
+    def keep_state(state: dict[str, Any]) -> None:
+        last_state.update(state, loss=distillation.state())
+
+    while True:
+        try:
+            train(
+                model,
+                rows,
+                loss_fn=distillation,
+                extra_parameters=distillation.parameters(),
+                epochs=training.epochs,
+                batch_size=training.batch_size,
+                learning_rate=rate,
+                weight_decay=training.weight_decay,
+                warmup_ratio=training.warmup_ratio,
+                seed=training.seed,
+                device=device,
+                on_epoch=on_epoch,
+                on_step=on_step if mid_epoch else None,
+                state=resume,
+                on_state=None if checkpoint is None else keep_state,
+                precision=precision,
+                epoch_rows=sampled,
+            )
+            break
+        except _Collapsed as collapsed:  # once: from the initial weights at half the learning rate
+            logger.warning(
+                "trial %d: %s after epoch 1; it trains again at half the learning rate", trial_number, collapsed
+            )
+            restart = {
+                "reason": str(collapsed),
+                "after_epoch": 1,
+                "metric": latest.value,
+                LEARNING_RATE_ATTR: rate,
+                LEARNING_CURVE_ATTR: list(curve),
+            }
+            rate, curve[:] = rate / 2, []
+            model.load_state_dict(initial_weights)
+            _set_rng_state(initial_rng, device)
+            distillation = _distillation(kd, arch, model, inputs, device)
+    if restore_attention is not None:
+        restore_attention()
+    out = student_dir(inputs, trial_number)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    missing = missing_student_files(out)
+    if missing:  # save_pretrained only logs when ``out`` is not a usable directory
+        raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
+    attrs = {
+        **progress_attrs(training.epochs),
+        TRAIN_ROWS_ATTR: {
+            "labelled": len(inputs.train) - inputs.transfer_rows,
+            "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows,
+            **({"transfer_per_epoch": sampled.draw} if sampled else {}),
+        },
+        KD_ATTR: distillation.record(),
+        TEACHERS_ATTR: list(inputs.teacher_names),
+        TRAIN_DEVICE_ATTR: str(device),
+        TRAIN_PRECISION_ATTR: precision,
+        TRAIN_STARTED_ATTR: started_at,
+        TRAIN_FINISHED_ATTR: time.time(),
+        STUDENT_PATH_ATTR: str(out),
+        STUDENT_DIGEST_ATTR: student_digest(out),
+        **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
+    }
+    trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)
+    report(trained.to_result(metric))
+    return trained.to_result(metric)
+
+
+# --- the public API: one student outside a search ----------------------------------------------------------------
