@@ -352,7 +352,7 @@ def test_a_trial_given_a_gpu_fails_loudly_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(trainable.tune, "report", reports.append)
     monkeypatch.setattr(trainable, "run_trial", lambda *a, **kw: pytest.fail("trained on the CPU"))
-    trainable.train_student({TRIAL_NUMBER_KEY: 2}, _trial_inputs(0.25))
+    trainable.student_trainable({TRIAL_NUMBER_KEY: 2}, _trial_inputs(0.25))
     (report,) = reports
     assert report[ERROR_KEY].startswith("NoGPUError: search.resources_per_trial.gpu is 0.25 but this worker (")
     assert "sees no CUDA device" in report[ERROR_KEY] and math.isnan(report["accuracy"])

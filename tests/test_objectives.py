@@ -116,8 +116,12 @@ def test_latency_measures_a_real_forward_with_fixed_threads():
     tokenizer = load_tokenizer("minilm")
     model = StudentArch(1, 2, 16, 2).build(tokenizer, num_labels=2, max_positions=64)
     threads_before = torch.get_num_threads()
+    shapes = []  # every forward the measurement runs: warm-up and timed runs, each on a batch of seq_len tokens
+    model.register_forward_hook(
+        lambda _module, args, kwargs, _out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     result = latency_mod.measure_latency(model, vocab_size=len(tokenizer), seq_len=16, threads=1, warmup=1, runs=5)
-    assert 0 < result.median_ms <= result.p90_ms
+    assert shapes == [(1, 16)] * 6 and result.median_ms > 0
     assert (result.device, result.threads, result.seq_len, result.runs) == ("cpu", 1, 16, 5)
     assert torch.get_num_threads() == threads_before
 

@@ -145,11 +145,11 @@ def _running(url: str, name: str) -> bool:
 
 
 def dying_student(config: dict, inputs) -> None:
-    """``train_student`` whose worker SIGKILLs itself after training epoch 2, as often as ``kill-plan.json`` says.
+    """``student_trainable`` whose worker SIGKILLs itself after training epoch 2, as often as ``kill-plan.json`` says.
 
     Each attempt appends the epoch it resumed from (0: from scratch) to ``starts-<trial>``.
     """
-    from kdnas.tune.trainable import last_state, train_student
+    from kdnas.tune.trainable import last_state, student_trainable
 
     folder = Path(inputs.students_dir)
     number = config[TRIAL_NUMBER_KEY]
@@ -169,7 +169,7 @@ def dying_student(config: dict, inputs) -> None:
             report(metrics, **kwargs)
 
         tune.report = report_or_die  # this worker process only
-    train_student(config, inputs)
+    student_trainable(config, inputs)
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_lim
     folder = Path(config.output_dir) / "students" / config.search.study_name
     folder.mkdir(parents=True)
     (folder / "kill-plan.json").write_text(json.dumps({"0": 5, "1": 1}))  # trial 0 always dies, trial 1 once
-    monkeypatch.setattr(runner, "train_student", dying_student)
+    monkeypatch.setattr(runner, "student_trainable", dying_student)
     study = runner.run_search(config)
     failed, resumed = study.trials
     assert failed.state == TrialState.FAIL and failed.user_attrs[RESTARTS_ATTR] == 1

@@ -48,7 +48,7 @@ def test_trainable_places_students_on_gpu_when_given_one(monkeypatch, gpu, cuda,
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(trainable, "run_trial", lambda config, inputs, **kw: seen.update(kw))
-    trainable.train_student({TRIAL_NUMBER_KEY: 7}, _inputs(gpu))
+    trainable.student_trainable({TRIAL_NUMBER_KEY: 7}, _inputs(gpu))
     assert seen["device"].type == expected and seen["trial_number"] == 7
 
 
@@ -60,7 +60,7 @@ def test_trainable_reports_errors_with_their_reason(monkeypatch):
         raise FloatingPointError("non-finite loss nan at step 3")
 
     monkeypatch.setattr(trainable, "run_trial", explode)
-    trainable.train_student({TRIAL_NUMBER_KEY: 1}, _inputs(0))
+    trainable.student_trainable({TRIAL_NUMBER_KEY: 1}, _inputs(0))
     (report,) = reports
     assert report[ERROR_KEY] == "FloatingPointError: non-finite loss nan at step 3"
     assert math.isnan(report["accuracy"]) and math.isnan(report["latency_ms"])

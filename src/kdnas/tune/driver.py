@@ -61,7 +61,7 @@ from kdnas.tune.rungs import rungs_in_warmup
 from kdnas.tune.samplers import make_sampler
 from kdnas.tune.scheduler import ParetoStopping, make_scheduler
 from kdnas.tune.searcher import DeadlineStopper, make_searcher
-from kdnas.tune.trainable import SearchBookkeeping, train_student
+from kdnas.tune.trainable import SearchBookkeeping, student_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
     # keeping one checkpoint per trial forces an experiment snapshot at each epoch; that is cheap here, so Tune's
     # warning about it would only be noise on every search
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(tune.with_parameters(train_student, inputs=inputs), resources)
+    trainable = tune.with_resources(tune.with_parameters(student_trainable, inputs=inputs), resources)
     progress = SearchProgress(study, task.metric, search.n_trials, search.time_budget_s)
     tuner = tune.Tuner(
         trainable,

@@ -51,7 +51,7 @@ def this_node() -> dict[str, str]:
     }
 
 
-def train_student(config: dict[str, Any], inputs: TrialInputs) -> None:
+def student_trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
     """The Ray Tune trainable: one student, checkpointed each epoch and resumed from its last checkpoint when
     retried; any error (a missing GPU included) is reported (with its reason) rather than raised."""
     resources = inputs.config.search.resources_per_trial
