@@ -146,9 +146,18 @@ def test_benchmark_results_hold_no_local_absolute_path(tmp_path, monkeypatch):
     text = written.read_text()
     assert '"out": "./runs/x"' in text and '"data": "../shared/data"' in text and str(tmp_path) not in text
     sys.modules.pop("_common", None)
-    for result in sorted((repo / "benchmarks" / "results").glob("*.json")):
-        absolute = re.findall(r'"(/(?:work|root|home|tmp|Users)/[^"]*)"', result.read_text())
+    assert absolute_paths('{"storage": "sqlite:////work/main/runs/study.db", "x": "/tmp/a", "ok": "./runs"}') == [
+        "sqlite:////work/main/runs/study.db",
+        "/tmp/a",
+    ]
+    for result in sorted((repo / "benchmarks" / "results").rglob("*.json")):
+        absolute = absolute_paths(result.read_text())
         assert not absolute, (result.name, absolute[:3])
+
+
+def absolute_paths(text: str) -> list[str]:
+    """The JSON strings in ``text`` holding a local absolute path, alone or inside a URL (``sqlite:////work/…``)."""
+    return re.findall(r'"((?:[^"]*[:/])?/(?:work|root|home|tmp|Users)/[^"]*)"', text)
 
 
 @pytest.mark.slow
