@@ -250,10 +250,8 @@ def latency_bins(records: list[dict[str, Any]], bins: int) -> list[list[int]]:
 
 def front(records: list[dict[str, Any]]) -> set[int]:
     """Indices of the students on the (final metric, latency) Pareto front."""
-    points = [(r["value"], r["latency_ms"]) for r in records]
-    return {
-        i for i, (v, lat) in enumerate(points) if not any(w >= v and m <= lat and (w > v or m < lat) for w, m in points)
-    }
+    ranks = kdnas.pareto_ranks({i: (r["value"], r["latency_ms"]) for i, r in enumerate(records)})
+    return {i for i, rank in ranks.items() if rank == 0}
 
 
 def predictivity(records: list[dict[str, Any]], bins: int) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # A module may import from its own layer and the layers before it, never from a later one.
 LAYERS: list[tuple[str, ...]] = [
-    ("kdnas.config",),
+    ("kdnas.config", "kdnas.errors"),
     ("kdnas.study",),  # the study and its typed records: every other part may read them
     ("kdnas.outputs", "kdnas.devices", "kdnas.progress", "kdnas.ray_session", "kdnas.resources"),
     ("kdnas.data",),

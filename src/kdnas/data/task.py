@@ -14,6 +14,7 @@ import datasets
 
 from kdnas.config import ConfigError, DataConfig
 from kdnas.data.demo import demo_datasets
+from kdnas.errors import first_line
 
 _READERS: dict[str, tuple[str, dict[str, Any]]] = {
     ".csv": ("csv", {"keep_default_na": False, "na_values": [""]}),
@@ -112,8 +113,7 @@ def _splits(cfg: DataConfig) -> tuple[str, _Split, _Split]:
 def _first_line(err: BaseException) -> str:
     while err.__cause__ is not None:  # `datasets` wraps the informative error in a generic one.
         err = err.__cause__
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    return first_line(err)
 
 
 def _load_hub(hub_name: str, hub_config: str | None, name: str) -> datasets.DatasetDict:

@@ -18,7 +18,6 @@ from kdnas.study.front import retimed, study_teachers
 from kdnas.study.records import (
     ARCH_ATTR,
     ARCH_SUMMARY_ATTR,
-    DUPLICATE_ATTR,
     EPOCHS_TRAINED_ATTR,
     INIT_ATTR,
     KD_ATTR,
@@ -26,6 +25,7 @@ from kdnas.study.records import (
     LATENCY_KEY,
     LEARNING_RATE_ATTR,
     PARAMS_CONSTRAINT,
+    REPEAT_OF_ATTR,
     STUDENT_DIGEST_ATTR,
     STUDENT_PATH_ATTR,
     TASK_ATTR,
@@ -56,7 +56,7 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
         "trial": trial.number,
         "retrained": retrained is not None,
         "repeats": [
-            t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(DUPLICATE_ATTR) == trial.number
+            t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(REPEAT_OF_ATTR) == trial.number
         ],
         "objectives": dict(zip(names, trial.values if retrained is None else (retrained.value, retrained.latency_ms))),
         "params": trial.params,

@@ -28,7 +28,6 @@ from kdnas.study.records import (
     ARCH_ATTR,
     ARCH_SUMMARY_ATTR,
     COLLAPSED_ATTR,
-    DUPLICATE_ATTR,
     FAILURE_ATTR,
     INHERITANCE_ATTR,
     INIT_ATTR,
@@ -37,6 +36,7 @@ from kdnas.study.records import (
     LEARNING_CURVE_ATTR,
     PARAMS_CONSTRAINT,
     PRUNED_ATTR,
+    REPEAT_OF_ATTR,
     RESTART_ATTR,
     RETIMED_ATTR,
     SLICE_METRIC_ATTR,
@@ -345,8 +345,8 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
                     reason
                     for reason in (
                         t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR),
-                        f"the same student as trial {t.user_attrs[DUPLICATE_ATTR]}: its result, not trained again"
-                        if DUPLICATE_ATTR in t.user_attrs
+                        f"the same student as trial {t.user_attrs[REPEAT_OF_ATTR]}: its result, not trained again"
+                        if REPEAT_OF_ATTR in t.user_attrs
                         else None,
                         *collapse_notes(t.user_attrs),
                     )

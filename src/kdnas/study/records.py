@@ -57,7 +57,7 @@ RETRY_ATTR = "retry_of"
 """On a trial enqueued again after its driver was lost: the number of the trial it retries."""
 RECIPE_ATTR = "recipe"
 """Hash of the configuration the trial's student was (or is being) trained under."""
-DUPLICATE_ATTR = "duplicate_of"
+REPEAT_OF_ATTR = "duplicate_of"
 """On a repeat: the number of the trial whose student it is."""
 PROMOTED_ATTR = "promoted_from"
 """On a trial that trains in full a student the study had stopped early (once a run has tried every student of the

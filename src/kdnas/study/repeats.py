@@ -15,15 +15,16 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from kdnas.study.dominance import pareto_ranks
 from kdnas.study.records import (
     COST_ATTRS,
-    DUPLICATE_ATTR,
     FAILURE_ATTR,
     LATENCY_ATTR,
     LEARNING_CURVE_ATTR,
     PROMOTED_ATTR,
     PRUNED_ATTR,
     RECIPE_ATTR,
+    REPEAT_OF_ATTR,
     RESTARTS_ATTR,
     RETRY_ATTR,
     STOPPED_EARLY_REASON,
@@ -55,7 +56,7 @@ def student_key(params: Mapping[str, Any]) -> str:
 
 def is_repeat(trial: FrozenTrial) -> bool:
     """Whether ``trial`` holds a repeat of an earlier trial's student (not trained itself)."""
-    return DUPLICATE_ATTR in trial.user_attrs
+    return REPEAT_OF_ATTR in trial.user_attrs
 
 
 def holds_student(trial: FrozenTrial) -> bool:
@@ -99,7 +100,7 @@ def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[Fro
         if t.user_attrs.get(RECIPE_ATTR) == recipe and stopped_early(t) and t.number not in promoted and t.params
     ]
     points = {t.number: _stop_point(t) for t in stopped}
-    ranks = _pareto_ranks({n: (p[1], p[2]) for n, p in points.items() if p is not None})
+    ranks = pareto_ranks({n: (p[1], p[2]) for n, p in points.items() if p is not None})
     worst = max(ranks.values(), default=0) + 1
 
     def order(t: FrozenTrial) -> tuple[float, ...]:
@@ -120,22 +121,6 @@ def _stop_point(trial: FrozenTrial) -> tuple[float, float, float] | None:
     return float(curve[-1][0]), float(curve[-1][1]), float(latency)
 
 
-def _pareto_ranks(points: Mapping[int, tuple[float, float]]) -> dict[int, int]:
-    """Non-dominated sorting of (metric ↑, latency ↓) points: 0 for the front, 1 for the front without it, …"""
-    left, ranks, rank = dict(points), {}, 0
-    while left:
-        front = [
-            k
-            for k, (v, lat) in left.items()
-            if not any(w >= v and m <= lat and (w > v or m < lat) for w, m in left.values())
-        ]
-        for k in front:
-            ranks[k] = rank
-            del left[k]
-        rank += 1
-    return ranks
-
-
 def repeat_of(original: FrozenTrial) -> Outcome:
     """The record of a repeat of ``original``'s student: its result without training (no training times)."""
     attrs = {
@@ -143,7 +128,7 @@ def repeat_of(original: FrozenTrial) -> Outcome:
         for k, v in original.user_attrs.items()
         if k not in COST_ATTRS and k not in (PRUNED_ATTR, FAILURE_ATTR, RESTARTS_ATTR, RETRY_ATTR)
     }
-    attrs[DUPLICATE_ATTR] = original.number
+    attrs[REPEAT_OF_ATTR] = original.number
     if original.state == TrialState.COMPLETE:
         return Outcome(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
     if original.state == TrialState.PRUNED:
@@ -164,12 +149,12 @@ def folded(trials: Iterable[FrozenTrial]) -> list[tuple[FrozenTrial, list[int]]]
     numbers = {t.number for t in trials}
     repeats: dict[int, list[int]] = {}
     for t in trials:
-        if is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers:
-            repeats.setdefault(t.user_attrs[DUPLICATE_ATTR], []).append(t.number)
+        if is_repeat(t) and t.user_attrs[REPEAT_OF_ATTR] in numbers:
+            repeats.setdefault(t.user_attrs[REPEAT_OF_ATTR], []).append(t.number)
     return [
         (t, sorted([t.number, *repeats.get(t.number, [])]))
         for t in trials
-        if not (is_repeat(t) and t.user_attrs[DUPLICATE_ATTR] in numbers)
+        if not (is_repeat(t) and t.user_attrs[REPEAT_OF_ATTR] in numbers)
     ]
 
 

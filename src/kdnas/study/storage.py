@@ -19,6 +19,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 
 from kdnas.config import ConfigError, KDNASConfig
+from kdnas.errors import first_line
 from kdnas.study.records import FAILURE_ATTR, FINGERPRINT_ATTR, LATENCY_KEY, PRUNED_ATTR
 
 SQLITE_LOCK_TIMEOUT_S = 60.0
@@ -60,7 +61,7 @@ def open_storage(url: str) -> RDBStorage:
             if _lost_schema_race(err) and attempt < 3:  # drivers racing to create the schema of a new database
                 time.sleep(attempt)
                 continue
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise ConfigError(f"cannot open storage {mask_url(url)}: {mask_url(reason)}") from None
 
 

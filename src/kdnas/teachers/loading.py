@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from kdnas.config import ConfigError, KDNASConfig, TeacherConfig
+from kdnas.errors import first_line
 from kdnas.outputs import files_digest
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ def load_teacher(
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=teacher.trust_remote_code)
     except Exception as err:  # missing, truncated or mismatched files raise many kinds; all mean the same here
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"teacher {teacher.name!r}: cannot load {path}: {first_line}") from None
+        raise ConfigError(f"teacher {teacher.name!r}: cannot load {path}: {first_line(err)}") from None
     if model.config.num_labels != num_labels:
         raise ConfigError(
             f"teacher {teacher.name!r} predicts {model.config.num_labels} labels but the task has {num_labels}"
@@ -256,8 +256,7 @@ def _check_runs(teacher: Teacher, lengths: dict[str, int]) -> tuple[torch.Tensor
     try:
         logits = model(input_ids=ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device)).logits
     except Exception as err:  # any failure here would otherwise surface mid-way through caching its logits
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"teacher {name!r} cannot run on {length}-token inputs ({key}): {first_line}") from None
+        raise ConfigError(f"teacher {name!r} cannot run on {length}-token inputs ({key}): {first_line(err)}") from None
     if not torch.isfinite(logits).all():
         raise ConfigError(f"teacher {name!r}: its weights in {teacher.path} give non-finite logits")
     return ids.to(model.device), logits

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from kdnas.config import KDNASConfig, TeacherConfig
 from kdnas.data import TaskData
 from kdnas.data.transfer import TransferSet
 from kdnas.latency.cache import latency_cache_dir, measure_cached
+from kdnas.outputs import atomic_path
 from kdnas.progress import Progress
 from kdnas.student.batches import encode, predict_logits
 from kdnas.student.metrics import score
@@ -49,19 +48,11 @@ RAN_ON_KEY = "kdnas.ran_on"
 
 
 def save_atomically(tensors: dict[str, torch.Tensor], file: Path, ran_on: dict | None = None) -> None:
-    """Write a safetensors file so that readers see the whole file or none: write a temporary file of its own in the
-    same directory, then ``os.replace`` it; a failed write removes it (a killed one leaves only a dot-file).
+    """Write a safetensors file so that readers see the whole file or none (:func:`~kdnas.outputs.atomic_path`);
     ``ran_on`` (where the tensors were computed) is kept in the file's metadata."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".partial")
-    os.close(handle)
     metadata = {RAN_ON_KEY: json.dumps(ran_on)} if ran_on is not None else None
-    try:
-        save_file({name: value.contiguous() for name, value in tensors.items()}, partial, metadata=metadata)
-        os.replace(partial, file)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_path(file, ".partial") as partial:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, str(partial), metadata=metadata)
 
 
 def ran_on(file: Path) -> dict | None:

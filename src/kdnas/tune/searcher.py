@@ -30,6 +30,7 @@ from ray.tune import Stopper
 from ray.tune.search import Searcher
 
 from kdnas.config import KDNASConfig, dump_config
+from kdnas.errors import first_line
 from kdnas.student import SearchSpace
 from kdnas.study.orphans import counts_toward_budget, this_driver
 from kdnas.study.records import (
@@ -79,7 +80,7 @@ def retrying(operation: Callable[[], Any]) -> Any:
                 "storage error (retry %d of %d): %s",
                 attempt,
                 STORAGE_RETRIES - 1,
-                str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+                first_line(err),
             )
             time.sleep(attempt)
 
@@ -273,7 +274,7 @@ class KDNASSearch(Searcher):
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # told meanwhile
             except Exception as err:  # a lost connection is retried at the next beat (pool_pre_ping reconnects)
-                logger.warning("could not record heartbeats: %s", str(err).splitlines()[0] if str(err) else err)
+                logger.warning("could not record heartbeats: %s", first_line(err))
                 return
 
     def record_restart(self, trial_id: str) -> None:
