@@ -14,6 +14,7 @@ from ray import tune
 from kdnas.study.records import ARCH_SUMMARY_ATTR, TRIAL_NUMBER_KEY, TrialReport
 from kdnas.tune import driver as runner
 from kdnas.tune import inputs
+from kdnas.tune import prepare as prepare_mod
 from kdnas.tune.trial import TrialInputs
 
 if __name__ != "__main__":
@@ -32,11 +33,11 @@ def use_stub_trials(monkeypatch=None) -> None:
     """Make ``run_search`` skip teachers and the final re-timing and run :func:`stub_student` trials (``monkeypatch``
     undoes it)."""
     stubs = {
-        (runner, "fit_teachers"): lambda *a, **k: [],
-        (runner, "teacher_reference"): lambda *a, **k: ([], torch.zeros(1, 1, 2)),
+        (prepare_mod, "fit_teachers"): lambda *a, **k: [],
+        (prepare_mod, "teacher_reference"): lambda *a, **k: ([], torch.zeros(1, 1, 2)),
         (inputs, "inheritance"): lambda *a, **k: None,
-        (runner, "transfer_set"): lambda *a, **k: None,
-        (runner, "train_student"): stub_student,
+        (prepare_mod, "transfer_set"): lambda *a, **k: None,
+        (runner, "student_trainable"): stub_student,
         (runner, "retime_study"): lambda *a, **k: None,  # no teachers to time, no real students
     }
     for (module, name), value in stubs.items():

@@ -469,12 +469,12 @@ def test_export_of_a_student_changed_since_its_trial_is_one_line_and_writes_noth
 def test_ctrl_c_while_teachers_run_exits_130_with_the_resume_command_and_creates_no_study(
     files, existing_study, tmp_path, monkeypatch, capsys
 ):
-    from kdnas.tune import driver as runner
+    from kdnas.tune import prepare
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "teacher_reference", interrupt)
+    monkeypatch.setattr(prepare, "teacher_reference", interrupt)
     code = _cli(["search", "--study-name", "fresh"], files["root"], existing_study, tmp_path)
     errors = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and errors[-1].startswith(

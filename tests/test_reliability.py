@@ -183,8 +183,7 @@ def test_killed_worker_resumes_from_its_checkpoint_and_fails_after_the_retry_lim
     folder = Path(config.output_dir) / "students" / config.search.study_name
     folder.mkdir(parents=True)
     (folder / "kill-plan.json").write_text(json.dumps({"0": 5, "1": 1}))  # trial 0 always dies, trial 1 once
-    monkeypatch.setattr(runner, "student_trainable", dying_student)
-    study = runner.run_search(config)
+    study = runner.run_search(config, trainable=dying_student)
     failed, resumed = study.trials
     assert failed.state == TrialState.FAIL and failed.user_attrs[RESTARTS_ATTR] == 1
     assert failed.user_attrs[FAILURE_ATTR] == "the trial's process failed after 1 restart(s) (see the Ray trial logs)"

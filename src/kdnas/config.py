@@ -601,8 +601,8 @@ class SearchConfig(_Section):
     n_trials: int = Field(8, ge=1)
     """Students in the study (a resumed search runs only what is missing; repeats do not count)."""
     time_budget_s: float | None = Field(None, gt=0)
-    """Stop this run after this many seconds counted from the first trial; students still training are PRUNED and not
-    resumed."""
+    """Stop this run after this many seconds, counted from when its trials start (after the teachers are prepared);
+    students still training then are PRUNED and not resumed."""
     reuse_duplicates: bool = True
     """A student the study already holds (same parameters and recipe) is recorded as a repeat with its result instead
     of training again."""

@@ -1,23 +1,22 @@
-"""The search driver: prepare teachers and trial inputs once, then run students as Ray Tune trials into the Optuna
-study."""
+"""The search driver, a pipeline read top-down in :func:`run_search`: pre-flight checks, prepare what every trial
+shares (:mod:`kdnas.tune.prepare`), open the study, run the students as Ray Tune trials, finish."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
-import ray
+from optuna.storages import RDBStorage
 from ray import tune
 
 from kdnas.config import KDNASConfig, dump_config
-from kdnas.data import load_task
-from kdnas.data.transfer import check_transfer_size, load_transfer_texts
 from kdnas.latency.timing import resolve_device
 from kdnas.outputs import writable_dir
-from kdnas.ray_session import ray_init
 from kdnas.resources import ResourceWait, check_local_resources
 from kdnas.student import SearchSpace
 from kdnas.study.orphans import counts_toward_budget, reconcile_orphans, trials_left
@@ -41,99 +40,78 @@ from kdnas.study.storage import (
     record_once,
 )
 from kdnas.teachers import tasks as teacher_tasks
-from kdnas.teachers.fitting import fit_teachers
-from kdnas.teachers.loading import load_teacher
-from kdnas.teachers.logits import teacher_reference
 from kdnas.tune import local_ray
-from kdnas.tune.elastic_phase import elastic_inputs
-from kdnas.tune.fingerprint import (
-    config_fingerprint,
-    fitted_teachers_fingerprint,
-    space_conflicts,
-    task_fingerprint,
-    transfer_fingerprint,
-)
-from kdnas.tune.inputs import check_budgets_reachable, inheritance_record, prepare_inputs, transfer_set
-from kdnas.tune.one_layer import choose_one_layer
+from kdnas.tune.fingerprint import config_fingerprint, space_conflicts
+from kdnas.tune.inputs import inheritance_record
+from kdnas.tune.local_ray import init_ray
+from kdnas.tune.prepare import Prepared, prepare
 from kdnas.tune.progress import SearchProgress
 from kdnas.tune.retime import retime_study
 from kdnas.tune.rungs import rungs_in_warmup
 from kdnas.tune.samplers import make_sampler
 from kdnas.tune.scheduler import ParetoStopping, make_scheduler
-from kdnas.tune.searcher import DeadlineStopper, make_searcher
+from kdnas.tune.searcher import DeadlineStopper, KDNASSearch, make_searcher
 from kdnas.tune.trainable import SearchBookkeeping, student_trainable
+from kdnas.tune.trial import TrialInputs
 
 logger = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None, output_dir: Path | None = None) -> None:
-    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a quiet local Ray; with
-    ``output_dir``, a local Ray this process starts is recorded there, so that the next search stops what is left
-    of it if this driver is killed (:mod:`kdnas.tune.local_ray`)."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        if not ray.is_initialized():  # joined already to run the teachers (kdnas.teachers.tasks)
-            ray_init(address=address)
-        return
-    ray_init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    if output_dir is not None:
-        context = ray.get_runtime_context()
-        local_ray.record(output_dir, Path(context.get_temp_dir()) / context.get_session_name())
+def run_search(
+    config: KDNASConfig,
+    *,
+    scheduler: tune.schedulers.TrialScheduler | None = None,
+    trainable: Callable[[dict[str, Any], TrialInputs], None] | None = None,
+) -> optuna.Study:
+    """Run the whole search described by ``config`` and return the study: pre-flight checks, :func:`prepare` the
+    inputs every trial shares, open the study, run the students as Ray Tune trials, finish.
 
-
-def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler | None = None) -> optuna.Study:
-    """Run the whole search described by ``config`` and return the study.
-
-    ``scheduler`` is an optional Ray Tune scheduler; students it stops early are recorded as PRUNED.
+    ``scheduler`` is an optional Ray Tune scheduler (students it stops early are recorded as PRUNED); ``trainable``
+    runs one trial in a Ray worker (by default :func:`~kdnas.tune.trainable.student_trainable`).
     """
+    output_dir, storage, existing = preflight(config)
+    prepared = prepare(config, study=existing)
+    storage = storage or open_storage(config.storage_url)
+    study = open_study(config, storage, prepared, output_dir)
+    remaining = trials_to_run(config, study, storage)
+    if remaining:
+        run_trials(config, study, storage, prepared, remaining, scheduler, trainable or student_trainable, output_dir)
+        if config.latency.retime:
+            retime_study(study, config)
+    return study
+
+
+def preflight(config: KDNASConfig) -> tuple[Path, RDBStorage | None, optuna.Study | None]:
+    """Checks that need no data, before any work: the latency device, ``output_dir``, resources, the storage, and a
+    study of the same name comparable with ``config``. Returns the output directory, the storage when it exists
+    already, and the study when it does."""
     resolve_device(config.latency.device)  # fail before any work when the latency device is absent
     output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
     local_ray.stop_leftovers(output_dir)  # of a local Ray whose driver was killed
     check_local_resources(config)
     teacher_tasks.check_local(config)
-    url = config.storage_url
-    check_writable(url)
-    storage = open_storage_if_exists(url)
+    check_writable(config.storage_url)
+    storage = open_storage_if_exists(config.storage_url)
     existing = find_study(storage, config.search.study_name) if storage else None
-    fingerprint = config_fingerprint(config)
-    check_comparable(existing, config, fingerprint, space_conflicts(existing, config) if existing else ())
+    conflicts = space_conflicts(existing, config) if existing else []
+    check_comparable(existing, config, config_fingerprint(config), conflicts)
+    return output_dir, storage, existing
 
-    task = load_task(config.data)
-    logger.info(
-        "task %s: %d train / %d eval examples, metric %s", task.name, len(task.train), len(task.eval), task.metric
-    )
-    fingerprint.update(task_fingerprint(task))
-    check_comparable(existing, config, fingerprint)
-    found = load_transfer_texts(config.data, task)  # a missing transfer file fails before teachers are fitted
-    check_transfer_size(config.data, task, found, config.data.augment_copies, len(config.teachers))  # and a huge one
-    for teacher in config.teachers:  # a ready teacher's weights and tokenizer are checked before any fitting
-        if teacher.fit is None:
-            load_teacher(config, teacher, task.num_labels, task.label_names)
-    if teacher_tasks.on_cluster(config):  # teachers run as Ray tasks there: join it once the inputs are checked
-        init_ray(config.search.ray_address, output_dir)
-    fit_teachers(config, task)
-    fingerprint.update(fitted_teachers_fingerprint(config))
-    check_comparable(existing, config, fingerprint)
-    transfer = transfer_set(config, task, found)
-    fingerprint.update(transfer_fingerprint(transfer))
-    check_comparable(existing, config, fingerprint)
-    references, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
-    for ref in references:
-        logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
-    inputs = prepare_inputs(config, task, teacher_logits, transfer, tuple(ref["value"] for ref in references))
-    check_budgets_reachable(inputs)
-    inputs = choose_one_layer(inputs, output_dir / "cache")  # trains: only once the budgets are known reachable
-    inputs = elastic_inputs(inputs, output_dir / "cache")
-    # the inputs are checked: only now is the study created (or a pre-fingerprint study given its fingerprint)
-    storage = storage or open_storage(url)
-    study = create_or_load_study(config, storage, fingerprint)
+
+def open_study(config: KDNASConfig, storage: RDBStorage, prepared: Prepared, output_dir: Path) -> optuna.Study:
+    """Create (or load) the study once its inputs are checked, and record them in it: the teachers' references, the
+    inheritance source, the transfer set, the task and the configuration (storage password masked)."""
+    url = config.storage_url
+    study = create_or_load_study(config, storage, prepared.fingerprint)
     logger.info("study %r in %s", config.search.study_name, mask_url(url))
     recorded = dump_config(config)
     recorded["search"]["storage"] = mask_url(url)
+    transfer, task = prepared.transfer, prepared.task
     record_once(
         study,
         {
-            STUDY_TEACHERS_ATTR: references,
-            INHERITANCE_ATTR: inheritance_record(inputs.inherit, output_dir / "cache"),
+            STUDY_TEACHERS_ATTR: prepared.references,
+            INHERITANCE_ATTR: inheritance_record(prepared.inputs.inherit, output_dir / "cache"),
             TRANSFER_ATTR: {"size": len(transfer), "sources": transfer.sources, "fingerprint": transfer.fingerprint()}
             if transfer
             else None,
@@ -141,7 +119,11 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             CONFIG_ATTR: recorded,
         },
     )
+    return study
 
+
+def trials_to_run(config: KDNASConfig, study: optuna.Study, storage: RDBStorage) -> int:
+    """Fail and re-enqueue trials a lost driver left RUNNING, then say how many trials this run has left to run."""
     orphans = reconcile_orphans(study, storage)
     if orphans:
         logger.info("resumed: %d trial(s) left RUNNING by a lost driver were failed and re-enqueued", orphans)
@@ -153,44 +135,95 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             held,
             config.search.n_trials,
         )
-        return study
-
-    search = config.search
     space = SearchSpace.of(config)
-    logger.info("search space: %d distinct students", space.size())
-    if search.n_trials > space.size():
+    if remaining and config.search.n_trials > space.size():
         logger.warning(
             "search.n_trials (%d) is more than the %d students the space holds: the search ends when "
             "it has trained them all",
-            search.n_trials,
+            config.search.n_trials,
             space.size(),
         )
+    return remaining
+
+
+def run_trials(
+    config: KDNASConfig,
+    study: optuna.Study,
+    storage: RDBStorage,
+    prepared: Prepared,
+    remaining: int,
+    scheduler: tune.schedulers.TrialScheduler | None,
+    trainable: Callable[[dict[str, Any], TrialInputs], None],
+    output_dir: Path,
+) -> None:
+    """Run ``remaining`` students as Ray Tune trials, then record what the run left unfinished."""
+    search = config.search
+    logger.info("search space: %d distinct students", SearchSpace.of(config).size())
     init_ray(search.ray_address, output_dir)
-    if scheduler is None:
-        scheduler = make_scheduler(config, LATENCY_KEY, len(inputs.eval))
-        early = rungs_in_warmup(config)
-        if scheduler is not None and early:
-            logger.warning(
-                "early stopping judges students after %s epoch(s), inside the learning-rate warm-up (its first "
-                "%.2g epochs): before they trained at their learning rate. A later search.early_stopping.grace_epochs "
-                "or a lower training.warmup_ratio judges them on more",
-                ", ".join(f"{rung:g}" for rung in early),
-                config.training.warmup_ratio * config.training.epochs,
-            )
+    scheduler = scheduler if scheduler is not None else default_scheduler(config, len(prepared.inputs.eval))
     searcher = make_searcher(
         config,
         storage,
         sampler=make_sampler(config, len(study.get_trials(deepcopy=False))),
         stop_reasons=scheduler.stop_reasons if isinstance(scheduler, ParetoStopping) else None,
     )
+    progress = SearchProgress(study, prepared.task.metric, search.n_trials, search.time_budget_s)
+    tuner = make_tuner(config, trainable, prepared.inputs, searcher, scheduler, progress, remaining, output_dir)
+    started = time.perf_counter()
+    if search.time_budget_s is not None:
+        searcher.deadline = time.monotonic() + search.time_budget_s
+    with progress:
+        tuner.fit()
+    seconds = time.perf_counter() - started
+    if searcher.exhausted:
+        logger.warning("the search ended before its trial budget: %s", searcher.exhausted)
+    cut = searcher.finish_out_of_time()
+    if cut:
+        logger.info(
+            "search.time_budget_s (%g s) ran out: %d unfinished student(s) recorded as PRUNED",
+            search.time_budget_s,
+            cut,
+        )
+    leftovers = reconcile_orphans(study, storage)  # e.g. a trial whose creation lost its connection half-way
+    if leftovers:
+        logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)
+    logger.info("search finished in %.0f s: %s", seconds, progress.status(final=True))
+
+
+def default_scheduler(config: KDNASConfig, eval_rows: int) -> tune.schedulers.TrialScheduler | None:
+    """The configured early stopping (None when off), with a warning when it would judge students inside the
+    learning-rate warm-up."""
+    scheduler = make_scheduler(config, LATENCY_KEY, eval_rows)
+    early = rungs_in_warmup(config)
+    if scheduler is not None and early:
+        logger.warning(
+            "early stopping judges students after %s epoch(s), inside the learning-rate warm-up (its first "
+            "%.2g epochs): before they trained at their learning rate. A later search.early_stopping.grace_epochs "
+            "or a lower training.warmup_ratio judges them on more",
+            ", ".join(f"{rung:g}" for rung in early),
+            config.training.warmup_ratio * config.training.epochs,
+        )
+    return scheduler
+
+
+def make_tuner(
+    config: KDNASConfig,
+    trainable: Callable[[dict[str, Any], TrialInputs], None],
+    inputs: TrialInputs,
+    searcher: KDNASSearch,
+    scheduler: tune.schedulers.TrialScheduler | None,
+    progress: SearchProgress,
+    remaining: int,
+    output_dir: Path,
+) -> tune.Tuner:
+    """The Ray Tune run of ``remaining`` trials: each ``trainable`` with ``inputs`` and the configured resources."""
+    search = config.search
     resources = {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu}
     # keeping one checkpoint per trial forces an experiment snapshot at each epoch; that is cheap here, so Tune's
     # warning about it would only be noise on every search
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(tune.with_parameters(student_trainable, inputs=inputs), resources)
-    progress = SearchProgress(study, task.metric, search.n_trials, search.time_budget_s)
-    tuner = tune.Tuner(
-        trainable,
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, inputs=inputs), resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -212,25 +245,3 @@ def run_search(config: KDNASConfig, *, scheduler: tune.schedulers.TrialScheduler
             verbose=0,
         ),
     )
-    started = time.perf_counter()
-    if search.time_budget_s is not None:
-        searcher.deadline = time.monotonic() + search.time_budget_s
-    with progress:
-        tuner.fit()
-    seconds = time.perf_counter() - started
-    if searcher.exhausted:
-        logger.warning("the search ended before its trial budget: %s", searcher.exhausted)
-    cut = searcher.finish_out_of_time()
-    if cut:
-        logger.info(
-            "search.time_budget_s (%g s) ran out: %d unfinished student(s) recorded as PRUNED",
-            search.time_budget_s,
-            cut,
-        )
-    leftovers = reconcile_orphans(study, storage)  # e.g. a trial whose creation lost its connection half-way
-    if leftovers:
-        logger.info("%d trial(s) were left RUNNING and are failed; run the search again to fill the budget", leftovers)
-    logger.info("search finished in %.0f s: %s", seconds, progress.status(final=True))
-    if config.latency.retime:
-        retime_study(study, config)
-    return study

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+
+from kdnas.ray_session import ray_init
+
 logger = logging.getLogger(__name__)
 
 RECORDS = "ray_sessions"
@@ -148,3 +152,17 @@ def _kill(pid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def init_ray(address: str | None, output_dir: Path | None = None) -> None:
+    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a quiet local Ray; with
+    ``output_dir``, a local Ray this process starts is recorded there, so that the next search stops what is left
+    of it if this driver is killed."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        if not ray.is_initialized():  # joined already to run the teachers (kdnas.teachers.tasks)
+            ray_init(address=address)
+        return
+    ray_init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    if output_dir is not None:
+        context = ray.get_runtime_context()
+        record(output_dir, Path(context.get_temp_dir()) / context.get_session_name())

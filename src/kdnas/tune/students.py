@@ -5,40 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdnas.config import KDNASConfig
-from kdnas.data import TaskData, load_task
-from kdnas.outputs import writable_dir
+from kdnas.data import TaskData
 from kdnas.study.records import TrialReport
-from kdnas.teachers.fitting import fit_teachers
-from kdnas.teachers.logits import teacher_reference
-from kdnas.tune.elastic_phase import elastic_inputs
-from kdnas.tune.inputs import prepare_inputs, transfer_set
-from kdnas.tune.one_layer import choose_one_layer
+from kdnas.tune.prepare import prepare
 from kdnas.tune.trial import TrialInputs, run_trial
 
 
 def prepare_students(config: KDNASConfig, task: TaskData | None = None) -> TrialInputs:
-    """What a search prepares once before its first trial, for :func:`train_student` to train students with.
-
-    Loads ``config``'s task (unless ``task`` is given), fits the teachers that are not fitted yet, builds the transfer
-    set, reads the teachers' logits from ``<output_dir>/cache`` (computing and caching them when missing), tokenises
-    the task for the students and loads the intermediate-KD teachers and the inheritance source (with the teacher
-    layer one-layer students take, :func:`~kdnas.tune.one_layer.choose_one_layer`, and the elastic network when
-    ``student.inherit.elastic`` is on, :func:`~kdnas.tune.elastic_phase.elastic_inputs`).
-    """
-    output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
-    task = load_task(config.data) if task is None else task
-    fit_teachers(config, task)
-    transfer = transfer_set(config, task)
-    references, teacher_logits = teacher_reference(config, task, output_dir / "cache", transfer)
-    values = tuple(reference["value"] for reference in references)
-    inputs = choose_one_layer(prepare_inputs(config, task, teacher_logits, transfer, values), output_dir / "cache")
-    return elastic_inputs(inputs, output_dir / "cache")
+    """What a search prepares once before its first trial (:func:`~kdnas.tune.prepare.prepare`, with the same
+    checks), for :func:`train_student` to train students with: the task (``config``'s unless ``task`` is given),
+    the fitted teachers and their cached logits, the transfer set, the inheritance source. Budgets no student of the
+    space meets are not refused here: :func:`train_student` measures such a student and records why it was not
+    trained."""
+    return prepare(config, task=task, budgets_reachable=False).inputs  # a student over a budget is measured
 
 
 def train_student(

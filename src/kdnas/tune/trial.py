@@ -433,6 +433,3 @@ def run_trial(
     trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)
     report(trained.to_result(metric))
     return trained.to_result(metric)
-
-
-# --- the public API: one student outside a search ----------------------------------------------------------------
