@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from kdnas.config import ConfigError, KDNASConfig, load_config
 from kdnas.errors import first_line
@@ -307,7 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    _search_commands(commands)
+    _reader_commands(commands)
+    _latency_commands(commands)
+    return parser
 
+
+def _search_commands(commands: Any) -> None:  # argparse names the type of add_subparsers() privately
+    """``search`` and ``teachers fit``: the commands that train."""
     search = commands.add_parser("search", help="run (or resume) a student search")
     _config_arguments(search)
     search.add_argument("--n-trials", type=int, help="total number of trials in the study")
@@ -326,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--force", action="store_true", help="refit teachers that are already fitted")
     fit.set_defaults(func=cmd_teachers_fit)
 
+
+def _reader_commands(commands: Any) -> None:  # argparse names the type of add_subparsers() privately
+    """The commands that read a study: ``report``, ``export``, ``studies``, ``trials``, ``dashboard``."""
     report = commands.add_parser("report", help="print the Pareto front; write HTML report, CSV and JSON")
     _config_arguments(report)
     report.add_argument("--out", help="report directory (default: <output_dir>/report)")
@@ -368,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     dashboard.set_defaults(func=cmd_dashboard)
 
+
+def _latency_commands(commands: Any) -> None:  # argparse names the type of add_subparsers() privately
+    """``latency`` (one architecture) and ``retime`` (a study's students and teachers)."""
     latency = commands.add_parser("latency", help="measure one student architecture's latency")
     _config_arguments(latency)
     latency.add_argument("--layers", type=int, required=True)
@@ -384,7 +398,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=int, default=3, help="interleaved measurements of each model; the fastest is kept (default: 3)"
     )
     retime.set_defaults(func=cmd_retime)
-    return parser
 
 
 def _quiet_libraries() -> None:

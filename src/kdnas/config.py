@@ -554,7 +554,8 @@ class EarlyStoppingConfig(_Section):
     :mod:`kdnas.tune.scheduler`)."""
 
     mode: Literal["auto", "on", "off"] = "off"
-    """`off` (it did not pay in P4), `on`, or `auto` (on when `n_trials` ≥ 8 and `training.epochs` > `grace_epochs`)."""
+    """`off` (the default: no stopping rule paid in the P4 benchmark), `on`, or `auto` (on when `n_trials` ≥ 8 and
+    `training.epochs` > `grace_epochs`)."""
     grace_epochs: float = Field(1, gt=0)
     """The first rung; rungs at `grace × reduction_factor^k` epochs below the last (a fraction puts rungs inside the
     first epoch)."""
@@ -577,8 +578,8 @@ class EarlyStoppingConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _drop_latency_bins(cls, data: Any) -> Any:
-        """``latency_bins`` belonged to the earlier rule (ASHA within latency bins): accepted, with a warning, so
-        configs and studies from before still load."""
+        """``latency_bins`` (a setting of ASHA within latency bins, which kdnas no longer uses) is accepted with a
+        warning, so configs and studies that hold it still load."""
         if isinstance(data, dict) and "latency_bins" in data:
             logger.warning(
                 "search.early_stopping.latency_bins is no longer used (a student is now stopped only when one at "

@@ -283,7 +283,7 @@ def retime_note(study: optuna.Study) -> str:
     if not record:
         return " during the search, on the node that trained each student"
     alone = ", alone on the node" if record.get("isolated") else ""
-    kept = "fastest" if record.get("kept") == "fastest" else "median"  # studies re-timed before 2026-12-03: median
+    kept = "fastest" if record.get("kept") == "fastest" else "median"  # a retime record without "kept" kept medians
     return (
         f", re-timed after the search on {record['host']} ({record['device_name']}{alone}) at {record['at']}: "
         f"{len(record['students'])} students and {len(record['teachers'])} teachers, the {kept} of "

@@ -108,8 +108,8 @@ LEARNING_CURVE_ATTR = "learning_curve"
 """Each evaluation during training, in order: ``[epochs, metric, seconds, label probability, its standard error]``
 (epochs trained, a fraction at a rung inside an epoch; the task metric; training seconds so far, evaluations
 included; the mean probability given each eval example's label, :class:`~kdnas.student.training.Evaluation`;
-studies from before 2026-12-04 have the first three only). A student stopped early has the points up to its stop:
-how well early points rank final ones is what early stopping rests on."""
+a point may hold only the first three: its label probability is then unknown). A student stopped early has the
+points up to its stop: how well early points rank final ones is what early stopping rests on."""
 SLICE_METRIC_ATTR = "slice_metric"
 """The student as initialised, scored before any training: ``{"value": metric, "label_probability": mean,
 "seconds": to compute}`` (a cheap signal of how well it will rank after training)."""

@@ -24,7 +24,7 @@ def rungs(grace_period: float, reduction_factor: int, max_t: float) -> list[floa
 
 def early_stopping_enabled(config: KDNASConfig) -> bool:
     """Whether ``search.early_stopping`` is on (``on``, or ``auto`` from :data:`AUTO_MIN_TRIALS` trials, with a rung;
-    ``off``, the default: P4 found no rule that pays, README "Search efficiency")."""
+    ``off``, the default: no rule paid in the P4 benchmark)."""
     stopping = config.search.early_stopping
     if stopping.mode == "off":
         return False
@@ -42,8 +42,7 @@ def config_rungs(config: KDNASConfig) -> list[float]:
 
 def rungs_in_warmup(config: KDNASConfig) -> list[float]:
     """The rungs before the learning-rate warm-up ends (the first ``training.warmup_ratio`` of all steps): a student
-    judged there has not yet trained at its learning rate, so its metric says little about where it ends (in the
-    tabulated P4, 0.25 epoch of 3 ranked final accuracy worst of all rungs)."""
+    judged there has not yet trained at its learning rate, so its metric says little about where it ends."""
     warmup_epochs = config.training.warmup_ratio * config.training.epochs
     return [rung for rung in config_rungs(config) if rung < warmup_epochs]
 

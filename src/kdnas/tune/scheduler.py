@@ -6,8 +6,7 @@ and ahead of it by more than ``margin_se`` standard errors. "Ahead" is judged by
 give the evaluation set's labels (``judge_by="label_probability"``, the default; standard error from its spread over
 the examples) or by the task metric itself (``"metric"``; :func:`~kdnas.student.metrics.standard_error`). The
 label probability moves before the predictions do: early in training most students still predict the majority
-class, tie on the metric and cannot be told apart by it, while their probabilities already differ (in the tabulated
-P4 on SST-2, judging by it reached 90 % of the space's hypervolume sooner than judging by accuracy; README, P4).
+class, tie on the metric and cannot be told apart by it, while their probabilities already differ.
 
 To reach the front, a stopped student would have had to overtake, in its remaining epochs, a student already faster and
 measurably better at the same point of training. So a student on the rung's front always runs on (the fastest student
@@ -15,12 +14,8 @@ seen so far is never stopped, however slowly it learns in its first epochs), no 
 evaluation set cannot resolve, and the first students of a search, with nobody to compare with, run on. A student
 promoted to full training (see :class:`~kdnas.tune.searcher.KDNASSearch`) is compared with, never stopped.
 
-Plain ASHA ranks students by the metric alone and stops the fast end of the front; ranking within latency bins
-(kdnas's earlier rule) still stopped students that would have ended on the front, and gained nothing in the
-replays of ``benchmarks/p4_learning_curves.py`` (README, P4).
-
-Off by default (``search.early_stopping.mode``): scored by what students can be expected to reach, this rule lost
-time in those replays, and even one knowing each training's final result gained at most 1.22× (README, P4).
+Plain ASHA ranks students by the metric alone, and so stops the fast end of the front. The rule is off by default
+(``search.early_stopping.mode``): benchmarks/README.md (P4) has the measurements behind that choice.
 """
 
 from __future__ import annotations

@@ -280,156 +280,186 @@ def run_trial(
     With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
     state) continues training after its epoch. ``node`` (where it runs) joins every report's attrs.
     """
-    config, metric = inputs.config, inputs.metric
     arch = StudentArch.from_dict(params)
     student = build_and_measure(arch, inputs)
-    model, tokenizer, latency, constraints = student.model, student.tokenizer, student.latency, student.constraints
     cost = student.cost if node is None else {**student.cost, NODE_ATTR: node}
     if student.over_budget:  # latency first: an infeasible student is never trained
         measured = TrialReport(
             math.nan,
-            latency.median_ms,
+            student.latency.median_ms,
             epoch=0,
             infeasible=f"infeasible, not trained: {student.over_budget}",
             attrs={**cost, EPOCHS_TRAINED_ATTR: 0},
-            constraints=constraints,
+            constraints=student.constraints,
         )
-        report(measured.to_result(metric))
-        return measured.to_result(metric)
-    init = initialise(model, inputs)
-    device = torch.device(device)
-    precision = resolve_precision(config.training.precision, device)
-    sliced = slice_metric(model, inputs, device, precision)
-    initial_weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
-    initial_rng = _rng_state(device)  # a restart draws what the first attempt drew: only its learning rate differs
-    started_at = time.time()
-    kd, training = kd_recipe(config.kd, params), config.training
-    rows = training_rows(kd, inputs)
-    sampled = epoch_rows(config, inputs, rows)
-    restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
-    detect_collapse = config.training.detect_collapse and collapse_is_telling(inputs)
-    rate = learning_rate(config, params, init) / (2 if restart else 1)
-    distillation = _distillation(kd, arch, model, inputs, device)
-    if resume is not None and "loss" in resume:
-        distillation.load_state(resume["loss"])
-    wants_attentions = distillation.intermediate is not None and distillation.intermediate.wants_attentions
-    restore_attention = expose_attention(model) if wants_attentions else None
+        report(measured.to_result(inputs.metric))
+        return measured.to_result(inputs.metric)
+    run = _StudentRun(params, arch, student, inputs, torch.device(device), cost, report, checkpoint, resume)
+    run.train(trial_number)
+    trained = run.save(student_dir(inputs, trial_number), student.tokenizer, student.constraints)
+    report(trained.to_result(inputs.metric))
+    return trained.to_result(inputs.metric)
 
-    latest = TrialReport(latency_ms=latency.median_ms)
-    last_state: dict[str, Any] = {}
-    curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
-    seconds_before = curve[-1][2] if curve else 0.0  # trained before a restart, as its checkpoint recorded
 
-    def progress_attrs(epoch: float) -> dict[str, Any]:
+class _StudentRun:
+    """One student's training in a trial: judged after each epoch and at the rungs inside one, checkpointed, and
+    trained again once, from its initial weights at half the rate, when it collapsed after its first epoch."""
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        arch: StudentArch,
+        student: MeasuredStudent,
+        inputs: TrialInputs,
+        device: torch.device,
+        cost: dict[str, Any],
+        report: Report,
+        checkpoint: Checkpoint | None,
+        resume: dict[str, Any] | None,
+    ) -> None:
+        config = inputs.config
+        self.arch, self.model, self.inputs, self.device, self.cost = arch, student.model, inputs, device, cost
+        self.report, self.checkpoint, self.resume = report, checkpoint, resume
+        self.latency_ms = student.latency.median_ms
+        self.init = initialise(self.model, inputs)
+        self.precision = resolve_precision(config.training.precision, device)
+        self.sliced = slice_metric(self.model, inputs, device, self.precision)
+        self.initial_weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self.initial_rng = _rng_state(device)  # a restart draws what the first attempt drew: only its rate differs
+        self.started_at = time.time()
+        self.kd, self.training = kd_recipe(config.kd, params), config.training
+        self.rows = training_rows(self.kd, inputs)
+        self.sampled = epoch_rows(config, inputs, self.rows)
+        self.restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
+        self.detect_collapse = config.training.detect_collapse and collapse_is_telling(inputs)
+        self.rate = learning_rate(config, params, self.init) / (2 if self.restart else 1)
+        self.distillation = _distillation(self.kd, arch, self.model, inputs, device)
+        if resume is not None and "loss" in resume:
+            self.distillation.load_state(resume["loss"])
+        self.latest = TrialReport(latency_ms=self.latency_ms)
+        self.last_state: dict[str, Any] = {}
+        self.curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
+        self.seconds_before = self.curve[-1][2] if self.curve else 0.0  # trained before a restart (checkpointed)
+        self.mid_epoch = mid_epoch_steps(config, len(self.rows) if self.sampled is None else len(self.sampled))
+
+    def progress_attrs(self, epoch: float) -> dict[str, Any]:
         """The attrs of the student trained so far (what a scheduler stopping it here keeps)."""
         return {
-            **cost,
-            INIT_ATTR: init,
-            SLICE_METRIC_ATTR: sliced,
-            LEARNING_RATE_ATTR: rate,
+            **self.cost,
+            INIT_ATTR: self.init,
+            SLICE_METRIC_ATTR: self.sliced,
+            LEARNING_RATE_ATTR: self.rate,
             EPOCHS_TRAINED_ATTR: epoch,
-            LEARNING_CURVE_ATTR: list(curve),
-            **({RESTART_ATTR: restart} if restart else {}),
+            LEARNING_CURVE_ATTR: list(self.curve),
+            **({RESTART_ATTR: self.restart} if self.restart else {}),
         }
 
-    def judge(epoch: float) -> TrialReport:
+    def judge(self, epoch: float) -> TrialReport:
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
-        logits = predict_logits(model, inputs.eval, device=device, precision=precision)
+        inputs, metric = self.inputs, self.inputs.metric
+        logits = predict_logits(self.model, inputs.eval, device=self.device, precision=self.precision)
         scored = evaluation_of(logits, inputs.eval.labels, metric, inputs.label_names)
         value, probability = scored.value, scored.label_probability
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
-        seconds = round(seconds_before + time.time() - started_at, 3)
-        curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
-        collapsed = scored.collapsed if detect_collapse else None
-        attrs = {**progress_attrs(epoch), **({COLLAPSED_ATTR: collapsed} if collapsed else {})}
-        return TrialReport(value, latency.median_ms, epoch, attrs=attrs, label_probability=probability)
+        seconds = round(self.seconds_before + time.time() - self.started_at, 3)
+        self.curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
+        collapsed = scored.collapsed if self.detect_collapse else None
+        attrs = {**self.progress_attrs(epoch), **({COLLAPSED_ATTR: collapsed} if collapsed else {})}
+        return TrialReport(value, self.latency_ms, epoch, attrs=attrs, label_probability=probability)
 
-    def on_epoch(epoch: int) -> None:
-        nonlocal latest
-        latest = judge(epoch)
-        if epoch == 1 and restart is None and COLLAPSED_ATTR in latest.attrs:
-            raise _Collapsed(latest.attrs[COLLAPSED_ATTR])  # before its report: Tune sees the restart's epoch 1
-        state = {**last_state, "curve": list(curve), **({"restart": restart} if restart else {})}
-        if epoch < training.epochs and checkpoint is not None:
-            checkpoint(latest.to_result(metric), state)
-        elif epoch < training.epochs:
-            report(latest.to_result(metric))
+    def on_epoch(self, epoch: int) -> None:
+        self.latest = self.judge(epoch)
+        if epoch == 1 and self.restart is None and COLLAPSED_ATTR in self.latest.attrs:
+            raise _Collapsed(self.latest.attrs[COLLAPSED_ATTR])  # before its report: Tune sees the restart's epoch 1
+        state = {**self.last_state, "curve": list(self.curve), **({"restart": self.restart} if self.restart else {})}
+        if epoch < self.training.epochs and self.checkpoint is not None:
+            self.checkpoint(self.latest.to_result(self.inputs.metric), state)
+        elif epoch < self.training.epochs:
+            self.report(self.latest.to_result(self.inputs.metric))
 
-    mid_epoch = mid_epoch_steps(config, len(rows) if sampled is None else len(sampled))
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        rung = self.mid_epoch.get(step)  # a rung inside an epoch: reported without a checkpoint (a retry redoes it)
+        if rung is not None and not (self.restart is not None and rung <= 1):  # a restart's epoch-1 rungs were reported
+            self.latest = self.judge(rung)
+            self.report(self.latest.to_result(self.inputs.metric))
 
-    def on_step(step: int, total_steps: int, loss: float) -> None:
-        nonlocal latest
-        rung = mid_epoch.get(step)  # a rung inside an epoch: reported without a checkpoint (a retry redoes the epoch)
-        if rung is not None and not (restart is not None and rung <= 1):  # a restart's rungs in epoch 1 were reported
-            latest = judge(rung)
-            report(latest.to_result(metric))
+    def keep_state(self, state: dict[str, Any]) -> None:
+        self.last_state.update(state, loss=self.distillation.state())
 
-    def keep_state(state: dict[str, Any]) -> None:
-        last_state.update(state, loss=distillation.state())
+    def train(self, trial_number: int) -> None:
+        """Train for ``training.epochs``, once more from the initial weights at half the rate after a collapse."""
+        wants_attentions = (
+            self.distillation.intermediate is not None and self.distillation.intermediate.wants_attentions
+        )
+        restore_attention = expose_attention(self.model) if wants_attentions else None
+        while True:
+            try:
+                self._train_once()
+                break
+            except _Collapsed as collapsed:
+                logger.warning(
+                    "trial %d: %s after epoch 1; it trains again at half the learning rate", trial_number, collapsed
+                )
+                self.restart = {
+                    "reason": str(collapsed),
+                    "after_epoch": 1,
+                    "metric": self.latest.value,
+                    LEARNING_RATE_ATTR: self.rate,
+                    LEARNING_CURVE_ATTR: list(self.curve),
+                }
+                self.rate, self.curve[:] = self.rate / 2, []
+                self.model.load_state_dict(self.initial_weights)
+                _set_rng_state(self.initial_rng, self.device)
+                self.distillation = _distillation(self.kd, self.arch, self.model, self.inputs, self.device)
+        if restore_attention is not None:
+            restore_attention()
 
-    while True:
-        try:
-            train(
-                model,
-                rows,
-                loss_fn=distillation,
-                extra_parameters=distillation.parameters(),
-                epochs=training.epochs,
-                batch_size=training.batch_size,
-                learning_rate=rate,
-                weight_decay=training.weight_decay,
-                warmup_ratio=training.warmup_ratio,
-                seed=training.seed,
-                device=device,
-                on_epoch=on_epoch,
-                on_step=on_step if mid_epoch else None,
-                state=resume,
-                on_state=None if checkpoint is None else keep_state,
-                precision=precision,
-                epoch_rows=sampled,
-            )
-            break
-        except _Collapsed as collapsed:  # once: from the initial weights at half the learning rate
-            logger.warning(
-                "trial %d: %s after epoch 1; it trains again at half the learning rate", trial_number, collapsed
-            )
-            restart = {
-                "reason": str(collapsed),
-                "after_epoch": 1,
-                "metric": latest.value,
-                LEARNING_RATE_ATTR: rate,
-                LEARNING_CURVE_ATTR: list(curve),
-            }
-            rate, curve[:] = rate / 2, []
-            model.load_state_dict(initial_weights)
-            _set_rng_state(initial_rng, device)
-            distillation = _distillation(kd, arch, model, inputs, device)
-    if restore_attention is not None:
-        restore_attention()
-    out = student_dir(inputs, trial_number)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    missing = missing_student_files(out)
-    if missing:  # save_pretrained only logs when ``out`` is not a usable directory
-        raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
-    attrs = {
-        **progress_attrs(training.epochs),
-        TRAIN_ROWS_ATTR: {
-            "labelled": len(inputs.train) - inputs.transfer_rows,
-            "transfer": len(rows) - len(inputs.train) + inputs.transfer_rows,
-            **({"transfer_per_epoch": sampled.draw} if sampled else {}),
-        },
-        KD_ATTR: distillation.record(),
-        TEACHERS_ATTR: list(inputs.teacher_names),
-        TRAIN_DEVICE_ATTR: str(device),
-        TRAIN_PRECISION_ATTR: precision,
-        TRAIN_STARTED_ATTR: started_at,
-        TRAIN_FINISHED_ATTR: time.time(),
-        STUDENT_PATH_ATTR: str(out),
-        STUDENT_DIGEST_ATTR: student_digest(out),
-        **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
-    }
-    trained = replace(latest, completed=True, attrs=attrs, constraints=constraints)
-    report(trained.to_result(metric))
-    return trained.to_result(metric)
+    def _train_once(self) -> None:
+        training = self.training
+        train(
+            self.model,
+            self.rows,
+            loss_fn=self.distillation,
+            extra_parameters=self.distillation.parameters(),
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            learning_rate=self.rate,
+            weight_decay=training.weight_decay,
+            warmup_ratio=training.warmup_ratio,
+            seed=training.seed,
+            device=self.device,
+            on_epoch=self.on_epoch,
+            on_step=self.on_step if self.mid_epoch else None,
+            state=self.resume,
+            on_state=None if self.checkpoint is None else self.keep_state,
+            precision=self.precision,
+            epoch_rows=self.sampled,
+        )
+
+    def save(self, out: Path, tokenizer: Any, constraints: dict[str, float]) -> TrialReport:
+        """Save the trained student to ``out``; its last report, ``completed``, with every attr a trial records."""
+        self.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        missing = missing_student_files(out)
+        if missing:  # save_pretrained only logs when ``out`` is not a usable directory
+            raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
+        inputs, latest = self.inputs, self.latest
+        attrs = {
+            **self.progress_attrs(self.training.epochs),
+            TRAIN_ROWS_ATTR: {
+                "labelled": len(inputs.train) - inputs.transfer_rows,
+                "transfer": len(self.rows) - len(inputs.train) + inputs.transfer_rows,
+                **({"transfer_per_epoch": self.sampled.draw} if self.sampled else {}),
+            },
+            KD_ATTR: self.distillation.record(),
+            TEACHERS_ATTR: list(inputs.teacher_names),
+            TRAIN_DEVICE_ATTR: str(self.device),
+            TRAIN_PRECISION_ATTR: self.precision,
+            TRAIN_STARTED_ATTR: self.started_at,
+            TRAIN_FINISHED_ATTR: time.time(),
+            STUDENT_PATH_ATTR: str(out),
+            STUDENT_DIGEST_ATTR: student_digest(out),
+            **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
+        }
+        return replace(latest, completed=True, attrs=attrs, constraints=constraints)
