@@ -390,6 +390,24 @@ def write_report(
     rows = trial_rows(study, metric)
     reference = reference or hypervolume_reference(study)
     history = hypervolume_history(study, reference)
+    paths = {"html": out_dir / "report.html", "csv": out_dir / "trials.csv", "json": out_dir / "pareto.json"}
+    paths["html"].write_text(_page(study, metric, rows, reference, history, latency_budget_ms), encoding="utf-8")
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["json"].write_text(json.dumps(_front_summary(study, metric, reference, history), indent=2))
+    return paths
+
+
+def _plots(
+    study: optuna.Study,
+    metric: str,
+    reference: tuple[float, float],
+    history: list[tuple[int, float]],
+    latency_budget_ms: float | None,
+) -> str:
+    """The report's figures as HTML (plotly.js embedded once), with a note when importances could not be drawn."""
     figures = {
         "pareto": pareto_figure(study, metric, latency_budget_ms),
         "hypervolume": hypervolume_figure(history, reference, metric),
@@ -400,16 +418,27 @@ def write_report(
     importances, note = importance_figures(study, metric)
     for index, fig in enumerate(importances):
         figures[f"importance-{index}"] = fig
-    importance_note = f'<p id="importance-note"><b>Note:</b> {html.escape(note)}</p>' if note else ""
     plots = "\n".join(
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
         for i, (name, fig) in enumerate(figures.items())
     )
+    return plots + (f'\n<p id="importance-note"><b>Note:</b> {html.escape(note)}</p>' if note else "\n")
+
+
+def _page(
+    study: optuna.Study,
+    metric: str,
+    rows: list[dict[str, Any]],
+    reference: tuple[float, float],
+    history: list[tuple[int, float]],
+    latency_budget_ms: float | None,
+) -> str:
+    """The self-contained HTML report."""
     teachers = study_teachers(study)
     teacher_line = "; ".join(
         f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms" for t in teachers
     )
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>kdnas · {html.escape(study.study_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
@@ -421,17 +450,16 @@ the study holds, not trained again).</p>
 <p>Latency is the measured median forward time{html.escape(retime_note(study))}; dominated students are faded.
 Teachers (stars), measured the same way: {teacher_line or "none recorded"}.
 {html.escape(inheritance_note(study, metric))}</p>
-{plots}
-{importance_note}
+{_plots(study, metric, reference, history, latency_budget_ms)}
 <h2>Trials</h2>
 {_table_html(rows)}
 </body></html>"""
-    paths = {"html": out_dir / "report.html", "csv": out_dir / "trials.csv", "json": out_dir / "pareto.json"}
-    paths["html"].write_text(page, encoding="utf-8")
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
+
+
+def _front_summary(
+    study: optuna.Study, metric: str, reference: tuple[float, float], history: list[tuple[int, float]]
+) -> dict[str, Any]:
+    """``pareto.json``: the reference point, the hypervolume and the front's students."""
     front = [
         {
             "trial": t.number,
@@ -443,10 +471,8 @@ Teachers (stars), measured the same way: {teacher_line or "none recorded"}.
         }
         for t, numbers in front_students(study)
     ]
-    summary = {
+    return {
         "reference_point": {metric: reference[0], LATENCY_KEY: reference[1]},
         "hypervolume": history[-1][1] if history else 0.0,
         "front": front,
     }
-    paths["json"].write_text(json.dumps(summary, indent=2))
-    return paths
