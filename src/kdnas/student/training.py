@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -188,19 +189,8 @@ def train(
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     extras = list(extra_parameters or [])
     scaler = grad_scaler(precision, device)
-    step, first_epoch, initial_loss, skipped = 0, 1, None, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        with torch.no_grad():
-            for param, saved in zip(extras, state["extra"]):
-                param.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])
-        if scaler.is_enabled() and state.get("scaler"):  # absent from fp32 and bf16 states
-            scaler.load_state_dict(state["scaler"])
-        step, first_epoch, initial_loss = state["step"], state["epoch"] + 1, state["initial_loss"]
+    run = _Run(model, extras, optimizer, schedule, generator, scaler)
+    step, first_epoch, initial_loss, skipped = (0, 1, None, 0) if state is None else (*run.restore(state), 0)
     for epoch in range(first_epoch, math.ceil(epochs) + 1):
         model.train()
         losses = []
@@ -220,38 +210,68 @@ def train(
                     raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}{mixed})")
                 losses.append(loss.item())
                 initial_loss = losses[0] if initial_loss is None else initial_loss
-                if _apply_gradients(loss, params, optimizer, schedule, scaler):
-                    skipped += 1
-                    if skipped >= MAX_SKIPPED_STEPS:
-                        raise NonFiniteLossError(
-                            f"non-finite gradients for {skipped} steps in a row at step {step} (epoch {epoch}, fp16, "
-                            f"loss scale down to {scaler.get_scale():.3g})"
-                        )
-                else:
-                    skipped = 0
+                skipped = skipped + 1 if _apply_gradients(loss, params, optimizer, schedule, scaler) else 0
+                if skipped >= MAX_SKIPPED_STEPS:
+                    raise NonFiniteLossError(
+                        f"non-finite gradients for {skipped} steps in a row at step {step} (epoch {epoch}, fp16, "
+                        f"loss scale down to {scaler.get_scale():.3g})"
+                    )
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, losses[-1])
-        mean_loss = sum(losses) / max(1, len(losses))
-        if initial_loss is not None and mean_loss > DIVERGENCE_FACTOR * initial_loss:
-            raise DivergedError(
-                f"training diverged: mean loss {mean_loss:.4g} in epoch {epoch} is over {DIVERGENCE_FACTOR:g}x "
-                f"the initial loss {initial_loss:.4g}"
-            )
+        _check_not_diverged(losses, initial_loss, epoch)
         if on_state is not None:
-            on_state(
-                {
-                    "model": model.state_dict(),
-                    "extra": extras,
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "generator": generator.get_state(),
-                    "rng": torch.get_rng_state(),
-                    "step": step,
-                    "epoch": epoch,
-                    "initial_loss": initial_loss,
-                    "scaler": scaler.state_dict(),  # empty unless fp16
-                }
-            )
+            on_state(run.state(step, epoch, initial_loss))
         if on_epoch is not None:
             on_epoch(epoch)
+
+
+def _check_not_diverged(losses: list[float], initial_loss: float | None, epoch: int) -> None:
+    """Raise :class:`DivergedError` when the epoch's mean loss exceeds ``DIVERGENCE_FACTOR`` × the first step's."""
+    mean_loss = sum(losses) / max(1, len(losses))
+    if initial_loss is not None and mean_loss > DIVERGENCE_FACTOR * initial_loss:
+        raise DivergedError(
+            f"training diverged: mean loss {mean_loss:.4g} in epoch {epoch} is over {DIVERGENCE_FACTOR:g}x "
+            f"the initial loss {initial_loss:.4g}"
+        )
+
+
+@dataclass
+class _Run:
+    """What a training's resumable state is made of: the model, extra parameters, optimiser, schedule, RNGs."""
+
+    model: torch.nn.Module
+    extras: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler
+
+    def state(self, step: int, epoch: int, initial_loss: float | None) -> dict[str, Any]:
+        """The state after ``epoch`` (``step`` steps): what :meth:`restore` resumes from."""
+        return {
+            "model": self.model.state_dict(),
+            "extra": self.extras,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "step": step,
+            "epoch": epoch,
+            "initial_loss": initial_loss,
+            "scaler": self.scaler.state_dict(),  # empty unless fp16
+        }
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
+        """Load ``state``; the step, the epoch to start and the first step's loss it recorded."""
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for param, saved in zip(self.extras, state["extra"]):
+                param.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if self.scaler.is_enabled() and state.get("scaler"):  # absent from fp32 and bf16 states
+            self.scaler.load_state_dict(state["scaler"])
+        return state["step"], state["epoch"] + 1, state["initial_loss"]
