@@ -217,31 +217,7 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
     channels = torch.tensor(top_k(importance.channels, width), dtype=torch.long)
     random: dict[str, str] = {}
     targets = student.state_dict()  # tensors sharing the parameters' storage
-
-    def put(key: str, value: torch.Tensor) -> None:
-        targets[key].copy_(value)
-
-    put("bert.embeddings.word_embeddings.weight", t["bert.embeddings.word_embeddings.weight"][:, channels])
-    put("bert.embeddings.token_type_embeddings.weight", t["bert.embeddings.token_type_embeddings.weight"][:, channels])
-    if positions <= source.max_positions:
-        put(
-            "bert.embeddings.position_embeddings.weight",
-            t["bert.embeddings.position_embeddings.weight"][:positions, channels],
-        )
-    else:
-        random["position_embeddings"] = f"{positions} positions, the teacher {source.max_positions}"
-    for name in ("weight", "bias"):
-        put(f"bert.embeddings.LayerNorm.{name}", t[f"bert.embeddings.LayerNorm.{name}"][channels])
-    if "bert.pooler.dense.weight" in t and "bert.pooler.dense.weight" in targets:
-        put("bert.pooler.dense.weight", t["bert.pooler.dense.weight"][channels][:, channels])
-        put("bert.pooler.dense.bias", t["bert.pooler.dense.bias"][channels])
-    if t["classifier.weight"].shape[0] == targets["classifier.weight"].shape[0]:
-        put("classifier.weight", t["classifier.weight"][:, channels])
-        put("classifier.bias", t["classifier.bias"])
-    else:
-        labels, teacher_labels = targets["classifier.weight"].shape[0], t["classifier.weight"].shape[0]
-        random["classifier"] = f"{labels} labels, the teacher {teacher_labels}"
-
+    _copy_embeddings_and_head(targets, source, channels, positions, random)
     if layers > source.num_layers:
         random["encoder"] = f"{layers} layers, teacher {source.teacher!r} only {source.num_layers}"
         return {**record, "init": "partial", "hidden_channels": width, "random": random}
@@ -256,27 +232,9 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
         random["ffn"] = f"FFN size {ffn}, the teacher {source.intermediate_size}"
     chosen_heads, neurons_taken = [], 0
     for i, j in enumerate(chosen_layers):
-        ours, theirs = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{j}."
-        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-            for name in ("weight", "bias"):
-                put(ours + f"{norm}.{name}", t[theirs + f"{norm}.{name}"][channels])
-        if "attention" not in random:
-            picked = top_k(importance.heads[j], heads)
+        picked, neurons_taken = _copy_layer(targets, t, i, j, channels, importance, (heads, head_dim, ffn), random)
+        if picked is not None:
             chosen_heads.append(picked)
-            rows = _rows(picked, head_dim)
-            for proj in ("query", "key", "value"):
-                weight, bias = f"attention.self.{proj}.weight", f"attention.self.{proj}.bias"
-                put(ours + weight, t[theirs + weight][rows][:, channels])
-                put(ours + bias, t[theirs + bias][rows])
-            put(ours + "attention.output.dense.weight", t[theirs + "attention.output.dense.weight"][channels][:, rows])
-            put(ours + "attention.output.dense.bias", t[theirs + "attention.output.dense.bias"][channels])
-        if "ffn" not in random:
-            neurons = torch.tensor(top_k(importance.neurons[j], ffn), dtype=torch.long)
-            neurons_taken = len(neurons)
-            put(ours + "intermediate.dense.weight", t[theirs + "intermediate.dense.weight"][neurons][:, channels])
-            put(ours + "intermediate.dense.bias", t[theirs + "intermediate.dense.bias"][neurons])
-            put(ours + "output.dense.weight", t[theirs + "output.dense.weight"][channels][:, neurons])
-            put(ours + "output.dense.bias", t[theirs + "output.dense.bias"][channels])
     return {
         **record,
         "init": "partial" if random else "inherited",
@@ -286,3 +244,76 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
         "ffn_neurons": neurons_taken,
         "random": random,
     }
+
+
+def _copy_embeddings_and_head(
+    targets: dict[str, torch.Tensor],
+    source: InheritanceSource,
+    channels: torch.Tensor,
+    positions: int,
+    random: dict[str, str],
+) -> None:
+    """Copy the embeddings, the pooler and the classifier's ``channels`` from ``source`` into ``targets``; what cannot
+    be copied (more positions or another label count than the teacher's) is noted in ``random``."""
+    t = source.state
+    targets["bert.embeddings.word_embeddings.weight"].copy_(t["bert.embeddings.word_embeddings.weight"][:, channels])
+    types = "bert.embeddings.token_type_embeddings.weight"
+    targets[types].copy_(t[types][:, channels])
+    if positions <= source.max_positions:
+        key = "bert.embeddings.position_embeddings.weight"
+        targets[key].copy_(t[key][:positions, channels])
+    else:
+        random["position_embeddings"] = f"{positions} positions, the teacher {source.max_positions}"
+    for name in ("weight", "bias"):
+        targets[f"bert.embeddings.LayerNorm.{name}"].copy_(t[f"bert.embeddings.LayerNorm.{name}"][channels])
+    if "bert.pooler.dense.weight" in t and "bert.pooler.dense.weight" in targets:
+        targets["bert.pooler.dense.weight"].copy_(t["bert.pooler.dense.weight"][channels][:, channels])
+        targets["bert.pooler.dense.bias"].copy_(t["bert.pooler.dense.bias"][channels])
+    if t["classifier.weight"].shape[0] == targets["classifier.weight"].shape[0]:
+        targets["classifier.weight"].copy_(t["classifier.weight"][:, channels])
+        targets["classifier.bias"].copy_(t["classifier.bias"])
+    else:
+        labels, teacher_labels = targets["classifier.weight"].shape[0], t["classifier.weight"].shape[0]
+        random["classifier"] = f"{labels} labels, the teacher {teacher_labels}"
+
+
+def _copy_layer(
+    targets: dict[str, torch.Tensor],
+    t: dict[str, torch.Tensor],
+    i: int,
+    j: int,
+    channels: torch.Tensor,
+    importance: Importance,
+    shape: tuple[int, int, int],
+    random: dict[str, str],
+) -> tuple[list[int] | None, int]:
+    """Copy teacher layer ``j`` into student layer ``i``: its norms' ``channels`` and, unless ``random`` names them,
+    its most important heads and FFN neurons for the student's ``(heads, head_dim, ffn)``. Returns the heads taken
+    (None when attention stays random) and the number of neurons taken."""
+    heads, head_dim, ffn = shape
+    ours, theirs = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{j}."
+
+    def put(key: str, value: torch.Tensor) -> None:
+        targets[ours + key].copy_(value)
+
+    for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+        for name in ("weight", "bias"):
+            put(f"{norm}.{name}", t[theirs + f"{norm}.{name}"][channels])
+    picked, neurons_taken = None, 0
+    if "attention" not in random:
+        picked = top_k(importance.heads[j], heads)
+        rows = _rows(picked, head_dim)
+        for proj in ("query", "key", "value"):
+            weight, bias = f"attention.self.{proj}.weight", f"attention.self.{proj}.bias"
+            put(weight, t[theirs + weight][rows][:, channels])
+            put(bias, t[theirs + bias][rows])
+        put("attention.output.dense.weight", t[theirs + "attention.output.dense.weight"][channels][:, rows])
+        put("attention.output.dense.bias", t[theirs + "attention.output.dense.bias"][channels])
+    if "ffn" not in random:
+        neurons = torch.tensor(top_k(importance.neurons[j], ffn), dtype=torch.long)
+        neurons_taken = len(neurons)
+        put("intermediate.dense.weight", t[theirs + "intermediate.dense.weight"][neurons][:, channels])
+        put("intermediate.dense.bias", t[theirs + "intermediate.dense.bias"][neurons])
+        put("output.dense.weight", t[theirs + "output.dense.weight"][channels][:, neurons])
+        put("output.dense.bias", t[theirs + "output.dense.bias"][channels])
+    return picked, neurons_taken
