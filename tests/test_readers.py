@@ -199,3 +199,14 @@ def test_the_record_check_catches_literal_attr_names_and_spares_other_namespaces
         (11, "retry_of"),
         (12, "epochs_trained"),
     ]  # not: a teacher's record (13), a latency field (14), a training state (15), a table column (16)
+
+
+def test_a_learning_curve_reads_as_typed_points_whatever_its_points_hold():
+    from kdnas.study.records import LEARNING_CURVE_ATTR, CurvePoint, learning_curve
+
+    full = CurvePoint(0.5, 0.81, 12.5, 0.74, 0.01)
+    attrs = {LEARNING_CURVE_ATTR: [[0.25, 0.6, 3.0], full.to_attr()]}  # a point of three, then one of five
+    first, second = learning_curve(attrs)
+    assert (first.epochs, first.metric, first.seconds, first.label_probability) == (0.25, 0.6, 3.0, None)
+    assert second == full and second.to_attr() == [0.5, 0.81, 12.5, 0.74, 0.01]
+    assert learning_curve({}) == []

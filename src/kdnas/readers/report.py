@@ -33,13 +33,13 @@ from kdnas.study.records import (
     INIT_ATTR,
     KD_ATTR,
     LATENCY_KEY,
-    LEARNING_CURVE_ATTR,
     PARAMS_CONSTRAINT,
     PRUNED_ATTR,
     REPEAT_OF_ATTR,
     RESTART_ATTR,
     RETIMED_ATTR,
     SLICE_METRIC_ATTR,
+    learning_curve,
     one_layer_scores,
 )
 from kdnas.study.repeats import is_repeat
@@ -166,7 +166,7 @@ def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None
     }
     fig, shown = go.Figure(), set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        curve = t.user_attrs.get(LEARNING_CURVE_ATTR)
+        curve = learning_curve(t.user_attrs)
         if not curve or is_repeat(t):
             continue
         kind = "front" if t.number in front else "finished" if t.state == TrialState.COMPLETE else "stopped early"
@@ -174,8 +174,8 @@ def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None
         label = f"trial {t.number} {t.user_attrs.get(ARCH_SUMMARY_ATTR, '')}"
         fig.add_trace(
             go.Scatter(
-                x=[point[0] for point in curve],
-                y=[point[1] for point in curve],
+                x=[point.epochs for point in curve],
+                y=[point.metric for point in curve],
                 mode="lines+markers",
                 line=line,
                 marker={"symbol": [marker if i == len(curve) - 1 else "circle" for i in range(len(curve))]},

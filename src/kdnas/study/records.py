@@ -298,3 +298,31 @@ class Retrained:
     value: float
     latency_ms: float
     attrs: dict
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation of a student during training, as its :data:`LEARNING_CURVE_ATTR` holds it (a list, so that
+    the study stays readable without kdnas): epochs trained, the task metric, training seconds so far, and the mean
+    label probability with its standard error (None in a point that has only the first three)."""
+
+    epochs: float
+    metric: float
+    seconds: float
+    label_probability: float | None = None
+    label_probability_se: float | None = None
+
+    @classmethod
+    def from_attr(cls, point: list[float]) -> CurvePoint:
+        """The point a learning curve holds as ``point``."""
+        return cls(*(float(x) for x in point[:5]))
+
+    def to_attr(self) -> list[float]:
+        """The point as a learning curve holds it."""
+        optional = [x for x in (self.label_probability, self.label_probability_se) if x is not None]
+        return [self.epochs, self.metric, self.seconds, *optional]
+
+
+def learning_curve(attrs: Mapping[str, Any]) -> list[CurvePoint]:
+    """A trial's learning curve, read from its user attrs (empty when it recorded none)."""
+    return [CurvePoint.from_attr(point) for point in attrs.get(LEARNING_CURVE_ATTR) or []]

@@ -20,7 +20,6 @@ from kdnas.study.records import (
     COST_ATTRS,
     FAILURE_ATTR,
     LATENCY_ATTR,
-    LEARNING_CURVE_ATTR,
     PROMOTED_ATTR,
     PRUNED_ATTR,
     RECIPE_ATTR,
@@ -31,6 +30,7 @@ from kdnas.study.records import (
     TRAIN_FINISHED_ATTR,
     TRAIN_STARTED_ATTR,
     Outcome,
+    learning_curve,
 )
 
 TIME_BUDGET_REASON = "stopped when the search's time budget ran out"
@@ -114,11 +114,11 @@ def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[Fro
 
 def _stop_point(trial: FrozenTrial) -> tuple[float, float, float] | None:
     """(epochs, metric, latency ms) where ``trial``'s student was stopped, or None when not recorded."""
-    curve = trial.user_attrs.get(LEARNING_CURVE_ATTR)
+    curve = learning_curve(trial.user_attrs)
     latency = (trial.user_attrs.get(LATENCY_ATTR) or {}).get("median_ms")
     if not curve or latency is None:
         return None
-    return float(curve[-1][0]), float(curve[-1][1]), float(latency)
+    return curve[-1].epochs, curve[-1].metric, float(latency)
 
 
 def repeat_of(original: FrozenTrial) -> Outcome:

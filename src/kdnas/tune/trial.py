@@ -54,6 +54,7 @@ from kdnas.study.records import (
     TRAIN_PRECISION_ATTR,
     TRAIN_ROWS_ATTR,
     TRAIN_STARTED_ATTR,
+    CurvePoint,
     TrialReport,
 )
 from kdnas.teachers.loading import load_tokenizer
@@ -339,7 +340,8 @@ class _StudentRun:
         self.latest = TrialReport(latency_ms=self.latency_ms)
         self.last_state: dict[str, Any] = {}
         self.curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
-        self.seconds_before = self.curve[-1][2] if self.curve else 0.0  # trained before a restart (checkpointed)
+        # trained before a restart, as its checkpoint recorded
+        self.seconds_before = CurvePoint.from_attr(self.curve[-1]).seconds if self.curve else 0.0
         self.mid_epoch = mid_epoch_steps(config, len(self.rows) if self.sampled is None else len(self.sampled))
 
     def progress_attrs(self, epoch: float) -> dict[str, Any]:
@@ -363,7 +365,7 @@ class _StudentRun:
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
         seconds = round(self.seconds_before + time.time() - self.started_at, 3)
-        self.curve.append([epoch, value, seconds, *(round(x, 6) for x in probability)])
+        self.curve.append(CurvePoint(epoch, value, seconds, *(round(x, 6) for x in probability)).to_attr())
         collapsed = scored.collapsed if self.detect_collapse else None
         attrs = {**self.progress_attrs(epoch), **({COLLAPSED_ATTR: collapsed} if collapsed else {})}
         return TrialReport(value, self.latency_ms, epoch, attrs=attrs, label_probability=probability)
