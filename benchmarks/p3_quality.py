@@ -16,6 +16,8 @@ once and cached under ``--output-dir`` (its accuracy and fitting time are report
 (text) How the knee student (``--text-arch``, default L4-H192-A6-F384) gains from more in-domain text: the SST-2
     training rows beyond the labelled subset as unlabelled transfer text (``data.transfer.unused_train_rows``), a
     seeded ``--text-rows`` of them each run, beside the augmented copies (not run by default: ``--parts text``).
+    With ``--train-samples 67349 --text-rows 0 --augment-copies 0`` it is an oracle: the same student taught with
+    every SST-2 training label, an upper bound on what more in-domain text can give it.
 (hidden) Lever 3 of #35: the knee student with ``--text-rows``' largest count of unused rows, logit KD alone against
     logit KD plus hidden-state KD of its last layer by the teacher's last (``kd.intermediate.layer_map: final``,
     hidden states only, β = ``--hidden-weight``), over ``--seeds`` (not run by default: ``--parts hidden``).
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         "unlabelled, beside the augmented copies (data.transfer.unused_train_rows, max_samples; 0: none)",
     )
     parser.add_argument("--per-epoch", type=int, default=0, help="data.transfer.per_epoch (0: the whole set)")
+    parser.add_argument(
+        "--augment-copies", type=int, help="(text) data.transfer.augment_copies (default: kdnas's, 4 for files)"
+    )
     parser.add_argument("--text-rows", type=int, nargs="+", default=[0, 16000, 32000], help="(text) unused rows")
     parser.add_argument("--text-arch", default="4,6,32,2", help="(text) the student, as layers,heads,head_dim,ffn")
     parser.add_argument("--hidden-weight", type=float, default=1.0, help="(hidden) kd.intermediate.weight")
@@ -287,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
         elif part == "text":
             per_rows = []
             for rows in args.text_rows:
-                transfer = {"unused_train_rows": True, "max_samples": rows} if rows else {}
+                transfer: dict[str, Any] = {"unused_train_rows": True, "max_samples": rows} if rows else {}
+                if args.augment_copies is not None:
+                    transfer["augment_copies"] = args.augment_copies
                 raw = student_raw(data, args, [teacher], data={"transfer": transfer})
                 value = runs.train(f"text-{rows}", raw, args.text_arch, args.seeds[0])
                 per_rows.append(
