@@ -63,40 +63,14 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     dominated = [t for t in complete if t.number not in front_numbers and COLLAPSED_ATTR not in t.user_attrs]
     fig = go.Figure()
     if collapsed:
-        fig.add_trace(
-            go.Scatter(
-                x=[t.values[1] for t in collapsed],
-                y=[t.values[0] for t in collapsed],
-                mode="markers",
-                name="collapsed (off the front)",
-                marker={"size": 10, "symbol": "x", "color": "#999999"},
-                text=[f"{_hover(t, metric)}<br>collapsed: {t.user_attrs[COLLAPSED_ATTR]}" for t in collapsed],
-                hoverinfo="text",
-            )
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=[t.values[1] for t in dominated],
-            y=[t.values[0] for t in dominated],
-            mode="markers",
-            name="dominated students",
-            marker={"size": 9, "color": "#8da0cb", "opacity": 0.35},
-            text=[_hover(t, metric) for t in dominated],
-            hoverinfo="text",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[t.values[1] for t in front],
-            y=[t.values[0] for t in front],
-            mode="lines+markers",
-            name="Pareto front",
-            marker={"size": 11, "color": "#d95f02"},
-            line={"shape": "hv", "width": 1.5},
-            text=[_hover(t, metric) for t in front],
-            hoverinfo="text",
-        )
-    )
+        notes = [f"collapsed: {t.user_attrs[COLLAPSED_ATTR]}" for t in collapsed]
+        marker = {"size": 10, "symbol": "x", "color": "#999999"}
+        fig.add_trace(_students_trace(collapsed, metric, "collapsed (off the front)", marker=marker, notes=notes))
+    marker = {"size": 9, "color": "#8da0cb", "opacity": 0.35}
+    fig.add_trace(_students_trace(dominated, metric, "dominated students", marker=marker))
+    line = {"shape": "hv", "width": 1.5}
+    marker = {"size": 11, "color": "#d95f02"}
+    fig.add_trace(_students_trace(front, metric, "Pareto front", mode="lines+markers", marker=marker, line=line))
     teachers = study_teachers(study)
     if teachers:
         fig.add_trace(
@@ -131,6 +105,30 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     )
     fig.update_xaxes(type="log")
     return fig
+
+
+def _students_trace(
+    trials: list[FrozenTrial],
+    metric: str,
+    name: str,
+    *,
+    notes: list[str] | None = None,
+    mode: str = "markers",
+    **style: Any,
+) -> go.Scatter:
+    """Students as points at (latency, metric), each with its hover text (and ``notes``, one per student)."""
+    texts = [_hover(t, metric) for t in trials]
+    if notes is not None:
+        texts = [f"{text}<br>{note}" for text, note in zip(texts, notes)]
+    return go.Scatter(
+        x=[t.values[1] for t in trials],
+        y=[t.values[0] for t in trials],
+        mode=mode,
+        name=name,
+        text=texts,
+        hoverinfo="text",
+        **style,
+    )
 
 
 def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float, float], metric: str) -> go.Figure:
