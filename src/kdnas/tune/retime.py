@@ -63,28 +63,8 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
     started = time.perf_counter()
-    num_labels = len((study.user_attrs.get(TASK_ATTR) or {}).get("label_names") or [0, 1])
-    trials_by_arch: dict[StudentArch, list[int]] = {}
-    for trial in search_feasible_completed(study):
-        if ARCH_ATTR in trial.user_attrs:
-            trials_by_arch.setdefault(StudentArch.from_dict(trial.user_attrs[ARCH_ATTR]), []).append(trial.number)
-    models: dict[str, tuple[torch.nn.Module, int]] = {}
-    tokenizer = load_tokenizer(config.student.tokenizer)
-    for arch in trials_by_arch:
-        models[f"student {arch.summary}"] = (student_model(config, arch, tokenizer, num_labels), len(tokenizer))
-    for teacher_config in config.teachers:
-        teacher = load_teacher(config, teacher_config, num_labels, timing_only=True)
-        models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
-    medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
-    contended = 0  # measurements still disturbed after every attempt (their fastest was kept)
-    for round_number in range(rounds):
-        for name, (model, vocab_size) in models.items():
-            result, trusted = measure_trusted(
-                model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
-            )
-            medians[name].append(result)
-            contended += not trusted
-        logger.info("retime: round %d/%d of %d models done", round_number + 1, rounds, len(models))
+    trials_by_arch, models = _models_to_time(study, config)
+    medians, contended = _timed_rounds(models, config, rounds)
     latency = {name: fastest_round([r.median_ms for r in results]) for name, results in medians.items()}
     first = next(iter(medians.values()))[0] if medians else None
     record: dict[str, Any] = {
@@ -131,3 +111,41 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
             ATTEMPTS,
         )
     return record
+
+
+def _models_to_time(
+    study: optuna.Study, config: KDNASConfig
+) -> tuple[dict[StudentArch, list[int]], dict[str, tuple[torch.nn.Module, int]]]:
+    """The study's distinct student architectures (with the trials of each) and every model to time, by name, with its
+    vocabulary size: one freshly built student per architecture, and the configured teachers."""
+    num_labels = len((study.user_attrs.get(TASK_ATTR) or {}).get("label_names") or [0, 1])
+    trials_by_arch: dict[StudentArch, list[int]] = {}
+    for trial in search_feasible_completed(study):
+        if ARCH_ATTR in trial.user_attrs:
+            trials_by_arch.setdefault(StudentArch.from_dict(trial.user_attrs[ARCH_ATTR]), []).append(trial.number)
+    models: dict[str, tuple[torch.nn.Module, int]] = {}
+    tokenizer = load_tokenizer(config.student.tokenizer)
+    for arch in trials_by_arch:
+        models[f"student {arch.summary}"] = (student_model(config, arch, tokenizer, num_labels), len(tokenizer))
+    for teacher_config in config.teachers:
+        teacher = load_teacher(config, teacher_config, num_labels, timing_only=True)
+        models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
+    return trials_by_arch, models
+
+
+def _timed_rounds(
+    models: dict[str, tuple[torch.nn.Module, int]], config: KDNASConfig, rounds: int
+) -> tuple[dict[str, list[LatencyResult]], int]:
+    """Each model timed once per round, the models interleaved; the results by name, and how many measurements were
+    still disturbed after every attempt (their fastest was kept)."""
+    medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
+    contended = 0
+    for round_number in range(rounds):
+        for name, (model, vocab_size) in models.items():
+            result, trusted = measure_trusted(
+                model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
+            )
+            medians[name].append(result)
+            contended += not trusted
+        logger.info("retime: round %d/%d of %d models done", round_number + 1, rounds, len(models))
+    return medians, contended
