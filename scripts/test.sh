@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
-.venv/bin/python -m ruff check --quiet src tests benchmarks
-.venv/bin/python -m ruff format --check --quiet src tests benchmarks
+.venv/bin/python -m ruff check --quiet src tests benchmarks scripts
+.venv/bin/python -m ruff format --check --quiet src tests benchmarks scripts
 .venv/bin/python -m mypy src/kdnas
 .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
