@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.study.dominance import pareto_ranks
+from kdnas.study.dominance import front_keys
 from kdnas.study.records import (
     ARCH_SUMMARY_ATTR,
     COLLAPSED_ATTR,
@@ -61,9 +61,8 @@ def study_teachers(study: optuna.Study) -> list[dict[str, Any]]:
 
 def non_dominated(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials no other trial dominates (metric max, latency min), fastest first; equal points are all kept."""
-    ranks = pareto_ranks({i: (t.values[0], t.values[1]) for i, t in enumerate(trials)})
-    front = [trial for i, trial in enumerate(trials) if ranks[i] == 0]
-    return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
+    keys = front_keys({i: (t.values[0], t.values[1]) for i, t in enumerate(trials)})
+    return sorted((trials[i] for i in keys), key=lambda t: (t.values[1], -t.values[0]))
 
 
 def hypervolume_reference(study: optuna.Study) -> tuple[float, float]:

@@ -135,14 +135,6 @@ def trials_to_run(config: KDNASConfig, study: optuna.Study, storage: RDBStorage)
             held,
             config.search.n_trials,
         )
-    space = SearchSpace.of(config)
-    if remaining and config.search.n_trials > space.size():
-        logger.warning(
-            "search.n_trials (%d) is more than the %d students the space holds: the search ends when "
-            "it has trained them all",
-            config.search.n_trials,
-            space.size(),
-        )
     return remaining
 
 
@@ -158,7 +150,15 @@ def run_trials(
 ) -> None:
     """Run ``remaining`` students as Ray Tune trials, then record what the run left unfinished."""
     search = config.search
-    logger.info("search space: %d distinct students", SearchSpace.of(config).size())
+    size = SearchSpace.of(config).size()
+    logger.info("search space: %d distinct students", size)
+    if search.n_trials > size:
+        logger.warning(
+            "search.n_trials (%d) is more than the %d students the space holds: the search ends when "
+            "it has trained them all",
+            search.n_trials,
+            size,
+        )
     init_ray(search.ray_address, output_dir)
     scheduler = scheduler if scheduler is not None else default_scheduler(config, len(prepared.inputs.eval))
     searcher = make_searcher(
