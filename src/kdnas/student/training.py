@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,11 +166,10 @@ def train(
     """Train ``model`` for ``epochs`` passes over ``data`` (a fractional last pass is allowed); with ``epoch_rows``,
     each pass is over the rows it draws afresh (e.g. all labelled rows and a sample of the transfer set).
 
-    ``on_epoch(epoch)`` runs after each full epoch (1-based), e.g. to evaluate and report.
-    ``extra_parameters`` (e.g. the loss's own projections) are optimised alongside the model's.
-    ``on_state(state)`` runs after each full epoch, before ``on_epoch``, with the resumable training state (model,
-    extra parameters, optimizer, schedule, RNG, step, epoch); training passed ``state`` resumes after its epoch.
-    ``on_step(step, total_steps, loss)`` runs after each optimisation step (e.g. to show progress).
+    ``on_epoch(epoch)`` runs after each full epoch (1-based), e.g. to evaluate and report; ``on_state(state)`` just
+    before it, with the resumable training state (training passed ``state`` resumes after its epoch); ``on_step(step,
+    total_steps, loss)`` after each optimisation step. ``extra_parameters`` (e.g. the loss's own projections) are
+    optimised alongside the model's.
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :func:`~kdnas.student.precision.resolve_precision`)
     autocasts the forward pass and the loss; with fp16 a gradient scaler skips the steps whose gradients overflow (its
     state is part of ``state``). The weights stay float32.
@@ -181,41 +180,23 @@ def train(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     model.to(device).train()
-    generator = torch.Generator().manual_seed(seed)
     per_epoch = steps_per_epoch(len(data) if epoch_rows is None else len(epoch_rows), batch_size)
     total_steps = max(1, math.ceil(per_epoch * epochs))
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters or [])
+    extras = list(extra_parameters or [])
+    params = [p for p in model.parameters() if p.requires_grad] + extras
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    extras = list(extra_parameters or [])
-    scaler = grad_scaler(precision, device)
-    run = _Run(model, extras, optimizer, schedule, generator, scaler)
-    step, first_epoch, initial_loss, skipped = (0, 1, None, 0) if state is None else (*run.restore(state), 0)
+    generator = torch.Generator().manual_seed(seed)
+    run = _Run(model, extras, optimizer, schedule, generator, grad_scaler(precision, device), params, precision, device)
+    step, first_epoch, initial_loss = (0, 1, None) if state is None else run.restore(state)
     for epoch in range(first_epoch, math.ceil(epochs) + 1):
         model.train()
         losses = []
-        if epoch_rows is None:
-            batches = index_batches(len(data), batch_size, shuffle=True, generator=generator)
-        else:
-            batches = iter(epoch_rows.order(len(data), generator).split(batch_size))
-        for index in batches:
+        for index in _epoch_batches(len(data), batch_size, epoch_rows, run.generator):
             if step >= total_steps:
                 break
-            with training_step():  # no latency is measured on this node during a step
-                batch = batch_at(data, index, device)
-                with autocast(precision, device):
-                    loss = loss_fn(model, batch, data.labels[index].to(device), index, step / total_steps)
-                if not torch.isfinite(loss):
-                    mixed = "" if precision == "fp32" else f", {precision}"
-                    raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}{mixed})")
-                losses.append(loss.item())
-                initial_loss = losses[0] if initial_loss is None else initial_loss
-                skipped = skipped + 1 if _apply_gradients(loss, params, optimizer, schedule, scaler) else 0
-                if skipped >= MAX_SKIPPED_STEPS:
-                    raise NonFiniteLossError(
-                        f"non-finite gradients for {skipped} steps in a row at step {step} (epoch {epoch}, fp16, "
-                        f"loss scale down to {scaler.get_scale():.3g})"
-                    )
+            losses.append(run.step(data, index, loss_fn, step, total_steps, epoch))
+            initial_loss = losses[0] if initial_loss is None else initial_loss
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, losses[-1])
@@ -224,6 +205,15 @@ def train(
             on_state(run.state(step, epoch, initial_loss))
         if on_epoch is not None:
             on_epoch(epoch)
+
+
+def _epoch_batches(
+    rows: int, batch_size: int, epoch_rows: EpochRows | None, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """One epoch's batches of row indices: a shuffled pass over all ``rows``, or over the rows ``epoch_rows`` draws."""
+    if epoch_rows is None:
+        return index_batches(rows, batch_size, shuffle=True, generator=generator)
+    return iter(epoch_rows.order(rows, generator).split(batch_size))
 
 
 def _check_not_diverged(losses: list[float], initial_loss: float | None, epoch: int) -> None:
@@ -246,6 +236,36 @@ class _Run:
     schedule: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
     scaler: torch.amp.GradScaler
+    params: list[torch.nn.Parameter]
+    precision: str
+    device: torch.device
+    skipped: int = 0
+    """fp16: steps in a row whose gradients overflowed at every loss scale tried."""
+
+    def step(
+        self, data: Encoded, index: torch.Tensor, loss_fn: LossFn, step: int, total_steps: int, epoch: int
+    ) -> float:
+        """One optimisation step on the rows ``index`` of ``data`` (step ``step`` of ``total_steps``); its loss.
+
+        Raises :class:`NonFiniteLossError` on a NaN or infinite loss, or after ``MAX_SKIPPED_STEPS`` fp16 steps in a
+        row skipped for non-finite gradients.
+        """
+        with training_step():  # no latency is measured on this node during a step
+            batch = batch_at(data, index, self.device)
+            with autocast(self.precision, self.device):
+                loss = loss_fn(self.model, batch, data.labels[index].to(self.device), index, step / total_steps)
+            if not torch.isfinite(loss):
+                mixed = "" if self.precision == "fp32" else f", {self.precision}"
+                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}{mixed})")
+            value = loss.item()
+            overflowed = _apply_gradients(loss, self.params, self.optimizer, self.schedule, self.scaler)
+            self.skipped = self.skipped + 1 if overflowed else 0
+            if self.skipped >= MAX_SKIPPED_STEPS:
+                raise NonFiniteLossError(
+                    f"non-finite gradients for {self.skipped} steps in a row at step {step} (epoch {epoch}, fp16, "
+                    f"loss scale down to {self.scaler.get_scale():.3g})"
+                )
+        return value
 
     def state(self, step: int, epoch: int, initial_loss: float | None) -> dict[str, Any]:
         """The state after ``epoch`` (``step`` steps): what :meth:`restore` resumes from."""

@@ -147,21 +147,13 @@ def train_elastic(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     precision = "fp32" if precision == "fp16" else precision  # no loss scaling here: fp16 trains in fp32
-    archs = sandwich_students(space, source)
-    if not archs:
-        raise ValueError(
-            f"no student of student.space inherits every weight from teacher {source.teacher!r} "
-            f"(head size {source.head_dim}, {source.num_layers} layers, {source.num_heads} heads)"
-        )
-    shared = {k: torch.nn.Parameter(v.to(device, torch.float32), requires_grad=True) for k, v in source.state.items()}
-    live = replace(source, state={k: p.data for k, p in shared.items()})
-    models: dict[StudentArch, PreTrainedModel] = {}
+    archs = _sandwich_or_refuse(space, source)
+    network = _SharedWeights(source, build, device, precision)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = Distillation(kd, teacher_logits.to(device), None, labels=data.labels)
-    per_epoch = math.ceil(len(data) / batch_size)
-    total = max(1, math.ceil(per_epoch * settings.epochs))
-    optimizer = torch.optim.AdamW(shared.values(), lr=settings.learning_rate, weight_decay=0.01)
+    total = max(1, math.ceil(math.ceil(len(data) / batch_size) * settings.epochs))
+    optimizer = torch.optim.AdamW(network.shared.values(), lr=settings.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     started, step, losses = time.perf_counter(), 0, []
     with Progress("elastic network", "step") as progress:
@@ -170,18 +162,12 @@ def train_elastic(
                 if step >= total:
                     break
                 chosen = [archs[-1], archs[0], *(rng.choice(archs) for _ in range(settings.random_students))]
-                step_loss = 0.0
-                for arch in chosen:
-                    model = models.get(arch)
-                    if model is None:
-                        model = models[arch] = build(arch).to(device)
-                    step_loss += _student_step(model, arch, live, shared, data, index, loss_fn, step / total, precision)
-                torch.nn.utils.clip_grad_norm_(shared.values(), 1.0)
+                losses.append(network.distil(chosen, data, index, loss_fn, step / total))
+                torch.nn.utils.clip_grad_norm_(network.shared.values(), 1.0)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                losses.append(step_loss / len(chosen))
                 if not math.isfinite(losses[-1]):
                     raise FloatingPointError(f"elastic network: non-finite loss at step {step}")
                 progress.advance(step, total, loss=losses[-1])
@@ -196,7 +182,43 @@ def train_elastic(
         "precision": precision,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return ElasticResult({k: p.detach().cpu().contiguous() for k, p in shared.items()}, record)
+    return ElasticResult({k: p.detach().cpu().contiguous() for k, p in network.shared.items()}, record)
+
+
+def _sandwich_or_refuse(space: SpaceConfig, source: InheritanceSource) -> list[StudentArch]:
+    """:func:`sandwich_students`; raises :class:`ValueError` when there is none."""
+    archs = sandwich_students(space, source)
+    if not archs:
+        raise ValueError(
+            f"no student of student.space inherits every weight from teacher {source.teacher!r} "
+            f"(head size {source.head_dim}, {source.num_layers} layers, {source.num_heads} heads)"
+        )
+    return archs
+
+
+class _SharedWeights:
+    """The elastic network: the sorted teacher's weights as trainable parameters, and one model per student shape
+    (built once) that steps slice them into."""
+
+    def __init__(self, source: InheritanceSource, build: Any, device: torch.device, precision: str) -> None:
+        self.shared = {
+            k: torch.nn.Parameter(v.to(device, torch.float32), requires_grad=True) for k, v in source.state.items()
+        }
+        self.live = replace(source, state={k: p.data for k, p in self.shared.items()})
+        self.models: dict[StudentArch, PreTrainedModel] = {}
+        self.build, self.device, self.precision = build, device, precision
+
+    def distil(
+        self, chosen: list[StudentArch], data: Encoded, index: torch.Tensor, loss_fn: Distillation, progress: float
+    ) -> float:
+        """Distil each of ``chosen`` on rows ``index``, its gradients added to the shared weights; the mean loss."""
+        total = 0.0
+        for arch in chosen:
+            model = self.models.get(arch)
+            if model is None:
+                model = self.models[arch] = self.build(arch).to(self.device)
+            total += _student_step(model, arch, self.live, self.shared, data, index, loss_fn, progress, self.precision)
+        return total / len(chosen)
 
 
 def _student_step(

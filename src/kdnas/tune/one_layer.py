@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kdnas.config import SpaceConfig
+from kdnas.config import SpaceConfig, TrainingConfig
 from kdnas.distill.distillation import Distillation
 from kdnas.outputs import write_json_atomically
 from kdnas.progress import Progress
@@ -109,26 +109,11 @@ def calibrate_one_layer(
         candidate = replace(inputs, inherit=replace(source, one_layer=OneLayerChoice(layer=layer, rule="auto")))
         init = initialise(model, candidate)
         distillation = Distillation(kd, inputs.teacher_logits.to(device), None, labels=inputs.train.labels)
-        with Progress(f"one-layer calibration, teacher layer {layer}", "step") as progress:
-            try:
-                train(
-                    model,
-                    rows,
-                    loss_fn=distillation,
-                    extra_parameters=distillation.parameters(),
-                    epochs=epochs,
-                    batch_size=training.batch_size,
-                    learning_rate=learning_rate(config, {}, init),
-                    weight_decay=training.weight_decay,
-                    warmup_ratio=training.warmup_ratio,
-                    seed=training.seed,
-                    device=device,
-                    on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
-                    precision=precision,
-                )
-            except FloatingPointError as err:  # NonFiniteLossError, DivergedError
-                failed[layer] = f"{type(err).__name__}: {err}"
-                continue
+        rate = learning_rate(config, {}, init)
+        error = _train_candidate(model, rows, distillation, epochs, rate, training, layer, device, precision)
+        if error is not None:
+            failed[layer] = error
+            continue
         value = evaluate(model, inputs.eval, inputs.metric, device=device, precision=precision)
         if math.isfinite(value):
             scores[layer] = value
@@ -144,6 +129,40 @@ def calibrate_one_layer(
         steps=trained,
         ran_on=where(device),
     )
+
+
+def _train_candidate(
+    model: torch.nn.Module,
+    rows: Encoded,
+    distillation: Distillation,
+    epochs: float,
+    rate: float,
+    training: TrainingConfig,
+    layer: int,
+    device: torch.device,
+    precision: str,
+) -> str | None:
+    """Train one calibration candidate (inheriting teacher layer ``layer``); why its training failed, else None."""
+    with Progress(f"one-layer calibration, teacher layer {layer}", "step") as progress:
+        try:
+            train(
+                model,
+                rows,
+                loss_fn=distillation,
+                extra_parameters=distillation.parameters(),
+                epochs=epochs,
+                batch_size=training.batch_size,
+                learning_rate=rate,
+                weight_decay=training.weight_decay,
+                warmup_ratio=training.warmup_ratio,
+                seed=training.seed,
+                device=device,
+                on_step=lambda step, total, loss: progress.advance(step, total, loss=loss),
+                precision=precision,
+            )
+        except FloatingPointError as err:  # NonFiniteLossError, DivergedError
+            return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
