@@ -520,6 +520,21 @@ class LatencyConfig(_Section):
     retime: bool = True
     """After a search, time its students and teachers again on the driver's node (`kdnas retime`); set `false` where
     that node is not the deployment hardware."""
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    """What students and teachers are timed in: `torch` (PyTorch eager) or `onnxruntime` (exported to ONNX, fused by
+    ONNX Runtime's transformer optimizer, timed in an `InferenceSession` with `threads` intra-op threads; needs
+    `pip install 'kdnas[onnx]'`)."""
+    precision: Literal["fp32", "int8"] = "fp32"
+    """`fp32`, or `int8`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised at run time); needs
+    `runtime: onnxruntime` and a CPU."""
+
+    @model_validator(mode="after")
+    def _int8_served_by_onnxruntime(self) -> LatencyConfig:
+        if self.precision == "int8" and self.runtime != "onnxruntime":
+            raise ValueError("latency.precision 'int8' needs latency.runtime 'onnxruntime'")
+        if self.precision == "int8" and self.device == "cuda":
+            raise ValueError("latency.precision 'int8' runs on a CPU: set latency.device to 'cpu' or precision 'fp32'")
+        return self
 
 
 class ResourcesConfig(_Section):

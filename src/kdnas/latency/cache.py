@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from kdnas.config import KDNASConfig, LatencyConfig
-from kdnas.latency.timing import LatencyResult, device_name, measure_configured, resolve_device
+from kdnas.latency.serving import measure_configured, onnxruntime_version
+from kdnas.latency.timing import LatencyResult, device_name, resolve_device
 from kdnas.outputs import write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def latency_cache_dir(config: KDNASConfig) -> Path:
 
 
 def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_len: int) -> str:
-    """A digest of the model's shape (``model_key``), the device's name, the timing settings and torch's version."""
+    """A digest of the model's shape (``model_key``), the device's name, the timing settings and the runtime's
+    version (torch's; and ONNX Runtime's, with its precision, when it times)."""
     device = resolve_device(settings.device)
     parts = {
         "model": model_key,
@@ -46,6 +48,8 @@ def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_le
         "isolate": settings.isolate,
         "torch": torch.__version__,
     }
+    if settings.runtime != "torch":  # keys of PyTorch eager measurements stay as they were before runtimes
+        parts |= {"runtime": settings.runtime, "precision": settings.precision, "onnxruntime": onnxruntime_version()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

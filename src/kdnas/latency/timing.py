@@ -12,13 +12,13 @@ import platform
 import socket
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
-from kdnas.config import ConfigError, LatencyConfig
+from kdnas.config import ConfigError
 from kdnas.latency.isolation import isolated
 
 
@@ -41,6 +41,10 @@ class LatencyResult:
     host: str = ""  # the machine it was taken on
     cached: bool = False  # read from the latency cache rather than measured now
     p10_ms: float | None = None  # None: read from a cache written before kdnas recorded it
+    runtime: str = "torch"  # what ran the model: torch (eager) or onnxruntime
+    precision: str = "fp32"  # fp32, or int8 (ONNX Runtime's dynamic quantisation)
+    runtime_version: str = ""  # e.g. "torch 2.13.0" or "onnxruntime 1.32.0"
+    cpu_flags: str = ""  # the CPU's instruction sets that decide int8 and fp32 speed (AVX2, AVX-512, VNNI, AMX)
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -104,7 +108,7 @@ def measure_latency(
     min_run_time_s: float = 0.0,
     isolate: bool = False,
 ) -> LatencyResult:
-    """Time ``model``'s forward pass on random token ids of shape ``[batch_size, seq_len]``.
+    """Time ``model``'s forward pass in PyTorch eager on random token ids of shape ``[batch_size, seq_len]``.
 
     The model is put in eval mode on ``device``; each run is bracketed by CUDA synchronisation on GPU. At least
     ``runs`` runs are timed, and more until they add up to ``min_run_time_s`` (as ``torch.utils.benchmark``'s
@@ -117,53 +121,90 @@ def measure_latency(
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator).to(device)
+    input_ids = random_token_ids(vocab_size, batch_size, seq_len).to(device)
     attention_mask = torch.ones_like(input_ids)
-    times: list[float] = []
-    with torch.inference_mode(), torch_threads(threads), isolated(isolate):
-        for _ in range(warmup):
-            model(input_ids=input_ids, attention_mask=attention_mask)
-        _synchronize(device)
-        timed_ms = 0.0
-        while len(times) < runs or timed_ms < 1000.0 * min_run_time_s:
-            start = time.perf_counter()
-            model(input_ids=input_ids, attention_mask=attention_mask)
+    protocol = TimingProtocol(warmup, runs, min_run_time_s, isolate)
+    with torch.inference_mode(), torch_threads(threads):
+        times = protocol.time(lambda: model(input_ids=input_ids, attention_mask=attention_mask), device)
+    return protocol.result(times, device, threads, batch_size, seq_len, runtime_version=f"torch {torch.__version__}")
+
+
+def random_token_ids(vocab_size: int, batch_size: int, seq_len: int) -> torch.Tensor:
+    """The token ids every model is timed on: ``[batch_size, seq_len]`` ids drawn with a fixed seed."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator)
+
+
+@dataclass(frozen=True)
+class TimingProtocol:
+    """How runs are timed, whatever runs them: ``warmup`` untimed runs, then at least ``runs`` timed ones and more
+    until they add up to ``min_run_time_s``, alone on the node with ``isolate``."""
+
+    warmup: int
+    runs: int
+    min_run_time_s: float
+    isolate: bool
+
+    def time(self, run: Callable[[], object], device: torch.device) -> list[float]:
+        """The milliseconds of each timed call of ``run`` (CUDA-synchronised on both sides on a GPU)."""
+        times: list[float] = []
+        with isolated(self.isolate):
+            for _ in range(self.warmup):
+                run()
             _synchronize(device)
-            times.append((time.perf_counter() - start) * 1000.0)
-            timed_ms += times[-1]
-    ordered = sorted(times)
-    return LatencyResult(
-        median_ms=statistics.median(ordered),
-        p90_ms=_percentile(ordered, 0.9),
-        p10_ms=_percentile(ordered, 0.1),
-        iqr_ms=_percentile(ordered, 0.75) - _percentile(ordered, 0.25),
-        device=device.type,
-        device_name=device_name(device),
-        threads=threads,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        runs=len(times),
-        warmup=warmup,
-        min_run_time_s=min_run_time_s,
-        isolated=isolate,
-        host=socket.gethostname(),
-    )
+            timed_ms = 0.0
+            while len(times) < self.runs or timed_ms < 1000.0 * self.min_run_time_s:
+                start = time.perf_counter()
+                run()
+                _synchronize(device)
+                times.append((time.perf_counter() - start) * 1000.0)
+                timed_ms += times[-1]
+        return times
+
+    def result(
+        self,
+        times: list[float],
+        device: torch.device,
+        threads: int,
+        batch_size: int,
+        seq_len: int,
+        runtime: str = "torch",
+        precision: str = "fp32",
+        runtime_version: str = "",
+    ) -> LatencyResult:
+        """The measurement ``times`` make, with the settings (and runtime) it was taken under."""
+        ordered = sorted(times)
+        return LatencyResult(
+            median_ms=statistics.median(ordered),
+            p90_ms=_percentile(ordered, 0.9),
+            p10_ms=_percentile(ordered, 0.1),
+            iqr_ms=_percentile(ordered, 0.75) - _percentile(ordered, 0.25),
+            device=device.type,
+            device_name=device_name(device),
+            threads=threads,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            runs=len(times),
+            warmup=self.warmup,
+            min_run_time_s=self.min_run_time_s,
+            isolated=self.isolate,
+            host=socket.gethostname(),
+            cpu_flags=cpu_flags() if device.type == "cpu" else "",
+            runtime=runtime,
+            precision=precision,
+            runtime_version=runtime_version,
+        )
 
 
-def measure_configured(
-    model: torch.nn.Module, *, vocab_size: int, settings: LatencyConfig, seq_len: int
-) -> LatencyResult:
-    """:func:`measure_latency` with the config's latency settings (students and teachers are timed alike)."""
-    return measure_latency(
-        model,
-        vocab_size=vocab_size,
-        batch_size=settings.batch_size,
-        seq_len=seq_len,
-        device=resolve_device(settings.device),
-        threads=settings.threads,
-        warmup=settings.warmup,
-        runs=settings.runs,
-        min_run_time_s=settings.min_run_time_s,
-        isolate=settings.isolate,
-    )
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+"""The instruction sets that decide how fast fp32 and int8 inference run on a CPU."""
+
+
+def cpu_flags() -> str:
+    """Which of :data:`CPU_FLAGS` this CPU has, space-separated (empty where ``/proc/cpuinfo`` is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return " ".join(flag for flag in CPU_FLAGS if flag in flags)

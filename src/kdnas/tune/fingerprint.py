@@ -57,6 +57,8 @@ def config_fingerprint(config: KDNASConfig) -> dict[str, Any]:
         "latency.batch_size": latency.batch_size,
         "latency.seq_len": config.latency_seq_len,
         "latency.threads": latency.threads,
+        "latency.runtime": latency.runtime,
+        "latency.precision": latency.precision,
         "teachers": [teacher_identity(config, t) for t in config.teachers],
         "student.tokenizer": config.student.tokenizer,
         **_flat("student.inherit", config.student.inherit.model_dump(mode="json")),

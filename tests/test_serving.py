@@ -1,0 +1,144 @@
+"""Latency where models are served: ONNX Runtime fp32 and int8 (``latency.runtime``, ``latency.precision``)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from kdnas.config import ConfigError, LatencyConfig, load_config
+from kdnas.latency import serving
+from kdnas.latency.cache import latency_cache_key
+from kdnas.latency.serving import check_runtime, export_onnx, inference_session, measure_configured, serving_graph
+from kdnas.student import StudentArch
+from kdnas.study.storage import fingerprint_differences
+from kdnas.teachers.loading import load_tokenizer
+from kdnas.tune.fingerprint import config_fingerprint
+
+FAST = {"warmup": 1, "runs": 3, "min_run_time_s": 0.0, "isolate": False}
+
+
+@pytest.fixture(scope="module")
+def student() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return (
+        StudentArch(num_layers=2, num_heads=2, head_dim=32, ffn_ratio=2).build(load_tokenizer("minilm"), 3, 64).eval()
+    )
+
+
+def padded_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three rows of 12 tokens, the second padded after 5: other shapes than the export's, and a real mask."""
+    ids = torch.randint(1, vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return ids, mask
+
+
+def onnx_logits(path: Path, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    session = inference_session(path, torch.device("cpu"), threads=1)
+    return session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
+
+def test_the_exported_student_computes_the_students_logits_at_any_batch_and_length(student, tmp_path):
+    ids, mask = padded_batch(student.config.vocab_size)
+    path = export_onnx(student, tmp_path / "model.onnx")
+    with torch.inference_mode():
+        expected = student(input_ids=ids, attention_mask=mask).logits.numpy()
+    np.testing.assert_allclose(onnx_logits(path, ids, mask), expected, atol=1e-4)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops  # fused as ORT's transformer optimizer fuses BERT
+    assert student.config._attn_implementation == "sdpa" and not student.training  # put back as it was
+
+
+def test_the_int8_graph_quantises_the_weights_and_stays_close(student, tmp_path):
+    ids, mask = padded_batch(student.config.vocab_size)
+    fp32 = serving_graph(student, tmp_path, "fp32")
+    int8 = serving_graph(student, tmp_path, "int8")
+    assert int8.name == "model.int8.onnx" and int8.stat().st_size < 0.6 * fp32.stat().st_size
+    assert any(node.op_type == "DynamicQuantizeLinear" for node in onnx.load(str(int8)).graph.node)
+    np.testing.assert_allclose(onnx_logits(int8, ids, mask), onnx_logits(fp32, ids, mask), atol=0.05)
+
+
+def test_a_gpt2_teacher_is_exported_and_timed_like_a_student(tmp_path):
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=100,
+        n_positions=32,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        num_labels=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    teacher = GPT2ForSequenceClassification(config).eval()
+    ids = torch.randint(1, 100, (2, 10), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        expected = teacher(input_ids=ids, attention_mask=mask).logits.numpy()
+    np.testing.assert_allclose(onnx_logits(export_onnx(teacher, tmp_path / "t.onnx"), ids, mask), expected, atol=1e-4)
+    result = measure_configured(
+        teacher, vocab_size=100, settings=LatencyConfig(runtime="onnxruntime", **FAST), seq_len=16
+    )
+    assert result.runtime == "onnxruntime" and result.median_ms > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_measurement_names_its_runtime_precision_version_and_cpu(student, precision):
+    settings = LatencyConfig(runtime="onnxruntime", precision=precision, **FAST)
+    result = measure_configured(student, vocab_size=student.config.vocab_size, settings=settings, seq_len=16)
+    assert (result.runtime, result.precision) == ("onnxruntime", precision)
+    assert result.runtime_version == f"onnxruntime {ort.__version__}"
+    assert result.runs >= 3 and result.seq_len == 16 and result.threads == 1
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert ("avx2" in result.cpu_flags.split()) == (" avx2" in flags)
+    eager = measure_configured(
+        student, vocab_size=student.config.vocab_size, settings=LatencyConfig(**FAST), seq_len=16
+    )
+    assert (eager.runtime, eager.precision) == ("torch", "fp32") and eager.runtime_version.startswith("torch ")
+
+
+def test_int8_needs_onnxruntime_and_a_cpu(tmp_path):
+    with pytest.raises(ConfigError, match="precision 'int8' needs latency.runtime 'onnxruntime'"):
+        load_config({"output_dir": str(tmp_path), "latency": {"precision": "int8"}})
+    with pytest.raises(ConfigError, match="'int8' runs on a CPU"):
+        load_config(
+            {"output_dir": str(tmp_path), "latency": {"runtime": "onnxruntime", "precision": "int8", "device": "cuda"}}
+        )
+
+
+def test_missing_onnxruntime_or_its_cuda_provider_is_one_line(monkeypatch):
+    settings = LatencyConfig(runtime="onnxruntime")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="no CUDA provider: pip install onnxruntime-gpu"):
+        check_runtime(settings, torch.device("cuda"))
+    check_runtime(settings, torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an import finds where it is not installed
+    with pytest.raises(ConfigError, match=r"onnxruntime is not installed: pip install 'kdnas\[onnx\]'"):
+        serving.onnxruntime_module()
+    check_runtime(LatencyConfig(), torch.device("cpu"))  # PyTorch timing needs no ONNX Runtime
+
+
+def test_a_rerun_in_another_runtime_or_precision_is_refused_by_the_fingerprint(tmp_path):
+    def fingerprint(**latency):
+        return config_fingerprint(load_config({"output_dir": str(tmp_path), "latency": latency}))
+
+    eager = fingerprint()
+    served = fingerprint(runtime="onnxruntime")
+    assert fingerprint_differences(eager, served) == ["latency.runtime torch → onnxruntime"]
+    assert fingerprint_differences(served, fingerprint(runtime="onnxruntime", precision="int8")) == [
+        "latency.precision fp32 → int8"
+    ]
+
+
+def test_cached_measurements_are_kept_apart_by_runtime_and_precision():
+    keys = {
+        latency_cache_key({"arch": "L2"}, LatencyConfig(**settings), 16)
+        for settings in ({}, {"runtime": "onnxruntime"}, {"runtime": "onnxruntime", "precision": "int8"})
+    }
+    assert len(keys) == 3
