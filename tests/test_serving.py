@@ -10,10 +10,19 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+import kdnas
+from conftest import tiny_raw
 from kdnas.config import ConfigError, LatencyConfig, load_config
 from kdnas.latency import serving
 from kdnas.latency.cache import latency_cache_key
-from kdnas.latency.serving import check_runtime, export_onnx, inference_session, measure_configured, serving_graph
+from kdnas.latency.serving import (
+    check_runtime,
+    export_onnx,
+    inference_session,
+    measure_configured,
+    predict_onnx,
+    serving_graph,
+)
 from kdnas.student import StudentArch
 from kdnas.study.storage import fingerprint_differences
 from kdnas.teachers.loading import load_tokenizer
@@ -38,17 +47,21 @@ def padded_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def onnx_logits(path: Path, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+def onnx_logits(path: Path, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> np.ndarray:
     session = inference_session(path, torch.device("cpu"), threads=1)
-    return session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    return predict_onnx(session, ids.numpy(), mask.numpy(), None if types is None else types.numpy(), batch_size=2)
 
 
-def test_the_exported_student_computes_the_students_logits_at_any_batch_and_length(student, tmp_path):
+def test_the_exported_student_computes_the_students_logits_at_any_batch_length_and_token_types(student, tmp_path):
     ids, mask = padded_batch(student.config.vocab_size)
     path = export_onnx(student, tmp_path / "model.onnx")
     with torch.inference_mode():
         expected = student(input_ids=ids, attention_mask=mask).logits.numpy()
     np.testing.assert_allclose(onnx_logits(path, ids, mask), expected, atol=1e-4)
+    types = (torch.arange(12) >= 6).long().expand(3, 12)  # sentence pairs: the second sentence's token type is 1
+    with torch.inference_mode():
+        expected = student(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.numpy()
+    np.testing.assert_allclose(onnx_logits(path, ids, mask, types), expected, atol=1e-4)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"Attention", "SkipLayerNormalization"} <= ops  # fused as ORT's transformer optimizer fuses BERT
     assert student.config._attn_implementation == "sdpa" and not student.training  # put back as it was
@@ -142,3 +155,45 @@ def test_cached_measurements_are_kept_apart_by_runtime_and_precision():
         for settings in ({}, {"runtime": "onnxruntime"}, {"runtime": "onnxruntime", "precision": "int8"})
     }
     assert len(keys) == 3
+
+
+ONE_LAYER = {"num_layers": 1, "num_heads": 2, "head_dim": 8, "ffn_ratio": 1}
+SCRATCH_TEACHER = {  # fitted in about a second
+    "name": "gpt2",
+    "model": "gpt2",
+    "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},
+    "fit": {"epochs": 1, "learning_rate": 1e-3},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_trial_served_by_onnxruntime_is_scored_and_ranked_as_served(tmp_path, precision):
+    latency = {"warmup": 0, "runs": 3, "min_run_time_s": 0, "runtime": "onnxruntime", "precision": precision}
+    raw = tiny_raw(
+        tmp_path / "run",
+        teachers=[SCRATCH_TEACHER],
+        data={"demo_train_size": 64, "demo_eval_size": 32},
+        training={"epochs": 1},
+        latency=latency,
+    )
+    students = kdnas.prepare_students(kdnas.load_config(raw))
+    report = kdnas.train_student(students, ONE_LAYER, seed=3, trial_number=1)
+    served, saved = report.attrs["served"], Path(report.attrs["student_path"])
+    assert report.completed and report.attrs["latency"]["runtime"] == "onnxruntime"
+    assert (served["runtime"], served["precision"]) == ("onnxruntime", precision)
+    assert report.value == served["metric"] == served[precision]["metric"]  # the study ranks it as served
+    assert served["fp32"]["agreement"] >= 0.995 and abs(served["fp32"]["drop"]) < 1e-6
+    assert (saved / "model.onnx").is_file() and (saved / "model.int8.onnx").is_file() == (precision == "int8")
+    graph = saved / ("model.int8.onnx" if precision == "int8" else "model.onnx")
+    eval_rows = students.eval
+    logits = predict_onnx(
+        inference_session(graph, torch.device("cpu"), threads=1),
+        eval_rows.input_ids.numpy(),
+        eval_rows.attention_mask.numpy(),
+        None if eval_rows.token_type_ids is None else eval_rows.token_type_ids.numpy(),
+    )
+    accuracy = float((torch.from_numpy(logits).argmax(-1) == eval_rows.labels).float().mean())
+    assert accuracy == pytest.approx(served["metric"])  # the saved graph scores what the study recorded
+    if precision == "int8":
+        assert served["int8_exceeds_tolerance"] == (served["int8"]["drop"] > 0.01)

@@ -523,10 +523,14 @@ class LatencyConfig(_Section):
     runtime: Literal["torch", "onnxruntime"] = "torch"
     """What students and teachers are timed in: `torch` (PyTorch eager) or `onnxruntime` (exported to ONNX, fused by
     ONNX Runtime's transformer optimizer, timed in an `InferenceSession` with `threads` intra-op threads; needs
-    `pip install 'kdnas[onnx]'`)."""
+    `pip install 'kdnas[onnx]'`). With `onnxruntime` each trained student is also scored in ONNX Runtime, its graphs
+    saved beside it, and the study ranks it by that served metric."""
     precision: Literal["fp32", "int8"] = "fp32"
     """`fp32`, or `int8`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised at run time); needs
     `runtime: onnxruntime` and a CPU."""
+    int8_tolerance: float = Field(0.01, ge=0)
+    """With `precision: int8`: a student whose int8 metric falls more than this below its PyTorch metric is recorded
+    as such (`served.int8_exceeds_tolerance`)."""
 
     @model_validator(mode="after")
     def _int8_served_by_onnxruntime(self) -> LatencyConfig:

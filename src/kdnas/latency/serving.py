@@ -34,7 +34,8 @@ from kdnas.latency.timing import (
     resolve_device,
 )
 
-INPUT_NAMES = ("input_ids", "attention_mask")
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+"""The graph's inputs (``token_type_ids`` only for models with token types, as BERT's)."""
 OPSET = 17
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """CPU flags with int8 dot-product instructions: without them int8 weights are quantised to 7 bits (``reduce_range``),
@@ -110,10 +111,10 @@ def measure_onnx(
     ort = onnxruntime_module()
     check_runtime(settings, device)
     input_ids = random_token_ids(vocab_size, settings.batch_size, seq_len).numpy()
-    feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
     with tempfile.TemporaryDirectory(prefix="kdnas-onnx-") as directory:
         path = serving_graph(model, Path(directory), settings.precision)
         session = inference_session(path, device, settings.threads)
+    feed = session_feed(session, input_ids, np.ones_like(input_ids), None)
     protocol = TimingProtocol(settings.warmup, settings.runs, settings.min_run_time_s, settings.isolate)
     times = protocol.time(lambda: session.run(None, feed), device)
     serving = {
@@ -138,16 +139,18 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
     ``input_ids`` and ``attention_mask``, output ``logits``, fused by ONNX Runtime's transformer optimizer for its
     model type. The model is exported from the CPU in eval mode with eager attention (the pattern the optimizer
     fuses); its device, mode and attention implementation are restored afterwards."""
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES} | {"logits": {0: "batch"}}
+    names = input_names(model)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     ids = random_token_ids(model.config.vocab_size, 1, 8)
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     with _exportable(model) as cpu_model, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings: known, and not the user's
         torch.onnx.export(
             cpu_model,
             (),
             str(path),
-            kwargs={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
-            input_names=list(INPUT_NAMES),
+            kwargs={name: example[name] for name in names},
+            input_names=list(names),
             output_names=["logits"],
             dynamic_axes=axes,
             opset_version=OPSET,
@@ -155,6 +158,41 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
         )
     _fuse(path, model.config)
     return path
+
+
+def input_names(model: PreTrainedModel) -> tuple[str, ...]:
+    """The inputs ``model`` is exported with: token ids, attention mask, and token types where it has them."""
+    has_types = getattr(model.config, "type_vocab_size", 0) > 1
+    return INPUT_NAMES if has_types else INPUT_NAMES[:2]
+
+
+def session_feed(
+    session: Any, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The inputs ``session``'s graph takes (token types zero where none are given)."""
+    feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if any(i.name == "token_type_ids" for i in session.get_inputs()):
+        feed["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    return feed
+
+
+def predict_onnx(
+    session: Any,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    token_type_ids: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``session``'s logits for every row of right-padded inputs, ``batch_size`` rows at a time, each batch's columns
+    past its longest row trimmed (as PyTorch predictions are made)."""
+    logits = []
+    for start in range(0, len(input_ids), batch_size):
+        rows = slice(start, start + batch_size)
+        length = max(int(attention_mask[rows].sum(axis=1).max()), 1)
+        types = None if token_type_ids is None else token_type_ids[rows, :length]
+        feed = session_feed(session, input_ids[rows, :length], attention_mask[rows, :length], types)
+        logits.append(session.run(["logits"], feed)[0])
+    return np.concatenate(logits)
 
 
 @contextmanager

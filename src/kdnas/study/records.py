@@ -120,6 +120,10 @@ and :data:`LEARNING_CURVE_ATTR`; the trial's own are the second attempt's."""
 COLLAPSED_ATTR = "collapsed"
 """On a student whose last evaluation had collapsed (one class predicted for every eval example, or the metric no
 better than the majority class's): why. Such a student is kept off the Pareto front and never exported by choice."""
+SERVED_ATTR = "served"
+"""With ``latency.runtime: onnxruntime``: the student scored as served (``runtime``, ``precision``, ``metric``: the
+trial's value; per precision ``{"metric", "agreement", "drop"}`` beside the PyTorch predictions; with int8,
+``int8_exceeds_tolerance``; ``seconds``). Its ONNX graphs lie beside its saved files."""
 COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
 """Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 

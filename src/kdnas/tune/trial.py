@@ -45,6 +45,7 @@ from kdnas.study.records import (
     NODE_ATTR,
     PARAMS_CONSTRAINT,
     RESTART_ATTR,
+    SERVED_ATTR,
     SLICE_METRIC_ATTR,
     STUDENT_DIGEST_ATTR,
     STUDENT_PATH_ATTR,
@@ -59,6 +60,7 @@ from kdnas.study.records import (
 )
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.tune.rungs import mid_epoch_steps
+from kdnas.tune.served import score_served
 
 if TYPE_CHECKING:
     pass
@@ -338,6 +340,7 @@ class _StudentRun:
         if resume is not None and "loss" in resume:
             self.distillation.load_state(resume["loss"])
         self.latest = TrialReport(latency_ms=self.latency_ms)
+        self.eval_logits: torch.Tensor | None = None  # the last evaluation's: what a served student is compared with
         self.last_state: dict[str, Any] = {}
         self.curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
         # trained before a restart, as its checkpoint recorded
@@ -360,6 +363,7 @@ class _StudentRun:
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
         inputs, metric = self.inputs, self.inputs.metric
         logits = predict_logits(self.model, inputs.eval, device=self.device, precision=self.precision)
+        self.eval_logits = logits
         scored = evaluation_of(logits, inputs.eval.labels, metric, inputs.label_names)
         value, probability = scored.value, scored.label_probability
         if not math.isfinite(value):
@@ -464,4 +468,9 @@ class _StudentRun:
             STUDENT_DIGEST_ATTR: student_digest(out),
             **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
         }
+        settings = inputs.config.latency
+        if settings.runtime == "onnxruntime" and self.eval_logits is not None:
+            served = score_served(self.model, out, inputs.eval, inputs.metric, self.eval_logits, settings)
+            attrs[SERVED_ATTR] = served
+            latest = replace(latest, value=served["metric"])
         return replace(latest, completed=True, attrs=attrs, constraints=constraints)

@@ -1,0 +1,51 @@
+"""A trained student scored as it will be served (``latency.runtime: onnxruntime``): its ONNX graphs written beside
+its Hugging Face files, and its metric on the evaluation set computed by ONNX Runtime, in fp32 and, with ``latency.
+precision: int8``, dynamically quantised. The study then ranks students by the metric they will have in service."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from kdnas.config import LatencyConfig
+from kdnas.latency.serving import inference_session, predict_onnx, serving_graph
+from kdnas.latency.timing import resolve_device
+from kdnas.student.batches import Encoded
+from kdnas.student.training import evaluation_of
+
+
+def score_served(
+    model: PreTrainedModel,
+    directory: Path,
+    data: Encoded,
+    metric: str,
+    torch_logits: torch.Tensor,
+    settings: LatencyConfig,
+) -> dict[str, Any]:
+    """Write ``model``'s serving graphs into ``directory`` (``model.onnx``; ``model.int8.onnx`` for int8) and score
+    each on ``data`` by ``metric``. Returns the record a trial keeps: the runtime, the precision it is served in and
+    that precision's ``metric``; per precision its metric, its agreement with the PyTorch predictions
+    ``torch_logits`` (the share of rows predicted alike) and its drop below the PyTorch metric; with int8, whether
+    the drop exceeds ``settings.int8_tolerance``; the seconds it all took."""
+    started = time.perf_counter()
+    served = serving_graph(model, directory, settings.precision)
+    graphs = {"fp32": directory / "model.onnx"} | ({"int8": served} if settings.precision == "int8" else {})
+    device = resolve_device(settings.device)
+    torch_value = evaluation_of(torch_logits, data.labels, metric).value
+    types = None if data.token_type_ids is None else data.token_type_ids.numpy()
+    record: dict[str, Any] = {"runtime": "onnxruntime", "precision": settings.precision}
+    for precision, path in graphs.items():
+        session = inference_session(path, device, settings.threads)
+        logits = torch.from_numpy(predict_onnx(session, data.input_ids.numpy(), data.attention_mask.numpy(), types))
+        value = evaluation_of(logits, data.labels, metric).value
+        agreement = float((logits.argmax(-1) == torch_logits.argmax(-1)).float().mean())
+        record[precision] = {"metric": value, "agreement": round(agreement, 6), "drop": round(torch_value - value, 6)}
+    record["metric"] = record[settings.precision]["metric"]
+    if settings.precision == "int8":
+        record["int8_exceeds_tolerance"] = record["int8"]["drop"] > settings.int8_tolerance
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
