@@ -197,3 +197,20 @@ def test_a_trial_served_by_onnxruntime_is_scored_and_ranked_as_served(tmp_path, 
     assert accuracy == pytest.approx(served["metric"])  # the saved graph scores what the study recorded
     if precision == "int8":
         assert served["int8_exceeds_tolerance"] == (served["int8"]["drop"] > 0.01)
+
+
+def test_kdnas_latency_compares_runtimes_and_precisions_in_a_table(tmp_path, capsys):
+    from kdnas.cli import main
+
+    quick = ["--set", f"output_dir={tmp_path}", "--set", "latency.runs=3", "--set", "latency.min_run_time_s=0"]
+    assert main(["latency", "--arch", "L1-H64-A2-F128", "--arch", "L2-H64-A2-F256", "--compare", *quick]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("median latency on ") and "batch 1" in lines[0]
+    header, rows = lines[1].split(), [line.split() for line in lines[2:]]
+    assert header[:2] == ["arch", "torch"] and "int8" in lines[1] and "speed-up" in lines[1]
+    assert [row[0] for row in rows] == ["L1-H64-A2-F128", "L2-H64-A2-F256"]
+    assert all(float(cell) > 0 for row in rows for cell in row[1:4]) and rows[0][4].endswith("x")
+    assert main(["latency", "--arch", "L2-H64-A3-F256", *quick]) == 2
+    assert "hidden size must divide by the heads" in capsys.readouterr().err
+    assert main(["latency", *quick]) == 2
+    assert "name the architecture" in capsys.readouterr().err

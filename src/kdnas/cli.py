@@ -270,16 +270,41 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     config = _load(args)
-    from kdnas.student import StudentArch
+    from kdnas.latency.timing import cpu_flags, device_name, resolve_device
     from kdnas.tune.retime import measure_architecture
+    from kdnas.tune.runtimes import SERVING_FORMS, latency_table
+
+    archs = _architectures(args)
+    if len(archs) == 1 and not args.compare:
+        result = measure_architecture(config, archs[0])
+        print(json.dumps({"arch": archs[0].summary, **result.to_dict()}, indent=2))
+        return 0
+    settings = config.latency
+    forms = SERVING_FORMS if args.compare else [(settings.runtime, settings.precision)]
+    device = resolve_device(settings.device)
+    print(
+        f"median latency on {device_name(device)} ({cpu_flags() or 'no AVX2'}), batch {settings.batch_size}, "
+        f"sequence {config.latency_seq_len}, {settings.threads} thread(s):"
+    )
+    _print_table(latency_table(config, archs, forms))
+    return 0
+
+
+def _architectures(args: argparse.Namespace) -> list[Any]:
+    """The architectures ``kdnas latency`` times: each ``--arch`` summary, or the one ``--layers``/``--heads``/
+    ``--head-dim``/``--ffn-ratio`` describe."""
+    from kdnas.student import StudentArch
 
     try:
-        arch = StudentArch(args.layers, args.heads, args.head_dim, args.ffn_ratio)
+        if args.arch:
+            return [StudentArch.from_summary(summary) for summary in args.arch]
+        if args.layers is None or args.heads is None or args.head_dim is None:
+            raise ValueError(
+                "name the architecture: --arch L2-H128-A4-F512 (repeatable), or --layers, --heads and --head-dim"
+            )
+        return [StudentArch(args.layers, args.heads, args.head_dim, args.ffn_ratio)]
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    result = measure_architecture(config, arch)
-    print(json.dumps({"arch": arch.summary, **result.to_dict()}, indent=2))
-    return 0
 
 
 def cmd_retime(args: argparse.Namespace) -> int:
@@ -382,12 +407,20 @@ def _reader_commands(commands: Any) -> None:  # argparse names the type of add_s
 
 def _latency_commands(commands: Any) -> None:  # argparse names the type of add_subparsers() privately
     """``latency`` (one architecture) and ``retime`` (a study's students and teachers)."""
-    latency = commands.add_parser("latency", help="measure one student architecture's latency")
+    latency = commands.add_parser(
+        "latency", help="measure student architectures' latency, or compare runtimes and precisions (--compare)"
+    )
     _config_arguments(latency)
-    latency.add_argument("--layers", type=int, required=True)
-    latency.add_argument("--heads", type=int, required=True)
-    latency.add_argument("--head-dim", type=int, required=True)
+    latency.add_argument("--arch", action="append", help="an architecture such as L2-H128-A4-F512 (repeatable)")
+    latency.add_argument("--layers", type=int)
+    latency.add_argument("--heads", type=int)
+    latency.add_argument("--head-dim", type=int)
     latency.add_argument("--ffn-ratio", type=int, default=4)
+    latency.add_argument(
+        "--compare",
+        action="store_true",
+        help="a table of each architecture in PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8",
+    )
     latency.set_defaults(func=cmd_latency)
 
     retime = commands.add_parser(

@@ -235,14 +235,25 @@ def quantize_int8(source: Path, target: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     vnni = any(flag in cpu_flags().split() for flag in VNNI_FLAGS)
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        reduce_range=not vnni,
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},  # the fused contrib ops' outputs have no inferred type
-    )
+    root = logging.getLogger()
+    root.addFilter(_not_preprocessing_advice)
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            reduce_range=not vnni,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},  # fused contrib ops' outputs have no inferred type
+        )
+    finally:
+        root.removeFilter(_not_preprocessing_advice)
     return target
+
+
+def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """Drop ``quantize_dynamic``'s advice to pre-process the graph (for static quantisation; its symbolic shape
+    inference cannot read the fused graph), which it logs on the root logger at every call."""
+    return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
 
 
 def inference_session(path: Path, device: torch.device, threads: int) -> Any:

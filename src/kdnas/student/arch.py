@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +50,19 @@ class StudentArch:
             return cls(**{k: int(data[k]) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")})
         except KeyError as err:
             raise ValueError(f"architecture is missing {err.args[0]!r}") from None
+
+    @classmethod
+    def from_summary(cls, summary: str) -> StudentArch:
+        """Parse a :attr:`summary` such as ``L2-H128-A4-F512``; :class:`ValueError` when it names no student."""
+        match = re.fullmatch(r"L(\d+)-H(\d+)-A(\d+)-F(\d+)", summary.strip())
+        if match is None:
+            raise ValueError(f"{summary!r} is not an architecture like L2-H128-A4-F512 (layers, hidden, heads, FFN)")
+        layers, hidden, heads, ffn = (int(x) for x in match.groups())
+        if heads < 1 or hidden % heads or ffn % hidden:
+            raise ValueError(
+                f"{summary!r}: the hidden size must divide by the heads and the FFN size by the hidden size"
+            )
+        return cls(num_layers=layers, num_heads=heads, head_dim=hidden // heads, ffn_ratio=ffn // hidden)
 
     def hf_config(self, *, vocab_size: int, num_labels: int, max_positions: int, pad_token_id: int = 0) -> BertConfig:
         """The Hugging Face ``BertConfig`` of this student."""
