@@ -17,7 +17,8 @@ One student outside a search, trained and measured as a trial does::
 Teachers and data: ``load_task``, ``teacher_reference``, ``teacher_fit_record``; the device latency is measured on:
 ``device_name``. Reading a study's trials beyond the
 front: ``feasible_completed``, ``hypervolume``, ``is_repeat``, ``training_seconds``; Tune's own view of them:
-``tune_results``.
+``tune_results``. Serving: ``latency_table`` (architectures in each runtime and precision), ``score_served`` (a
+student's ONNX graphs written and scored).
 
 ``import kdnas`` is light: each name's module is imported on first use, so reading a study never imports torch,
 Ray or transformers.
@@ -63,6 +64,8 @@ _HOMES = {
     "is_repeat": "kdnas.study.repeats",
     "training_seconds": "kdnas.study.repeats",
     "tune_results": "kdnas.study.records",
+    "latency_table": "kdnas.tune.runtimes",
+    "score_served": "kdnas.tune.served",
 }
 """Each public name → the module that defines it."""
 
@@ -79,6 +82,7 @@ __all__ = [
     "hypervolume",
     "is_repeat",
     "knee_point",
+    "latency_table",
     "load_config",
     "load_study",
     "load_task",
@@ -90,6 +94,7 @@ __all__ = [
     "prepare_students",
     "retime_study",
     "run_search",
+    "score_served",
     "teacher_fit_record",
     "teacher_reference",
     "train_student",
@@ -114,8 +119,10 @@ if TYPE_CHECKING:
     from kdnas.teachers.logits import teacher_reference
     from kdnas.tune.driver import run_search
     from kdnas.tune.retime import fastest_round, measure_architecture, retime_study
+    from kdnas.tune.runtimes import latency_table
     from kdnas.tune.scheduler import ParetoStopping, make_scheduler
     from kdnas.tune.searcher import make_searcher
+    from kdnas.tune.served import score_served
     from kdnas.tune.students import prepare_students, train_student
 
 

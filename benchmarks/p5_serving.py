@@ -1,0 +1,148 @@
+"""P5 serving runtimes: the same students in PyTorch eager, ONNX Runtime fp32 and ONNX Runtime int8 (#36).
+
+A demo search (kdnas's defaults: PyTorch eager latency) is run or resumed; then every trained student is loaded from
+its saved files, timed in each form as a search times students (``kdnas.measure_architecture`` with
+``latency.runtime`` / ``latency.precision`` set, isolated, contended measurements retaken) and scored as served
+(``kdnas.score_served``: its ONNX graphs on the evaluation set, fp32 and int8). Reported per student: the latency
+ratios (ORT fp32 ÷ eager, int8 ÷ ORT fp32), the int8 accuracy change and fp32 agreement with PyTorch; per form: the
+front, its hypervolume (one reference point for all) and its knee. Target: the int8 knee within 0.5 point of the
+eager knee's metric at ≥ 1.5× lower latency; the ONNX fp32 graphs agree with PyTorch on ≥ 99.5 % of rows.
+
+    python benchmarks/p5_serving.py [--trials 8] [--time-budget-s 900] [--output-dir runs/p5-serving] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kdnas
+from _common import REPO, write_result
+
+NAME = "p5_serving"
+FORMS = {"eager": ("torch", "fp32"), "ort_fp32": ("onnxruntime", "fp32"), "ort_int8": ("onnxruntime", "int8")}
+TARGET_POINTS, TARGET_SPEEDUP, TARGET_AGREEMENT = 0.005, 1.5, 0.995
+
+
+def in_form(config: Any, runtime: str, precision: str) -> Any:
+    """``config`` with its latency taken in ``runtime`` and ``precision``."""
+    return kdnas.load_config(
+        config.model_dump(mode="json"), [f"latency.runtime={runtime}", f"latency.precision={precision}"]
+    )
+
+
+def torch_logits(model: torch.nn.Module, data: Any) -> torch.Tensor:
+    """The PyTorch student's logits on every row of ``data``, 64 rows at a time."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(data), 64):
+            rows = slice(start, start + 64)
+            types = None if data.token_type_ids is None else data.token_type_ids[rows]
+            out.append(
+                model(
+                    input_ids=data.input_ids[rows], attention_mask=data.attention_mask[rows], token_type_ids=types
+                ).logits
+            )
+    return torch.cat(out)
+
+
+def student_row(trial: Any, configs: dict[str, Any], students: Any, metric: str) -> dict[str, Any]:
+    """One student in each form: latency, metric, and the ratios between forms."""
+    attrs = trial.user_attrs
+    arch = kdnas.StudentArch.from_dict(attrs["arch"])
+    model = AutoModelForSequenceClassification.from_pretrained(attrs["student_path"])
+    with tempfile.TemporaryDirectory() as directory:
+        served = kdnas.score_served(
+            model,
+            Path(directory),
+            students.eval,
+            metric,
+            torch_logits(model, students.eval),
+            configs["ort_int8"].latency,
+        )
+    latency = {form: kdnas.measure_architecture(config, arch).median_ms for form, config in configs.items()}
+    value = {"eager": trial.values[0], "ort_fp32": served["fp32"]["metric"], "ort_int8": served["int8"]["metric"]}
+    return {
+        "trial": trial.number,
+        "arch": arch.summary,
+        "latency_ms": {form: round(ms, 4) for form, ms in latency.items()},
+        "value": value,
+        "ort_fp32_speedup": round(latency["eager"] / latency["ort_fp32"], 3),
+        "int8_speedup_over_fp32": round(latency["ort_fp32"] / latency["ort_int8"], 3),
+        "int8_change_points": round(100 * (value["ort_int8"] - value["eager"]), 2),
+        "fp32_agreement": served["fp32"]["agreement"],
+        "int8_agreement": served["int8"]["agreement"],
+    }
+
+
+def fronts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each form's front (trial numbers), hypervolume against one reference point, and knee."""
+    reference = (0.0, 1.1 * max(row["latency_ms"]["eager"] for row in rows))
+    result = {}
+    for form in FORMS:
+        points = {row["trial"]: (row["value"][form], row["latency_ms"][form]) for row in rows}
+        ranks = kdnas.pareto_ranks(points)
+        front = [SimpleNamespace(number=n, values=list(points[n])) for n, rank in ranks.items() if rank == 0]
+        knee = kdnas.knee_point(sorted(front, key=lambda t: t.values[1]))
+        result[form] = {
+            "front": sorted(t.number for t in front),
+            "hypervolume": round(kdnas.hypervolume(list(points.values()), reference), 5),
+            "knee": {"trial": knee.number, "value": knee.values[0], "latency_ms": knee.values[1]},
+        }
+    return {"reference": reference, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--time-budget-s", type=float, default=900)
+    parser.add_argument("--output-dir", default=str(REPO / "runs" / "p5-serving"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"{NAME}.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = kdnas.load_config(
+        {"output_dir": args.output_dir},
+        [f"search.n_trials={args.trials}", f"search.time_budget_s={args.time_budget_s}"],
+    )
+    study = kdnas.run_search(config)
+    students = kdnas.prepare_students(config)
+    metric = config.data.metric
+    configs = {form: in_form(config, *runtime) for form, runtime in FORMS.items()}
+    trained = [t for t in kdnas.feasible_completed(study) if not kdnas.is_repeat(t)]
+    rows = [student_row(t, configs, students, metric) for t in trained]
+    summary = fronts(rows)
+    eager_knee, int8_knee = summary["eager"]["knee"], summary["ort_int8"]["knee"]
+    payload = {
+        "task": "demo",
+        "trials": len(rows),
+        "cpu_flags": kdnas.measure_architecture(configs["ort_int8"], kdnas.StudentArch(1, 2, 32, 1)).cpu_flags,
+        "students": rows,
+        "median_ort_fp32_speedup": statistics.median(r["ort_fp32_speedup"] for r in rows),
+        "median_int8_speedup_over_fp32": statistics.median(r["int8_speedup_over_fp32"] for r in rows),
+        "median_int8_change_points": statistics.median(r["int8_change_points"] for r in rows),
+        "min_fp32_agreement": min(r["fp32_agreement"] for r in rows),
+        "fronts": summary,
+        "knee_target": {
+            "int8_within_points": round(100 * (eager_knee["value"] - int8_knee["value"]), 2),
+            "int8_speedup": round(eager_knee["latency_ms"] / int8_knee["latency_ms"], 2),
+            "met": eager_knee["value"] - int8_knee["value"] <= TARGET_POINTS
+            and eager_knee["latency_ms"] / int8_knee["latency_ms"] >= TARGET_SPEEDUP,
+        },
+        "agreement_target_met": min(r["fp32_agreement"] for r in rows) >= TARGET_AGREEMENT,
+    }
+    print(write_result(args.out, payload))
+
+
+if __name__ == "__main__":
+    main()
