@@ -41,6 +41,7 @@ from kdnas.study.storage import (
 )
 from kdnas.teachers import tasks as teacher_tasks
 from kdnas.tune import local_ray
+from kdnas.tune.deadline import DeadlineStopper
 from kdnas.tune.fingerprint import config_fingerprint, space_conflicts
 from kdnas.tune.inputs import inheritance_record
 from kdnas.tune.local_ray import init_ray
@@ -50,7 +51,7 @@ from kdnas.tune.retime import retime_study
 from kdnas.tune.rungs import rungs_in_warmup
 from kdnas.tune.samplers import make_sampler
 from kdnas.tune.scheduler import ParetoStopping, make_scheduler
-from kdnas.tune.searcher import DeadlineStopper, KDNASSearch, make_searcher
+from kdnas.tune.searcher import KDNASSearch, make_searcher
 from kdnas.tune.trainable import SearchBookkeeping, student_trainable
 from kdnas.tune.trial import TrialInputs
 
