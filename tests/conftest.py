@@ -147,7 +147,7 @@ def search_config(run_dir: Path, study_name: str, storage: tuple[str | None, str
 def outcome_of(result: dict | None, error: bool = False):
     """How ``KDNASSearch`` classifies a trial whose last Tune result is ``result`` (metrics: accuracy, latency)."""
     from kdnas.study.records import TrialReport
-    from kdnas.tune.searcher import report_outcome
+    from kdnas.tune.outcomes import report_outcome
 
     return report_outcome(TrialReport.from_result(result, "accuracy"), error, ["accuracy", "latency_ms"])
 

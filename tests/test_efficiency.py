@@ -414,7 +414,7 @@ def test_searcher_stops_at_the_deadline_and_says_so(tmp_path):
 
     from kdnas.study.records import PRUNED_ATTR
     from kdnas.study.storage import create_or_load_study, open_storage
-    from kdnas.tune.searcher import DeadlineStopper
+    from kdnas.tune.deadline import DeadlineStopper
 
     config = KDNASConfig()
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")

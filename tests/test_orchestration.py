@@ -24,7 +24,7 @@ from conftest import search_config, wait_for
 from kdnas.config import ConfigError
 from kdnas.study.front import pareto_front
 from kdnas.study.orphans import DRIVER_LOST
-from kdnas.study.records import FAILURE_ATTR, PRUNED_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
+from kdnas.study.records import CONFIG_ATTR, FAILURE_ATTR, PRUNED_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.study.storage import load_study, open_storage
 from kdnas.tune.driver import run_search
 
@@ -123,6 +123,26 @@ def test_raising_trial_fails_with_its_reason(run_dir, ray_session, cluster_stora
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[FAILURE_ATTR].startswith("OSError: the student was not saved to ")
     assert trial.user_attrs[FAILURE_ATTR].endswith("trial-0000: missing config.json, model.safetensors")
+
+
+def test_a_search_runs_in_the_storage_it_is_given(run_dir, ray_session, tmp_path):
+    """An open storage and a trainable passed in: the study lands there, the configured storage is never opened."""
+    from stub_search import stub_student
+
+    configured = tmp_path / "configured.db"
+    config = search_config(
+        run_dir,
+        f"given-storage-{uuid.uuid4().hex[:6]}",
+        latency={"retime": False},  # stub students have no model to time
+        search={"n_trials": 2, "storage": f"sqlite:///{configured}"},
+    )
+    given_url = f"sqlite:///{tmp_path}/given.db"
+    study = run_search(config, trainable=stub_student, storage=open_storage(given_url))
+    held = optuna.load_study(study_name=config.search.study_name, storage=given_url)
+    assert [t.state for t in held.trials] == [TrialState.COMPLETE] * 2 and [t.number for t in study.trials] == [0, 1]
+    assert all(t.user_attrs["stub"] for t in held.trials)
+    assert held.user_attrs[CONFIG_ATTR]["search"]["storage"] == given_url
+    assert not configured.exists()
 
 
 def test_nan_loss_fails_with_its_reason(run_dir, ray_session, cluster_storage):

@@ -120,6 +120,20 @@ def test_a_trial_is_an_orphan_once_its_drivers_heartbeat_is_stale(tmp_path, monk
     assert orphans.reconcile_orphans(study, storage) == 2
 
 
+def test_preflight_checks_the_study_in_a_given_storage_and_never_opens_the_configured_one(tmp_path):
+    from kdnas.config import ConfigError
+    from kdnas.study.storage import open_storage
+
+    configured = tmp_path / "configured.db"
+    config = build_config({"output_dir": str(tmp_path / "run"), "search": {"storage": f"sqlite:///{configured}"}})
+    given = open_storage(f"sqlite:///{tmp_path}/given.db")
+    optuna.create_study(storage=given, study_name=config.search.study_name, directions=["minimize"])
+    with pytest.raises(ConfigError, match="already exists with objectives"):  # the given storage's study is checked
+        runner.preflight(config, given)
+    assert runner.preflight(config)[1:] == (None, None), "the configured storage holds no study"
+    assert not configured.exists()
+
+
 def test_samplers_are_seeded_and_chosen_from_config():
     assert isinstance(runner.make_sampler(KDNASConfig()), optuna.samplers.TPESampler)
     config = load_config(None, ["search.sampler=nsga2"])

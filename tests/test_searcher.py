@@ -10,8 +10,8 @@ from kdnas.config import KDNASConfig
 from kdnas.study.orphans import this_driver
 from kdnas.study.records import ATTRS_KEY, COMPLETED_KEY, DRIVER_ATTR, ERROR_KEY, TrialReport
 from kdnas.study.storage import create_or_load_study, open_storage
-from kdnas.tune import searcher as searcher_mod
-from kdnas.tune.searcher import KDNASSearch
+from kdnas.tune import outcomes
+from kdnas.tune.reuse import RepeatReuse
 
 METRICS = ["accuracy", "latency_ms"]
 
@@ -54,7 +54,7 @@ def test_a_connection_lost_mid_ask_leaves_no_unowned_trial(tmp_path, monkeypatch
         real_init(self, study, trial_id)
 
     monkeypatch.setattr(optuna.Trial, "__init__", drop_once)
-    monkeypatch.setattr(searcher_mod.time, "sleep", lambda _: None)
+    monkeypatch.setattr(outcomes.time, "sleep", lambda _: None)
     config_1 = searcher.suggest("t1")
     assert failures, "the injected connection loss happened"
     (trial,) = study.trials
@@ -93,7 +93,7 @@ def test_a_connection_lost_after_a_repeat_was_told_does_not_stop_the_driver(tmp_
     study.enqueue_trial(seen)  # the sampler proposes the same student again
     unseen = {**seen, "num_layers": seen["num_layers"] % 4 + 1}
     study.enqueue_trial(unseen)  # then a new one (not left to the sampler: it may repeat trial 0 again)
-    real_tell, drops = KDNASSearch._tell_repeat, []
+    real_tell, drops = RepeatReuse.tell, []
 
     def tell_then_drop(self, ot_trial, original):  # the repeat is told, then the connection drops
         real_tell(self, ot_trial, original)
@@ -101,8 +101,8 @@ def test_a_connection_lost_after_a_repeat_was_told_does_not_stop_the_driver(tmp_
             drops.append(ot_trial.number)
             raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(KDNASSearch, "_tell_repeat", tell_then_drop)
-    monkeypatch.setattr(searcher_mod.time, "sleep", lambda _: None)
+    monkeypatch.setattr(RepeatReuse, "tell", tell_then_drop)
+    monkeypatch.setattr(outcomes.time, "sleep", lambda _: None)
     fresh = searcher.suggest("t2")  # retried: the told repeat is not told again, a new student is asked for
     original, repeat, new = study.trials
     assert drops == [1] and repeat.state == TrialState.COMPLETE and repeat.user_attrs["duplicate_of"] == 0

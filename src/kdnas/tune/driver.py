@@ -41,6 +41,7 @@ from kdnas.study.storage import (
 )
 from kdnas.teachers import tasks as teacher_tasks
 from kdnas.tune import local_ray
+from kdnas.tune.deadline import DeadlineStopper
 from kdnas.tune.fingerprint import config_fingerprint, space_conflicts
 from kdnas.tune.inputs import inheritance_record
 from kdnas.tune.local_ray import init_ray
@@ -50,7 +51,7 @@ from kdnas.tune.retime import retime_study
 from kdnas.tune.rungs import rungs_in_warmup
 from kdnas.tune.samplers import make_sampler
 from kdnas.tune.scheduler import ParetoStopping, make_scheduler
-from kdnas.tune.searcher import DeadlineStopper, KDNASSearch, make_searcher
+from kdnas.tune.searcher import KDNASSearch, make_searcher
 from kdnas.tune.trainable import SearchBookkeeping, student_trainable
 from kdnas.tune.trial import TrialInputs
 
@@ -62,14 +63,17 @@ def run_search(
     *,
     scheduler: tune.schedulers.TrialScheduler | None = None,
     trainable: Callable[[dict[str, Any], TrialInputs], None] | None = None,
+    storage: RDBStorage | None = None,
 ) -> optuna.Study:
     """Run the whole search described by ``config`` and return the study: pre-flight checks, :func:`prepare` the
     inputs every trial shares, open the study, run the students as Ray Tune trials, finish.
 
     ``scheduler`` is an optional Ray Tune scheduler (students it stops early are recorded as PRUNED); ``trainable``
-    runs one trial in a Ray worker (by default :func:`~kdnas.tune.trainable.student_trainable`).
+    runs one trial in a Ray worker (by default :func:`~kdnas.tune.trainable.student_trainable`); ``storage`` is an
+    already-open Optuna storage the study is searched in (and its URL recorded, password masked) instead of
+    ``config.storage_url``, which is then never opened.
     """
-    output_dir, storage, existing = preflight(config)
+    output_dir, storage, existing = preflight(config, storage)
     prepared = prepare(config, study=existing)
     storage = storage or open_storage(config.storage_url)
     study = open_study(config, storage, prepared, output_dir)
@@ -81,17 +85,20 @@ def run_search(
     return study
 
 
-def preflight(config: KDNASConfig) -> tuple[Path, RDBStorage | None, optuna.Study | None]:
-    """Checks that need no data, before any work: the latency device, ``output_dir``, resources, the storage, and a
-    study of the same name comparable with ``config``. Returns the output directory, the storage when it exists
-    already, and the study when it does."""
+def preflight(
+    config: KDNASConfig, storage: RDBStorage | None = None
+) -> tuple[Path, RDBStorage | None, optuna.Study | None]:
+    """Checks that need no data, before any work: the latency device, ``output_dir``, resources, the storage
+    (``storage`` when given, else ``config.storage_url``), and a study of the same name comparable with ``config``.
+    Returns the output directory, the storage when it exists already, and the study when it does."""
     resolve_device(config.latency.device)  # fail before any work when the latency device is absent
     output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
     local_ray.stop_leftovers(output_dir)  # of a local Ray whose driver was killed
     check_local_resources(config)
     teacher_tasks.check_local(config)
-    check_writable(config.storage_url)
-    storage = open_storage_if_exists(config.storage_url)
+    if storage is None:
+        check_writable(config.storage_url)
+        storage = open_storage_if_exists(config.storage_url)
     existing = find_study(storage, config.search.study_name) if storage else None
     conflicts = space_conflicts(existing, config) if existing else []
     check_comparable(existing, config, config_fingerprint(config), conflicts)
@@ -100,8 +107,8 @@ def preflight(config: KDNASConfig) -> tuple[Path, RDBStorage | None, optuna.Stud
 
 def open_study(config: KDNASConfig, storage: RDBStorage, prepared: Prepared, output_dir: Path) -> optuna.Study:
     """Create (or load) the study once its inputs are checked, and record them in it: the teachers' references, the
-    inheritance source, the transfer set, the task and the configuration (storage password masked)."""
-    url = config.storage_url
+    inheritance source, the transfer set, the task and the configuration (with ``storage``'s URL, password masked)."""
+    url = storage.url
     study = create_or_load_study(config, storage, prepared.fingerprint)
     logger.info("study %r in %s", config.search.study_name, mask_url(url))
     recorded = dump_config(config)

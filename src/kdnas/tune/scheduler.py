@@ -12,7 +12,7 @@ To reach the front, a stopped student would have had to overtake, in its remaini
 measurably better at the same point of training. So a student on the rung's front always runs on (the fastest student
 seen so far is never stopped, however slowly it learns in its first epochs), no student is stopped on a difference the
 evaluation set cannot resolve, and the first students of a search, with nobody to compare with, run on. A student
-promoted to full training (see :class:`~kdnas.tune.searcher.KDNASSearch`) is compared with, never stopped.
+promoted to full training (see :class:`~kdnas.tune.promotion.Promotion`) is compared with, never stopped.
 
 Plain ASHA ranks students by the metric alone, and so stops the fast end of the front. The rule is off by default
 (``search.early_stopping.mode``): benchmarks/README.md (P4) has the measurements behind that choice.
