@@ -214,3 +214,12 @@ def test_kdnas_latency_compares_runtimes_and_precisions_in_a_table(tmp_path, cap
     assert "hidden size must divide by the heads" in capsys.readouterr().err
     assert main(["latency", *quick]) == 2
     assert "name the architecture" in capsys.readouterr().err
+
+
+def test_a_search_without_onnxruntime_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from kdnas.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["search", "--output-dir", str(tmp_path / "run"), "--set", "latency.runtime=onnxruntime"]) == 2
+    assert "onnxruntime is not installed: pip install 'kdnas[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before output_dir, the storage or a teacher was touched

@@ -15,6 +15,7 @@ from optuna.storages import RDBStorage
 from ray import tune
 
 from kdnas.config import KDNASConfig, dump_config
+from kdnas.latency.serving import check_runtime
 from kdnas.latency.timing import resolve_device
 from kdnas.outputs import writable_dir
 from kdnas.resources import ResourceWait, check_local_resources
@@ -88,10 +89,10 @@ def run_search(
 def preflight(
     config: KDNASConfig, storage: RDBStorage | None = None
 ) -> tuple[Path, RDBStorage | None, optuna.Study | None]:
-    """Checks that need no data, before any work: the latency device, ``output_dir``, resources, the storage
+    """Checks that need no data, before any work: the latency device and runtime, ``output_dir``, resources, the storage
     (``storage`` when given, else ``config.storage_url``), and a study of the same name comparable with ``config``.
     Returns the output directory, the storage when it exists already, and the study when it does."""
-    resolve_device(config.latency.device)  # fail before any work when the latency device is absent
+    check_runtime(config.latency, resolve_device(config.latency.device))  # the latency device and runtime exist
     output_dir = writable_dir(Path(config.output_dir).resolve(), "output_dir")
     local_ray.stop_leftovers(output_dir)  # of a local Ray whose driver was killed
     check_local_resources(config)
