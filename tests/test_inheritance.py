@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import BertForSequenceClassification
@@ -60,6 +62,16 @@ def test_layer_rules():
     assert inheritance_layer_map(2, 4, "importance", torch.tensor([0.3, 0.1, 0.5, 0.2])) == [0, 2]
     with pytest.raises(ValueError):
         inheritance_layer_map(7, 6, "uniform")
+
+
+def test_the_skip_rule_takes_the_top_of_equal_blocks_as_tinybert_maps_layers():
+    # TinyBERT's g(m) = m·T/S, 1-based: student layer m learns from teacher layer m·T/S
+    for student, teacher in [(2, 6), (3, 6), (4, 12), (6, 12), (4, 6), (1, 6), (6, 6)]:
+        expected = [math.ceil(m * teacher / student) - 1 for m in range(1, student + 1)]
+        assert inheritance_layer_map(student, teacher, "skip") == expected
+    assert inheritance_layer_map(2, 6, "skip") == [2, 5] and inheritance_layer_map(4, 12, "skip") == [2, 5, 8, 11]
+    assert inheritance_layer_map(4, 6, "skip") == [1, 2, 4, 5] and inheritance_layer_map(1, 6, "skip") == [5]
+    assert inheritance_layer_map(6, 6, "skip") == list(range(6))
 
 
 def test_importance_has_one_score_per_part(teacher, source):

@@ -273,8 +273,9 @@ class InheritConfig(_Section):
     teacher: str | None = None
     """The teacher to inherit from (null: the first BERT teacher with the students' vocabulary); naming one that
     cannot serve is an error."""
-    layers: Literal["uniform", "importance", "first", "last"] = "uniform"
-    """Which teacher layers a student takes: `uniform` (spread, first and last included), `importance` (the highest
+    layers: Literal["uniform", "skip", "importance", "first", "last"] = "uniform"
+    """Which teacher layers a student takes: `uniform` (spread, first and last included), `skip` (the top layer of
+    each of as many equal blocks as the student has layers: last included, first not), `importance` (the highest
     block importance), `first` or `last`."""
     one_layer: Literal["auto", "first", "last"] = "auto"
     """Under `uniform`, the teacher layer a one-layer student takes: `auto` (the better of first and last in two

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel
 
-LayerRule = Literal["uniform", "importance", "first", "last"]
+LayerRule = Literal["uniform", "skip", "importance", "first", "last"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,10 @@ def inheritance_layer_map(
 
     ``uniform`` spreads the student over the teacher, first and last layer included (rounded
     ``linspace(0, T−1, S)``: DistilBERT's ``[0, 2, 4, 7, 9, 11]`` for 6 of 12); a one-layer student cannot hold
-    both ends and takes teacher layer ``one_layer``. ``importance`` takes the ``S`` layers with the highest
-    ``layer_scores``; ``first`` and ``last`` the bottom or top ``S``.
+    both ends and takes teacher layer ``one_layer``. ``skip`` takes the top layer of each of ``S`` equal blocks
+    (``⌈(i+1)·T/S⌉ − 1``: TinyBERT's and PKD-skip's map, ``[2, 5]`` for 2 of 6), so the student ends on the teacher's
+    last layer and starts above its first. ``importance`` takes the ``S`` layers with the highest ``layer_scores``;
+    ``first`` and ``last`` the bottom or top ``S``.
     """
     if not 1 <= student_layers <= teacher_layers:
         raise ValueError(f"cannot map {student_layers} student layers onto {teacher_layers} teacher layers")
@@ -70,6 +72,8 @@ def inheritance_layer_map(
         return list(range(student_layers))
     if rule == "last":
         return list(range(teacher_layers - student_layers, teacher_layers))
+    if rule == "skip":
+        return [math.ceil((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
     if rule == "importance":
         if layer_scores is None:
             raise ValueError("layer rule 'importance' needs layer scores")
