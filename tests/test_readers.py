@@ -202,11 +202,13 @@ def test_the_record_check_catches_literal_attr_names_and_spares_other_namespaces
 
 
 def test_a_learning_curve_reads_as_typed_points_whatever_its_points_hold():
-    from kdnas.study.records import LEARNING_CURVE_ATTR, CurvePoint, learning_curve
+    from kdnas.study.records import LEARNING_CURVE_ATTR, CurvePoint
+    from kdnas.study.student_record import StudentRecord
 
     full = CurvePoint(0.5, 0.81, 12.5, 0.74, 0.01)
     attrs = {LEARNING_CURVE_ATTR: [[0.25, 0.6, 3.0], full.to_attr()]}  # a point of three, then one of five
-    first, second = learning_curve(attrs)
+    first, second = StudentRecord.from_attrs(attrs).learning_curve or []
     assert (first.epochs, first.metric, first.seconds, first.label_probability) == (0.25, 0.6, 3.0, None)
     assert second == full and second.to_attr() == [0.5, 0.81, 12.5, 0.74, 0.01]
-    assert learning_curve({}) == []
+    assert StudentRecord.from_attrs({}).learning_curve is None  # a trial that recorded none
+
