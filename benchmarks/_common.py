@@ -105,7 +105,7 @@ def parse_student(text: str) -> dict[str, int]:
     return {"num_layers": layers, "num_heads": heads, "head_dim": head_dim, "ffn_ratio": ffn}
 
 
-def fit_teachers_timed(config: Any, task: Any) -> tuple[list[dict[str, Any]], float]:
+def fit_teachers_timed(config: Any, task: Any) -> tuple[list[Any], float]:
     """Fit ``config``'s teachers on ``task`` and cache their logits under ``<output_dir>/cache`` (where a search and
     :func:`kdnas.prepare_students` read them).
 

@@ -137,6 +137,12 @@ def stop_sessions(sessions: list[int], timeout: float = 30.0) -> None:
 # --- one arm -------------------------------------------------------------------------------------------------------
 
 
+def node_id(trial: Any) -> str:
+    """The start of the id of the Ray node ``trial``'s student trained on (``?``: not recorded)."""
+    node = kdnas.StudentRecord.of(trial).node
+    return ((node.id if node else None) or "?")[:8]
+
+
 def run_arm(raw: dict[str, Any], arm: str, address: str | None) -> dict[str, Any]:
     """One search of ``raw`` (on the cluster at ``address``, else a local Ray) and its throughput figures."""
     raw = {**raw, "search": {**raw["search"], "ray_address": address}}
@@ -152,7 +158,7 @@ def run_arm(raw: dict[str, Any], arm: str, address: str | None) -> dict[str, Any
     timed = [t for t in trained if t.datetime_start and t.datetime_complete]
     phase = max(t.datetime_complete.timestamp() for t in timed) - min(t.datetime_start.timestamp() for t in timed)
     compute = sum(kdnas.training_seconds(t) for t in trained)
-    nodes = Counter(t.user_attrs.get("node", {}).get("id", "?")[:8] for t in trained)
+    nodes = Counter(node_id(t) for t in trained)
     result = {
         "arm": arm,
         "study": config.search.study_name,

@@ -55,6 +55,25 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
+def front_row(trial: Any, metric: str) -> dict[str, Any]:
+    """A front student's row of the result: its values, its latency's detail, where and how it trained."""
+    import kdnas
+
+    record = kdnas.StudentRecord.of(trial)
+    latency = record.latency
+    return {
+        "trial": trial.number,
+        "arch": record.arch_summary,
+        metric: trial.values[0],
+        "latency_ms": trial.values[1],
+        "latency_p90_ms": latency.p90_ms if latency else None,
+        "latency_device": latency.device if latency else None,
+        "train_device": record.train_device,
+        "train_precision": record.train_precision,
+        "training_s": kdnas.training_seconds(trial),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="students (default 8, the demo's)")
@@ -114,44 +133,32 @@ def main(argv: list[str] | None = None) -> None:
         for t in trials
         if t.datetime_start and t.datetime_complete
     ]
-    trained = [t for t in trials if t.state == TrialState.COMPLETE and not kdnas.is_repeat(t)]
-    timed = [(t.user_attrs["train_started_at"], t.user_attrs["train_finished_at"]) for t in trained]
+    trained = [kdnas.StudentRecord.of(t) for t in trials if t.state == TrialState.COMPLETE and not kdnas.is_repeat(t)]
+    timed = [(r.train_started_at, r.train_finished_at) for r in trained]
     trials_phase_s = (max(e for _, e in spans) - min(s for s, _ in spans)) if spans else 0.0
-    front = [
-        {
-            "trial": t.number,
-            "arch": t.user_attrs.get("arch_summary"),
-            task.metric: t.values[0],
-            "latency_ms": t.values[1],
-            "latency_p90_ms": t.user_attrs.get("latency", {}).get("p90_ms"),
-            "latency_device": t.user_attrs.get("latency", {}).get("device"),
-            "train_device": t.user_attrs.get("train_device"),
-            "train_precision": t.user_attrs.get("train_precision"),
-            "training_s": kdnas.training_seconds(t),
-        }
-        for t in kdnas.pareto_front(study)
-    ]
+    front = [front_row(t, task.metric) for t in kdnas.pareto_front(study)]
+    study_record = kdnas.StudyRecord.of(study)
+    references = study_record.teachers or []
+    fits = {r.name: r.ran_on.fit for r in references if r.ran_on and r.ran_on.fit}  # how the teachers fitted here ran
     teachers = [
         {
-            "name": r.get("name"),
-            task.metric: r.get("value"),
-            "latency_ms": r.get("latency_ms"),
-            "latency_device": r.get("latency", {}).get("device"),
-            "fit": (r.get("ran_on") or {}).get("fit"),  # device and precision of its fitting (None: not fitted here)
+            "name": r.name,
+            task.metric: r.value,
+            "latency_ms": r.latency_ms,
+            "latency_device": r.latency.device if r.latency else None,
+            "fit": fits[r.name].to_attrs() if r.name in fits else None,  # device and precision of its fitting
         }
-        for r in study.user_attrs.get("teachers", [])
+        for r in references
     ]
-    fitted = [t["fit"] for t in teachers if t["fit"]]
-    failures = {t.number: t.user_attrs.get("failure_reason") for t in trials if t.state == TrialState.FAIL}
+    failures = {t.number: kdnas.StudentRecord.of(t).failure_reason for t in trials if t.state == TrialState.FAIL}
     checks = {
         "no_trial_failed": not failures,
         "some_student_completed": bool(trained),
         "students_trained_on_cuda": bool(trained)
-        and all(str(t.user_attrs.get("train_device", "")).startswith("cuda") for t in trained),
-        "students_in_mixed_precision": bool(trained)
-        and all(t.user_attrs.get("train_precision") in ("bf16", "fp16") for t in trained),
-        "teachers_fitted_on_cuda_in_mixed_precision": bool(fitted)
-        and all(str(f.get("device")).startswith("cuda") and f.get("precision") in ("bf16", "fp16") for f in fitted),
+        and all(str(r.train_device or "").startswith("cuda") for r in trained),
+        "students_in_mixed_precision": bool(trained) and all(r.train_precision in ("bf16", "fp16") for r in trained),
+        "teachers_fitted_on_cuda_in_mixed_precision": bool(fits)
+        and all(str(f.device).startswith("cuda") and f.precision in ("bf16", "fp16") for f in fits.values()),
         "latency_timed_on_cuda": bool(front) and all(x["latency_device"] == "cuda" for x in [*front, *teachers]),
         f"{min(args.concurrent, args.trials)}_trials_at_once": max_overlap(spans) >= min(args.concurrent, args.trials),
         f"within_{args.target_s:g}_s": total_s <= args.target_s,
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         "latency_settings": config.latency.model_dump(mode="json") | {"seq_len": config.latency_seq_len},
         "teachers": teachers,
         "front": front,
-        "retimed": study.user_attrs.get("retimed"),  # the front and teachers timed again at the end, where recorded
+        # the front and teachers timed again at the end, where recorded
+        "retimed": study_record.retimed.to_attrs() if study_record.retimed else None,
         "args": vars(args),
         "study": {"name": config.search.study_name, "output_dir": str(output_dir)},
     }

@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             "epochs": args.epochs,
             "seeds": args.seeds,
             "threads": args.threads,
-            "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
+            "teachers": [
+                {"name": r.name, "value": r.value, "latency_ms": r.latency_ms, "params": r.params} for r in references
+            ],
             "teacher_seconds": teacher_seconds,
             "config": kdnas.load_config(base).model_dump(mode="json"),
             "summary": summary,

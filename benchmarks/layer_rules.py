@@ -41,13 +41,14 @@ def with_rule(inputs: Any, rule: str) -> Any:
 def train(inputs: Any, arch: dict[str, int], seed: int) -> dict[str, Any]:
     """One student's final metric and what its record says of its initialisation."""
     started = time.perf_counter()
-    record = kdnas.train_student(inputs, arch, seed=seed, trial_number=seed)
+    report = kdnas.train_student(inputs, arch, seed=seed, trial_number=seed)
+    record = kdnas.StudentRecord.from_attrs(report.attrs)
     return {
         "seed": seed,
-        "value": record.value,
-        "slice_metric": record.attrs["slice_metric"]["value"],
-        "teacher_layers": record.attrs["init"].get("layers"),
-        "collapsed": record.attrs.get("collapsed"),
+        "value": report.value,
+        "slice_metric": record.slice_metric.value if record.slice_metric else None,
+        "teacher_layers": record.init.layers if record.init else None,
+        "collapsed": record.collapsed,
         "seconds": round(time.perf_counter() - started, 1),
     }
 

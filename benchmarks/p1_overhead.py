@@ -70,6 +70,30 @@ def tune_times(config: Any) -> dict[int, float]:
     return {number: float(last["time_total_s"]) for number, last in results.items() if "time_total_s" in last}
 
 
+def trained_when(record: Any) -> tuple[float, float] | None:
+    """When (Unix time) a trial's training started and finished; None for a trial that did not train."""
+    if record.train_started_at is None or record.train_finished_at is None:
+        return None
+    return record.train_started_at, record.train_finished_at
+
+
+def around_training(trial: Any, record: Any) -> dict[str, Any]:
+    """A trained trial's compute, the time from being asked to training and from training to being told, and its
+    latency measurement's time (an estimate; none when read from the cache)."""
+    started, finished = trained_when(record) or (0.0, 0.0)
+    told = trial.datetime_complete.timestamp() if trial.datetime_complete else None
+    latency = record.latency
+    cached = latency.cached if latency else None
+    runs = ((latency.warmup or 0) + (latency.runs or 0)) * (latency.median_ms or 0.0) if latency else 0.0
+    return {
+        "compute_s": kdnas.training_seconds(trial),
+        "asked_to_train_s": started - trial.datetime_start.timestamp(),
+        "trained_to_told_s": (told - finished) if told else None,
+        "latency_cached": cached,
+        "latency_measure_s_est": 0.0 if cached else runs / 1000,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, name=NAME, train_samples=4000)
@@ -119,32 +143,20 @@ def main(argv: list[str] | None = None) -> None:
 
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
-    timed = [t for t in trials if "train_started_at" in t.user_attrs and "train_finished_at" in t.user_attrs]
+    records = {t.number: kdnas.StudentRecord.of(t) for t in trials}
+    timed = [t for t in trials if trained_when(records[t.number]) is not None]
     if not timed:
         raise SystemExit(f"{NAME}: no trial recorded its training times (states: {states})")
     tune_total = tune_times(config)
 
     rows = []
     for t in trials:
-        attrs = t.user_attrs
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name, "arch": attrs.get("arch_summary")}
+        record = records[t.number]
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, "arch": record.arch_summary}
         if kdnas.is_repeat(t):  # the result of an earlier student, reused: it trained nothing
-            row.update({"compute_s": 0.0, "repeat_of": attrs["duplicate_of"]})
-        elif "train_started_at" in attrs and "train_finished_at" in attrs:
-            asked = t.datetime_start.timestamp()
-            told = t.datetime_complete.timestamp() if t.datetime_complete else None
-            latency = attrs.get("latency", {})
-            row.update(
-                {
-                    "compute_s": kdnas.training_seconds(t),
-                    "asked_to_train_s": attrs["train_started_at"] - asked,
-                    "trained_to_told_s": (told - attrs["train_finished_at"]) if told else None,
-                    "latency_cached": latency.get("cached"),
-                    "latency_measure_s_est": 0.0
-                    if latency.get("cached")
-                    else (latency.get("warmup", 0) + latency.get("runs", 0)) * latency.get("median_ms", 0.0) / 1000,
-                }
-            )
+            row.update({"compute_s": 0.0, "repeat_of": record.repeat_of})
+        elif trained_when(record) is not None:
+            row.update(around_training(t, record))
         row["tune_time_total_s"] = tune_total.get(t.number)
         rows.append(row)
 

@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         started, cpu_started = time.perf_counter(), time.process_time()
         report = kdnas.train_student(students[name], student, trial_number=number)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        record = kdnas.StudentRecord.from_attrs(report.attrs)
         return {
             "seconds": seconds,
             "cpu_s": cpu_seconds,
-            "train_s": report.attrs["train_finished_at"] - report.attrs["train_started_at"],
+            "train_s": record.train_finished_at - record.train_started_at,
             task.metric: report.value,
         }
 
@@ -150,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": args.repeats,
             "seeds": {"training": args.seed, "data_subset": config.data.seed},
             "threads": args.threads,
-            "teachers": [{k: r[k] for k in ("name", "value", "latency_ms", "params")} for r in references],
+            "teachers": [
+                {"name": r.name, "value": r.value, "latency_ms": r.latency_ms, "params": r.params} for r in references
+            ],
             "teacher_seconds": teacher_seconds,
             "args": vars(args),
             "config": {name: kdnas.load_config(raw).model_dump(mode="json") for name, raw in variants.items()},

@@ -76,8 +76,8 @@ def fitted_teacher(data: Path, args: argparse.Namespace, name: str, seed: int) -
         "seed": seed,
         "train_examples": args.teacher_samples,
         "epochs": args.teacher_epochs,
-        "dev_accuracy": record["value"],
-        "fit_seconds": record.get("fit_seconds"),
+        "dev_accuracy": record.value,
+        "fit_seconds": record.fit_seconds,
     }
 
 
@@ -128,19 +128,19 @@ class Runs:
         students, metric = self.prepared[key]
         started = time.perf_counter()
         report = kdnas.train_student(students, parse_student(arch), seed=seed, trial_number=len(self.runs))
-        attrs = report.attrs
+        record = kdnas.StudentRecord.from_attrs(report.attrs)
         self.runs.append(
             {
                 "variant": variant,
                 "config_key": key,
-                "arch": attrs["arch_summary"],
+                "arch": record.arch_summary,
                 "arch_spec": arch,
                 "seed": seed,
                 "value": report.value,
                 "latency_ms": report.latency_ms,
-                "init": attrs["init"]["init"],
-                "learning_rate": attrs["learning_rate"],
-                "train_rows": attrs["train_rows"],
+                "init": init_of(record),
+                "learning_rate": record.learning_rate,
+                "train_rows": record.train_rows.to_attrs() if record.train_rows else None,
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )
@@ -149,7 +149,7 @@ class Runs:
         logging.info(
             "%s %s seed %d: %s %.4f (%.0f s)",
             variant,
-            attrs["arch_summary"],
+            record.arch_summary,
             seed,
             metric,
             report.value,
@@ -177,38 +177,44 @@ class Runs:
         return {"per_arch": per_arch, "mean_gain_points": gain, "target_points": target, "meets_target": gain >= target}
 
 
+def init_of(record: Any) -> str | None:
+    """How a student started (``inherited``, ``partial``, ``random``), None when its record does not say."""
+    return record.init.init if record.init else None
+
+
 def front_against_teacher(study: Any) -> dict[str, Any]:
     """(a): the most accurate front student at ≥ ``SPEEDUP``× lower latency than the best teacher."""
-    teacher = max(study.user_attrs["teachers"], key=lambda t: t["value"])
+    teacher = max(kdnas.StudyRecord.of(study).teachers or [], key=lambda t: t.value)
+    records = {t.number: kdnas.StudentRecord.of(t) for t in study.get_trials(deepcopy=False)}
     rows = [
         {
             "trial": t.number,
-            "arch": t.user_attrs.get("arch_summary"),
+            "arch": records[t.number].arch_summary,
             "value": t.values[0],
             "latency_ms": t.values[1],
-            "init": (t.user_attrs.get("init") or {}).get("init"),
+            "init": init_of(records[t.number]),
         }
         for t in kdnas.pareto_front(study)
     ]
     section: dict[str, Any] = {
         "study": study.study_name,
-        "teacher": {k: teacher[k] for k in ("name", "value", "latency_ms")},
+        "teacher": {"name": teacher.name, "value": teacher.value, "latency_ms": teacher.latency_ms},
         "front": rows,
         "best_at_speedup": None,
         "meets_target": False,
     }
     try:
-        best = kdnas.best_under_budget(study, latency_ms=teacher["latency_ms"] / SPEEDUP)
+        best = kdnas.best_under_budget(study, latency_ms=teacher.latency_ms / SPEEDUP)
     except LookupError:
         return section
-    gap = 100 * (teacher["value"] - best.values[0])
+    gap = 100 * (teacher.value - best.values[0])
     section["best_at_speedup"] = {
         "trial": best.number,
-        "arch": best.user_attrs.get("arch_summary"),
+        "arch": records[best.number].arch_summary,
         "value": best.values[0],
         "latency_ms": best.values[1],
         "gap_points": gap,
-        "latency_ratio": teacher["latency_ms"] / best.values[1],
+        "latency_ratio": teacher.latency_ms / best.values[1],
     }
     section["meets_target"] = gap <= 2.0
     return section

@@ -33,29 +33,28 @@ TARGET_POINTS = 1.5
 
 
 def student_row(trial: Any) -> dict[str, Any]:
-    attrs = trial.user_attrs
+    record = kdnas.StudentRecord.of(trial)
     return {
         "trial": trial.number,
-        "arch": attrs.get("arch_summary"),
+        "arch": record.arch_summary,
         "value": trial.values[0],
         "latency_ms": trial.values[1],
-        "slice_metric": (attrs.get("slice_metric") or {}).get("value"),
-        "restarted": (attrs.get("restart") or {}).get("reason"),
-        "collapsed": attrs.get("collapsed"),
+        "slice_metric": record.slice_metric.value if record.slice_metric else None,
+        "restarted": record.restart.reason if record.restart else None,
+        "collapsed": record.collapsed,
     }
 
 
 def summarise(study: Any, started: float) -> dict[str, Any]:
     """The figures of a finished search: teacher, front, best at ≥ SPEEDUP×, slice ranking, collapses."""
-    retimed = (study.user_attrs.get("retimed") or {}).get("teachers", {})  # re-timed like the students
-    teachers = [{**t, "latency_ms": retimed.get(t["name"], t["latency_ms"])} for t in study.user_attrs["teachers"]]
-    teacher = max(teachers, key=lambda t: t["value"])
+    teachers = kdnas.StudyRecord.of(study).retimed_teachers()  # re-timed like the students
+    teacher = max(teachers, key=lambda t: t.value)
     trained = [t for t in study.get_trials(deepcopy=False) if t.values and not kdnas.is_repeat(t)]
     rows = [student_row(t) for t in trained]
     sliced = [r for r in rows if r["slice_metric"] is not None]
     first_start = min((t.datetime_start.timestamp() for t in trained if t.datetime_start), default=started)
     result: dict[str, Any] = {
-        "teacher": {k: teacher[k] for k in ("name", "value", "latency_ms")},
+        "teacher": {"name": teacher.name, "value": teacher.value, "latency_ms": teacher.latency_ms},
         "students": rows,
         "front": [student_row(t) for t in kdnas.pareto_front(study)],
         "spearman_slice_vs_final": round(
@@ -69,14 +68,14 @@ def summarise(study: Any, started: float) -> dict[str, Any]:
         "meets_target": False,
     }
     try:
-        best = kdnas.best_under_budget(study, latency_ms=teacher["latency_ms"] / SPEEDUP)
+        best = kdnas.best_under_budget(study, latency_ms=teacher.latency_ms / SPEEDUP)
     except LookupError:
         return result
-    gap = 100 * (teacher["value"] - best.values[0])
+    gap = 100 * (teacher.value - best.values[0])
     result["best_at_speedup"] = {
         **student_row(best),
         "gap_points": round(gap, 2),
-        "latency_ratio": round(teacher["latency_ms"] / best.values[1], 2),
+        "latency_ratio": round(teacher.latency_ms / best.values[1], 2),
     }
     result["meets_target"] = gap <= TARGET_POINTS
     return result

@@ -48,16 +48,16 @@ def with_training(config: Any, epochs: float, *, elastic: float | None = None) -
 
 def run(students: Any, arch: str, seed: int, arm: str) -> dict[str, Any]:
     started = time.perf_counter()
-    record = kdnas.train_student(students, parse_student(arch), seed=seed)
-    attrs = record.attrs
+    report = kdnas.train_student(students, parse_student(arch), seed=seed)
+    record = kdnas.StudentRecord.from_attrs(report.attrs)
     row = {
         "arm": arm,
-        "arch": attrs["arch_summary"],
+        "arch": record.arch_summary,
         "seed": seed,
-        "slice_metric": attrs["slice_metric"]["value"],
-        "value": record.value,
+        "slice_metric": record.slice_metric.value if record.slice_metric else None,
+        "value": report.value,
         "seconds": round(time.perf_counter() - started, 1),
-        "restarted": (attrs.get("restart") or {}).get("reason"),
+        "restarted": record.restart.reason if record.restart else None,
     }
     logging.info(
         "%s %s seed %d: sliced %.4f -> %.4f (%.0f s)",
@@ -125,14 +125,14 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("data", "output_dir", "out")},
         "train_rows": len(direct.train),
         "transfer_rows": direct.transfer_rows,
-        "elastic_phase": record,
+        "elastic_phase": record.to_attrs() if record else None,
         "runs": [],
     }
     for arch in args.archs:
         for seed in args.seeds:
             for arm, students in (("direct", direct), ("elastic", elastic)):
                 result["runs"].append(run(students, arch, seed, arm))
-                result["summary"] = summary(result["runs"], record["seconds"], args.students)
+                result["summary"] = summary(result["runs"], record.seconds if record else 0.0, args.students)
                 write_result(out, result)
     print(f"{NAME} ({args.task}): {result['summary']} -> {out}")
 

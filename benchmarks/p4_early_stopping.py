@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ ARMS = {  # name -> (sampler, early stopping, grace epochs)
     "gp": ("gp", "on", 1.0),
     "random": ("random", "on", 1.0),
 }
-ARCH = "arch"
-"""The user attr holding a trial's architecture (see the README's trial records)."""
 PRIMARY = "range"
 """The normalisation the target is judged on (see :func:`measures`)."""
 
@@ -91,7 +90,7 @@ Point = tuple[float, float]
 
 def arch_key(trial: FrozenTrial) -> str:
     """The trial's architecture as a stable string."""
-    return json.dumps(trial.user_attrs[ARCH], sort_keys=True)
+    return json.dumps(kdnas.StudentRecord.of(trial).arch, sort_keys=True)
 
 
 def common_latencies(config: Any, studies: list[optuna.Study], rounds: int = 3) -> dict[str, float]:
@@ -101,7 +100,7 @@ def common_latencies(config: Any, studies: list[optuna.Study], rounds: int = 3) 
     2.9 ms in two runs here) does not decide which arm looks better; the accuracy of a student is already the same
     in every arm of a seed."""
     archs = {
-        arch_key(t): kdnas.StudentArch.from_dict(t.user_attrs[ARCH])
+        arch_key(t): kdnas.StudentArch.from_dict(kdnas.StudentRecord.of(t).arch or {})
         for study in studies
         for t in kdnas.feasible_completed(study)
         if not kdnas.is_repeat(t)
@@ -265,11 +264,13 @@ def main() -> None:
                 "states": dict(Counter(t.state.name for t in trials)),
                 "repeats": sum(kdnas.is_repeat(t) for t in trials),
                 "stopped_early": sum(  # by the scheduler; a repeat's reason starts "the same student as"
-                    t.user_attrs.get("pruned_reason", "").startswith("stopped early after epoch") for t in trials
+                    (kdnas.StudentRecord.of(t).pruned_reason or "").startswith("stopped early after epoch")
+                    for t in trials
                 ),
                 "study": study,
             }
-    teacher_ms = max(references, key=lambda r: r["value"])["latency_ms"]
+    teacher = max(references, key=lambda r: r.value)
+    teacher_ms = teacher.latency_ms
     started = time.perf_counter()
     latencies = common_latencies(first, [run["study"] for run in runs.values()])
     timing = {"architectures": len(latencies), "seconds": round(time.perf_counter() - started, 1)}
@@ -334,7 +335,7 @@ def main() -> None:
                 "out": None,
             },
             "teacher_seconds": round(teacher_seconds, 1),
-            "teacher": {k: v for k, v in max(references, key=lambda r: r["value"]).items() if k != "latency"},
+            "teacher": replace(teacher, latency=None).to_attrs(),
             "majority_class_accuracy": majority,
             "normalisations": measures.__doc__,
             "latencies": {"definition": common_latencies.__doc__, **timing, "ms": latencies},

@@ -184,12 +184,13 @@ def tabulate(config: Any, journal: Path) -> list[dict[str, Any]]:
         for number, params in enumerate(todo, start=len(done)):
             started = time.perf_counter()
             report = kdnas.train_student(students, params, trial_number=number)
+            trained = kdnas.StudentRecord.from_attrs(report.attrs)
             record = {
                 "params": params,
-                "arch": report.attrs["arch_summary"],
+                "arch": trained.arch_summary,
                 "latency_ms": report.latency_ms,
                 "value": report.value,
-                "curve": report.attrs["learning_curve"],
+                "curve": [point.to_attr() for point in trained.learning_curve or []],
                 "wall_s": round(time.perf_counter() - started, 2),
             }
             with journal.open("a") as handle:
@@ -450,7 +451,7 @@ def replay(
     held = optuna.load_study(study_name=config.search.study_name, storage=storage).get_trials(deepcopy=False)
     counts = {
         "stopped": len(stop_reasons or {}),
-        "promoted": sum("promoted_from" in t.user_attrs for t in held),
+        "promoted": sum(kdnas.StudentRecord.of(t).promoted_from is not None for t in held),
         "repeats": sum(kdnas.is_repeat(t) for t in held),
     }
     return finished, spans, counts

@@ -59,9 +59,9 @@ def torch_logits(model: torch.nn.Module, data: Any) -> torch.Tensor:
 
 def student_row(trial: Any, configs: dict[str, Any], students: Any, metric: str) -> dict[str, Any]:
     """One student in each form: latency, metric, and the ratios between forms."""
-    attrs = trial.user_attrs
-    arch = kdnas.StudentArch.from_dict(attrs["arch"])
-    model = AutoModelForSequenceClassification.from_pretrained(attrs["student_path"])
+    record = kdnas.StudentRecord.of(trial)
+    arch = kdnas.StudentArch.from_dict(record.arch or {})
+    model = AutoModelForSequenceClassification.from_pretrained(record.student_path)
     with tempfile.TemporaryDirectory() as directory:
         served = kdnas.score_served(
             model,
@@ -72,7 +72,7 @@ def student_row(trial: Any, configs: dict[str, Any], students: Any, metric: str)
             configs["ort_int8"].latency,
         )
     latency = {form: kdnas.measure_architecture(config, arch).median_ms for form, config in configs.items()}
-    value = {"eager": trial.values[0], "ort_fp32": served["fp32"]["metric"], "ort_int8": served["int8"]["metric"]}
+    value = {"eager": trial.values[0], "ort_fp32": served.fp32.metric, "ort_int8": served.int8.metric}
     return {
         "trial": trial.number,
         "arch": arch.summary,
@@ -81,8 +81,8 @@ def student_row(trial: Any, configs: dict[str, Any], students: Any, metric: str)
         "ort_fp32_speedup": round(latency["eager"] / latency["ort_fp32"], 3),
         "int8_speedup_over_fp32": round(latency["ort_fp32"] / latency["ort_int8"], 3),
         "int8_change_points": round(100 * (value["ort_int8"] - value["eager"]), 2),
-        "fp32_agreement": served["fp32"]["agreement"],
-        "int8_agreement": served["int8"]["agreement"],
+        "fp32_agreement": served.fp32.agreement,
+        "int8_agreement": served.int8.agreement,
     }
 
 

@@ -38,16 +38,16 @@ def train_seed(inputs: Any, arch: dict[str, int], seed: int, restart: bool) -> d
     training = config.training.model_copy(update={"detect_collapse": restart})
     inputs = replace(inputs, config=config.model_copy(update={"training": training}))
     started = time.perf_counter()
-    record = kdnas.train_student(inputs, arch, seed=seed, trial_number=seed)
-    attrs = record.attrs
+    report = kdnas.train_student(inputs, arch, seed=seed, trial_number=seed)
+    record = kdnas.StudentRecord.from_attrs(report.attrs)
     return {
         "seed": seed,
-        "value": record.value,
-        "slice_metric": attrs["slice_metric"]["value"],
-        "restarted": attrs.get("restart", {}).get("reason"),
-        "first_attempt_after_epoch_1": attrs.get("restart", {}).get("metric"),
-        "collapsed": attrs.get("collapsed"),
-        "learning_rate": attrs["learning_rate"],
+        "value": report.value,
+        "slice_metric": record.slice_metric.value if record.slice_metric else None,
+        "restarted": record.restart.reason if record.restart else None,
+        "first_attempt_after_epoch_1": record.restart.metric if record.restart else None,
+        "collapsed": record.collapsed,
+        "learning_rate": record.learning_rate,
         "seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -155,6 +155,7 @@ def test_tune_results_are_the_last_result_of_each_trial_by_trial_number(tmp_path
 
 def test_the_study_readers_of_the_api_stay_light():
     names = ["TrialReport", "tune_results", "feasible_completed", "hypervolume", "is_repeat", "training_seconds"]
+    names += ["StudentRecord", "StudyRecord"]
     code = (
         f"import sys, kdnas\n[getattr(kdnas, n) for n in {names!r}]\nprint([m for m in {HEAVY!r} if m in sys.modules])"
     )

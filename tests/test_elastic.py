@@ -110,7 +110,7 @@ def test_elastic_training_moves_the_slices_students_use_and_nothing_else(source,
     before = sorted_source(source).state
     result = _train(source, data, epochs=1, learning_rate=1e-3)
     after = result.state
-    assert result.record["steps"] == 4 and result.record["students"] == ["L1-H16-A2-F16", "L3-H32-A4-F64"]
+    assert result.record.steps == 4 and result.record.students == ["L1-H16-A2-F16", "L3-H32-A4-F64"]
     word = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(after[word][:, :32], before[word][:, :32])
     query = "bert.encoder.layer.{}.attention.self.query.weight"
@@ -138,7 +138,8 @@ def test_a_study_trains_its_elastic_network_once_and_slices_students_from_it(tmp
         inherit=source,
     )
     elastic = elastic_inputs(inputs, tmp_path)
-    assert elastic.inherit.elastic["steps"] == 2 and elastic.inherit.record()["elastic"] == elastic.inherit.elastic
+    recorded = elastic.inherit.elastic
+    assert recorded.steps == 2 and elastic.inherit.record()["elastic"] == recorded.to_attrs()
     assert len(list(tmp_path.glob("t-elastic-*.safetensors"))) == 1
     again = elastic_inputs(inputs, tmp_path)  # from the cache: the same weights
     assert all(torch.equal(again.inherit.state[k], elastic.inherit.state[k]) for k in elastic.inherit.state)

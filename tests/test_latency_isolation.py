@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -138,27 +139,27 @@ def test_retime_measures_every_architecture_and_teacher_and_the_front_reads_it(t
     # during the "search", trial 1 (L6) was timed at 0.5 ms beside training: it alone is on the front
     assert [t.number for t in pareto_front(study)] == [1]
     record = retime_study(study, config, rounds=2)
-    assert set(record["students"]) == {"0", "1", "2"} and set(record["teachers"]) == {"minilm"}
-    assert record["students"]["0"] == record["students"]["2"], "one architecture, one measurement"
-    assert record["isolated"] and record["settings"]["rounds"] == 2 and 0 <= record["contended"] <= 6
-    assert study.user_attrs[RETIMED_ATTR] == record
+    assert set(record.students) == {"0", "1", "2"} and set(record.teachers) == {"minilm"}
+    assert record.students["0"] == record.students["2"], "one architecture, one measurement"
+    assert record.isolated and record.settings.rounds == 2 and 0 <= record.contended <= 6
+    assert study.user_attrs[RETIMED_ATTR] == record.to_attrs()
     latencies = {t.number: t.values[1] for t in feasible_completed(study)}
-    assert latencies == {int(n): ms for n, ms in record["students"].items()}
-    assert study_teachers(study)[0]["latency_ms"] == record["teachers"]["minilm"]
+    assert latencies == {int(n): ms for n, ms in record.students.items()}
+    assert study_teachers(study)[0].latency_ms == record.teachers["minilm"]
     # re-timed, L1-H16 (trials 0 and 2) is far faster than L6-H256 (trial 1): now both are on the front
     assert {t.number for t in pareto_front(study)} == {0, 1}
     rows = front_rows(study, "accuracy")
-    assert [r["latency_ms"] for r in rows] == [f"{record['students'][str(r['trial'])]:.3f}" for r in rows]
+    assert [r["latency_ms"] for r in rows] == [f"{record.students[str(r['trial'])]:.3f}" for r in rows]
     paths = write_report(study, tmp_path / "report", "accuracy")
     assert "re-timed after the search" in paths["html"].read_text()
     assert "the fastest of 2 interleaved rounds" in paths["html"].read_text()
     front = json.loads(paths["json"].read_text())["front"]
-    assert {p["trial"]: p["latency_ms"] for p in front} == {0: record["students"]["0"], 1: record["students"]["1"]}
+    assert {p["trial"]: p["latency_ms"] for p in front} == {0: record.students["0"], 1: record.students["1"]}
     exported = trial_record(study, study.trials[1])
-    assert exported["objectives"]["latency_ms"] == record["students"]["1"] and exported["search_latency_ms"] == 0.5
-    assert exported["teachers"][0]["latency_ms"] == record["teachers"]["minilm"]
+    assert exported.objectives["latency_ms"] == record.students["1"] and exported.search_latency_ms == 0.5
+    assert exported.teachers[0].latency_ms == record.teachers["minilm"]
     assert [t.values[1] for t in study.trials] == [5.0, 0.5, 1.0], "the recorded trials are unchanged"
-    study.set_user_attr(RETIMED_ATTR, {k: v for k, v in record.items() if k != "kept"})  # re-timed by older kdnas
+    study.set_user_attr(RETIMED_ATTR, replace(record, kept=None).to_attrs())  # re-timed by an older kdnas
     assert "the median of 2 interleaved rounds" in retime_note(study)
 
 
@@ -180,9 +181,9 @@ def test_retime_records_each_models_fastest_round_and_counts_the_contended_ones(
     monkeypatch.setattr(retime_mod, "measure_trusted", disturbed_every_other_time)
     with caplog.at_level("INFO", logger="kdnas.tune.retime"):
         record = retime_study(study, config, rounds=2)
-    assert len(calls) == 6 and record["contended"] == 3  # 2 architectures and 1 teacher, twice
+    assert len(calls) == 6 and record.contended == 3  # 2 architectures and 1 teacher, twice
     # round 1 times arch a (trials 0, 2), arch b (trial 1), the teacher: 3.0, 0.5, 1.0; round 2: 1.0, 2.5, 4.0
-    assert record["students"] == {"0": 1.0, "1": 0.5, "2": 1.0} and record["teachers"] == {"minilm": 1.0}
+    assert record.students == {"0": 1.0, "1": 0.5, "2": 1.0} and record.teachers == {"minilm": 1.0}
     assert "3 of 6 measurements were disturbed by other work" in caplog.text
     # the last line gives the front the report will show (trial 1 at 0.5 ms below 1.1 × 1.0 ms) and the one the
     # search's progress lines showed (below 1.1 × 5.0 ms, trial 0's latency beside training)

@@ -184,8 +184,8 @@ def test_export_of_a_retrained_student_reports_its_own_results(tmp_path):
     assert "| 0.6543 | 2.500 ms |" in card and "**Retrained**" in card and "accuracy 0.8000 at 2.000 ms" in card
     assert str(tmp_path) not in card + (out / "kdnas_trial.json").read_text()
     saved = trial_record(study, study.trials[0])
-    assert not saved["retrained"] and saved["objectives"] == record["trial_objectives"]
-    assert "trial_objectives" not in saved and "**Retrained**" not in model_card(saved)
+    assert not saved.retrained and saved.objectives == record["trial_objectives"]
+    assert "trial_objectives" not in saved.to_attrs() and "**Retrained**" not in model_card(saved)
 
 
 def test_the_report_draws_each_trained_students_learning_curve(tmp_path):

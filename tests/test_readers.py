@@ -202,11 +202,102 @@ def test_the_record_check_catches_literal_attr_names_and_spares_other_namespaces
 
 
 def test_a_learning_curve_reads_as_typed_points_whatever_its_points_hold():
-    from kdnas.study.records import LEARNING_CURVE_ATTR, CurvePoint, learning_curve
+    from kdnas.study.records import LEARNING_CURVE_ATTR, CurvePoint
+    from kdnas.study.student_record import StudentRecord
 
     full = CurvePoint(0.5, 0.81, 12.5, 0.74, 0.01)
     attrs = {LEARNING_CURVE_ATTR: [[0.25, 0.6, 3.0], full.to_attr()]}  # a point of three, then one of five
-    first, second = learning_curve(attrs)
+    first, second = StudentRecord.from_attrs(attrs).learning_curve or []
     assert (first.epochs, first.metric, first.seconds, first.label_probability) == (0.25, 0.6, 3.0, None)
     assert second == full and second.to_attr() == [0.5, 0.81, 12.5, 0.74, 0.01]
-    assert learning_curve({}) == []
+    assert StudentRecord.from_attrs({}).learning_curve is None  # a trial that recorded none
+
+
+# --- no record is read by key outside the typed records -------------------------------------------------------------
+
+BENCHMARKS = SRC.parents[1] / "benchmarks"
+
+RECORD_MODULES = {"study/records.py", "study/student_record.py", "study/study_record.py"}
+"""The typed records: the only modules of src/kdnas that read a record by key."""
+
+
+KEYED = {"user_attrs", "system_attrs", "attrs"}
+"""What holds a record: a trial's or study's attrs (``t.user_attrs``, ``t.system_attrs``), a report's (``r.attrs``)."""
+
+
+def record_constants() -> set[str]:
+    """The names of the keys ``kdnas.study.records`` defines (``ARCH_ATTR``, ``LATENCY_KEY``, ``PARAMS_CONSTRAINT``)."""
+    import kdnas.study.records as records
+
+    suffixes = ("_ATTR", "_KEY", "_CONSTRAINT")
+    return {name for name, value in vars(records).items() if name.endswith(suffixes) and isinstance(value, str)}
+
+
+def _is_constant(node: ast.expr, constants: set[str]) -> bool:
+    """Whether ``node`` names a record key's constant (``ARCH_ATTR``, ``records.ARCH_ATTR``)."""
+    return (isinstance(node, ast.Name) and node.id in constants) or (
+        isinstance(node, ast.Attribute) and node.attr in constants
+    )
+
+
+def _is_keyed(node: ast.expr) -> bool:
+    """Whether ``node`` is a record held as a dict (``t.user_attrs``, ``report.attrs``, ``attrs``)."""
+    return (isinstance(node, ast.Name) and node.id in KEYED) or (isinstance(node, ast.Attribute) and node.attr in KEYED)
+
+
+def keyed_record_reads(source: str, constants: set[str]) -> list[tuple[int, str]]:
+    """(line, code) of each read of a record by key in ``source``: ``R[k]``, ``R.get(k)`` (``pop``, ``setdefault``) or
+    ``k in R`` where ``k`` is a record key's constant or ``R`` a record held as a dict (:data:`KEYED`)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript):
+            hit = _is_keyed(node.value) or _is_constant(node.slice, constants)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            by_key = node.func.attr in ("get", "pop", "setdefault")
+            hit = by_key and (_is_keyed(node.func.value) or any(_is_constant(a, constants) for a in node.args[:1]))
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            hit = any(
+                isinstance(op, (ast.In, ast.NotIn)) and (_is_constant(key, constants) or _is_keyed(held))
+                for op, key, held in zip(node.ops, operands, operands[1:])
+            )
+        else:
+            continue
+        if hit:
+            found.append((node.lineno, ast.unparse(node)))
+    return sorted(found)
+
+
+def test_no_record_is_read_by_key_outside_the_typed_records():
+    constants = record_constants()
+    sources = {f"src/kdnas/{p.relative_to(SRC).as_posix()}": p for p in sorted(SRC.rglob("*.py"))}
+    sources.update({f"benchmarks/{p.name}": p for p in sorted(BENCHMARKS.glob("*.py"))})
+    skipped = {f"src/kdnas/{name}" for name in RECORD_MODULES}
+    problems = [
+        f"{name}:{line}: {code}"
+        for name, path in sources.items()
+        if name not in skipped
+        for line, code in keyed_record_reads(path.read_text(), constants)
+    ]
+    assert not problems, "records read by key (read them through kdnas.study's typed records):\n" + "\n".join(problems)
+
+
+def test_the_typed_record_check_catches_reads_by_key_and_spares_writes_and_other_dicts():
+    source = textwrap.dedent("""
+        def reader(t, study, report, config, result, row, attrs):
+            t.user_attrs["arch_summary"]
+            t.user_attrs.get(key)
+            study.user_attrs.get(RETIMED_ATTR) or {}
+            "duplicate_of" in t.user_attrs
+            t.system_attrs.get("kdnas:driver")
+            report.attrs[COLLAPSED_ATTR]
+            config[TRIAL_NUMBER_KEY]
+            result.get(records.LATENCY_KEY)
+            COLLAPSED_ATTR not in row
+            attrs.pop(STUDENT_PATH_ATTR)
+            study.set_user_attr(RETIMED_ATTR, {})
+            attrs = {ARCH_ATTR: {}, LATENCY_KEY: 1.0}
+            StudentRecord.of(t).arch_summary
+            row["state"], result.get("time_total_s"), "x" in row
+    """)
+    assert [line for line, _ in keyed_record_reads(source, record_constants())] == list(range(3, 13))

@@ -115,14 +115,14 @@ def test_teachers_fit_rank_and_label_in_ray_tasks_into_output_dir_and_a_rerun_ru
     config = build_config(raw)
     students = kdnas.prepare_students(config)
     fit = kdnas.teacher_fit_record(config, "gpt2")
-    assert fit["ran_on"]["ray_task"] and fit["ran_on"]["device"] == "cpu"
+    assert fit.ran_on.ray_task and fit.ran_on.device == "cpu"
     assert (tmp_path / "run/teachers/gpt2/model.safetensors").is_file()
     references, logits = kdnas.teacher_reference(config, kdnas.load_task(config.data), tmp_path / "run/cache")
     assert logits.shape == (2, 40, 2)
-    assert references[0]["ran_on"]["fit"] is None and references[1]["ran_on"]["fit"] == fit["ran_on"]
-    assert all(r["ran_on"]["logits"]["ray_task"] for r in references)
+    assert references[0].ran_on.fit is None and references[1].ran_on.fit == fit.ran_on
+    assert all(r.ran_on.logits.ray_task for r in references)
     ranked = inheritance_record(students.inherit, tmp_path / "run/cache")["ran_on"]
-    assert ranked["ray_task"] and ranked["id"] == fit["ran_on"]["id"]
+    assert ranked["ray_task"] and ranked["id"] == fit.ran_on.id
 
     class NoTask:
         def options(self, **kwargs):

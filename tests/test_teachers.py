@@ -13,10 +13,10 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
     config = build_config(tiny_raw(tmp_path / "run"))
     task = load_task(config.data)
     records = fit_teachers(config, task)
-    assert [r["name"] for r in records] == ["minilm", "gpt2"]
-    assert all(0.0 <= r["value"] <= 1.0 for r in records)
-    assert all(r["ran_on"]["device"] == "cpu" and not r["ran_on"]["ray_task"] for r in records)  # in this process
-    assert all(r["ran_on"]["precision"] == "fp32" for r in records)  # training.precision auto, on the CPU
+    assert [r.name for r in records] == ["minilm", "gpt2"]
+    assert all(0.0 <= r.value <= 1.0 for r in records)
+    assert all(r.ran_on.device == "cpu" and not r.ran_on.ray_task for r in records)  # in this process
+    assert all(r.ran_on.precision == "fp32" for r in records)  # training.precision auto, on the CPU
     assert (tmp_path / "run/teachers/minilm/model.safetensors").is_file()
     assert not list((tmp_path / "run/teachers").rglob("*.bin"))
     # already fitted for this task: nothing refitted
@@ -33,7 +33,7 @@ def test_fit_then_logits_are_cached_once_per_study(tmp_path, monkeypatch):
     assert calls == [1], "a cache hit must not run the teacher again"
     assert torch.equal(first, second)
     (file,) = cache.iterdir()
-    assert logits_mod.ran_on(file)["hostname"] == records[0]["ran_on"]["hostname"]  # the cache says where
+    assert logits_mod.ran_on(file)["hostname"] == records[0].ran_on.hostname  # the cache says where
     logits_mod.cached_logits(teacher, task, "train", 16, cache, torch.device("cpu"))
     assert calls == [1, 1], "another tokenisation is another cache key"
 

@@ -17,8 +17,9 @@ One student outside a search, trained and measured as a trial does::
 Teachers and data: ``load_task``, ``teacher_reference``, ``teacher_fit_record``; the device latency is measured on:
 ``device_name``. Reading a study's trials beyond the
 front: ``feasible_completed``, ``hypervolume``, ``is_repeat``, ``training_seconds``; Tune's own view of them:
-``tune_results``. Serving: ``latency_table`` (architectures in each runtime and precision), ``score_served`` (a
-student's ONNX graphs written and scored).
+``tune_results``. What a trial and the study record, typed: ``StudentRecord.of(trial)``, ``StudyRecord.of(study)``.
+Serving: ``latency_table`` (architectures in each runtime and precision), ``score_served`` (a student's ONNX graphs
+written and scored).
 
 ``import kdnas`` is light: each name's module is imported on first use, so reading a study never imports torch,
 Ray or transformers.
@@ -66,12 +67,16 @@ _HOMES = {
     "tune_results": "kdnas.study.records",
     "latency_table": "kdnas.tune.runtimes",
     "score_served": "kdnas.tune.served",
+    "StudentRecord": "kdnas.study.student_record",
+    "StudyRecord": "kdnas.study.study_record",
 }
 """Each public name → the module that defines it."""
 
 __all__ = [
     "ParetoStopping",
     "StudentArch",
+    "StudentRecord",
+    "StudyRecord",
     "TrialReport",
     "best_under_budget",
     "device_name",
@@ -115,6 +120,8 @@ if TYPE_CHECKING:
     from kdnas.study.records import TrialReport, tune_results
     from kdnas.study.repeats import is_repeat, training_seconds
     from kdnas.study.storage import load_study
+    from kdnas.study.student_record import StudentRecord
+    from kdnas.study.study_record import StudyRecord
     from kdnas.teachers.fitting import fit_teachers, teacher_fit_record
     from kdnas.teachers.logits import teacher_reference
     from kdnas.tune.driver import run_search

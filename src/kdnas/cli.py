@@ -106,12 +106,11 @@ def _release_trials(config: KDNASConfig) -> None:
 
 def _search_problem(study) -> str | None:
     """Why the search produced no usable student (None when this run, or the study, holds a COMPLETE one)."""
-    from kdnas.study.orphans import this_driver
-    from kdnas.study.records import DRIVER_ATTR
     from kdnas.study.storage import outcome_problem
+    from kdnas.study.student_record import DriverId, TrialClaim
 
-    driver = this_driver()
-    mine = [t for t in study.trials if t.system_attrs.get(DRIVER_ATTR) == driver]
+    driver = DriverId.current()
+    mine = [t for t in study.trials if TrialClaim.of(t).driver == driver]
     problem = outcome_problem(mine or study.trials)
     return f"{problem}; see: kdnas trials --state fail" if problem else None
 
@@ -161,7 +160,7 @@ def cmd_teachers_fit(args: argparse.Namespace) -> int:
     if not records:
         print("every teacher is already fitted for this task (use --force to refit)")
     for record in records:
-        print(f"{record['name']}: {record['metric']} = {record['value']:.4f}")
+        print(f"{record.name}: {record.metric} = {record.value:.4f}")
     return 0
 
 
@@ -189,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from kdnas.readers.export import check_export_target, export_trial, saved_student
     from kdnas.study.front import best_under_budget, knee_point, pareto_front
-    from kdnas.study.records import ARCH_SUMMARY_ATTR, COLLAPSED_ATTR
+    from kdnas.study.student_record import StudentRecord
 
     study = _study(config)
     try:
@@ -202,11 +201,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             trial = best_under_budget(study, latency_ms=args.latency_budget_ms, params=args.param_budget)
     except (LookupError, ValueError) as err:
-        collapsed = [t.number for t in study.get_trials(deepcopy=False) if COLLAPSED_ATTR in t.user_attrs]
+        trials = study.get_trials(deepcopy=False)
+        collapsed = [t.number for t in trials if StudentRecord.of(t).collapsed is not None]
         kept_off = f" (trials {', '.join(map(str, collapsed))} collapsed: name one with --trial)" if collapsed else ""
         raise ConfigError(f"{err}{kept_off}") from None
-    if COLLAPSED_ATTR in trial.user_attrs:  # only --trial reaches one: the front and budgets leave them out
-        print(f"warning: trial {trial.number} collapsed ({trial.user_attrs[COLLAPSED_ATTR]})", file=sys.stderr)
+    record = StudentRecord.of(trial)
+    if record.collapsed is not None:  # only --trial reaches one: the front and budgets leave them out
+        print(f"warning: trial {trial.number} collapsed ({record.collapsed})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(config.output_dir) / "export" / f"trial-{trial.number:04d}"
     writable_dir(out, "--out" if args.out else "output_dir")
     check_export_target(study, trial, out, args.overwrite)  # before any retraining
@@ -218,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_trial(study, trial, out, retrained=retrained, overwrite=args.overwrite)
     value, latency_ms = (retrained.value, retrained.latency_ms) if retrained else trial.values
     print(
-        f"exported trial {trial.number} ({trial.user_attrs.get(ARCH_SUMMARY_ATTR)})"
+        f"exported trial {trial.number} ({record.arch_summary})"
         f"{', retrained' if retrained else ''}: {study.metric_names[0]}={value:.4f}, latency={latency_ms:.3f} ms"
         f" -> {out}"
     )
@@ -238,7 +239,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from kdnas.readers.report import trial_rows
-    from kdnas.study.records import FAILURE_TRACEBACK_ATTR
+    from kdnas.study.student_record import StudentRecord
 
     study = _study(config)
     rows = trial_rows(study, (study.metric_names or [config.data.metric])[0])
@@ -248,8 +249,9 @@ def cmd_trials(args: argparse.Namespace) -> int:
     _print_table([{k: v for k, v in r.items() if k not in hidden} for r in rows])
     if args.state and args.state.upper() == "FAIL":  # where each failed: the worker's log stays on its node
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if FAILURE_TRACEBACK_ATTR in trial.user_attrs:
-                print(f"\ntrial {trial.number}: {trial.user_attrs[FAILURE_TRACEBACK_ATTR].rstrip()}")
+            traceback = StudentRecord.of(trial).failure_traceback
+            if traceback is not None:
+                print(f"\ntrial {trial.number}: {traceback.rstrip()}")
     return 0
 
 
@@ -315,11 +317,12 @@ def cmd_retime(args: argparse.Namespace) -> int:
     study = _study(config, read_only=False)
     record = retime_study(study, config, rounds=args.rounds)
     metric = (study.metric_names or [config.data.metric])[0]
+    teachers = record.teachers or {}
     print(
-        f"re-timed {len(record['students'])} students and {len(record['teachers'])} teachers on {record['host']} "
-        f"({record['device_name']}) in {record['seconds']:g} s"
+        f"re-timed {len(record.students or {})} students and {len(teachers)} teachers on {record.host} "
+        f"({record.device_name}) in {record.seconds:g} s"
     )
-    for name, latency_ms in record["teachers"].items():
+    for name, latency_ms in teachers.items():
         print(f"teacher {name}: {latency_ms:.3f} ms")
     print(f"\nPareto front ({metric} vs re-timed latency):")
     _print_table(front_rows(study, metric))

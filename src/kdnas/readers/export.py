@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -15,32 +16,18 @@ from kdnas.config import ConfigError
 from kdnas.outputs import missing_student_files, student_digest
 from kdnas.readers.report import collapse_notes, init_summary
 from kdnas.study.front import retimed, study_teachers
-from kdnas.study.records import (
-    ARCH_ATTR,
-    ARCH_SUMMARY_ATTR,
-    EPOCHS_TRAINED_ATTR,
-    INIT_ATTR,
-    KD_ATTR,
-    LATENCY_ATTR,
-    LATENCY_KEY,
-    LEARNING_RATE_ATTR,
-    PARAMS_CONSTRAINT,
-    REPEAT_OF_ATTR,
-    STUDENT_DIGEST_ATTR,
-    STUDENT_PATH_ATTR,
-    TASK_ATTR,
-    TRAIN_ROWS_ATTR,
-    Retrained,
-)
+from kdnas.study.records import LATENCY_KEY, Retrained
+from kdnas.study.student_record import LatencyDetail, StudentRecord, TrainRows
+from kdnas.study.study_record import ExportedTrial, StudyRecord, TaskRecord, TeacherReference
 
 RECORD_FILE = "kdnas_trial.json"
 
 
-def _without_paths(attrs: dict) -> dict:
-    return {k: v for k, v in attrs.items() if k != STUDENT_PATH_ATTR}
+def _without_path(record: StudentRecord) -> StudentRecord:
+    return replace(record, student_path=None)
 
 
-def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained | None = None) -> dict:
+def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained | None = None) -> ExportedTrial:
     """The exported student's search record, without local paths.
 
     With ``retrained``, ``objectives`` and ``user_attrs`` are the retrained student's own; the trial's are kept as
@@ -50,48 +37,44 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
     recorded = study.get_trials(deepcopy=False)[trial.number]  # the values the search recorded
     trial = retimed(study, [recorded])[0]
     names = study.metric_names or ["metric", LATENCY_KEY]
-    attrs = _without_paths(trial.user_attrs)
-    record = {
-        "study": study.study_name,
-        "trial": trial.number,
-        "retrained": retrained is not None,
-        "repeats": [
-            t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(REPEAT_OF_ATTR) == trial.number
+    attrs = _without_path(StudentRecord.of(trial))
+    exported = ExportedTrial(
+        study=study.study_name,
+        trial=trial.number,
+        retrained=retrained is not None,
+        repeats=[t.number for t in study.get_trials(deepcopy=False) if StudentRecord.of(t).repeat_of == trial.number],
+        objectives=dict(zip(names, trial.values if retrained is None else (retrained.value, retrained.latency_ms))),
+        params=trial.params,
+        user_attrs=attrs if retrained is None else _without_path(StudentRecord.from_attrs(retrained.attrs)),
+        task=StudyRecord.of(study).task,
+        teachers=[
+            TeacherReference(name=t.name, model=t.model, value=t.value, latency_ms=t.latency_ms, params=t.params)
+            for t in study_teachers(study)
         ],
-        "objectives": dict(zip(names, trial.values if retrained is None else (retrained.value, retrained.latency_ms))),
-        "params": trial.params,
-        "user_attrs": attrs if retrained is None else _without_paths(retrained.attrs),
-        TASK_ATTR: study.user_attrs.get(TASK_ATTR),
-        "teachers": [
-            {k: t[k] for k in ("name", "model", "value", "latency_ms", "params")} for t in study_teachers(study)
-        ],
-    }
-    if retrained is not None:
-        record.update(trial_objectives=dict(zip(names, recorded.values)), trial_user_attrs=attrs)
-    elif trial.values != recorded.values:
-        record["search_latency_ms"] = recorded.values[1]
-    return record
-
-
-def model_card(record: dict) -> str:
-    """A Hugging Face README.md for the exported student."""
-    attrs = record["user_attrs"]
-    metric, latency_name = list(record["objectives"])
-    value, latency_ms = record["objectives"][metric], record["objectives"][latency_name]
-    lat = attrs.get(LATENCY_ATTR, {})
-    arch = attrs.get(ARCH_ATTR, {})
-    task = record.get(TASK_ATTR) or {}
-    teachers = "\n".join(
-        f"| {t['name']} | {t['model']} | {t['value']:.4f} | {t['latency_ms']:.3f} | {t['params'] / 1e6:.1f}M |"
-        for t in record["teachers"]
     )
-    kd = attrs.get(KD_ATTR, {})
-    train_rows = attrs.get(TRAIN_ROWS_ATTR, {})
-    init = init_summary(attrs.get(INIT_ATTR, {})) or "not recorded"
+    if retrained is not None:
+        return replace(exported, trial_objectives=dict(zip(names, recorded.values)), trial_user_attrs=attrs)
+    if trial.values != recorded.values:
+        return replace(exported, search_latency_ms=recorded.values[1])
+    return exported
+
+
+def model_card(record: ExportedTrial) -> str:
+    """A Hugging Face README.md for the exported student."""
+    return _card_results(record) + _card_training(record)
+
+
+def _card_results(record: ExportedTrial) -> str:
+    """The model card's head: what the student is, its results and how its latency was measured."""
+    attrs = record.user_attrs or StudentRecord()
+    objectives = record.objectives or {}
+    metric, latency_name = list(objectives)
+    lat, task = attrs.latency or LatencyDetail(), record.task or TaskRecord()
+    value, latency_ms, params = objectives[metric], objectives[latency_name], (attrs.params or 0) / 1e6
     notes = "".join(f"\n\n**Note**: {note}." for note in collapse_notes(attrs))
     retrained = ""
-    if record.get("retrained"):
-        before = record["trial_objectives"]
+    if record.retrained:
+        before = record.trial_objectives or {}
         retrained = (
             f"\n\n**Retrained**: the trial's saved weights were gone, so its architecture was trained again "
             f"with the study's recipe; the results below are this student's own (the trial scored {metric} "
@@ -102,23 +85,36 @@ library_name: transformers
 pipeline_tag: text-classification
 tags: [kdnas, knowledge-distillation, neural-architecture-search]
 ---
-# kdnas student {attrs.get(ARCH_SUMMARY_ATTR, "")}
+# kdnas student {attrs.arch_summary or ""}
 
-A BERT-style student found by kdnas (study `{record["study"]}`, trial {record["trial"]}) and distilled from
-{len(record["teachers"])} teacher(s).{retrained}{notes}
+A BERT-style student found by kdnas (study `{record.study}`, trial {record.trial}) and distilled from
+{len(record.teachers or [])} teacher(s).{retrained}{notes}
 
 ## Results
 | task | {metric} | latency (median) | parameters |
 |---|---|---|---|
-| {task.get("name", "?")} | {value:.4f} | {latency_ms:.3f} ms | {attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M |
+| {_known(task.name)} | {value:.4f} | {latency_ms:.3f} ms | {params:.2f}M |
 
-Latency: measured on {lat.get("device_name", "?")} ({lat.get("device", "?")}), {lat.get("threads", "?")} thread(s),
-batch {lat.get("batch_size", "?")}, sequence length {lat.get("seq_len", "?")}, median of {lat.get("runs", "?")} runs
-after {lat.get("warmup", "?")} warm-up runs.
+Latency: measured on {_known(lat.device_name)} ({_known(lat.device)}), {_known(lat.threads)} thread(s),
+batch {_known(lat.batch_size)}, sequence length {_known(lat.seq_len)}, median of {_known(lat.runs)} runs
+after {_known(lat.warmup)} warm-up runs.
+"""
 
+
+def _card_training(record: ExportedTrial) -> str:
+    """The model card's body: architecture, teachers, initialisation, distillation recipe, and how to use it."""
+    attrs = record.user_attrs or StudentRecord()
+    metric = list(record.objectives or {})[0]
+    teachers = "\n".join(
+        f"| {t.name} | {t.model} | {t.value:.4f} | {t.latency_ms:.3f} | {(t.params or 0) / 1e6:.1f}M |"
+        for t in record.teachers or []
+    )
+    rows = attrs.train_rows or TrainRows()
+    kd = attrs.kd.to_attrs() if attrs.kd else {}
+    return f"""
 ## Architecture
 ```json
-{json.dumps(arch, indent=2, sort_keys=True)}
+{json.dumps(attrs.arch or {}, indent=2, sort_keys=True)}
 ```
 
 ## Teachers
@@ -127,12 +123,12 @@ after {lat.get("warmup", "?")} warm-up runs.
 {teachers}
 
 ## Initialisation
-{init}; learning rate {attrs.get(LEARNING_RATE_ATTR, "?")}; trained on
-{train_rows.get("labelled", "?")} labelled and {train_rows.get("transfer", 0)} transfer examples (the transfer set
+{init_summary(attrs.init) or "not recorded"}; learning rate {_known(attrs.learning_rate)}; trained on
+{_known(rows.labelled)} labelled and {rows.transfer or 0} transfer examples (the transfer set
 through the teachers' soft labels only).
 
 ## Distillation recipe
-{attrs.get(EPOCHS_TRAINED_ATTR, "?")} epoch(s) with:
+{_known(attrs.epochs_trained)} epoch(s) with:
 ```json
 {json.dumps(kd, indent=2, sort_keys=True)}
 ```
@@ -146,9 +142,14 @@ The full search record is in `{RECORD_FILE}`.
 """
 
 
+def _known(value: object) -> str:
+    """``value`` in a model card: ``?`` when it was not recorded."""
+    return "?" if value is None else str(value)
+
+
 def saved_student(trial: FrozenTrial) -> Path | None:
     """The directory of the trial's saved student, or None when its weights are missing."""
-    path = trial.user_attrs.get(STUDENT_PATH_ATTR)
+    path = StudentRecord.of(trial).student_path
     if path and not missing_student_files(Path(path)):
         return Path(path)
     return None
@@ -197,10 +198,10 @@ def check_export_target(study: optuna.Study, trial: FrozenTrial, out_dir: Path, 
         return
     record_file = out_dir / RECORD_FILE
     try:
-        earlier = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        earlier = ExportedTrial.from_attrs(json.loads(record_file.read_text()) if record_file.is_file() else {})
     except (OSError, ValueError):
-        earlier = {}
-    if earlier.get("study") == study.study_name and earlier.get("trial") == trial.number:
+        earlier = ExportedTrial()
+    if earlier.study == study.study_name and earlier.trial == trial.number:
         return
     shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
     raise ConfigError(f"--out {out_dir} is not empty ({shown}): pass --overwrite to replace what it holds")
@@ -227,13 +228,13 @@ def export_trial(
     if source is None:
         raise ConfigError(
             f"trial {trial.number}: the saved student weights are missing "
-            f"({trial.user_attrs.get(STUDENT_PATH_ATTR, 'no path recorded')}); add --retrain to train this "
+            f"({StudentRecord.of(trial).student_path or 'no path recorded'}); add --retrain to train this "
             "architecture again with the trial's recipe"
         )
     out_dir = Path(out_dir)
     if out_dir.resolve() == source.resolve():
         raise ConfigError(f"--out {out_dir} is where trial {trial.number}'s student is saved: export it elsewhere")
-    recorded = (retrained.attrs if retrained else trial.user_attrs).get(STUDENT_DIGEST_ATTR)
+    recorded = (StudentRecord.from_attrs(retrained.attrs) if retrained else StudentRecord.of(trial)).student_sha256
     check_student_unchanged(trial, source, recorded)
     check_export_target(study, trial, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +254,6 @@ def export_trial(
                 written.unlink()
         raise
     record = trial_record(study, trial, retrained)
-    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    (out_dir / RECORD_FILE).write_text(json.dumps(record.to_attrs(), indent=2, sort_keys=True))
     (out_dir / "README.md").write_text(model_card(record))
     return out_dir

@@ -9,8 +9,8 @@ from optuna_dashboard import get_note, run_server, save_note
 
 from kdnas.config import ConfigError
 from kdnas.study.front import pareto_front
-from kdnas.study.records import ARCH_SUMMARY_ATTR, LATENCY_ATTR, PARAMS_CONSTRAINT
 from kdnas.study.storage import open_existing_storage
+from kdnas.study.student_record import LatencyDetail, StudentRecord
 
 NOTE_HEAD = "**Pareto front**"
 """How kdnas's note starts: only such a note is cleared from a trial off the front (others are a person's)."""
@@ -18,14 +18,20 @@ NOTE_HEAD = "**Pareto front**"
 
 def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     """The Markdown note optuna-dashboard shows on a Pareto-front trial."""
-    lat = trial.user_attrs.get(LATENCY_ATTR, {})
+    record = StudentRecord.of(trial)
+    lat = record.latency or LatencyDetail()
     return (
-        f"{NOTE_HEAD} · `{trial.user_attrs.get(ARCH_SUMMARY_ATTR, '?')}`\n\n"
-        f"{metric} {trial.values[0]:.4f} · {trial.values[1]:.3f} ms median on {lat.get('device_name', '?')} "
-        f"({lat.get('threads', '?')} thread(s), batch {lat.get('batch_size', '?')}, seq {lat.get('seq_len', '?')}) · "
-        f"{trial.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M params\n\n"
+        f"{NOTE_HEAD} · `{_known(record.arch_summary)}`\n\n"
+        f"{metric} {trial.values[0]:.4f} · {trial.values[1]:.3f} ms median on {_known(lat.device_name)} "
+        f"({_known(lat.threads)} thread(s), batch {_known(lat.batch_size)}, seq {_known(lat.seq_len)}) · "
+        f"{(record.params or 0) / 1e6:.2f}M params\n\n"
         f"`kdnas export --trial {trial.number}`"
     )
+
+
+def _known(value: object) -> str:
+    """``value`` in a note: ``?`` when it was not recorded."""
+    return "?" if value is None else str(value)
 
 
 def write_front_notes(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:

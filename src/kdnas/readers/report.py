@@ -24,32 +24,17 @@ from kdnas.study.front import (
     study_teachers,
     summary_line,
 )
-from kdnas.study.records import (
-    ARCH_ATTR,
-    ARCH_SUMMARY_ATTR,
-    COLLAPSED_ATTR,
-    FAILURE_ATTR,
-    INHERITANCE_ATTR,
-    INIT_ATTR,
-    KD_ATTR,
-    LATENCY_KEY,
-    PARAMS_CONSTRAINT,
-    PRUNED_ATTR,
-    REPEAT_OF_ATTR,
-    RESTART_ATTR,
-    RETIMED_ATTR,
-    SLICE_METRIC_ATTR,
-    learning_curve,
-    one_layer_scores,
-)
-from kdnas.study.repeats import is_repeat
+from kdnas.study.records import ARCH_ATTR, LATENCY_KEY, PARAMS_CONSTRAINT
+from kdnas.study.student_record import InitRecord, KDRecipe, RampRecord, StudentRecord
+from kdnas.study.study_record import StudyRecord
 
 
 def _hover(t: FrozenTrial, metric: str) -> str:
+    record = StudentRecord.of(t)
     return (
-        f"trial {t.number}<br>{t.user_attrs.get(ARCH_SUMMARY_ATTR, '?')}<br>"
+        f"trial {t.number}<br>{record.arch_summary or '?'}<br>"
         f"{metric} {t.values[0]:.4f}<br>latency {t.values[1]:.3f} ms<br>"
-        f"params {t.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M"
+        f"params {(record.params or 0) / 1e6:.2f}M"
     )
 
 
@@ -59,11 +44,12 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     front = pareto_front(study)
     front_numbers = {t.number for t in front}
     complete = retimed(study, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    collapsed = [t for t in complete if COLLAPSED_ATTR in t.user_attrs]
-    dominated = [t for t in complete if t.number not in front_numbers and COLLAPSED_ATTR not in t.user_attrs]
+    why = {t.number: StudentRecord.of(t).collapsed for t in complete}
+    collapsed = [t for t in complete if why[t.number] is not None]
+    dominated = [t for t in complete if t.number not in front_numbers and why[t.number] is None]
     fig = go.Figure()
     if collapsed:
-        notes = [f"collapsed: {t.user_attrs[COLLAPSED_ATTR]}" for t in collapsed]
+        notes = [f"collapsed: {why[t.number]}" for t in collapsed]
         marker = {"size": 10, "symbol": "x", "color": "#999999"}
         fig.add_trace(_students_trace(collapsed, metric, "collapsed (off the front)", marker=marker, notes=notes))
     marker = {"size": 9, "color": "#8da0cb", "opacity": 0.35}
@@ -75,16 +61,15 @@ def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | N
     if teachers:
         fig.add_trace(
             go.Scatter(
-                x=[t["latency_ms"] for t in teachers],
-                y=[t["value"] for t in teachers],
+                x=[t.latency_ms for t in teachers],
+                y=[t.value for t in teachers],
                 mode="markers+text",
                 name="teachers",
                 marker={"size": 14, "symbol": "star", "color": "#1b9e77"},
-                text=[t["name"] for t in teachers],
+                text=[t.name for t in teachers],
                 textposition="top center",
                 hovertext=[
-                    f"teacher {t['name']}<br>{metric} {t['value']:.4f}<br>latency {t['latency_ms']:.3f} ms"
-                    for t in teachers
+                    f"teacher {t.name}<br>{metric} {t.value:.4f}<br>latency {t.latency_ms:.3f} ms" for t in teachers
                 ],
                 hoverinfo="text",
             )
@@ -164,12 +149,13 @@ def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None
     }
     fig, shown = go.Figure(), set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        curve = learning_curve(t.user_attrs)
-        if not curve or is_repeat(t):
+        record = StudentRecord.of(t)
+        curve = record.learning_curve
+        if not curve or record.repeat_of is not None:
             continue
         kind = "front" if t.number in front else "finished" if t.state == TrialState.COMPLETE else "stopped early"
         line, marker = kinds[kind]
-        label = f"trial {t.number} {t.user_attrs.get(ARCH_SUMMARY_ATTR, '')}"
+        label = f"trial {t.number} {record.arch_summary or ''}"
         fig.add_trace(
             go.Scatter(
                 x=[point.epochs for point in curve],
@@ -237,85 +223,86 @@ def importance_figures(study: optuna.Study, metric: str) -> tuple[list[go.Figure
     return figures, note
 
 
-def _scheduled(value: Any) -> str:
-    return f"{value['start']:g}→{value['end']:g}" if isinstance(value, dict) else f"{value:g}"
+def _scheduled(value: float | RampRecord) -> str:
+    return f"{value.start:g}→{value.end:g}" if isinstance(value, RampRecord) else f"{value:g}"
 
 
-def kd_summary(recipe: dict[str, Any]) -> str:
-    """A short label of a trial's recorded KD recipe, e.g. ``mean T=2 α=0.5 + EMD (β=1)``."""
-    if not recipe:
+def kd_summary(recipe: KDRecipe | dict[str, Any] | None) -> str:
+    """A short label of a trial's recorded KD recipe (or its stored layout), e.g. ``mean T=2 α=0.5 + EMD (β=1)``."""
+    recipe = recipe if isinstance(recipe, KDRecipe) else KDRecipe.from_attrs(recipe)
+    if recipe == KDRecipe():
         return ""
-    combiner = recipe.get("combiner", "")
+    combiner = recipe.combiner or ""
     if combiner == "weighted":
-        combiner += str(recipe.get("teacher_weights"))
-    elif combiner == "learned" and "learned_teacher_weights" in recipe:
-        combiner += str(recipe["learned_teacher_weights"])
+        combiner += str(recipe.teacher_weights)
+    elif combiner == "learned" and recipe.learned_teacher_weights is not None:
+        combiner += str(recipe.learned_teacher_weights)
     parts = [combiner]
-    for name, key in (("T", "temperature"), ("α", "alpha")):
-        if key in recipe:
-            parts.append(f"{name}={_scheduled(recipe[key])}")
+    for name, value in (("T", recipe.temperature), ("α", recipe.alpha)):
+        if value is not None:
+            parts.append(f"{name}={_scheduled(value)}")
     label = " ".join(parts)
-    inter = recipe.get("intermediate") or {}
-    if inter.get("enabled"):
-        mapping = inter.get("layer_map")
-        label += f" + {'EMD' if mapping == 'emd' else f'layers {mapping}'} (β={_scheduled(inter.get('weight', 1.0))})"
+    inter = recipe.intermediate
+    if inter is not None and inter.enabled:
+        mapping = inter.layer_map
+        weight = 1.0 if inter.weight is None else inter.weight
+        label += f" + {'EMD' if mapping == 'emd' else f'layers {mapping}'} (β={_scheduled(weight)})"
     return label
 
 
-def init_summary(record: dict[str, Any]) -> str:
+def init_summary(record: InitRecord | None) -> str:
     """A short label of how a trial's student was initialised, e.g. ``inherited from minilm (layers 0,5)``."""
-    if not record:
+    if record is None or record == InitRecord():
         return ""
-    if record.get("init") == "random":
+    if record.init == "random":
         return "random"
-    layers = ",".join(str(i) for i in record.get("layers", []))
-    source = f"{record.get('teacher')}'s elastic network" if record.get("elastic") else record.get("teacher")
-    label = f"{record['init']} from {source}" + (f" (layers {layers})" if layers else "")
-    randomised = record.get("random") or {}
+    layers = ",".join(str(i) for i in record.layers or [])
+    source = f"{record.teacher}'s elastic network" if record.elastic else record.teacher
+    label = f"{record.init} from {source}" + (f" (layers {layers})" if layers else "")
+    randomised = record.random or {}
     return label + (f"; random: {', '.join(randomised)}" if randomised else "")
 
 
 def retime_note(study: optuna.Study) -> str:
     """How the study's latencies were taken: during the search, or re-timed afterwards (where, when)."""
-    record = study.user_attrs.get(RETIMED_ATTR)
-    if not record:
+    record = StudyRecord.of(study).retimed
+    if record is None:
         return " during the search, on the node that trained each student"
-    alone = ", alone on the node" if record.get("isolated") else ""
-    kept = "fastest" if record.get("kept") == "fastest" else "median"  # a retime record without "kept" kept medians
+    alone = ", alone on the node" if record.isolated else ""
+    kept = "fastest" if record.kept == "fastest" else "median"  # a retime record without "kept" kept medians
+    rounds = record.settings.rounds if record.settings else None
     return (
-        f", re-timed after the search on {record['host']} ({record['device_name']}{alone}) at {record['at']}: "
-        f"{len(record['students'])} students and {len(record['teachers'])} teachers, the {kept} of "
-        f"{record['settings']['rounds']} interleaved rounds"
+        f", re-timed after the search on {record.host} ({record.device_name}{alone}) at {record.at}: "
+        f"{len(record.students or {})} students and {len(record.teachers or {})} teachers, the {kept} of "
+        f"{rounds} interleaved rounds"
     )
 
 
 def inheritance_note(study: optuna.Study, metric: str) -> str:
     """Where the study's students start: the teacher they are sliced out of, its layer rule, and the layer one-layer
     students take (with the calibration's scores when it chose it); empty when the study recorded no teacher."""
-    record = study.user_attrs.get(INHERITANCE_ATTR)
-    if not record:
+    record = StudyRecord.of(study).inheritance
+    if record is None:
         return ""
-    note = f"Students are sliced out of {record['teacher']} (layer rule {record['layers']})"
-    one_layer = record.get("one_layer")
-    if not one_layer:
+    note = f"Students are sliced out of {record.teacher} (layer rule {record.layers})"
+    one_layer = record.one_layer
+    if one_layer is None:
         return note + "."
-    note += f"; one-layer students take its layer {one_layer['layer']}"
-    if one_layer["rule"] != "auto":
-        return note + f" (student.inherit.one_layer: {one_layer['rule']})."
-    scores = one_layer_scores(one_layer, metric)
-    return note + f", chosen by {one_layer['steps']} training steps of {one_layer['student']} from each end ({scores})."
+    note += f"; one-layer students take its layer {one_layer.layer}"
+    if one_layer.rule != "auto":
+        return note + f" (student.inherit.one_layer: {one_layer.rule})."
+    scores = one_layer.scores_line(metric)
+    return note + f", chosen by {one_layer.steps} training steps of {one_layer.student} from each end ({scores})."
 
 
-def collapse_notes(attrs: dict[str, Any]) -> list[str]:
+def collapse_notes(record: StudentRecord) -> list[str]:
     """What a trial's record says of collapse: a restart after a collapsed first epoch, a collapse it kept."""
     notes = []
-    if RESTART_ATTR in attrs:
-        restart = attrs[RESTART_ATTR]
-        notes.append(
-            f"restarted at half the learning rate: after epoch {restart['after_epoch']} it {restart['reason']}"
-        )
-    if COLLAPSED_ATTR in attrs:
-        notes.append(f"collapsed ({attrs[COLLAPSED_ATTR]}): kept off the Pareto front")
+    if record.restart is not None:
+        restart = record.restart
+        notes.append(f"restarted at half the learning rate: after epoch {restart.after_epoch} it {restart.reason}")
+    if record.collapsed is not None:
+        notes.append(f"collapsed ({record.collapsed}): kept off the Pareto front")
     return notes
 
 
@@ -323,30 +310,31 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
     """One flat row per trial: state, values (latency re-timed where the study was), arch, KD recipe,
     initialisation, failure or pruning reason."""
     rows = []
-    retimes = (study.user_attrs.get(RETIMED_ATTR) or {}).get("students")
+    retimes = StudyRecord.of(study).retimed_students()
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
+        record = StudentRecord.of(t)
+        repeat = record.repeat_of
+        reused = f"the same student as trial {repeat}: its result, not trained again" if repeat is not None else None
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
                 metric: values[0],
-                LATENCY_KEY: retimes.get(str(t.number), values[1]) if retimes else values[1],
+                LATENCY_KEY: retimes.get(t.number, values[1]) if retimes else values[1],
                 **({"search_latency_ms": values[1]} if retimes else {}),
-                "arch": t.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
+                "arch": record.arch_summary or "",
                 **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
-                PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
-                "kd": kd_summary(t.user_attrs.get(KD_ATTR, {})),
-                "init": init_summary(t.user_attrs.get(INIT_ATTR, {})),
-                "slice_metric": (t.user_attrs.get(SLICE_METRIC_ATTR) or {}).get("value"),
+                PARAMS_CONSTRAINT: record.params,
+                "kd": kd_summary(record.kd),
+                "init": init_summary(record.init),
+                "slice_metric": record.slice_metric.value if record.slice_metric else None,
                 "reason": "; ".join(
                     reason
                     for reason in (
-                        t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR),
-                        f"the same student as trial {t.user_attrs[REPEAT_OF_ATTR]}: its result, not trained again"
-                        if REPEAT_OF_ATTR in t.user_attrs
-                        else None,
-                        *collapse_notes(t.user_attrs),
+                        record.reason,
+                        reused,
+                        *collapse_notes(record),
                     )
                     if reason
                 ),
@@ -434,7 +422,7 @@ def _page(
     """The self-contained HTML report."""
     teachers = study_teachers(study)
     teacher_line = "; ".join(
-        f"{html.escape(t['name'])}: {metric} {t['value']:.4f} at {t['latency_ms']:.2f} ms" for t in teachers
+        f"{html.escape(t.name or '')}: {metric} {t.value:.4f} at {t.latency_ms:.2f} ms" for t in teachers
     )
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>kdnas · {html.escape(study.study_name)}</title>
@@ -464,10 +452,11 @@ def _front_summary(
             "trials": numbers,
             metric: t.values[0],
             LATENCY_KEY: t.values[1],
-            PARAMS_CONSTRAINT: t.user_attrs.get(PARAMS_CONSTRAINT),
-            ARCH_ATTR: t.user_attrs.get(ARCH_ATTR),
+            PARAMS_CONSTRAINT: record.params,
+            ARCH_ATTR: record.arch,
         }
         for t, numbers in front_students(study)
+        for record in [StudentRecord.of(t)]
     ]
     return {
         "reference_point": {metric: reference[0], LATENCY_KEY: reference[1]},

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel
 
+from kdnas.study.study_record import ElasticRecord
+
 LayerRule = Literal["uniform", "skip", "importance", "first", "last"]
 
 
@@ -135,7 +137,7 @@ class InheritanceSource:
     calibration: int = 0  # examples the importance was ranked on
     cache_file: str = ""
     one_layer: OneLayerChoice | None = None  # None: one-layer students take the first layer
-    elastic: dict[str, Any] | None = None  # the elastic network's training record, when ``state`` holds its weights
+    elastic: ElasticRecord | None = None  # the elastic network's training record, when ``state`` holds its weights
 
     @property
     def one_layer_index(self) -> int:
@@ -161,7 +163,7 @@ class InheritanceSource:
             },
             "importance": self.importance.summary(),
             "one_layer": None if self.one_layer is None else self.one_layer.record(),
-            "elastic": self.elastic,
+            "elastic": None if self.elastic is None else self.elastic.to_attrs(),
         }
 
 

@@ -10,19 +10,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.study.dominance import front_keys
-from kdnas.study.records import (
-    ARCH_SUMMARY_ATTR,
-    COLLAPSED_ATTR,
-    LATENCY_KEY,
-    PARAMS_CONSTRAINT,
-    RETIMED_ATTR,
-    STUDY_TEACHERS_ATTR,
-)
+from kdnas.study.records import LATENCY_KEY
 from kdnas.study.repeats import folded, is_repeat
+from kdnas.study.student_record import StudentRecord
+from kdnas.study.study_record import StudyRecord, TeacherReference
 
 
 def _feasible(trial: FrozenTrial) -> bool:
-    return all(c <= 0 for c in trial.constraints.values()) and COLLAPSED_ATTR not in trial.user_attrs
+    return all(c <= 0 for c in trial.constraints.values()) and StudentRecord.of(trial).collapsed is None
 
 
 def search_feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -33,10 +28,10 @@ def search_feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
 
 def retimed(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """``trials`` with the latency ``kdnas retime`` measured again (copies; a trial it did not re-time is kept)."""
-    latencies = (study.user_attrs.get(RETIMED_ATTR) or {}).get("students", {})
+    latencies = StudyRecord.of(study).retimed_students()
     result = []
     for trial in trials:
-        latency = latencies.get(str(trial.number))
+        latency = latencies.get(trial.number)
         if latency is not None and trial.values is not None:
             trial = copy.copy(trial)
             trial.values = [trial.values[0], latency]
@@ -50,13 +45,9 @@ def feasible_completed(study: optuna.Study) -> list[FrozenTrial]:
     return retimed(study, search_feasible_completed(study))
 
 
-def study_teachers(study: optuna.Study) -> list[dict[str, Any]]:
-    """The study's teacher records, each ``latency_ms`` re-timed where the study was re-timed."""
-    latencies = (study.user_attrs.get(RETIMED_ATTR) or {}).get("teachers", {})
-    return [
-        {**t, "latency_ms": latencies.get(t["name"], t["latency_ms"])}
-        for t in study.user_attrs.get(STUDY_TEACHERS_ATTR, [])
-    ]
+def study_teachers(study: optuna.Study) -> list[TeacherReference]:
+    """The study's teachers' references, each ``latency_ms`` re-timed where the study was re-timed."""
+    return StudyRecord.of(study).retimed_teachers()
 
 
 def non_dominated(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -146,8 +137,7 @@ def best_under_budget(
     candidates = [
         t
         for t, _ in folded(feasible_completed(study))
-        if (latency_ms is None or t.values[1] <= latency_ms)
-        and (params is None or t.user_attrs.get(PARAMS_CONSTRAINT, math.inf) <= params)
+        if (latency_ms is None or t.values[1] <= latency_ms) and (params is None or _params(t, math.inf) <= params)
     ]
     if not candidates:
         limits = [
@@ -158,16 +148,22 @@ def best_under_budget(
     return max(candidates, key=lambda t: (t.values[0], -t.values[1]))
 
 
+def _params(trial: FrozenTrial, unknown: float) -> float:
+    """``trial``'s student's parameter count (``unknown`` when not recorded)."""
+    params = StudentRecord.of(trial).params
+    return unknown if params is None else params
+
+
 def front_rows(study: optuna.Study, metric: str) -> list[dict]:
     """The Pareto front, fastest first, as display rows (``repeats``: later trials that reused the student)."""
     return [
         {
             "trial": t.number,
             "repeats": ", ".join(str(n) for n in numbers if n != t.number),
-            "arch": t.user_attrs.get(ARCH_SUMMARY_ATTR, "?"),
+            "arch": StudentRecord.of(t).arch_summary or "?",
             metric: f"{t.values[0]:.4f}",
             LATENCY_KEY: f"{t.values[1]:.3f}",
-            "params": f"{t.user_attrs.get(PARAMS_CONSTRAINT, 0) / 1e6:.2f}M",
+            "params": f"{_params(t, 0) / 1e6:.2f}M",
         }
         for t, numbers in front_students(study)
     ]

@@ -19,9 +19,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdnas.study.records import DRIVER_ATTR, FAILURE_ATTR, HEARTBEAT_ATTR, RECIPE_ATTR, RETRY_ATTR
+from kdnas.study.records import FAILURE_ATTR
 from kdnas.study.repeats import is_repeat
 from kdnas.study.storage import HEARTBEAT_INTERVAL_S
+from kdnas.study.student_record import DriverId, StudentRecord, TrialClaim
 
 DRIVER_LOST = "driver lost: the search driver stopped while this trial ran"
 UNCLAIMED_GRACE_S = 60.0
@@ -32,8 +33,8 @@ STALE_AFTER_S = 4.0 * HEARTBEAT_INTERVAL_S
 
 
 def this_driver() -> dict[str, Any]:
-    """The identity recorded on every trial this process runs."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """The identity recorded on every trial this process runs (:class:`DriverId`'s layout)."""
+    return DriverId.current().to_attrs()
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
@@ -42,7 +43,8 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     if is_repeat(trial):
         return False
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get(FAILURE_ATTR, DRIVER_LOST) != DRIVER_LOST  # a FAIL with no reason: lost mid-tell
+        reason = StudentRecord.of(trial).failure_reason
+        return reason is not None and reason != DRIVER_LOST  # a FAIL with no reason: lost mid-tell
     return trial.state != TrialState.WAITING
 
 
@@ -55,19 +57,18 @@ def driver_gone(trial: FrozenTrial, now: float | None = None) -> bool:
     Optuna's own table, which has no public reader: on another host, such a trial is judged by its start instead
     (gone once it started longer ago than :data:`STALE_AFTER_S`), so a study left by an old driver still resumes.
     """
-    driver = trial.system_attrs.get(DRIVER_ATTR)
-    started = trial.datetime_start
+    claim = TrialClaim.of(trial)
+    driver, beat, started = claim.driver, claim.heartbeat, trial.datetime_start
     if driver is None:  # another driver may be between creating this trial and recording itself on it
         return started is None or (datetime.now() - started).total_seconds() > UNCLAIMED_GRACE_S
-    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
     if isinstance(beat, (int, float)) and (time.time() if now is None else now) - beat > STALE_AFTER_S:
         return True
-    if driver["host"] != socket.gethostname():  # judged by its heartbeat
+    if driver.host != socket.gethostname():  # judged by its heartbeat
         return beat is None and (started is None or (datetime.now() - started).total_seconds() > STALE_AFTER_S)
-    if driver["pid"] == os.getpid():
-        return True  # an earlier search in this process, which has ended
+    if driver.pid is None or driver.pid == os.getpid():
+        return True  # an earlier search in this process, which has ended (or a driver that recorded no process)
     try:
-        os.kill(driver["pid"], 0)
+        os.kill(driver.pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
@@ -94,8 +95,8 @@ def reconcile_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # finished meanwhile (e.g. another driver reconciled it)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        if RECIPE_ATTR in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+        if StudentRecord.of(trial).recipe is not None:
+            study.enqueue_trial(trial.params, user_attrs=StudentRecord(retry_of=trial.number).to_attrs())
         released += 1
     return released
 

@@ -1,18 +1,23 @@
-"""The names of what a trial records, defined once: the keys a worker reports to Tune and the attrs the study keeps.
+"""The names of what a trial records, defined once, and the typed records built on them.
+
+The keys a worker reports to Tune and the attrs the study keeps are named here. Each record is a frozen dataclass
+that alone knows its stored layout: :class:`TrialReport` (a worker's report, laid out as a Tune result),
+:class:`TrialTicket` (what the searcher adds to a Tune config), and the :class:`AttrRecord` views of what the study
+keeps (:mod:`kdnas.study.student_record`: a trial's attrs; :mod:`kdnas.study.study_record`: the study's). No other
+module reads a record by key.
 
 Light on purpose (no torch, Ray or transformers): readers of a study (report, export, ``kdnas trials``, the
-dashboard) import their names from here. A worker's report itself is one typed record, :class:`TrialReport`, which
-alone knows how it is laid out as a Tune result.
+dashboard) import their records from here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from optuna.trial import TrialState
 
@@ -124,8 +129,6 @@ SERVED_ATTR = "served"
 """With ``latency.runtime: onnxruntime``: the student scored as served (``runtime``, ``precision``, ``metric``: the
 trial's value; per precision ``{"metric", "agreement", "drop"}`` beside the PyTorch predictions; with int8,
 ``int8_exceeds_tolerance``; ``seconds``). Its ONNX graphs lie beside its saved files."""
-COST_ATTRS = (TRAIN_STARTED_ATTR, TRAIN_FINISHED_ATTR)
-"""Attrs that time the training itself: a repeat spent none, so it does not carry them."""
 
 # Optuna trial system attrs and study user attrs.
 DRIVER_ATTR = "kdnas:driver"
@@ -150,6 +153,109 @@ RETIMED_ATTR = "retimed"
 
 STUDENT_FILES = ("config.json", "model.safetensors")
 """The files of a saved student."""
+
+
+# --- typed views of stored records ----------------------------------------------------------------------------------
+
+_PLACE = "kdnas.place"
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where an :class:`AttrRecord` field is stored (``key``; None: the field's name), how its stored value is read
+    and written, and whether it is written when None (its writer always records it, None included)."""
+
+    key: str | None
+    read: Callable[[Any], Any]
+    write: Callable[[Any], Any]
+    always: bool
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def stored(key: str | None = None, *, always: bool = False) -> Any:
+    """A field stored as it is under ``key`` (default: the field's name)."""
+    return field(default=None, metadata={_PLACE: _Place(key, _as_is, _as_is, always)})
+
+
+def nested(record: type[AttrRecord], key: str | None = None, *, always: bool = False) -> Any:
+    """A field stored as ``record``'s layout under ``key`` (default: the field's name)."""
+    return field(default=None, metadata={_PLACE: _Place(key, record.from_attrs, _layout, always)})
+
+
+def converted(read: Callable[[Any], Any], write: Callable[[Any], Any], key: str | None = None) -> Any:
+    """A field stored under ``key`` (default: the field's name) as ``write(value)``, read back as ``read(stored)``."""
+    return field(default=None, metadata={_PLACE: _Place(key, read, write, False)})
+
+
+def nested_list(record: type[AttrRecord], key: str | None = None) -> Any:
+    """A field stored as a list of ``record`` layouts under ``key`` (default: the field's name)."""
+
+    def read(values: list[Mapping[str, Any]]) -> list[AttrRecord]:
+        return [record.from_attrs(value) for value in values]
+
+    return converted(read, _layouts, key)
+
+
+def _layout(record: AttrRecord) -> dict[str, Any]:
+    return record.to_attrs()
+
+
+def _layouts(records: list[AttrRecord]) -> list[dict[str, Any]]:
+    return [record.to_attrs() for record in records]
+
+
+_PLACES: dict[type, tuple[tuple[str, str, _Place], ...]] = {}
+
+
+def _places(cls: type) -> tuple[tuple[str, str, _Place], ...]:
+    """Each stored field of the record class ``cls``: its name, its key and its place (worked out once)."""
+    places = _PLACES.get(cls)
+    if places is None:
+        declared = [(f.name, f.metadata[_PLACE]) for f in fields(cls) if _PLACE in f.metadata]
+        places = _PLACES[cls] = tuple((name, place.key or name, place) for name, place in declared)
+    return places
+
+
+@dataclass(frozen=True)
+class AttrRecord:
+    """A typed view of a JSON record kdnas stores (a trial's or the study's user attrs, a part of one, a file).
+
+    Each field is declared with the key it is stored under (:func:`stored`, :func:`nested`, :func:`nested_list`,
+    :func:`converted`) and is None when its key is absent: a record from an older kdnas reads with None for what it
+    lacks. ``extra`` keeps, as they are, the keys the type does not name and the Nones it would not write back, so
+    that ``to_attrs(from_attrs(stored)) == stored``: the layout readers such as optuna-dashboard see never changes.
+    """
+
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any] | None) -> Self:
+        """The record stored as ``attrs`` (None: an empty record)."""
+        rest = dict(attrs or {})
+        values = {}
+        for name, key, place in _places(cls):
+            if key not in rest:
+                continue
+            value = rest[key]
+            if value is not None:
+                values[name] = place.read(value)
+            if value is not None or place.always:  # a None it would not write stays in extra
+                del rest[key]
+        return cls(**values, extra=rest)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The record as it is stored: each field that is not None (or is written always) under its key."""
+        written = {}
+        for name, key, place in _places(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                written[key] = place.write(value)
+            elif place.always:
+                written[key] = None
+        return {**self.extra, **written}
 
 
 @dataclass(frozen=True)
@@ -240,14 +346,6 @@ class TrialReport:
         )
 
 
-def one_layer_scores(record: Mapping[str, Any], metric: str) -> str:
-    """The one-layer calibration's outcome per teacher layer, e.g. ``layer 0: accuracy 0.5017, layer 5: accuracy
-    0.6950`` (a failed candidate: its error), from the ``one_layer`` part of the :data:`INHERITANCE_ATTR` record."""
-    scored = [f"layer {layer}: {metric} {value:.4f}" for layer, value in record["scores"].items()]
-    failed = [f"layer {layer}: {reason}" for layer, reason in (record.get("failed") or {}).items()]
-    return ", ".join(scored + failed)
-
-
 def _label_probability(result: Mapping[str, Any]) -> tuple[float, float] | None:
     if LABEL_PROBABILITY_KEY not in result:
         return None
@@ -301,7 +399,7 @@ class Retrained:
     path: Path
     value: float
     latency_ms: float
-    attrs: dict
+    attrs: dict[str, Any]  # its user attrs (:class:`~kdnas.study.student_record.StudentRecord`'s layout)
 
 
 @dataclass(frozen=True)
@@ -318,8 +416,8 @@ class CurvePoint:
 
     @classmethod
     def from_attr(cls, point: list[float]) -> CurvePoint:
-        """The point a learning curve holds as ``point``."""
-        return cls(*(float(x) for x in point[:5]))
+        """The point a learning curve holds as ``point`` (its numbers as they are: ``to_attr`` gives it back)."""
+        return cls(*point[:5])
 
     def to_attr(self) -> list[float]:
         """The point as a learning curve holds it."""
@@ -327,6 +425,24 @@ class CurvePoint:
         return [self.epochs, self.metric, self.seconds, *optional]
 
 
-def learning_curve(attrs: Mapping[str, Any]) -> list[CurvePoint]:
-    """A trial's learning curve, read from its user attrs (empty when it recorded none)."""
-    return [CurvePoint.from_attr(point) for point in attrs.get(LEARNING_CURVE_ATTR) or []]
+def curve(key: str) -> Any:
+    """An :class:`AttrRecord` field holding a learning curve: :class:`CurvePoint` s stored as lists under ``key``."""
+    return converted(_read_curve, _write_curve, key)
+
+
+def _read_curve(points: list[list[float]]) -> list[CurvePoint]:
+    return [CurvePoint.from_attr(point) for point in points]
+
+
+def _write_curve(points: list[CurvePoint]) -> list[list[float]]:
+    return [point.to_attr() for point in points]
+
+
+@dataclass(frozen=True)
+class TrialTicket(AttrRecord):
+    """What the searcher adds to a student's Tune config: the number of its Optuna trial, and True on a student
+    promoted to full training (see :data:`PROMOTED_KEY`). The student's parameters are the config's other keys
+    (``extra``)."""
+
+    number: int | None = stored(TRIAL_NUMBER_KEY)
+    promoted: bool | None = stored(PROMOTED_KEY)

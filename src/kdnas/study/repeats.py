@@ -11,27 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.study.dominance import pareto_ranks
-from kdnas.study.records import (
-    COST_ATTRS,
-    FAILURE_ATTR,
-    LATENCY_ATTR,
-    PROMOTED_ATTR,
-    PRUNED_ATTR,
-    RECIPE_ATTR,
-    REPEAT_OF_ATTR,
-    RESTARTS_ATTR,
-    RETRY_ATTR,
-    STOPPED_EARLY_REASON,
-    TRAIN_FINISHED_ATTR,
-    TRAIN_STARTED_ATTR,
-    Outcome,
-    learning_curve,
-)
+from kdnas.study.records import RECIPE_ATTR as RECIPE_ATTR  # tune/searcher.py imports it from here
+from kdnas.study.records import STOPPED_EARLY_REASON, Outcome
+from kdnas.study.student_record import StudentRecord
 
 TIME_BUDGET_REASON = "stopped when the search's time budget ran out"
 """How a student cut short by the search's time budget is PRUNED: not a property of the student, so it may rerun."""
@@ -56,7 +44,7 @@ def student_key(params: Mapping[str, Any]) -> str:
 
 def is_repeat(trial: FrozenTrial) -> bool:
     """Whether ``trial`` holds a repeat of an earlier trial's student (not trained itself)."""
-    return REPEAT_OF_ATTR in trial.user_attrs
+    return StudentRecord.of(trial).repeat_of is not None
 
 
 def holds_student(trial: FrozenTrial) -> bool:
@@ -65,7 +53,7 @@ def holds_student(trial: FrozenTrial) -> bool:
     if is_repeat(trial) or not trial.params:
         return False
     if trial.state == TrialState.PRUNED:
-        return not str(trial.user_attrs.get(PRUNED_ATTR, "")).startswith(TIME_BUDGET_REASON)
+        return not str(StudentRecord.of(trial).pruned_reason or "").startswith(TIME_BUDGET_REASON)
     return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
 
 
@@ -74,17 +62,18 @@ def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, Froz
     training after the first stopped early."""
     known: dict[str, FrozenTrial] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        if trial.user_attrs.get(RECIPE_ATTR) != recipe or not holds_student(trial):
+        record = StudentRecord.of(trial)
+        if record.recipe != recipe or not holds_student(trial):
             continue
         key = student_key(trial.params)
-        if key not in known or trial.user_attrs.get(PROMOTED_ATTR) == known[key].number:
+        if key not in known or record.promoted_from == known[key].number:
             known[key] = trial
     return known
 
 
 def stopped_early(trial: FrozenTrial) -> bool:
     """Whether ``trial`` trained a student the scheduler stopped early (not a repeat, not cut by the time budget)."""
-    reason = str(trial.user_attrs.get(PRUNED_ATTR, ""))
+    reason = str(StudentRecord.of(trial).pruned_reason or "")
     return trial.state == TrialState.PRUNED and not is_repeat(trial) and reason.startswith(STOPPED_EARLY_REASON)
 
 
@@ -92,12 +81,12 @@ def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[Fro
     """The students of ``recipe`` stopped early that no trial promoted yet, the most promising first: by Pareto rank
     of (metric when stopped, latency) among them, then the later stop, then the better metric; a student without a
     recorded curve or latency last."""
-    trials = list(trials)
-    promoted = {t.user_attrs[PROMOTED_ATTR] for t in trials if PROMOTED_ATTR in t.user_attrs}
+    records = {t.number: StudentRecord.of(t) for t in trials}
+    promoted = {record.promoted_from for record in records.values()} - {None}
     stopped = [
         t
         for t in trials
-        if t.user_attrs.get(RECIPE_ATTR) == recipe and stopped_early(t) and t.number not in promoted and t.params
+        if records[t.number].recipe == recipe and stopped_early(t) and t.number not in promoted and t.params
     ]
     points = {t.number: _stop_point(t) for t in stopped}
     ranks = pareto_ranks({n: (p[1], p[2]) for n, p in points.items() if p is not None})
@@ -114,25 +103,33 @@ def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[Fro
 
 def _stop_point(trial: FrozenTrial) -> tuple[float, float, float] | None:
     """(epochs, metric, latency ms) where ``trial``'s student was stopped, or None when not recorded."""
-    curve = learning_curve(trial.user_attrs)
-    latency = (trial.user_attrs.get(LATENCY_ATTR) or {}).get("median_ms")
+    record = StudentRecord.of(trial)
+    curve = record.learning_curve
+    latency = record.latency.median_ms if record.latency else None
     if not curve or latency is None:
         return None
     return curve[-1].epochs, curve[-1].metric, float(latency)
 
 
 def repeat_of(original: FrozenTrial) -> Outcome:
-    """The record of a repeat of ``original``'s student: its result without training (no training times)."""
-    attrs = {
-        k: v
-        for k, v in original.user_attrs.items()
-        if k not in COST_ATTRS and k not in (PRUNED_ATTR, FAILURE_ATTR, RESTARTS_ATTR, RETRY_ATTR)
-    }
-    attrs[REPEAT_OF_ATTR] = original.number
+    """The record of a repeat of ``original``'s student: its result without training (no training times, nor the
+    original's own reason, restarts or retry)."""
+    record = StudentRecord.of(original)
+    copied = replace(
+        record,
+        train_started_at=None,
+        train_finished_at=None,
+        pruned_reason=None,
+        failure_reason=None,
+        restarts=None,
+        retry_of=None,
+        repeat_of=original.number,
+    )
+    attrs = copied.to_attrs()
     if original.state == TrialState.COMPLETE:
         return Outcome(TrialState.COMPLETE, list(original.values), attrs, constraints=dict(original.constraints))
     if original.state == TrialState.PRUNED:
-        reason = f"the same student as trial {original.number}: {original.user_attrs.get(PRUNED_ATTR, 'pruned')}"
+        reason = f"the same student as trial {original.number}: {record.pruned_reason or 'pruned'}"
         return Outcome(TrialState.PRUNED, None, attrs, reason, dict(original.constraints))
     return Outcome(
         TrialState.PRUNED,
@@ -148,20 +145,18 @@ def folded(trials: Iterable[FrozenTrial]) -> list[tuple[FrozenTrial, list[int]]]
     trials = list(trials)
     numbers = {t.number for t in trials}
     repeats: dict[int, list[int]] = {}
+    originals = {t.number: StudentRecord.of(t).repeat_of for t in trials}
     for t in trials:
-        if is_repeat(t) and t.user_attrs[REPEAT_OF_ATTR] in numbers:
-            repeats.setdefault(t.user_attrs[REPEAT_OF_ATTR], []).append(t.number)
-    return [
-        (t, sorted([t.number, *repeats.get(t.number, [])]))
-        for t in trials
-        if not (is_repeat(t) and t.user_attrs[REPEAT_OF_ATTR] in numbers)
-    ]
+        original = originals[t.number]
+        if original is not None and original in numbers:
+            repeats.setdefault(original, []).append(t.number)
+    return [(t, sorted([t.number, *repeats.get(t.number, [])])) for t in trials if originals[t.number] not in numbers]
 
 
 def training_seconds(trial: FrozenTrial) -> float:
     """The compute ``trial`` itself spent training (and evaluating, saving) its student: 0 for a repeat, which reused
     another trial's, and for a trial that never trained."""
-    attrs = trial.user_attrs
-    if is_repeat(trial) or not all(key in attrs for key in COST_ATTRS):
+    record = StudentRecord.of(trial)
+    if record.repeat_of is not None or record.train_started_at is None or record.train_finished_at is None:
         return 0.0
-    return float(attrs[TRAIN_FINISHED_ATTR] - attrs[TRAIN_STARTED_ATTR])
+    return float(record.train_finished_at - record.train_started_at)

@@ -20,7 +20,9 @@ from optuna.storages import RDBStorage
 
 from kdnas.config import ConfigError, KDNASConfig
 from kdnas.errors import first_line
-from kdnas.study.records import FAILURE_ATTR, FINGERPRINT_ATTR, LATENCY_KEY, PRUNED_ATTR
+from kdnas.study.records import FINGERPRINT_ATTR, LATENCY_KEY
+from kdnas.study.student_record import StudentRecord
+from kdnas.study.study_record import StudyRecord
 
 SQLITE_LOCK_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10
@@ -119,7 +121,7 @@ def check_comparable(
             f"study {study.study_name!r} already exists with objectives "
             f"{existing_names or [d.name.lower() for d in study.directions]}, not {names}"
         )
-    problems = fingerprint_differences(study.user_attrs.get(FINGERPRINT_ATTR) or {}, fingerprint)
+    problems = fingerprint_differences(StudyRecord.of(study).fingerprint or {}, fingerprint)
     problems += [f"search space {conflict}" for conflict in space_conflicts]
     if problems:
         raise ConfigError(
@@ -161,10 +163,7 @@ def outcome_problem(trials: list[optuna.trial.FrozenTrial]) -> str | None:
     """None when a trial is COMPLETE; else one line counting the trials' failure and pruning reasons."""
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
         return None
-    reasons = Counter(
-        (t.user_attrs.get(FAILURE_ATTR) or t.user_attrs.get(PRUNED_ATTR) or t.state.name).splitlines()[0][:160]
-        for t in trials
-    )
+    reasons = Counter((StudentRecord.of(t).reason or t.state.name).splitlines()[0][:160] for t in trials)
     shown = "; ".join(f"{n}× {reason}" for reason, n in reasons.most_common(3))
     more = f"; {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
     return f"no student completed ({len(trials)} trial(s): {shown or 'none ran'}{more})"

@@ -28,6 +28,7 @@ from kdnas.student import StudentArch
 from kdnas.student.batches import Encoded, batch_at, index_batches
 from kdnas.student.inheritance import Importance, InheritanceSource, inherit, inheritance_layer_map
 from kdnas.student.precision import autocast, resolve_precision
+from kdnas.study.study_record import ElasticLoss, ElasticRecord
 
 LAYER_KEY = "bert.encoder.layer."
 
@@ -111,7 +112,7 @@ class ElasticResult:
     """The elastic network's weights (sorted like the teacher) and what its training did."""
 
     state: dict[str, torch.Tensor]
-    record: dict[str, Any]
+    record: ElasticRecord
 
 
 def _student_key(key: str, layer_map: list[int]) -> str:
@@ -171,17 +172,17 @@ def train_elastic(
                 if not math.isfinite(losses[-1]):
                     raise FloatingPointError(f"elastic network: non-finite loss at step {step}")
                 progress.advance(step, total, loss=losses[-1])
-    record = {
-        "epochs": settings.epochs,
-        "steps": total,
-        "learning_rate": settings.learning_rate,
-        "random_students": settings.random_students,
-        "students": [a.summary for a in (archs[0], archs[-1])],
-        "rows": len(data),
-        "loss": {"first": round(losses[0], 6), "last": round(sum(losses[-20:]) / len(losses[-20:]), 6)},
-        "precision": precision,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    record = ElasticRecord(
+        epochs=settings.epochs,
+        steps=total,
+        learning_rate=settings.learning_rate,
+        random_students=settings.random_students,
+        students=[a.summary for a in (archs[0], archs[-1])],
+        rows=len(data),
+        loss=ElasticLoss(first=round(losses[0], 6), last=round(sum(losses[-20:]) / len(losses[-20:]), 6)),
+        precision=precision,
+        seconds=round(time.perf_counter() - started, 1),
+    )
     return ElasticResult({k: p.detach().cpu().contiguous() for k, p in network.shared.items()}, record)
 
 

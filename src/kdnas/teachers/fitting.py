@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from kdnas.progress import Progress
 from kdnas.student.batches import encode
 from kdnas.student.precision import resolve_precision
 from kdnas.student.training import evaluate, train
+from kdnas.study.study_record import RanOn, TeacherFit
 from kdnas.teachers.loading import ensure_pad_token, resolve_model_ref, teacher_path
 from kdnas.teachers.tasks import run_step, where
 
@@ -111,16 +113,17 @@ def _scratch_model(
     return BertForSequenceClassification(bert_config)
 
 
-def _fit_record(teacher: TeacherConfig, task: TaskData, max_length: int) -> dict:
-    return {
-        "name": teacher.name,
-        "model": teacher.model,
-        "fit": teacher.fit.model_dump(mode="json") if teacher.fit else None,
-        "scratch": teacher.scratch.model_dump(mode="json") if teacher.scratch else None,
-        "task": task.name,
-        "task_fingerprint": task.fingerprint(),
-        "max_seq_length": max_length,
-    }
+def _fit_settings(teacher: TeacherConfig, task: TaskData, max_length: int) -> TeacherFit:
+    """The settings of a fit of ``teacher`` on ``task`` (see :meth:`TeacherFit.settings`)."""
+    return TeacherFit(
+        name=teacher.name,
+        model=teacher.model,
+        fit=teacher.fit.model_dump(mode="json") if teacher.fit else None,
+        scratch=teacher.scratch.model_dump(mode="json") if teacher.scratch else None,
+        task=task.name,
+        task_fingerprint=task.fingerprint(),
+        max_seq_length=max_length,
+    )
 
 
 def is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bool:
@@ -130,12 +133,11 @@ def is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bo
         return False
     if teacher.fit is None:
         raise ConfigError(f"teacher {teacher.name!r} has no 'fit' section: it is used as it is")
-    saved = json.loads(record_path.read_text())
-    wanted = _fit_record(teacher, task, teacher.fit.max_seq_length or config.data.max_seq_length)
-    return all(saved.get(k) == v for k, v in wanted.items())
+    saved = TeacherFit.from_attrs(json.loads(record_path.read_text()))
+    return saved.settings() == _fit_settings(teacher, task, teacher.fit.max_seq_length or config.data.max_seq_length)
 
 
-def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, device: torch.device) -> dict:
+def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, device: torch.device) -> TeacherFit:
     """Fine-tune (or train from scratch) one teacher on ``task`` and save it as safetensors with its tokenizer.
 
     Returns the fit record, including the teacher's metric on the task's evaluation split.
@@ -183,19 +185,19 @@ def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, dev
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    record = {
-        **_fit_record(teacher, task, max_length),
-        "metric": task.metric,
-        "value": value,
-        "fit_seconds": round(time.perf_counter() - started, 1),
-        "ran_on": {**where(device), "precision": resolve_precision(config.training.precision, device)},
-    }
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
+    record = replace(
+        _fit_settings(teacher, task, max_length),
+        metric=task.metric,
+        value=value,
+        fit_seconds=round(time.perf_counter() - started, 1),
+        ran_on=RanOn.from_attrs({**where(device), "precision": resolve_precision(config.training.precision, device)}),
+    )
+    (out / RECORD_FILE).write_text(json.dumps(record.to_attrs(), indent=2))
     logger.info("teacher %s: %s = %.4f, saved to %s", teacher.name, task.metric, value, out)
     return record
 
 
-def fit_teachers(config: KDNASConfig, task: TaskData | None = None, *, force: bool = False) -> list[dict]:
+def fit_teachers(config: KDNASConfig, task: TaskData | None = None, *, force: bool = False) -> list[TeacherFit]:
     """Fit every teacher with a ``fit`` section whose saved fit does not match the task (or all, with ``force``), as
     ``kdnas teachers fit`` does; ``task`` defaults to the config's. Returns the new fits' records.
 
@@ -217,34 +219,34 @@ SHARED_WAIT_S = 60.0
 """How long the driver waits to see a teacher fitted on another node (a network filesystem may show a new file late)."""
 
 
-def _check_visible(config: KDNASConfig, teacher: TeacherConfig, record: dict) -> None:
+def _check_visible(config: KDNASConfig, teacher: TeacherConfig, record: TeacherFit) -> None:
     """Refuse a fit the driver cannot read: fitted on another node into an ``output_dir`` that is not shared."""
     path = Path(teacher_path(config, teacher)) / RECORD_FILE
     deadline = time.monotonic() + SHARED_WAIT_S
     while _identity(_saved_record(path)) != _identity(record):
         if time.monotonic() > deadline:
-            node = record["ran_on"]
+            node = record.ran_on or RanOn()
             raise ConfigError(
-                f"teacher {teacher.name!r} was fitted on node {node['hostname']} ({node['ip']}) but {path.parent} "
+                f"teacher {teacher.name!r} was fitted on node {node.hostname} ({node.ip}) but {path.parent} "
                 f"does not show it on this one ({socket.gethostname()}): on a Ray cluster, output_dir must be on "
                 "storage every node sees (NFS, a shared volume)"
             )
         time.sleep(1.0)
 
 
-def _identity(record: dict | None) -> tuple:
+def _identity(record: TeacherFit | None) -> tuple[RanOn | None, float | None]:
     """What tells one fit from another of the same teacher: where and how long it ran."""
-    return (record or {}).get("ran_on"), (record or {}).get("fit_seconds")
+    return (record.ran_on, record.fit_seconds) if record else (None, None)
 
 
-def _saved_record(path: Path) -> dict | None:
+def _saved_record(path: Path) -> TeacherFit | None:
     try:
-        return json.loads(path.read_text())
+        return TeacherFit.from_attrs(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
 
 
-def teacher_fit_record(config: KDNASConfig, name: str) -> dict | None:
+def teacher_fit_record(config: KDNASConfig, name: str) -> TeacherFit | None:
     """The record teacher ``name``'s last fit saved (its fit settings, task, ``metric``, ``value`` on the eval split,
     ``fit_seconds``, ``ran_on``: node, device, precision and whether it ran as a Ray task); None when it has not been
     fitted (or has no ``fit`` section: it is used as it is)."""
@@ -254,4 +256,4 @@ def teacher_fit_record(config: KDNASConfig, name: str) -> dict | None:
     record_path = Path(teacher_path(config, teacher)) / RECORD_FILE
     if teacher.fit is None or not record_path.is_file():
         return None
-    return json.loads(record_path.read_text())
+    return TeacherFit.from_attrs(json.loads(record_path.read_text()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,8 @@ from kdnas.outputs import atomic_path
 from kdnas.progress import Progress
 from kdnas.student.batches import encode, predict_logits
 from kdnas.student.metrics import score
+from kdnas.study.student_record import LatencyDetail
+from kdnas.study.study_record import RanOn, TeacherRanOn, TeacherReference
 from kdnas.teachers.fitting import teacher_fit_record
 from kdnas.teachers.loading import Teacher, load_teacher, weights_digest
 from kdnas.teachers.tasks import run_step, where
@@ -135,9 +138,9 @@ def cached_logits(
 
 def teacher_reference(
     config: KDNASConfig, task: TaskData, cache_dir: Path, transfer: TransferSet | None = None
-) -> tuple[list[dict], torch.Tensor]:
-    """Teachers' eval metric and latency (measured as students are), and their logits ``[K, N, C]`` on the train
-    split followed by the ``transfer`` set.
+) -> tuple[list[TeacherReference], torch.Tensor]:
+    """Teachers' reference records: eval metric and latency (measured as students are); and their logits
+    ``[K, N, C]`` on the train split followed by the ``transfer`` set.
 
     A teacher whose logits are not all cached computes them here on a local Ray, as a Ray task with
     ``search.resources_per_teacher`` on a cluster (:func:`kdnas.teachers.tasks.run_step`); each reference says where
@@ -162,9 +165,11 @@ def teacher_reference(
             cached=all(file.exists() for file in files),
             here={"teacher": teacher},
         )
-        fit = teacher_fit_record(config, teacher_cfg.name)
-        reference["ran_on"] = {"fit": fit.get("ran_on") if fit else None, "logits": ran_on(files[0])}
-        references.append(reference)
+        fit, labelled = teacher_fit_record(config, teacher_cfg.name), ran_on(files[0])
+        where_ran = TeacherRanOn(
+            fit=fit.ran_on if fit else None, logits=RanOn.from_attrs(labelled) if labelled else None
+        )
+        references.append(replace(reference, ran_on=where_ran))
         train_logits.append(logits)
     return references, torch.stack(train_logits)
 
@@ -178,7 +183,7 @@ def teacher_outputs(
     *,
     device: torch.device,
     teacher: Teacher | None = None,
-) -> tuple[dict, torch.Tensor]:
+) -> tuple[TeacherReference, torch.Tensor]:
     """One teacher's reference record (eval metric, latency, parameters) and its logits on the train split followed
     by the ``transfer`` set, run on ``device`` (logits read from ``cache_dir`` when there, else computed and cached);
     the teacher is loaded unless given."""
@@ -213,13 +218,13 @@ def teacher_outputs(
         seq_len=config.latency_seq_len,
         cache_dir=latency_cache_dir(config) if config.latency.cache else None,
     )
-    reference = {
-        "name": teacher.name,
-        "model": teacher_cfg.model,
-        "value": score(task.metric, eval_logits.argmax(-1).tolist(), task.labels("eval")),
-        "latency_ms": latency.median_ms,
-        "latency": latency.to_dict(),
-        "params": sum(p.numel() for p in teacher.model.parameters()),
-    }
+    reference = TeacherReference(
+        name=teacher.name,
+        model=teacher_cfg.model,
+        value=score(task.metric, eval_logits.argmax(-1).tolist(), task.labels("eval")),
+        latency_ms=latency.median_ms,
+        latency=LatencyDetail.from_attrs(latency.to_dict()),
+        params=sum(p.numel() for p in teacher.model.parameters()),
+    )
     teacher.model.to("cpu")  # type: ignore[arg-type]  # typeshed: functools.wraps on a method drops self
     return reference, logits

@@ -22,12 +22,7 @@ from kdnas.resources import ResourceWait, check_local_resources
 from kdnas.student import SearchSpace
 from kdnas.study.orphans import counts_toward_budget, reconcile_orphans, trials_left
 from kdnas.study.records import (
-    CONFIG_ATTR,
-    INHERITANCE_ATTR,
     LATENCY_KEY,
-    STUDY_TEACHERS_ATTR,
-    TASK_ATTR,
-    TRANSFER_ATTR,
 )
 from kdnas.study.storage import (
     HEARTBEAT_INTERVAL_S,
@@ -40,6 +35,7 @@ from kdnas.study.storage import (
     open_storage_if_exists,
     record_once,
 )
+from kdnas.study.study_record import Inheritance, StudyRecord, TaskRecord, TeacherReference, TransferRecord
 from kdnas.teachers import tasks as teacher_tasks
 from kdnas.tune import local_ray
 from kdnas.tune.deadline import DeadlineStopper
@@ -115,18 +111,16 @@ def open_study(config: KDNASConfig, storage: RDBStorage, prepared: Prepared, out
     recorded = dump_config(config)
     recorded["search"]["storage"] = mask_url(url)
     transfer, task = prepared.transfer, prepared.task
-    record_once(
-        study,
-        {
-            STUDY_TEACHERS_ATTR: prepared.references,
-            INHERITANCE_ATTR: inheritance_record(prepared.inputs.inherit, output_dir / "cache"),
-            TRANSFER_ATTR: {"size": len(transfer), "sources": transfer.sources, "fingerprint": transfer.fingerprint()}
-            if transfer
-            else None,
-            TASK_ATTR: {"name": task.name, "metric": task.metric, "label_names": list(task.label_names)},
-            CONFIG_ATTR: recorded,
-        },
+    record = StudyRecord(
+        teachers=[TeacherReference.from_attrs(reference) for reference in prepared.references],
+        inheritance=Inheritance.from_attrs(inheritance_record(prepared.inputs.inherit, output_dir / "cache")),
+        transfer=TransferRecord(size=len(transfer), sources=transfer.sources, fingerprint=transfer.fingerprint())
+        if transfer
+        else None,
+        task=TaskRecord(name=task.name, metric=task.metric, label_names=list(task.label_names)),
+        config=recorded,
     )
+    record_once(study, record.to_attrs())
     return study
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from kdnas.outputs import write_json_atomically
 from kdnas.student import StudentArch
 from kdnas.student.space import kd_recipe
+from kdnas.study.study_record import ElasticLoss, ElasticRecord, RanOn
 from kdnas.teachers.elastic import ElasticResult, sorted_source, train_elastic
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.teachers.logits import save_atomically
@@ -37,21 +38,22 @@ def elastic_inputs(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
     file = Path(cache_dir) / f"{source.teacher}-elastic-{_cache_key(inputs)}.safetensors"
     record_file = file.with_suffix(".json")
     if file.is_file() and record_file.is_file():
-        state, record = load_file(file), json.loads(record_file.read_text())
+        state, record = load_file(file), ElasticRecord.from_attrs(json.loads(record_file.read_text()))
         logger.info("elastic network: read from the cache (%s)", file.name)
     else:
         shipped = replace(inputs, intermediate_teachers=())  # a Ray task gets what it needs
         result = run_step(config, "elastic network", train_study_elastic, shipped)
-        save_atomically(result.state, file, ran_on=result.record.get("ran_on"))
-        record = {**result.record, "cache_file": file.name}
-        write_json_atomically(record_file, record)
+        record = replace(result.record, cache_file=file.name)
+        save_atomically(result.state, file, ran_on=record.ran_on.to_attrs() if record.ran_on else None)
+        write_json_atomically(record_file, record.to_attrs())
         state = result.state
+        loss = record.loss or ElasticLoss()
         logger.info(
             "elastic network: %d steps in %.0f s, loss %.4g -> %.4g",
-            record["steps"],
-            record["seconds"],
-            record["loss"]["first"],
-            record["loss"]["last"],
+            record.steps,
+            record.seconds,
+            loss.first,
+            loss.last,
         )
     return replace(inputs, inherit=replace(sorted_source(source), state=state, elastic=record))
 
@@ -82,7 +84,7 @@ def train_study_elastic(inputs: TrialInputs, *, device: torch.device | str = "cp
         precision=config.training.precision,
         device=device,
     )
-    return replace(result, record={**result.record, "ran_on": where(device)})
+    return replace(result, record=replace(result.record, ran_on=RanOn.from_attrs(where(device))))
 
 
 def _cache_key(inputs: TrialInputs) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -18,6 +19,7 @@ from kdnas.latency.cache import latency_cache_dir
 from kdnas.student.batches import concat, encode
 from kdnas.student.inheritance import InheritanceSource, inheritance_source
 from kdnas.student.space import smallest_student
+from kdnas.study.study_record import Inheritance, RanOn
 from kdnas.teachers.importance import importance_file, teacher_importance
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.teachers.logits import ran_on
@@ -62,13 +64,15 @@ def inheritance(config: KDNASConfig, task: TaskData, cache_dir: Path) -> Inherit
     )
 
 
-def inheritance_record(inherit: InheritanceSource | None, cache_dir: Path) -> dict | None:
-    """What the study records of the inheritance source (None without one), with where the teacher's importance was
-    ranked (``ran_on``)."""
+def inheritance_record(inherit: InheritanceSource | None, cache_dir: Path) -> dict[str, Any] | None:
+    """What the study records of the inheritance source (:class:`~kdnas.study.study_record.Inheritance`'s layout;
+    None without one), with where the teacher's importance was ranked (``ran_on``)."""
     if inherit is None:
         return None
     file = Path(cache_dir) / inherit.cache_file
-    return {**inherit.record(), "ran_on": ran_on(file) if inherit.cache_file and file.is_file() else None}
+    ranked = ran_on(file) if inherit.cache_file and file.is_file() else None
+    record = Inheritance.from_attrs(inherit.record())
+    return replace(record, ran_on=RanOn.from_attrs(ranked) if ranked else None).to_attrs()
 
 
 def transfer_set(config: KDNASConfig, task: TaskData, found: TransferSet | None = None) -> TransferSet | None:

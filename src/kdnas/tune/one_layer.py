@@ -33,7 +33,7 @@ from kdnas.student.inheritance import InheritanceSource, OneLayerChoice
 from kdnas.student.precision import resolve_precision
 from kdnas.student.space import kd_recipe
 from kdnas.student.training import evaluate, steps_per_epoch, train
-from kdnas.study.records import one_layer_scores
+from kdnas.study.study_record import OneLayer
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.teachers.tasks import run_step, where
 from kdnas.tune.fingerprint import config_fingerprint
@@ -77,7 +77,7 @@ def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
         shipped = replace(inputs, intermediate_teachers=())
         choice = run_step(config, f"one-layer calibration ({arch.summary})", calibrate_one_layer, shipped, arch)
         write_json_atomically(file, choice.record())
-    scores = one_layer_scores(choice.record(), inputs.metric)
+    scores = OneLayer.from_attrs(choice.record()).scores_line(inputs.metric)
     logger.info("one-layer students inherit teacher %s's layer %d (%s)", source.teacher, choice.layer, scores)
     return replace(inputs, inherit=replace(source, one_layer=choice))
 
@@ -192,13 +192,14 @@ def digest(data: Encoded) -> str:
 
 
 def _read(file: Path) -> OneLayerChoice:
-    record = json.loads(file.read_text())
+    """The choice a calibration cached in ``file`` (:meth:`OneLayerChoice.record`'s layout)."""
+    record = OneLayer.from_attrs(json.loads(file.read_text()))
     return OneLayerChoice(
-        layer=int(record["layer"]),
-        rule=record["rule"],
-        scores={int(k): float(v) for k, v in record["scores"].items()},
-        failed={int(k): v for k, v in record.get("failed", {}).items()},
-        student=record["student"],
-        steps=int(record["steps"]),
-        ran_on=record.get("ran_on"),
+        layer=int(record.layer or 0),
+        rule=record.rule or "auto",
+        scores={int(k): float(v) for k, v in (record.scores or {}).items()},
+        failed={int(k): v for k, v in (record.failed or {}).items()},
+        student=record.student or "",
+        steps=int(record.steps or 0),
+        ran_on=record.ran_on.to_attrs() if record.ran_on else None,
     )

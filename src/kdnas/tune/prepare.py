@@ -42,7 +42,7 @@ class Prepared:
 
     task: TaskData
     transfer: TransferSet | None
-    references: list[dict[str, Any]]  # each teacher's metric and latency on the task
+    references: list[dict[str, Any]]  # each teacher's metric and latency on the task, as the study records it
     inputs: TrialInputs
     fingerprint: dict[str, Any]
 
@@ -88,10 +88,11 @@ def prepare(
     check_comparable(study, config, fingerprint)
     references, teacher_logits = teacher_reference(config, task, cache, transfer)
     for ref in references:
-        logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref["name"], task.metric, ref["value"], ref["latency_ms"])
-    inputs = prepare_inputs(config, task, teacher_logits, transfer, tuple(ref["value"] for ref in references))
+        logger.info("teacher %s: %s=%.4f latency=%.2f ms", ref.name, task.metric, ref.value, ref.latency_ms)
+    values = tuple(ref.value for ref in references if ref.value is not None)
+    inputs = prepare_inputs(config, task, teacher_logits, transfer, values)
     if budgets_reachable:
         check_budgets_reachable(inputs)
     inputs = choose_one_layer(inputs, cache)  # trains: only once the budgets are known reachable
     inputs = elastic_inputs(inputs, cache)
-    return Prepared(task, transfer, references, inputs, fingerprint)
+    return Prepared(task, transfer, [ref.to_attrs() for ref in references], inputs, fingerprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from kdnas.progress import duration, interactive
 from kdnas.study.front import study_summary, summary_line
 from kdnas.study.orphans import counts_toward_budget
-from kdnas.study.records import COMPLETED_KEY, EPOCH_KEY, ERROR_KEY, INFEASIBLE_KEY, LATENCY_KEY, TRIAL_NUMBER_KEY
+from kdnas.study.records import TrialReport, TrialTicket
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class SearchProgress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(
-            f"trial {trial.config.get(TRIAL_NUMBER_KEY)} {arch_label(trial.config)}: its process failed "
+            f"trial {TrialTicket.from_attrs(trial.config).number} {arch_label(trial.config)}: its process failed "
             "(see the Ray trial logs)"
         )
 
@@ -99,15 +100,16 @@ def arch_label(config: dict[str, Any]) -> str:
 def trial_line(trial: Any, metric: str) -> str:
     """What happened to a finished Tune trial's student."""
     result = trial.last_result or {}
-    name = f"trial {trial.config.get(TRIAL_NUMBER_KEY)} {arch_label(trial.config)}"
-    if ERROR_KEY in result:
-        return f"{name} failed: {result[ERROR_KEY]}"
-    if INFEASIBLE_KEY in result:
-        return f"{name}: {result[INFEASIBLE_KEY]}"
-    if metric not in result or result.get(LATENCY_KEY) is None:
+    report = TrialReport.from_result(result, metric)
+    name = f"trial {TrialTicket.from_attrs(trial.config).number} {arch_label(trial.config)}"
+    if report.error is not None:
+        return f"{name} failed: {report.error}"
+    if report.infeasible is not None:
+        return f"{name}: {report.infeasible}"
+    if math.isnan(report.value) or math.isnan(report.latency_ms):
         return f"{name}: stopped before its first evaluation"
-    values = f"{metric}={result[metric]:.4f} latency={result[LATENCY_KEY]:.2f} ms"
+    values = f"{metric}={report.value:.4f} latency={report.latency_ms:.2f} ms"
     seconds = f"{result.get('time_total_s', 0.0):.0f} s"
-    if result.get(COMPLETED_KEY):
-        return f"{name}: {values} (epoch {result.get(EPOCH_KEY)}, {seconds})"
-    return f"{name}: stopped early after epoch {result.get(EPOCH_KEY)}: {values} ({seconds})"
+    if report.completed:
+        return f"{name}: {values} (epoch {report.epoch}, {seconds})"
+    return f"{name}: stopped early after epoch {report.epoch}: {values} ({seconds})"

@@ -10,8 +10,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from kdnas.study.records import ARCH_SUMMARY_ATTR, PROMOTED_ATTR, PRUNED_ATTR
+from kdnas.study.records import PROMOTED_ATTR
 from kdnas.study.repeats import known_students, promotion_candidates
+from kdnas.study.student_record import StudentRecord
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Promotion:
         logger.info(
             "every student of the space has been tried: the student of trial %d (%s, %s) is trained again, in full",
             stopped.number,
-            stopped.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
-            stopped.user_attrs.get(PRUNED_ATTR, "stopped early"),
+            StudentRecord.of(stopped).arch_summary or "",
+            StudentRecord.of(stopped).pruned_reason or "stopped early",
         )
         return True

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import optuna
 import torch
@@ -23,7 +23,9 @@ from kdnas.latency.cache import ATTEMPTS, measure_trusted
 from kdnas.latency.timing import LatencyResult
 from kdnas.student import StudentArch
 from kdnas.study.front import search_feasible_completed, study_summary
-from kdnas.study.records import ARCH_ATTR, RETIMED_ATTR, TASK_ATTR
+from kdnas.study.records import RETIMED_ATTR
+from kdnas.study.student_record import StudentRecord
+from kdnas.study.study_record import Retimed, RetimeSettings, StudyRecord
 from kdnas.teachers.loading import load_teacher, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def measure_architecture(config: KDNASConfig, arch: StudentArch, num_labels: int
     return measure_trusted(model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len)[0]
 
 
-def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUNDS) -> dict[str, Any]:
+def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUNDS) -> Retimed:
     """Measure the study's students (each distinct architecture once per round) and teachers again with
     ``config.latency`` on this node; record each model's :func:`fastest_round` in the ``retimed`` study attr and
     return it."""
@@ -67,35 +69,28 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
     medians, contended = _timed_rounds(models, config, rounds)
     latency = {name: fastest_round([r.median_ms for r in results]) for name, results in medians.items()}
     first = next(iter(medians.values()))[0] if medians else None
-    record: dict[str, Any] = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": first.host if first else "",
-        "device": first.device if first else config.latency.device,
-        "device_name": first.device_name if first else "",
-        "isolated": config.latency.isolate,
-        "settings": config.latency.model_dump(include={"batch_size", "threads", "warmup", "runs", "min_run_time_s"})
-        | {"seq_len": config.latency_seq_len, "rounds": rounds},
-        "kept": "fastest",  # of each model's rounds (fastest_round)
-        "students": {
+    record = replace(
+        _where_and_how(config, rounds, first),
+        students={
             str(number): latency[f"student {arch.summary}"]
             for arch, numbers in trials_by_arch.items()
             for number in numbers
         },
-        "teachers": {t.name: latency[f"teacher {t.name}"] for t in config.teachers},
-        "seconds": round(time.perf_counter() - started, 1),
-        "contended": contended,
-    }
+        teachers={t.name: latency[f"teacher {t.name}"] for t in config.teachers},
+        seconds=round(time.perf_counter() - started, 1),
+        contended=contended,
+    )
     before = study_summary(study)  # the search's latencies, or an earlier re-timing's
-    study.set_user_attr(RETIMED_ATTR, record)
+    study.set_user_attr(RETIMED_ATTR, record.to_attrs())
     retimed = study_summary(study)
     logger.info(
         "retimed %d students (%d architectures) and %d teachers on %s in %.0f s: front %d, hypervolume %.4g with "
         "these latencies, as the report shows it (before this re-timing: front %d, hypervolume %.4g)",
-        len(record["students"]),
+        len(record.students or {}),
         len(trials_by_arch),
-        len(record["teachers"]),
-        record["host"],
-        record["seconds"],
+        len(record.teachers or {}),
+        record.host,
+        record.seconds,
         retimed["front"],
         retimed["hypervolume"],
         before["front"],
@@ -107,10 +102,35 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUN
             "kept): latencies from a busy machine vary; `kdnas retime` on a quiet one compares more closely",
             contended,
             rounds * len(models),
-            record["host"],
+            record.host,
             ATTEMPTS,
         )
     return record
+
+
+def _where_and_how(config: KDNASConfig, rounds: int, first: LatencyResult | None) -> Retimed:
+    """Where and how a re-timing measured (its ``first`` measurement says where): when, on which host and device,
+    whether alone on the node, with which settings, and which of each model's rounds it keeps."""
+    settings = config.latency
+    return Retimed(
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        host=first.host if first else "",
+        device=first.device if first else settings.device,
+        device_name=first.device_name if first else "",
+        isolated=settings.isolate,
+        settings=RetimeSettings(
+            batch_size=settings.batch_size,
+            threads=settings.threads,
+            warmup=settings.warmup,
+            runs=settings.runs,
+            min_run_time_s=settings.min_run_time_s,
+            seq_len=config.latency_seq_len,
+            rounds=rounds,
+            runtime=settings.runtime,
+            precision=settings.precision,
+        ),
+        kept="fastest",  # of each model's rounds (fastest_round)
+    )
 
 
 def _models_to_time(
@@ -118,11 +138,13 @@ def _models_to_time(
 ) -> tuple[dict[StudentArch, list[int]], dict[str, tuple[torch.nn.Module, int]]]:
     """The study's distinct student architectures (with the trials of each) and every model to time, by name, with its
     vocabulary size: one freshly built student per architecture, and the configured teachers."""
-    num_labels = len((study.user_attrs.get(TASK_ATTR) or {}).get("label_names") or [0, 1])
+    task = StudyRecord.of(study).task
+    num_labels = len((task.label_names if task else None) or [0, 1])
     trials_by_arch: dict[StudentArch, list[int]] = {}
     for trial in search_feasible_completed(study):
-        if ARCH_ATTR in trial.user_attrs:
-            trials_by_arch.setdefault(StudentArch.from_dict(trial.user_attrs[ARCH_ATTR]), []).append(trial.number)
+        recorded = StudentRecord.of(trial).arch
+        if recorded is not None:
+            trials_by_arch.setdefault(StudentArch.from_dict(recorded), []).append(trial.number)
     models: dict[str, tuple[torch.nn.Module, int]] = {}
     tokenizer = load_tokenizer(config.student.tokenizer)
     for arch in trials_by_arch:

@@ -9,7 +9,8 @@ from pathlib import Path
 import optuna
 
 from kdnas.config import ConfigError, build_config
-from kdnas.study.records import CONFIG_ATTR, INHERITANCE_ATTR, Retrained
+from kdnas.study.records import Retrained
+from kdnas.study.study_record import StudyRecord
 from kdnas.teachers.loading import driver_device
 from kdnas.tune.students import prepare_students, train_student
 from kdnas.tune.trial import student_dir
@@ -23,7 +24,7 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
     The student is saved under ``<output_dir>/students/<study>/retrained/``; returned with its own metric, latency
     and attrs.
     """
-    recorded = study.user_attrs.get(CONFIG_ATTR)
+    recorded = StudyRecord.of(study).config
     if recorded is None:
         raise ConfigError(f"study {study.study_name!r} has no recorded kdnas config to retrain from")
     raw = {**recorded, "search": {**recorded["search"], "storage": None}}
@@ -46,10 +47,9 @@ def retrain_student(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, epo
 def recorded_one_layer(study: optuna.Study) -> str | None:
     """``first`` or ``last``: the teacher layer the study's one-layer students inherited (``first`` for a study from
     before the choice was recorded, when they took the first); None when its students did not inherit."""
-    record = study.user_attrs.get(INHERITANCE_ATTR)
-    if not record:
+    record = StudyRecord.of(study).inheritance
+    if record is None:
         return None
-    chosen = record.get("one_layer")
-    if not chosen:
+    if record.one_layer is None:
         return "first"
-    return "first" if chosen["layer"] == 0 else "last"
+    return "first" if record.one_layer.layer == 0 else "last"

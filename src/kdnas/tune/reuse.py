@@ -9,8 +9,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from kdnas.study.records import ARCH_SUMMARY_ATTR
 from kdnas.study.repeats import known_students, repeat_of, student_key
+from kdnas.study.student_record import StudentRecord
 from kdnas.tune.outcomes import tell_outcome
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,6 @@ class RepeatReuse:
         logger.info(
             "trial %d %s: the same student as trial %d, its result reused without training",
             ot_trial.number,
-            original.user_attrs.get(ARCH_SUMMARY_ATTR, ""),
+            StudentRecord.of(original).arch_summary or "",
             original.number,
         )

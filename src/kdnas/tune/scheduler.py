@@ -28,13 +28,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdnas.config import KDNASConfig
 from kdnas.student.metrics import standard_error
-from kdnas.study.records import (
-    EPOCH_KEY,
-    LABEL_PROBABILITY_KEY,
-    LABEL_PROBABILITY_SE_KEY,
-    PROMOTED_KEY,
-    STOPPED_EARLY_REASON,
-)
+from kdnas.study.records import EPOCH_KEY, STOPPED_EARLY_REASON, TrialReport, TrialTicket
 from kdnas.tune.rungs import early_stopping_enabled, rungs
 
 JUDGES = ("label_probability", "metric")
@@ -104,7 +98,7 @@ class ParetoStopping(FIFOScheduler):
             return TrialScheduler.CONTINUE
         recorded[trial.trial_id] = (*judged, latency)
         leader = self._clear_leader(trial.trial_id, recorded)
-        if leader is None or trial.config.get(PROMOTED_KEY):  # a promoted student trains in full
+        if leader is None or TrialTicket.from_attrs(trial.config).promoted:  # a promoted student trains in full
             return TrialScheduler.CONTINUE
         lead_value, error, lead_latency = recorded[leader]
         judge = self._objective if self._judge_by == "metric" else "label probability"
@@ -122,7 +116,7 @@ class ParetoStopping(FIFOScheduler):
             value = result.get(self._objective)
             error = standard_error(self._objective, value, self._eval_rows) if _finite(value) else None
         else:
-            value, error = result.get(LABEL_PROBABILITY_KEY), result.get(LABEL_PROBABILITY_SE_KEY)
+            value, error = TrialReport.from_result(result, self._objective).label_probability or (None, None)
         return (value, error) if _finite(value) and _finite(error) else None
 
     def _rung_at(self, t: object) -> float | None:

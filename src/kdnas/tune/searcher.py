@@ -30,7 +30,6 @@ from kdnas.config import KDNASConfig, dump_config
 from kdnas.student import SearchSpace
 from kdnas.study.records import (
     LATENCY_KEY,
-    PROMOTED_ATTR,
     PROMOTED_KEY,
     RESTARTS_ATTR,
     TRIAL_NUMBER_KEY,
@@ -39,6 +38,7 @@ from kdnas.study.records import (
 )
 from kdnas.study.repeats import recipe_key
 from kdnas.study.storage import objective_names
+from kdnas.study.student_record import StudentRecord
 from kdnas.tune.claims import TrialClaims
 from kdnas.tune.deadline import SearchBudget, cut_by_time_budget
 from kdnas.tune.outcomes import report_outcome, retrying, tell_outcome
@@ -228,7 +228,7 @@ class KDNASSearch(Searcher):
         for _ in range(REPEATS_IN_A_ROW):
             ot_trial = self._claims.ask(trial_id)
             config = self._sample(ot_trial)
-            promoted = PROMOTED_ATTR in ot_trial.user_attrs
+            promoted = StudentRecord.from_attrs(ot_trial.user_attrs).promoted_from is not None
             reuse = self._reuse if not promoted else None
             original = reuse.original_of(ot_trial) if reuse is not None else None
             if reuse is None or original is None:

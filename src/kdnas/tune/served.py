@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -16,6 +15,7 @@ from kdnas.latency.serving import inference_session, predict_onnx, serving_graph
 from kdnas.latency.timing import resolve_device
 from kdnas.student.batches import Encoded
 from kdnas.student.training import evaluation_of
+from kdnas.study.student_record import Served, ServedScore
 
 
 def score_served(
@@ -25,27 +25,31 @@ def score_served(
     metric: str,
     torch_logits: torch.Tensor,
     settings: LatencyConfig,
-) -> dict[str, Any]:
+) -> Served:
     """Write ``model``'s serving graphs into ``directory`` (``model.onnx``; ``model.int8.onnx`` for int8) and score
-    each on ``data`` by ``metric``. Returns the record a trial keeps: the runtime, the precision it is served in and
-    that precision's ``metric``; per precision its metric, its agreement with the PyTorch predictions
-    ``torch_logits`` (the share of rows predicted alike) and its drop below the PyTorch metric; with int8, whether
-    the drop exceeds ``settings.int8_tolerance``; the seconds it all took."""
+    each on ``data`` by ``metric``: the record a trial keeps (the precision it is served in and its metric; per
+    precision the metric, its agreement with the PyTorch predictions ``torch_logits`` and its drop below the PyTorch
+    metric; with int8, whether the drop exceeds ``settings.int8_tolerance``; the seconds it all took)."""
     started = time.perf_counter()
     served = serving_graph(model, directory, settings.precision)
     graphs = {"fp32": directory / "model.onnx"} | ({"int8": served} if settings.precision == "int8" else {})
     device = resolve_device(settings.device)
     torch_value = evaluation_of(torch_logits, data.labels, metric).value
     types = None if data.token_type_ids is None else data.token_type_ids.numpy()
-    record: dict[str, Any] = {"runtime": "onnxruntime", "precision": settings.precision}
+    scores = {}
     for precision, path in graphs.items():
         session = inference_session(path, device, settings.threads)
         logits = torch.from_numpy(predict_onnx(session, data.input_ids.numpy(), data.attention_mask.numpy(), types))
         value = evaluation_of(logits, data.labels, metric).value
         agreement = float((logits.argmax(-1) == torch_logits.argmax(-1)).float().mean())
-        record[precision] = {"metric": value, "agreement": round(agreement, 6), "drop": round(torch_value - value, 6)}
-    record["metric"] = record[settings.precision]["metric"]
-    if settings.precision == "int8":
-        record["int8_exceeds_tolerance"] = record["int8"]["drop"] > settings.int8_tolerance
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    return record
+        scores[precision] = ServedScore(metric=value, agreement=round(agreement, 6), drop=round(torch_value - value, 6))
+    int8 = scores.get("int8")
+    return Served(
+        runtime="onnxruntime",
+        precision=settings.precision,
+        metric=scores[settings.precision].metric,
+        fp32=scores["fp32"],
+        int8=int8,
+        int8_exceeds_tolerance=None if int8 is None else (int8.drop or 0.0) > settings.int8_tolerance,
+        seconds=round(time.perf_counter() - started, 3),
+    )

@@ -16,7 +16,8 @@ import torch
 from ray import tune
 
 from kdnas.devices import assigned_device
-from kdnas.study.records import FAILURE_TRACEBACK_ATTR, TRIAL_NUMBER_KEY, TrialReport
+from kdnas.study.records import TrialReport, TrialTicket
+from kdnas.study.student_record import StudentRecord
 from kdnas.tune.checkpoint import load_state, save_state
 from kdnas.tune.trial import TrialInputs, run_trial
 
@@ -56,12 +57,15 @@ def student_trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
     retried; any error (a missing GPU included) is reported (with its reason) rather than raised."""
     resources = inputs.config.search.resources_per_trial
     torch.set_num_threads(max(1, int(resources.cpu)))
+    number = TrialTicket.from_attrs(config).number
     try:
+        if number is None:
+            raise ValueError("the trial's Tune config names no Optuna trial (it was not suggested by KDNASSearch)")
         device = assigned_device(resources.gpu, "search.resources_per_trial", "this worker")
         run_trial(
             config,
             inputs,
-            trial_number=config[TRIAL_NUMBER_KEY],
+            trial_number=number,
             device=device,
             report=tune.report,
             checkpoint=report_with_checkpoint,
@@ -70,9 +74,9 @@ def student_trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
         )
     except Exception as err:  # recorded as FAIL with this reason (and where it was raised) by KDNASSearch
         trace = traceback.format_exc()
-        logger.error("trial %s failed:\n%s", config.get(TRIAL_NUMBER_KEY), trace)
+        logger.error("trial %s failed:\n%s", number, trace)
         reason = f"{type(err).__name__}: {err}"[:1000]
-        failed = TrialReport(error=reason, attrs={FAILURE_TRACEBACK_ATTR: trace[-4000:]})
+        failed = TrialReport(error=reason, attrs=StudentRecord(failure_traceback=trace[-4000:]).to_attrs())
         tune.report(failed.to_result(inputs.metric))  # with both objectives, NaN: Tune wants them
 
 
@@ -88,5 +92,5 @@ class SearchBookkeeping(tune.Callback):
             self.last_beat = time.monotonic()
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        logger.info("trial %s: its worker died; restarting it", trial.config.get(TRIAL_NUMBER_KEY))
+        logger.info("trial %s: its worker died; restarting it", TrialTicket.from_attrs(trial.config).number)
         self.searcher.record_restart(trial.trial_id)

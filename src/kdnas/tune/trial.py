@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -29,41 +29,20 @@ from kdnas.student.metrics import majority_level
 from kdnas.student.precision import resolve_precision
 from kdnas.student.space import kd_recipe
 from kdnas.student.training import EpochRows, evaluation_of, train
-from kdnas.study.records import (
-    ARCH_ATTR,
-    ARCH_SUMMARY_ATTR,
-    COLLAPSED_ATTR,
-    ENCODER_PARAMS_ATTR,
-    EPOCHS_TRAINED_ATTR,
-    FLOPS_ATTR,
-    INIT_ATTR,
-    KD_ATTR,
-    LATENCY_ATTR,
-    LATENCY_KEY,
-    LEARNING_CURVE_ATTR,
-    LEARNING_RATE_ATTR,
-    NODE_ATTR,
-    PARAMS_CONSTRAINT,
-    RESTART_ATTR,
-    SERVED_ATTR,
-    SLICE_METRIC_ATTR,
-    STUDENT_DIGEST_ATTR,
-    STUDENT_PATH_ATTR,
-    TEACHERS_ATTR,
-    TRAIN_DEVICE_ATTR,
-    TRAIN_FINISHED_ATTR,
-    TRAIN_PRECISION_ATTR,
-    TRAIN_ROWS_ATTR,
-    TRAIN_STARTED_ATTR,
-    CurvePoint,
-    TrialReport,
+from kdnas.study.records import LATENCY_KEY, PARAMS_CONSTRAINT, CurvePoint, TrialReport
+from kdnas.study.student_record import (
+    InitRecord,
+    KDRecipe,
+    LatencyDetail,
+    Node,
+    Restart,
+    SliceMetric,
+    StudentRecord,
+    TrainRows,
 )
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.tune.rungs import mid_epoch_steps
 from kdnas.tune.served import score_served
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -102,32 +81,31 @@ def student_dir(inputs: TrialInputs, trial_number: int) -> Path:
 
 def budget_constraints(config: KDNASConfig, latency_ms: float, params: int) -> dict[str, float]:
     """Optuna constraints (feasible when ≤ 0) for the configured budgets: latency and total parameter count."""
-    constraints = {}
-    if config.latency.budget_ms is not None:
-        constraints[LATENCY_KEY] = latency_ms - config.latency.budget_ms
-    if config.student.max_params is not None:
-        constraints[PARAMS_CONSTRAINT] = float(params - config.student.max_params)
-    return constraints
+    budget, max_params = config.latency.budget_ms, config.student.max_params
+    latency = {} if budget is None else {LATENCY_KEY: latency_ms - budget}
+    size = {} if max_params is None else {PARAMS_CONSTRAINT: float(params - max_params)}
+    return {**latency, **size}
 
 
-def over_budget(config: KDNASConfig, constraints: dict[str, float], latency_ms: float, params: int) -> str:
+def over_budget(config: KDNASConfig, latency_ms: float, params: int) -> str:
     """What a student exceeds, e.g. ``latency 3.2 ms > budget 1 ms`` (empty when it is feasible)."""
+    budget, max_params = config.latency.budget_ms, config.student.max_params
     over = []
-    if constraints.get(LATENCY_KEY, 0) > 0:
-        over.append(f"latency {latency_ms:.3g} ms > budget {config.latency.budget_ms:g} ms")
-    if constraints.get(PARAMS_CONSTRAINT, 0) > 0:
-        over.append(f"{params:,} parameters > student.max_params {config.student.max_params:,}")
+    if budget is not None and latency_ms > budget:
+        over.append(f"latency {latency_ms:.3g} ms > budget {budget:g} ms")
+    if max_params is not None and params > max_params:
+        over.append(f"{params:,} parameters > student.max_params {max_params:,}")
     return "; ".join(over)
 
 
 @dataclass(frozen=True)
 class MeasuredStudent:
-    """A freshly built student with its cost (parameters, FLOPs, measured latency) and budget constraints."""
+    """A freshly built student with its cost (arch, parameters, FLOPs, measured latency) and budget constraints."""
 
     model: PreTrainedModel
     tokenizer: Any
     latency: LatencyResult
-    cost: dict[str, Any]
+    cost: StudentRecord
     constraints: dict[str, float]
     over_budget: str  # empty when feasible
 
@@ -150,16 +128,16 @@ def build_and_measure(arch: StudentArch, inputs: TrialInputs) -> MeasuredStudent
         cache_dir=Path(inputs.latency_cache_dir) if inputs.latency_cache_dir else None,
     )
     params = sum(p.numel() for p in model.parameters())
-    cost: dict[str, Any] = {
-        ARCH_ATTR: arch.to_dict(),
-        ARCH_SUMMARY_ATTR: arch.summary,
-        PARAMS_CONSTRAINT: params,
-        ENCODER_PARAMS_ATTR: sum(p.numel() for p in model.bert.encoder.parameters()),
-        FLOPS_ATTR: arch.encoder_flops(config.latency_seq_len),
-        LATENCY_ATTR: latency.to_dict(),
-    }
+    cost = StudentRecord(
+        arch=arch.to_dict(),
+        arch_summary=arch.summary,
+        params=params,
+        encoder_params=sum(p.numel() for p in model.bert.encoder.parameters()),
+        flops=arch.encoder_flops(config.latency_seq_len),
+        latency=LatencyDetail.from_attrs(latency.to_dict()),
+    )
     constraints = budget_constraints(config, latency.median_ms, params)
-    over = over_budget(config, constraints, latency.median_ms, params)
+    over = over_budget(config, latency.median_ms, params)
     return MeasuredStudent(model, tokenizer, latency, cost, constraints, over)
 
 
@@ -176,12 +154,13 @@ def initialise(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
 
 
 def learning_rate(config: KDNASConfig, params: dict[str, Any], init: dict[str, Any]) -> float:
-    """The sampled learning rate, else ``training.learning_rate``, else the default for the student's init."""
+    """The sampled learning rate, else ``training.learning_rate``, else the default for the student's init (its
+    :class:`~kdnas.study.student_record.InitRecord`'s layout, as :func:`initialise` returns it)."""
     if "learning_rate" in params:
         return float(params["learning_rate"])
     if config.training.learning_rate is not None:
         return config.training.learning_rate
-    return RANDOM_LEARNING_RATE if init["init"] == "random" else INHERITED_LEARNING_RATE
+    return RANDOM_LEARNING_RATE if InitRecord.from_attrs(init).init == "random" else INHERITED_LEARNING_RATE
 
 
 def training_rows(kd: KDConfig, inputs: TrialInputs) -> Encoded:
@@ -219,16 +198,16 @@ class _Collapsed(Exception):
     """A student's predictions collapsed after its first epoch (the message says how)."""
 
 
-def slice_metric(model: torch.nn.Module, inputs: TrialInputs, device: torch.device, precision: str) -> dict[str, float]:
+def slice_metric(model: torch.nn.Module, inputs: TrialInputs, device: torch.device, precision: str) -> SliceMetric:
     """The student as initialised (sliced out of the teacher, or random), scored on the eval split before training."""
     started = time.perf_counter()
     logits = predict_logits(model, inputs.eval, device=device, precision=precision)
     scored = evaluation_of(logits, inputs.eval.labels, inputs.metric)
-    return {
-        "value": scored.value,
-        "label_probability": round(scored.label_probability[0], 6),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return SliceMetric(
+        value=scored.value,
+        label_probability=round(scored.label_probability[0], 6),
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def collapse_is_telling(inputs: TrialInputs) -> bool:
@@ -285,14 +264,14 @@ def run_trial(
     """
     arch = StudentArch.from_dict(params)
     student = build_and_measure(arch, inputs)
-    cost = student.cost if node is None else {**student.cost, NODE_ATTR: node}
+    cost = student.cost if node is None else replace(student.cost, node=Node.from_attrs(node))
     if student.over_budget:  # latency first: an infeasible student is never trained
         measured = TrialReport(
             math.nan,
             student.latency.median_ms,
             epoch=0,
             infeasible=f"infeasible, not trained: {student.over_budget}",
-            attrs={**cost, EPOCHS_TRAINED_ATTR: 0},
+            attrs=replace(cost, epochs_trained=0).to_attrs(),
             constraints=student.constraints,
         )
         report(measured.to_result(inputs.metric))
@@ -315,7 +294,7 @@ class _StudentRun:
         student: MeasuredStudent,
         inputs: TrialInputs,
         device: torch.device,
-        cost: dict[str, Any],
+        cost: StudentRecord,
         report: Report,
         checkpoint: Checkpoint | None,
         resume: dict[str, Any] | None,
@@ -333,7 +312,8 @@ class _StudentRun:
         self.kd, self.training = kd_recipe(config.kd, params), config.training
         self.rows = training_rows(self.kd, inputs)
         self.sampled = epoch_rows(config, inputs, self.rows)
-        self.restart: dict[str, Any] | None = resume.get("restart") if resume is not None else None
+        restarted = (resume or {}).get("restart")  # the first attempt, as the checkpoint of a restart holds it
+        self.restart = Restart.from_attrs(restarted) if restarted is not None else None
         self.detect_collapse = config.training.detect_collapse and collapse_is_telling(inputs)
         self.rate = learning_rate(config, params, self.init) / (2 if self.restart else 1)
         self.distillation = _distillation(self.kd, arch, self.model, inputs, device)
@@ -342,22 +322,22 @@ class _StudentRun:
         self.latest = TrialReport(latency_ms=self.latency_ms)
         self.eval_logits: torch.Tensor | None = None  # the last evaluation's: what a served student is compared with
         self.last_state: dict[str, Any] = {}
-        self.curve: list[list[float]] = list(resume.get("curve", [])) if resume is not None else []
+        self.curve = [CurvePoint.from_attr(point) for point in (resume or {}).get("curve", [])]
         # trained before a restart, as its checkpoint recorded
-        self.seconds_before = CurvePoint.from_attr(self.curve[-1]).seconds if self.curve else 0.0
+        self.seconds_before = self.curve[-1].seconds if self.curve else 0.0
         self.mid_epoch = mid_epoch_steps(config, len(self.rows) if self.sampled is None else len(self.sampled))
 
-    def progress_attrs(self, epoch: float) -> dict[str, Any]:
-        """The attrs of the student trained so far (what a scheduler stopping it here keeps)."""
-        return {
-            **self.cost,
-            INIT_ATTR: self.init,
-            SLICE_METRIC_ATTR: self.sliced,
-            LEARNING_RATE_ATTR: self.rate,
-            EPOCHS_TRAINED_ATTR: epoch,
-            LEARNING_CURVE_ATTR: list(self.curve),
-            **({RESTART_ATTR: self.restart} if self.restart else {}),
-        }
+    def progress(self, epoch: float) -> StudentRecord:
+        """The record of the student trained so far (what a scheduler stopping it here keeps)."""
+        return replace(
+            self.cost,
+            init=InitRecord.from_attrs(self.init),
+            slice_metric=self.sliced,
+            learning_rate=self.rate,
+            epochs_trained=epoch,
+            learning_curve=list(self.curve),
+            restart=self.restart,
+        )
 
     def judge(self, epoch: float) -> TrialReport:
         """Evaluate the student after ``epoch`` epochs: the report a scheduler may stop it on."""
@@ -369,16 +349,18 @@ class _StudentRun:
         if not math.isfinite(value):
             raise FloatingPointError(f"{metric} is {value} after epoch {epoch:g}")
         seconds = round(self.seconds_before + time.time() - self.started_at, 3)
-        self.curve.append(CurvePoint(epoch, value, seconds, *(round(x, 6) for x in probability)).to_attr())
-        collapsed = scored.collapsed if self.detect_collapse else None
-        attrs = {**self.progress_attrs(epoch), **({COLLAPSED_ATTR: collapsed} if collapsed else {})}
+        self.curve.append(CurvePoint(epoch, value, seconds, *(round(x, 6) for x in probability)))
+        collapsed = (scored.collapsed if self.detect_collapse else None) or None
+        attrs = replace(self.progress(epoch), collapsed=collapsed).to_attrs()
         return TrialReport(value, self.latency_ms, epoch, attrs=attrs, label_probability=probability)
 
     def on_epoch(self, epoch: int) -> None:
         self.latest = self.judge(epoch)
-        if epoch == 1 and self.restart is None and COLLAPSED_ATTR in self.latest.attrs:
-            raise _Collapsed(self.latest.attrs[COLLAPSED_ATTR])  # before its report: Tune sees the restart's epoch 1
-        state = {**self.last_state, "curve": list(self.curve), **({"restart": self.restart} if self.restart else {})}
+        collapsed = StudentRecord.from_attrs(self.latest.attrs).collapsed
+        if epoch == 1 and self.restart is None and collapsed is not None:
+            raise _Collapsed(collapsed)  # before its report: Tune sees the restart's epoch 1
+        restart = {"restart": self.restart.to_attrs()} if self.restart else {}
+        state = {**self.last_state, "curve": [point.to_attr() for point in self.curve], **restart}
         if epoch < self.training.epochs and self.checkpoint is not None:
             self.checkpoint(self.latest.to_result(self.inputs.metric), state)
         elif epoch < self.training.epochs:
@@ -407,13 +389,13 @@ class _StudentRun:
                 logger.warning(
                     "trial %d: %s after epoch 1; it trains again at half the learning rate", trial_number, collapsed
                 )
-                self.restart = {
-                    "reason": str(collapsed),
-                    "after_epoch": 1,
-                    "metric": self.latest.value,
-                    LEARNING_RATE_ATTR: self.rate,
-                    LEARNING_CURVE_ATTR: list(self.curve),
-                }
+                self.restart = Restart(
+                    reason=str(collapsed),
+                    after_epoch=1,
+                    metric=self.latest.value,
+                    learning_rate=self.rate,
+                    learning_curve=list(self.curve),
+                )
                 self.rate, self.curve[:] = self.rate / 2, []
                 self.model.load_state_dict(self.initial_weights)
                 _set_rng_state(self.initial_rng, self.device)
@@ -451,26 +433,26 @@ class _StudentRun:
         if missing:  # save_pretrained only logs when ``out`` is not a usable directory
             raise OSError(f"the student was not saved to {out}: missing {', '.join(missing)}")
         inputs, latest = self.inputs, self.latest
-        attrs = {
-            **self.progress_attrs(self.training.epochs),
-            TRAIN_ROWS_ATTR: {
-                "labelled": len(inputs.train) - inputs.transfer_rows,
-                "transfer": len(self.rows) - len(inputs.train) + inputs.transfer_rows,
-                **({"transfer_per_epoch": self.sampled.draw} if self.sampled else {}),
-            },
-            KD_ATTR: self.distillation.record(),
-            TEACHERS_ATTR: list(inputs.teacher_names),
-            TRAIN_DEVICE_ATTR: str(self.device),
-            TRAIN_PRECISION_ATTR: self.precision,
-            TRAIN_STARTED_ATTR: self.started_at,
-            TRAIN_FINISHED_ATTR: time.time(),
-            STUDENT_PATH_ATTR: str(out),
-            STUDENT_DIGEST_ATTR: student_digest(out),
-            **({COLLAPSED_ATTR: latest.attrs[COLLAPSED_ATTR]} if COLLAPSED_ATTR in latest.attrs else {}),
-        }
+        rows = TrainRows(
+            labelled=len(inputs.train) - inputs.transfer_rows,
+            transfer=len(self.rows) - len(inputs.train) + inputs.transfer_rows,
+            transfer_per_epoch=self.sampled.draw if self.sampled else None,
+        )
+        record = replace(
+            self.progress(self.training.epochs),
+            train_rows=rows,
+            kd=KDRecipe.from_attrs(self.distillation.record()),
+            teachers=list(inputs.teacher_names),
+            train_device=str(self.device),
+            train_precision=self.precision,
+            train_started_at=self.started_at,
+            train_finished_at=time.time(),
+            student_path=str(out),
+            student_sha256=student_digest(out),
+            collapsed=StudentRecord.from_attrs(latest.attrs).collapsed,
+        )
         settings = inputs.config.latency
         if settings.runtime == "onnxruntime" and self.eval_logits is not None:
             served = score_served(self.model, out, inputs.eval, inputs.metric, self.eval_logits, settings)
-            attrs[SERVED_ATTR] = served
-            latest = replace(latest, value=served["metric"])
-        return replace(latest, completed=True, attrs=attrs, constraints=constraints)
+            record, latest = replace(record, served=served), replace(latest, value=float(served.metric or math.nan))
+        return replace(latest, completed=True, attrs=record.to_attrs(), constraints=constraints)
