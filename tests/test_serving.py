@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import optuna
 import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
@@ -197,6 +198,34 @@ def test_a_trial_served_by_onnxruntime_is_scored_and_ranked_as_served(tmp_path, 
     assert accuracy == pytest.approx(served["metric"])  # the saved graph scores what the study recorded
     if precision == "int8":
         assert served["int8_exceeds_tolerance"] == (served["int8"]["drop"] > 0.01)
+    exported = export_served(report, tmp_path)
+    card = (exported / "README.md").read_text()
+    assert "## Serving with ONNX Runtime" in card and f"`{graph.name}` ({precision})" in card
+    assert f"measured in ONNX Runtime {ort.__version__}, {precision}" in card
+    assert (exported / graph.name).read_bytes() == graph.read_bytes()
+
+
+def export_served(report, tmp_path: Path) -> Path:
+    """Export the trial ``report`` describes from a study holding it alone; a graph changed after the search (here:
+    another student's) is refused and leaves nothing behind."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "latency_ms"])
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[report.value, report.latency_ms], params={}, distributions={}, user_attrs=report.attrs
+        )
+    )
+    trial = study.trials[0]
+    exported = kdnas.export_trial(study, trial, tmp_path / "export")
+    saved = Path(report.attrs["student_path"])
+    other = StudentArch(num_layers=1, num_heads=2, head_dim=8, ffn_ratio=1).build(load_tokenizer("minilm"), 2, 64)
+    original = (saved / "model.onnx").read_bytes()
+    export_onnx(other.eval(), saved / "model.onnx")
+    with pytest.raises(ConfigError, match="model.onnx computes other logits than the PyTorch student"):
+        kdnas.export_trial(study, trial, tmp_path / "refused")
+    assert not any((tmp_path / "refused").iterdir())
+    (saved / "model.onnx").write_bytes(original)
+    return exported
 
 
 def test_kdnas_latency_compares_runtimes_and_precisions_in_a_table(tmp_path, capsys):

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kdnas.config import ConfigError
 from kdnas.outputs import missing_student_files, student_digest
 from kdnas.readers.report import collapse_notes, init_summary
+from kdnas.readers.served import check_graphs_load, latency_form, serving_section
 from kdnas.study.front import retimed, study_teachers
 from kdnas.study.records import LATENCY_KEY, Retrained
 from kdnas.study.student_record import LatencyDetail, StudentRecord, TrainRows
@@ -61,7 +62,10 @@ def trial_record(study: optuna.Study, trial: FrozenTrial, retrained: Retrained |
 
 def model_card(record: ExportedTrial) -> str:
     """A Hugging Face README.md for the exported student."""
-    return _card_results(record) + _card_training(record)
+    attrs = record.user_attrs or StudentRecord()
+    metric = list(record.objectives or {})[0]
+    served = serving_section(attrs.served, metric, attrs.latency or LatencyDetail(), attrs.arch_summary or "")
+    return _card_results(record) + served + _card_training(record)
 
 
 def _card_results(record: ExportedTrial) -> str:
@@ -95,9 +99,9 @@ A BERT-style student found by kdnas (study `{record.study}`, trial {record.trial
 |---|---|---|---|
 | {_known(task.name)} | {value:.4f} | {latency_ms:.3f} ms | {params:.2f}M |
 
-Latency: measured on {_known(lat.device_name)} ({_known(lat.device)}), {_known(lat.threads)} thread(s),
-batch {_known(lat.batch_size)}, sequence length {_known(lat.seq_len)}, median of {_known(lat.runs)} runs
-after {_known(lat.warmup)} warm-up runs.
+Latency: measured in {latency_form(lat)} on {_known(lat.device_name)} ({_known(lat.device)}),
+{_known(lat.threads)} thread(s), batch {_known(lat.batch_size)}, sequence length {_known(lat.seq_len)}, median of
+{_known(lat.runs)} runs after {_known(lat.warmup)} warm-up runs.
 """
 
 
@@ -248,6 +252,7 @@ def export_trial(
         if recorded is not None and student_digest(out_dir) != recorded:
             raise ConfigError(f"the copy of trial {trial.number}'s student in {out_dir} differs from {source}")
         check_loads(out_dir)
+        check_graphs_load(out_dir)
     except ConfigError:
         for written in out_dir.iterdir():  # nothing unusable is left looking like an export
             if written.is_file():
