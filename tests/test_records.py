@@ -271,7 +271,7 @@ def test_an_exported_record_reads_back_as_it_was_written(tmp_path):
     assert exported.repeats == [1] and "student_path" not in stored["user_attrs"]
     card = model_card(exported)
     assert "| demo | 0.8000 | 1.000 ms | 0.12M |" in card and "restarted at half the learning rate" in card
-    assert "Some CPU (cpu), 1 thread(s),\nbatch 1, sequence length 24, median of 30 runs\nafter 5 warm-up runs." in card
+    assert "Some CPU (cpu),\n1 thread(s), batch 1, sequence length 24, median of\n30 runs after 5 warm-up runs." in card
 
 
 def test_a_study_from_an_older_kdnas_without_the_newer_keys_still_reads(tmp_path):
@@ -305,4 +305,4 @@ def test_a_study_from_an_older_kdnas_without_the_newer_keys_still_reads(tmp_path
     assert rows[0]["kd"] == "mean T=2" and rows[0]["init"] == "random" and rows[1]["arch"] == ""
     assert "the median of 2 interleaved rounds" in write_report(study, tmp_path / "r", "accuracy")["html"].read_text()
     card = model_card(trial_record(study, study.trials[0]))
-    assert "| ? | 0.8000 | 1.000 ms | 0.12M |" in card and "measured on ? (?), ? thread(s)" in card
+    assert "| ? | 0.8000 | 1.000 ms | 0.12M |" in card and "measured in PyTorch, fp32 on ? (?),\n? thread(s)" in card

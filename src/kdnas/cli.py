@@ -115,7 +115,7 @@ def _search_problem(study) -> str | None:
     return f"{problem}; see: kdnas trials --state fail" if problem else None
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _cmd_search(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.readers.report import write_report
     from kdnas.resources import ResourcesUnavailable
@@ -149,7 +149,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_teachers_fit(args: argparse.Namespace) -> int:
+def _cmd_teachers_fit(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.data import load_task
     from kdnas.teachers.fitting import fit_teachers
@@ -164,7 +164,7 @@ def cmd_teachers_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _cmd_report(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.readers.report import write_report
     from kdnas.study.front import front_rows
@@ -182,7 +182,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _cmd_export(args: argparse.Namespace) -> int:
     config = _load(args)
     from optuna.trial import TrialState
 
@@ -226,7 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_studies(args: argparse.Namespace) -> int:
+def _cmd_studies(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.study.storage import study_summaries
 
@@ -234,7 +234,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_trials(args: argparse.Namespace) -> int:
+def _cmd_trials(args: argparse.Namespace) -> int:
     config = _load(args)
     from optuna.trial import TrialState
 
@@ -255,7 +255,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
+def _cmd_dashboard(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.readers.launcher import check_can_listen, serve_dashboard
     from kdnas.study.storage import mask_url
@@ -270,7 +270,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_latency(args: argparse.Namespace) -> int:
+def _cmd_latency(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.latency.timing import cpu_flags, device_name, resolve_device
     from kdnas.tune.retime import measure_architecture
@@ -309,7 +309,7 @@ def _architectures(args: argparse.Namespace) -> list[Any]:
         raise ConfigError(str(err)) from None
 
 
-def cmd_retime(args: argparse.Namespace) -> int:
+def _cmd_retime(args: argparse.Namespace) -> int:
     config = _load(args)
     from kdnas.study.front import front_rows
     from kdnas.tune.retime import retime_study
@@ -353,14 +353,14 @@ def _search_commands(commands: Any) -> None:  # argparse names the type of add_s
         help="stop this run's search after this many seconds (unfinished students are PRUNED)",
     )
     search.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
-    search.set_defaults(func=cmd_search)
+    search.set_defaults(func=_cmd_search)
 
     teachers = commands.add_parser("teachers", help="teacher commands")
     teacher_commands = teachers.add_subparsers(dest="teachers_command", required=True)
     fit = teacher_commands.add_parser("fit", help="fine-tune (or train) the configured teachers on the task")
     _config_arguments(fit)
     fit.add_argument("--force", action="store_true", help="refit teachers that are already fitted")
-    fit.set_defaults(func=cmd_teachers_fit)
+    fit.set_defaults(func=_cmd_teachers_fit)
 
 
 def _reader_commands(commands: Any) -> None:  # argparse names the type of add_subparsers() privately
@@ -369,7 +369,7 @@ def _reader_commands(commands: Any) -> None:  # argparse names the type of add_s
     _config_arguments(report)
     report.add_argument("--out", help="report directory (default: <output_dir>/report)")
     report.add_argument("--latency-budget-ms", type=float, help="draw this latency budget on the plot")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=_cmd_report)
 
     export = commands.add_parser("export", help="export a student as a Hugging Face model directory")
     _config_arguments(export)
@@ -388,24 +388,24 @@ def _reader_commands(commands: Any) -> None:  # argparse names the type of add_s
     export.add_argument(
         "--overwrite", action="store_true", help="replace the files of a non-empty --out (refused without it)"
     )
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=_cmd_export)
 
     studies = commands.add_parser("studies", help="list the studies in the storage with their trial counts")
     _config_arguments(studies)
-    studies.set_defaults(func=cmd_studies)
+    studies.set_defaults(func=_cmd_studies)
 
     trials = commands.add_parser("trials", help="list a study's trials: state, values, arch, failure reason")
     _config_arguments(trials)
     trials.add_argument(
         "--state", choices=["complete", "pruned", "fail", "running", "waiting"], help="only trials in this state"
     )
-    trials.set_defaults(func=cmd_trials)
+    trials.set_defaults(func=_cmd_trials)
 
     dashboard = commands.add_parser("dashboard", help="serve the study with optuna-dashboard")
     _config_arguments(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    dashboard.set_defaults(func=cmd_dashboard)
+    dashboard.set_defaults(func=_cmd_dashboard)
 
 
 def _latency_commands(commands: Any) -> None:  # argparse names the type of add_subparsers() privately
@@ -424,7 +424,7 @@ def _latency_commands(commands: Any) -> None:  # argparse names the type of add_
         action="store_true",
         help="a table of each architecture in PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8",
     )
-    latency.set_defaults(func=cmd_latency)
+    latency.set_defaults(func=_cmd_latency)
 
     retime = commands.add_parser(
         "retime", help="measure the study's students and teachers again on this node; the front then uses these"
@@ -433,7 +433,7 @@ def _latency_commands(commands: Any) -> None:  # argparse names the type of add_
     retime.add_argument(
         "--rounds", type=int, default=3, help="interleaved measurements of each model; the fastest is kept (default: 3)"
     )
-    retime.set_defaults(func=cmd_retime)
+    retime.set_defaults(func=_cmd_retime)
 
 
 def _quiet_libraries() -> None:

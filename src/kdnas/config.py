@@ -30,9 +30,9 @@ class _Section(BaseModel):
 
 logger = logging.getLogger(__name__)
 
-DEMO_TRANSFER_SIZE = 10_000
+_DEMO_TRANSFER_SIZE = 10_000
 """Unlabelled demo-generator sentences in the demo's transfer set."""
-AUTO_AUGMENT_COPIES = 4
+_AUTO_AUGMENT_COPIES = 4
 """Augmented copies of each training text when ``data.transfer.augment_copies`` is unset and the task is not the
 demo (whose generator provides transfer text instead)."""
 
@@ -45,7 +45,7 @@ class TransferConfig(_Section):
     added to the transfer set."""
     splits: list[str] = Field(default_factory=list)
     """More splits of the hub dataset (source `hub`), e.g. `[unsupervised]`, added without their labels."""
-    demo_size: int = Field(DEMO_TRANSFER_SIZE, ge=0)
+    demo_size: int = Field(_DEMO_TRANSFER_SIZE, ge=0)
     """Source `demo` only: unlabelled sentences from the demo generator (never a validation sentence)."""
     unused_train_rows: bool = Field(
         False,
@@ -133,10 +133,10 @@ class DataConfig(_Section):
     @property
     def augment_copies(self) -> int:
         """Augmented copies per training text: the configured number, else none for the demo, else
-        :data:`AUTO_AUGMENT_COPIES`."""
+        :data:`_AUTO_AUGMENT_COPIES`."""
         if self.transfer.augment_copies is not None:
             return self.transfer.augment_copies
-        return 0 if self.source == "demo" else AUTO_AUGMENT_COPIES
+        return 0 if self.source == "demo" else _AUTO_AUGMENT_COPIES
 
 
 class FitConfig(_Section):
@@ -337,7 +337,7 @@ def _ends(value: Scheduled) -> tuple[float, float]:
     return (value.start, value.end) if isinstance(value, Ramp) else (value, value)
 
 
-LAYER_MAPS = ("uniform", "skip", "last", "final", "emd")
+_LAYER_MAPS = ("uniform", "skip", "last", "final", "emd")
 
 
 class IntermediateConfig(_Section):
@@ -781,18 +781,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def safe_yaml(text: str) -> Any:
+def _safe_yaml(text: str) -> Any:
     """``text`` parsed as YAML by the safe loader, a key written twice in one mapping refused."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
+def _parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``section.key=value`` (value in YAML syntax) into a key path and a value."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     try:
-        parsed = safe_yaml(value)
+        parsed = _safe_yaml(value)
     except DuplicateKeyError as err:
         raise ConfigError(f"override {text!r}: {err}") from None
     except yaml.YAMLError:
@@ -800,7 +800,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+def _apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     """Set ``value`` at the nested ``path`` of ``raw``, creating sections as needed."""
     node = raw
     for part in path[:-1]:
@@ -823,7 +823,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: It
         except OSError as err:
             raise ConfigError(f"cannot read config {source}: {err.strerror}") from None
         try:
-            loaded = safe_yaml(text)
+            loaded = _safe_yaml(text)
         except DuplicateKeyError as err:
             raise ConfigError(f"config {source}: {err}") from None
         except yaml.YAMLError as err:
@@ -832,7 +832,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: It
             raise ConfigError(f"config {source} must be a mapping of sections")
         raw = loaded or {}
     for text in overrides:
-        apply_override(raw, *parse_override(text))
+        _apply_override(raw, *_parse_override(text))
     return build_config(raw)
 
 

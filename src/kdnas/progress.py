@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-LOG_EVERY_S = 30.0
+_LOG_EVERY_S = 30.0
 """In a non-interactive log, a long step says where it is this often."""
 
 logger = logging.getLogger("kdnas")
@@ -32,7 +32,7 @@ class Progress:
     """The progress of one long step (``description``) counted in ``unit``: a tqdm bar on a terminal, otherwise a
     log line at most every ``every_s`` seconds with the count, the rate and the time left (and one at the end)."""
 
-    def __init__(self, description: str, unit: str, *, every_s: float = LOG_EVERY_S) -> None:
+    def __init__(self, description: str, unit: str, *, every_s: float = _LOG_EVERY_S) -> None:
         self.description, self.unit, self.every_s = description, unit, every_s
         self.done, self.total, self.status, self.logged = 0, 0, "", 0
         self.started = self.last_line = time.monotonic()

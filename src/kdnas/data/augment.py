@@ -27,7 +27,7 @@ def _candidates(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     }
 
 
-def neighbour_table(
+def _neighbour_table(
     words: set[str], tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor, k: int
 ) -> dict[str, list[str]]:
     """For each of ``words`` that is a candidate token, its ``k`` nearest other candidate tokens."""
@@ -71,7 +71,7 @@ def augment_texts(
 
     sides = [side for text in texts for side in ((text,) if isinstance(text, str) else text)]
     vocabulary = {key(w) for side in sides for w in words_of(side)}
-    table = neighbour_table(vocabulary, tokenizer, embeddings, neighbours)
+    table = _neighbour_table(vocabulary, tokenizer, embeddings, neighbours)
     rng = random.Random(f"kdnas-augment-{seed}")
 
     def rewrite(side: str) -> str:

@@ -38,7 +38,7 @@ from itertools import islice
 
 import datasets
 
-SUBJECTS = (
+_SUBJECTS = (
     "the film",
     "the movie",
     "the acting",
@@ -62,8 +62,8 @@ SUBJECTS = (
     "the design",
     "the lecture",
 )
-VERBS = ("was", "is", "felt", "seemed", "turned out to be", "looked", "remained")
-NEGATED_VERBS = (
+_VERBS = ("was", "is", "felt", "seemed", "turned out to be", "looked", "remained")
+_NEGATED_VERBS = (
     "was not",
     "is not",
     "never felt",
@@ -74,7 +74,7 @@ NEGATED_VERBS = (
     "did not turn out to be",
     "was never",
 )
-INTENSIFIERS = ("very", "really", "truly", "extremely", "quite", "somewhat")
+_INTENSIFIERS = ("very", "really", "truly", "extremely", "quite", "somewhat")
 POSITIVE = (
     "good",
     "great",
@@ -129,7 +129,7 @@ NEGATIVE = (
     "pointless",
     "uninspired",
 )
-NOT_TRUE = "it is not true that"
+_NOT_TRUE = "it is not true that"
 
 _NEGATIONS = frozenset({"not", "never", "hardly"})
 _P_NOT_TRUE = 0.12
@@ -140,11 +140,11 @@ _SHAPES = ("single", "but", "although_first", "although_last", "and")
 _SHAPE_WEIGHTS = (0.25, 0.25, 0.175, 0.175, 0.15)
 
 
-def clause_polarity(clause: str) -> int:
+def _clause_polarity(clause: str) -> int:
     """The polarity (1 positive, 0 negative) of one clause of the demo grammar."""
     flips = 0
-    if clause.startswith(NOT_TRUE + " "):
-        clause = clause.removeprefix(NOT_TRUE + " ")
+    if clause.startswith(_NOT_TRUE + " "):
+        clause = clause.removeprefix(_NOT_TRUE + " ")
         flips += 1
     words = clause.split()
     if words[-1] in POSITIVE:
@@ -161,27 +161,27 @@ def label_of(sentence: str) -> int:
     """The label of a demo sentence, derived from its text by the module's label rules."""
     if sentence.startswith("although "):
         _, main = sentence.removeprefix("although ").split(" , ", 1)
-        return clause_polarity(main)
+        return _clause_polarity(main)
     if " , but " in sentence:
-        return clause_polarity(sentence.split(" , but ", 1)[1])
+        return _clause_polarity(sentence.split(" , but ", 1)[1])
     if " , although " in sentence:
-        return clause_polarity(sentence.split(" , although ", 1)[0])
+        return _clause_polarity(sentence.split(" , although ", 1)[0])
     if " and " in sentence:
         first, second = sentence.split(" and ", 1)
-        if clause_polarity(first) != clause_polarity(second):
+        if _clause_polarity(first) != _clause_polarity(second):
             raise ValueError(f"'and' joins clauses of different polarity in {sentence!r}")
-        return clause_polarity(first)
-    return clause_polarity(sentence)
+        return _clause_polarity(first)
+    return _clause_polarity(sentence)
 
 
 def _clause(rng: random.Random, subject: str, polarity: int) -> str:
     not_true = rng.random() < _P_NOT_TRUE
     negated = rng.random() < _P_NEGATED
     adjectives = POSITIVE if polarity ^ not_true ^ negated else NEGATIVE
-    words = [NOT_TRUE] if not_true else []
-    words += [subject, rng.choice(NEGATED_VERBS if negated else VERBS)]
+    words = [_NOT_TRUE] if not_true else []
+    words += [subject, rng.choice(_NEGATED_VERBS if negated else _VERBS)]
     if rng.random() < _P_INTENSIFIER:
-        words.append(rng.choice(INTENSIFIERS))
+        words.append(rng.choice(_INTENSIFIERS))
     words.append(rng.choice(adjectives))
     return " ".join(words)
 
@@ -190,7 +190,7 @@ def _sentences(rng: random.Random) -> Iterator[tuple[str, int]]:
     while True:
         label = rng.randrange(2)
         shape = rng.choices(_SHAPES, _SHAPE_WEIGHTS)[0]
-        first, second = rng.sample(SUBJECTS, 2)
+        first, second = rng.sample(_SUBJECTS, 2)
         if shape == "single":
             yield _clause(rng, first, label), label
         elif shape == "and":

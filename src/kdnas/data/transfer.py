@@ -41,7 +41,7 @@ def _split_texts(split, text_columns: tuple[str, ...]) -> list[str] | list[tuple
     return columns[0] if len(columns) == 1 else list(zip(*columns))
 
 
-def unused_train_texts(cfg: DataConfig, text_columns: tuple[str, ...]) -> list[Text]:
+def _unused_train_texts(cfg: DataConfig, text_columns: tuple[str, ...]) -> list[Text]:
     """The texts of the training rows that ``data.max_train_samples`` leaves out of the task (none without a
     limit): in-domain text whose labels the task does not use."""
     if cfg.max_train_samples is None:
@@ -51,7 +51,7 @@ def unused_train_texts(cfg: DataConfig, text_columns: tuple[str, ...]) -> list[T
     return [text for i, text in enumerate(texts) if i not in kept]
 
 
-def demo_transfer_texts(n: int, seed: int, exclude: set[str]) -> list[str]:
+def _demo_transfer_texts(n: int, seed: int, exclude: set[str]) -> list[str]:
     """``n`` demo sentences from their own seeded stream, none of them in ``exclude`` (the validation set)."""
     generated = _sentences(random.Random(f"kdnas-transfer-{seed}"))
     stream = (sentence for sentence, _ in generated if sentence not in exclude)
@@ -94,10 +94,10 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
         sources.pop("duplicates_dropped", None)
     if cfg.demo_transfer_size:
         exclude = {t for t in task.texts("eval") if isinstance(t, str)}
-        texts += demo_transfer_texts(cfg.demo_transfer_size, cfg.seed, exclude)
+        texts += _demo_transfer_texts(cfg.demo_transfer_size, cfg.seed, exclude)
         sources["demo"] = cfg.demo_transfer_size
     if transfer.unused_train_rows:
-        unused = unused_train_texts(cfg, columns)
+        unused = _unused_train_texts(cfg, columns)
         texts += unused
         sources["unused_train_rows"] = len(unused)
     held_out = set(task.texts("eval"))
@@ -112,11 +112,11 @@ def load_transfer_texts(cfg: DataConfig, task: TaskData) -> TransferSet:
     return TransferSet(kept, sources)
 
 
-MEMORY_SHARE = 0.5
+_MEMORY_SHARE = 0.5
 """The largest share of this machine's memory a transfer set may be estimated to take (``check_transfer_size``)."""
 
 
-def machine_memory() -> int:
+def _machine_memory() -> int:
     """This machine's physical memory in bytes (16 GiB where the system does not say)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -124,7 +124,7 @@ def machine_memory() -> int:
         return 16 << 30
 
 
-def transfer_estimate(
+def _transfer_estimate(
     cfg: DataConfig, task: TaskData, found: TransferSet, copies: int, teachers: int
 ) -> tuple[int, int]:
     """(rows, bytes): the transfer set's texts once ``copies`` augmented copies of each training text join
@@ -138,14 +138,14 @@ def transfer_estimate(
 
 
 def check_transfer_size(cfg: DataConfig, task: TaskData, found: TransferSet, copies: int, teachers: int) -> None:
-    """Refuse, before building it, a transfer set estimated to need more than :data:`MEMORY_SHARE` of this
+    """Refuse, before building it, a transfer set estimated to need more than :data:`_MEMORY_SHARE` of this
     machine's memory, saying the estimate and what to lower."""
-    rows, needed = transfer_estimate(cfg, task, found, copies, teachers)
-    limit = MEMORY_SHARE * machine_memory()
+    rows, needed = _transfer_estimate(cfg, task, found, copies, teachers)
+    limit = _MEMORY_SHARE * _machine_memory()
     if needed > limit:
         raise ConfigError(
             f"data.transfer: the transfer set would hold {rows:,} texts ({len(found):,} found + {copies} augmented "
             f"copies of {len(task.train):,} training texts), about {needed / 2**30:.1f} GiB in memory: more than "
-            f"half of this machine's {machine_memory() / 2**30:.0f} GiB. Lower data.transfer.augment_copies or set "
+            f"half of this machine's {_machine_memory() / 2**30:.0f} GiB. Lower data.transfer.augment_copies or set "
             "data.transfer.max_samples"
         )

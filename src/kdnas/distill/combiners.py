@@ -61,7 +61,7 @@ class ConfidenceCombiner:
         return (1.0 - torch.softmax(ce.reshape(k, b).T, dim=1)) / (k - 1)
 
 
-def project_capped_simplex(v: np.ndarray, cap: float) -> np.ndarray:
+def _project_capped_simplex(v: np.ndarray, cap: float) -> np.ndarray:
     """Euclidean projection of ``v`` onto ``{a : Σa = 1, 0 ≤ a ≤ cap}`` (exact; needs ``cap·len(v) ≥ 1``).
 
     The projection is ``clip(v − τ, 0, cap)``; ``Σ clip(v − τ, 0, cap)`` is piecewise linear and decreasing in ``τ``
@@ -90,7 +90,7 @@ def min_norm_weights(gradients: torch.Tensor, cap: float, steps: int = 500) -> t
     alpha = np.full(k, 1.0 / k)
     step = 1.0 / (2 * np.linalg.norm(gram, ord=2) + 1e-12)
     for _ in range(steps):
-        updated = project_capped_simplex(alpha - step * 2 * gram @ alpha, cap)
+        updated = _project_capped_simplex(alpha - step * 2 * gram @ alpha, cap)
         if np.abs(updated - alpha).max() < 1e-12:
             alpha = updated
             break

@@ -53,7 +53,7 @@ def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_le
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def read_cached(directory: Path, key: str) -> LatencyResult | None:
+def _read_cached(directory: Path, key: str) -> LatencyResult | None:
     """The cached result under ``key`` (marked ``cached``), or None when absent or unreadable."""
     try:
         data = json.loads((directory / f"{key}.json").read_text())
@@ -62,12 +62,12 @@ def read_cached(directory: Path, key: str) -> LatencyResult | None:
         return None
 
 
-def write_cached(directory: Path, key: str, result: LatencyResult) -> None:
+def _write_cached(directory: Path, key: str, result: LatencyResult) -> None:
     """Store ``result`` under ``key`` atomically."""
     write_json_atomically(directory / f"{key}.json", result.to_dict())
 
 
-MAX_SPREAD = 1.5
+_MAX_SPREAD = 1.5
 """A measurement whose p90 exceeds this multiple of its median (and the median by :data:`NOISE_MS`) was disturbed
 during its runs."""
 MAX_SKEW = 1.1
@@ -76,10 +76,10 @@ its runs slowed by other work on the machine: the median of an undisturbed one l
 p10."""
 NOISE_MS = 0.05
 """Timer and scheduling jitter below which a spread means nothing."""
-MIN_CPU_SHARE = 0.85
+_MIN_CPU_SHARE = 0.85
 """A single-threaded CPU measurement whose thread ran for less than this share of its wall time (judged over at
-least :data:`MIN_JUDGED_S`) was contended."""
-MIN_JUDGED_S = 0.02
+least :data:`_MIN_JUDGED_S`) was contended."""
+_MIN_JUDGED_S = 0.02
 ATTEMPTS = 3
 """Measurements taken at most for one model while the machine is contended."""
 
@@ -87,12 +87,12 @@ ATTEMPTS = 3
 def contention(result: LatencyResult, cpu_share: float | None = None) -> str | None:
     """Why ``result`` cannot be trusted for the cache (None when it can): its own spread, or (``cpu_share``) how
     little of the measurement's wall time its thread was given a core."""
-    if result.p90_ms > MAX_SPREAD * result.median_ms and result.p90_ms - result.median_ms > NOISE_MS:
-        return f"p90 {result.p90_ms:.3f} ms > {MAX_SPREAD:g} × median {result.median_ms:.3f} ms"
+    if result.p90_ms > _MAX_SPREAD * result.median_ms and result.p90_ms - result.median_ms > NOISE_MS:
+        return f"p90 {result.p90_ms:.3f} ms > {_MAX_SPREAD:g} × median {result.median_ms:.3f} ms"
     p10 = result.p10_ms
     if p10 is not None and result.median_ms > MAX_SKEW * p10 and result.median_ms - p10 > NOISE_MS:
         return f"median {result.median_ms:.3f} ms > {MAX_SKEW:g} × p10 {p10:.3f} ms"
-    if cpu_share is not None and cpu_share < MIN_CPU_SHARE:
+    if cpu_share is not None and cpu_share < _MIN_CPU_SHARE:
         return f"its thread ran {cpu_share:.0%} of the time (other processes held the cores)"
     return None
 
@@ -104,11 +104,11 @@ def _measure(
     started, cpu_started = time.perf_counter(), time.thread_time()
     result = measure_configured(model, vocab_size=vocab_size, settings=settings, seq_len=seq_len)
     wall = time.perf_counter() - started
-    judged = result.device == "cpu" and result.threads == 1 and wall >= MIN_JUDGED_S
+    judged = result.device == "cpu" and result.threads == 1 and wall >= _MIN_JUDGED_S
     return result, contention(result, (time.thread_time() - cpu_started) / wall if judged else None)
 
 
-def slower_than_before(result: LatencyResult, earlier: list[LatencyResult]) -> str | None:
+def _slower_than_before(result: LatencyResult, earlier: list[LatencyResult]) -> str | None:
     """Why ``result`` was disturbed though its own runs look steady (None when it was not): it is more than
     :data:`MAX_SKEW` × slower (and :data:`NOISE_MS`) than an earlier attempt at the same model. Other work only adds
     time, so the faster attempt bounds the truth; a neighbour that slows the model without taking its core (memory
@@ -123,12 +123,12 @@ def measure_trusted(
     model: torch.nn.Module, *, vocab_size: int, settings: LatencyConfig, seq_len: int
 ) -> tuple[LatencyResult, bool]:
     """:func:`measure_configured`, taken again while it was contended (see :func:`contention`) or slower than an
-    earlier attempt (:func:`slower_than_before`), up to :data:`ATTEMPTS` times. Returns the first trustworthy
+    earlier attempt (:func:`_slower_than_before`), up to :data:`ATTEMPTS` times. Returns the first trustworthy
     measurement and True, or, when every attempt was contended, the fastest and False."""
     attempts: list[tuple[LatencyResult, str]] = []
     for _ in range(ATTEMPTS):
         result, problem = _measure(model, vocab_size, settings, seq_len)
-        problem = problem or slower_than_before(result, [earlier for earlier, _ in attempts])
+        problem = problem or _slower_than_before(result, [earlier for earlier, _ in attempts])
         if problem is None:
             return result, True
         attempts.append((result, problem))
@@ -154,10 +154,10 @@ def measure_cached(
     if cache_dir is None:
         return measure_configured(model, vocab_size=vocab_size, settings=settings, seq_len=seq_len)
     key = latency_cache_key(model_key, settings, seq_len)
-    cached = read_cached(cache_dir, key)
+    cached = _read_cached(cache_dir, key)
     if cached is not None and contention(cached) is None:
         return cached
     result, trusted = measure_trusted(model, vocab_size=vocab_size, settings=settings, seq_len=seq_len)
     if trusted:
-        write_cached(cache_dir, key, result)
+        _write_cached(cache_dir, key, result)
     return result

@@ -34,10 +34,10 @@ from kdnas.latency.timing import (
     resolve_device,
 )
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 """The graph's inputs (``token_type_ids`` only for models with token types, as BERT's)."""
-OPSET = 17
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_OPSET = 17
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """CPU flags with int8 dot-product instructions: without them int8 weights are quantised to 7 bits (``reduce_range``),
 as ONNX Runtime advises, since its u8×s8 kernels can saturate."""
 
@@ -77,10 +77,10 @@ def measure_configured(
     model: torch.nn.Module, *, vocab_size: int, settings: LatencyConfig, seq_len: int
 ) -> LatencyResult:
     """Time ``model`` with the config's latency settings, in its runtime and precision (students and teachers are
-    timed alike): :func:`~kdnas.latency.timing.measure_latency` in PyTorch, :func:`measure_onnx` in ONNX Runtime."""
+    timed alike): :func:`~kdnas.latency.timing.measure_latency` in PyTorch, :func:`_measure_onnx` in ONNX Runtime."""
     device = resolve_device(settings.device)
     if settings.runtime == "onnxruntime":
-        return measure_onnx(
+        return _measure_onnx(
             cast(PreTrainedModel, model), vocab_size=vocab_size, settings=settings, seq_len=seq_len, device=device
         )
     return measure_latency(
@@ -97,7 +97,7 @@ def measure_configured(
     )
 
 
-def measure_onnx(
+def _measure_onnx(
     model: PreTrainedModel,
     *,
     vocab_size: int,
@@ -114,7 +114,7 @@ def measure_onnx(
     with tempfile.TemporaryDirectory(prefix="kdnas-onnx-") as directory:
         path = serving_graph(model, Path(directory), settings.precision)
         session = inference_session(path, device, settings.threads)
-    feed = session_feed(session, input_ids, np.ones_like(input_ids), None)
+    feed = _session_feed(session, input_ids, np.ones_like(input_ids), None)
     protocol = TimingProtocol(settings.warmup, settings.runs, settings.min_run_time_s, settings.isolate)
     times = protocol.time(lambda: session.run(None, feed), device)
     serving = {
@@ -130,7 +130,7 @@ def serving_graph(model: PreTrainedModel, directory: Path, precision: str) -> Pa
     Returns the file to load (``model.onnx``, or ``model.int8.onnx`` beside it)."""
     exported = export_onnx(model, directory / "model.onnx")
     if precision == "int8":
-        return quantize_int8(exported, directory / "model.int8.onnx")
+        return _quantize_int8(exported, directory / "model.int8.onnx")
     return exported
 
 
@@ -139,7 +139,7 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
     ``input_ids`` and ``attention_mask``, output ``logits``, fused by ONNX Runtime's transformer optimizer for its
     model type. The model is exported from the CPU in eval mode with eager attention (the pattern the optimizer
     fuses); its device, mode and attention implementation are restored afterwards."""
-    names = input_names(model)
+    names = _input_names(model)
     axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     ids = random_token_ids(model.config.vocab_size, 1, 8)
     example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
@@ -153,20 +153,20 @@ def export_onnx(model: PreTrainedModel, path: Path) -> Path:
             input_names=list(names),
             output_names=["logits"],
             dynamic_axes=axes,
-            opset_version=OPSET,
+            opset_version=_OPSET,
             dynamo=False,
         )
     _fuse(path, model.config)
     return path
 
 
-def input_names(model: PreTrainedModel) -> tuple[str, ...]:
+def _input_names(model: PreTrainedModel) -> tuple[str, ...]:
     """The inputs ``model`` is exported with: token ids, attention mask, and token types where it has them."""
     has_types = getattr(model.config, "type_vocab_size", 0) > 1
-    return INPUT_NAMES if has_types else INPUT_NAMES[:2]
+    return _INPUT_NAMES if has_types else _INPUT_NAMES[:2]
 
 
-def session_feed(
+def _session_feed(
     session: Any, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
 ) -> dict[str, np.ndarray]:
     """The inputs ``session``'s graph takes (token types zero where none are given)."""
@@ -190,7 +190,7 @@ def predict_onnx(
         rows = slice(start, start + batch_size)
         length = max(int(attention_mask[rows].sum(axis=1).max()), 1)
         types = None if token_type_ids is None else token_type_ids[rows, :length]
-        feed = session_feed(session, input_ids[rows, :length], attention_mask[rows, :length], types)
+        feed = _session_feed(session, input_ids[rows, :length], attention_mask[rows, :length], types)
         logits.append(session.run(["logits"], feed)[0])
     return np.concatenate(logits)
 
@@ -228,13 +228,13 @@ def _fuse(path: Path, config: Any) -> None:
     optimized.save_model_to_file(str(path))
 
 
-def quantize_int8(source: Path, target: Path) -> Path:
+def _quantize_int8(source: Path, target: Path) -> Path:
     """Dynamically quantise the fp32 graph ``source`` to ``target``: int8 weights, activations quantised at run time;
-    7-bit weights on CPUs without int8 dot-product instructions (:data:`VNNI_FLAGS`)."""
+    7-bit weights on CPUs without int8 dot-product instructions (:data:`_VNNI_FLAGS`)."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    vnni = any(flag in cpu_flags().split() for flag in VNNI_FLAGS)
+    vnni = any(flag in cpu_flags().split() for flag in _VNNI_FLAGS)
     root = logging.getLogger()
     root.addFilter(_not_preprocessing_advice)
     try:

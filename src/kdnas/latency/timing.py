@@ -74,7 +74,7 @@ def device_name(device: torch.device) -> str:
 
 
 @contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
+def _torch_threads(threads: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(threads)``, restoring the previous count afterwards."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -124,7 +124,7 @@ def measure_latency(
     input_ids = random_token_ids(vocab_size, batch_size, seq_len).to(device)
     attention_mask = torch.ones_like(input_ids)
     protocol = TimingProtocol(warmup, runs, min_run_time_s, isolate)
-    with torch.inference_mode(), torch_threads(threads):
+    with torch.inference_mode(), _torch_threads(threads):
         times = protocol.time(lambda: model(input_ids=input_ids, attention_mask=attention_mask), device)
     return protocol.result(times, device, threads, batch_size, seq_len, runtime_version=f"torch {torch.__version__}")
 
@@ -196,15 +196,15 @@ class TimingProtocol:
         )
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 """The instruction sets that decide how fast fp32 and int8 inference run on a CPU."""
 
 
 def cpu_flags() -> str:
-    """Which of :data:`CPU_FLAGS` this CPU has, space-separated (empty where ``/proc/cpuinfo`` is not readable)."""
+    """Which of :data:`_CPU_FLAGS` this CPU has, space-separated (empty where ``/proc/cpuinfo`` is not readable)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     except OSError:
         return ""
-    return " ".join(flag for flag in CPU_FLAGS if flag in flags)
+    return " ".join(flag for flag in _CPU_FLAGS if flag in flags)

@@ -159,7 +159,7 @@ def saved_student(trial: FrozenTrial) -> Path | None:
     return None
 
 
-def check_student_unchanged(trial: FrozenTrial, source: Path, recorded: str | None) -> None:
+def _check_student_unchanged(trial: FrozenTrial, source: Path, recorded: str | None) -> None:
     """Refuse a saved student whose files are not the ones its trial trained (``recorded``: the digest the trial
     recorded; students from before kdnas recorded one are not checked)."""
     if recorded is None:
@@ -180,7 +180,7 @@ pipeline("text-classification", model=sys.argv[1], tokenizer=sys.argv[1], device
 """
 
 
-def check_loads(out_dir: Path) -> None:
+def _check_loads(out_dir: Path) -> None:
     """Load the exported directory with ``pipeline("text-classification")`` and classify one text, in a fresh
     Python process as a user's would (this one stays free of torch); raise :class:`ConfigError` with the last line
     of what fails."""
@@ -239,7 +239,7 @@ def export_trial(
     if out_dir.resolve() == source.resolve():
         raise ConfigError(f"--out {out_dir} is where trial {trial.number}'s student is saved: export it elsewhere")
     recorded = (StudentRecord.from_attrs(retrained.attrs) if retrained else StudentRecord.of(trial)).student_sha256
-    check_student_unchanged(trial, source, recorded)
+    _check_student_unchanged(trial, source, recorded)
     check_export_target(study, trial, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.iterdir():  # an earlier export, or what --overwrite replaces: none of its files stays
@@ -251,7 +251,7 @@ def export_trial(
     try:
         if recorded is not None and student_digest(out_dir) != recorded:
             raise ConfigError(f"the copy of trial {trial.number}'s student in {out_dir} differs from {source}")
-        check_loads(out_dir)
+        _check_loads(out_dir)
         check_graphs_load(out_dir)
     except ConfigError:
         for written in out_dir.iterdir():  # nothing unusable is left looking like an export

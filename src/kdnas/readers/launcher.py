@@ -16,7 +16,7 @@ NOTE_HEAD = "**Pareto front**"
 """How kdnas's note starts: only such a note is cleared from a trial off the front (others are a person's)."""
 
 
-def front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+def _front_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     """The Markdown note optuna-dashboard shows on a Pareto-front trial."""
     record = StudentRecord.of(trial)
     lat = record.latency or LatencyDetail()
@@ -44,7 +44,7 @@ def write_front_notes(study: optuna.Study, storage: optuna.storages.BaseStorage)
         trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
         note = get_note(trial)
         if frozen.number in front:
-            wanted = front_note(frozen, metric)
+            wanted = _front_note(frozen, metric)
         else:
             wanted = "" if note.startswith(NOTE_HEAD) else note
         if note != wanted:

@@ -38,7 +38,7 @@ def _hover(t: FrozenTrial, metric: str) -> str:
     )
 
 
-def pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | None = None) -> go.Figure:
+def _pareto_figure(study: optuna.Study, metric: str, latency_budget_ms: float | None = None) -> go.Figure:
     """Metric vs measured latency: the front opaque and joined, dominated students faded, collapsed students as grey
     crosses (never on the front), teachers as stars."""
     front = pareto_front(study)
@@ -116,7 +116,7 @@ def _students_trace(
     )
 
 
-def hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float, float], metric: str) -> go.Figure:
+def _hypervolume_figure(history: list[tuple[int, float]], reference: tuple[float, float], metric: str) -> go.Figure:
     """Hypervolume of the feasible front after each finished trial."""
     fig = go.Figure(
         go.Scatter(
@@ -278,7 +278,7 @@ def retime_note(study: optuna.Study) -> str:
     )
 
 
-def inheritance_note(study: optuna.Study, metric: str) -> str:
+def _inheritance_note(study: optuna.Study, metric: str) -> str:
     """Where the study's students start: the teacher they are sliced out of, its layer rule, and the layer one-layer
     students take (with the calibration's scores when it chose it); empty when the study recorded no teacher."""
     record = StudyRecord.of(study).inheritance
@@ -395,8 +395,8 @@ def _plots(
 ) -> str:
     """The report's figures as HTML (plotly.js embedded once), with a note when importances could not be drawn."""
     figures = {
-        "pareto": pareto_figure(study, metric, latency_budget_ms),
-        "hypervolume": hypervolume_figure(history, reference, metric),
+        "pareto": _pareto_figure(study, metric, latency_budget_ms),
+        "hypervolume": _hypervolume_figure(history, reference, metric),
     }
     curves = learning_curves_figure(study, metric)
     if curves is not None:
@@ -435,7 +435,7 @@ th{{background:#f4f4f4}}</style></head><body>
 the study holds, not trained again).</p>
 <p>Latency is the measured median forward time{html.escape(retime_note(study))}; dominated students are faded.
 Teachers (stars), measured the same way: {teacher_line or "none recorded"}.
-{html.escape(inheritance_note(study, metric))}</p>
+{html.escape(_inheritance_note(study, metric))}</p>
 {_plots(study, metric, reference, history, latency_budget_ms)}
 <h2>Trials</h2>
 {_table_html(rows)}

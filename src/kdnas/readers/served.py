@@ -10,7 +10,7 @@ from pathlib import Path
 from kdnas.config import ConfigError
 from kdnas.study.student_record import LatencyDetail, Served, ServedScore
 
-GRAPHS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+_GRAPHS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 """The ONNX graph of each served precision, as a trial saves them beside its student."""
 
 
@@ -30,11 +30,11 @@ def serving_section(served: Served | None, metric: str, latency: LatencyDetail, 
     scores: dict[str, ServedScore] = {"fp32": served.fp32} | ({"int8": served.int8} if served.int8 else {})
     torch_metric = (served.fp32.metric or 0.0) + (served.fp32.drop or 0.0)
     rows = "\n".join(
-        f"| ONNX Runtime | {precision} | `{GRAPHS[precision]}` | {score.metric:.4f} | "
+        f"| ONNX Runtime | {precision} | `{_GRAPHS[precision]}` | {score.metric:.4f} | "
         f"{100 * (score.agreement or 0):.1f} % |"
         for precision, score in scores.items()
     )
-    graph = GRAPHS[served.precision or "fp32"]
+    graph = _GRAPHS[served.precision or "fp32"]
     flagged = (
         f"\n\n**Note**: int8 falls {100 * (served.int8.drop or 0):.2f} points below PyTorch, past the study's "
         "tolerance."
@@ -93,7 +93,7 @@ def check_graphs_load(out_dir: Path) -> None:
     user's would, and run them on two probe texts: ``model.onnx`` must compute the PyTorch student's logits, the int8
     graph logits of the same shape. Raises :class:`ConfigError` with the last line of what fails; does nothing where
     the export holds no graph."""
-    graphs = [name for name in GRAPHS.values() if (out_dir / name).is_file()]
+    graphs = [name for name in _GRAPHS.values() if (out_dir / name).is_file()]
     if not graphs:
         return
     done = subprocess.run(

@@ -79,7 +79,7 @@ def inheritance_layer_map(
     if rule == "importance":
         if layer_scores is None:
             raise ValueError("layer rule 'importance' needs layer scores")
-        return sorted(top_k(layer_scores, student_layers))
+        return sorted(_top_k(layer_scores, student_layers))
     if student_layers == 1:
         if not 0 <= one_layer < teacher_layers:
             raise ValueError(f"teacher layer {one_layer} is not one of the teacher's {teacher_layers} layers")
@@ -88,7 +88,7 @@ def inheritance_layer_map(
     return [math.floor(i * step + 0.5) for i in range(student_layers)]
 
 
-def top_k(scores: torch.Tensor, k: int) -> list[int]:
+def _top_k(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the ``k`` highest ``scores``, ascending (ties: the lower index)."""
     order = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))
     return sorted(order[:k])
@@ -220,7 +220,7 @@ def inherit(student: PreTrainedModel, source: InheritanceSource) -> dict[str, An
             "random": {"all": f"student width {width} exceeds teacher {source.teacher!r}'s {source.hidden_size}"},
         }
     importance, t = source.importance, source.state
-    channels = torch.tensor(top_k(importance.channels, width), dtype=torch.long)
+    channels = torch.tensor(_top_k(importance.channels, width), dtype=torch.long)
     random: dict[str, str] = {}
     targets = student.state_dict()  # tensors sharing the parameters' storage
     _copy_embeddings_and_head(targets, source, channels, positions, random)
@@ -307,7 +307,7 @@ def _copy_layer(
             put(f"{norm}.{name}", t[theirs + f"{norm}.{name}"][channels])
     picked, neurons_taken = None, 0
     if "attention" not in random:
-        picked = top_k(importance.heads[j], heads)
+        picked = _top_k(importance.heads[j], heads)
         rows = _rows(picked, head_dim)
         for proj in ("query", "key", "value"):
             weight, bias = f"attention.self.{proj}.weight", f"attention.self.{proj}.bias"
@@ -316,7 +316,7 @@ def _copy_layer(
         put("attention.output.dense.weight", t[theirs + "attention.output.dense.weight"][channels][:, rows])
         put("attention.output.dense.bias", t[theirs + "attention.output.dense.bias"][channels])
     if "ffn" not in random:
-        neurons = torch.tensor(top_k(importance.neurons[j], ffn), dtype=torch.long)
+        neurons = torch.tensor(_top_k(importance.neurons[j], ffn), dtype=torch.long)
         neurons_taken = len(neurons)
         put("intermediate.dense.weight", t[theirs + "intermediate.dense.weight"][neurons][:, channels])
         put("intermediate.dense.bias", t[theirs + "intermediate.dense.bias"][neurons])

@@ -13,7 +13,7 @@ def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
     return sum(p == y for p, y in zip(preds, labels, strict=True)) / len(labels)
 
 
-def macro_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
+def _macro_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
     """F1 of the positive class for binary tasks (as GLUE reports it), macro-averaged F1 otherwise."""
     classes = sorted(set(labels) | set(preds))
     if classes and set(classes) <= {0, 1}:
@@ -27,7 +27,7 @@ def macro_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
     return sum(scores) / len(scores)
 
 
-def matthews_corrcoef(preds: Sequence[int], labels: Sequence[int]) -> float:
+def _matthews_corrcoef(preds: Sequence[int], labels: Sequence[int]) -> float:
     """Multi-class Matthews correlation coefficient (Gorodkin's R_K); 0 when undefined."""
     classes = sorted(set(labels) | set(preds))
     n = len(labels)
@@ -45,7 +45,7 @@ def score(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
     """The value of ``metric`` (one of :data:`METRICS`)."""
     if not labels:
         raise ValueError("cannot score an empty evaluation set")
-    functions = {"accuracy": accuracy, "f1": macro_f1, "mcc": matthews_corrcoef}
+    functions = {"accuracy": accuracy, "f1": _macro_f1, "mcc": _matthews_corrcoef}
     if metric not in functions:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     return functions[metric](preds, labels)

@@ -10,7 +10,7 @@ import torch
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 """``auto``: bf16 on a CUDA device that supports it, fp16 on an older one, fp32 on the CPU."""
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -20,7 +20,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     CUDA device without native bfloat16, which raises ``ValueError``.
     """
     device = torch.device(device)
-    if precision not in ("auto", "fp32", *AUTOCAST_DTYPES):
+    if precision not in ("auto", "fp32", *_AUTOCAST_DTYPES):
         raise ValueError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
     if device.type != "cuda":
         return "fp32" if precision == "auto" else precision
@@ -37,9 +37,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast to ``precision`` (a resolved one) on ``device``; nothing for ``fp32``."""
-    if precision not in AUTOCAST_DTYPES:
+    if precision not in _AUTOCAST_DTYPES:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

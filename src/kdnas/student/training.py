@@ -32,7 +32,7 @@ class DivergedError(FloatingPointError):
     """An epoch's mean loss grew far above the loss training started from."""
 
 
-DIVERGENCE_FACTOR = 10.0
+_DIVERGENCE_FACTOR = 10.0
 """An epoch whose mean loss exceeds this multiple of the first step's loss has diverged."""
 
 MAX_SKIPPED_STEPS = 40
@@ -175,7 +175,7 @@ def train(
     state is part of ``state``). The weights stay float32.
     Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite (or, with fp16, when the gradients stay
     non-finite for ``MAX_SKIPPED_STEPS`` steps in a row), :class:`DivergedError` when an epoch's mean loss exceeds
-    ``DIVERGENCE_FACTOR`` × the first step's loss (losses are compared unscaled).
+    ``_DIVERGENCE_FACTOR`` × the first step's loss (losses are compared unscaled).
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
@@ -217,11 +217,11 @@ def _epoch_batches(
 
 
 def _check_not_diverged(losses: list[float], initial_loss: float | None, epoch: int) -> None:
-    """Raise :class:`DivergedError` when the epoch's mean loss exceeds ``DIVERGENCE_FACTOR`` × the first step's."""
+    """Raise :class:`DivergedError` when the epoch's mean loss exceeds ``_DIVERGENCE_FACTOR`` × the first step's."""
     mean_loss = sum(losses) / max(1, len(losses))
-    if initial_loss is not None and mean_loss > DIVERGENCE_FACTOR * initial_loss:
+    if initial_loss is not None and mean_loss > _DIVERGENCE_FACTOR * initial_loss:
         raise DivergedError(
-            f"training diverged: mean loss {mean_loss:.4g} in epoch {epoch} is over {DIVERGENCE_FACTOR:g}x "
+            f"training diverged: mean loss {mean_loss:.4g} in epoch {epoch} is over {_DIVERGENCE_FACTOR:g}x "
             f"the initial loss {initial_loss:.4g}"
         )
 

@@ -47,7 +47,7 @@ def is_repeat(trial: FrozenTrial) -> bool:
     return StudentRecord.of(trial).repeat_of is not None
 
 
-def holds_student(trial: FrozenTrial) -> bool:
+def _holds_student(trial: FrozenTrial) -> bool:
     """Whether ``trial`` trained (or is training) a student a repeat may reuse: COMPLETE, RUNNING, or PRUNED for a
     reason of its own (over a budget, stopped by the scheduler), not cut by the time budget; never a repeat."""
     if is_repeat(trial) or not trial.params:
@@ -63,7 +63,7 @@ def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, Froz
     known: dict[str, FrozenTrial] = {}
     for trial in sorted(trials, key=lambda t: t.number):
         record = StudentRecord.of(trial)
-        if record.recipe != recipe or not holds_student(trial):
+        if record.recipe != recipe or not _holds_student(trial):
             continue
         key = student_key(trial.params)
         if key not in known or record.promoted_from == known[key].number:

@@ -24,8 +24,8 @@ from kdnas.study.records import FINGERPRINT_ATTR, LATENCY_KEY
 from kdnas.study.student_record import StudentRecord
 from kdnas.study.study_record import StudyRecord
 
-SQLITE_LOCK_TIMEOUT_S = 60.0
-CONNECT_TIMEOUT_S = 10
+_SQLITE_LOCK_TIMEOUT_S = 60.0
+_CONNECT_TIMEOUT_S = 10
 HEARTBEAT_INTERVAL_S = 30
 """Drivers record a heartbeat on their running trials this often; after 4 intervals without one a trial is an orphan."""
 
@@ -42,9 +42,9 @@ def open_storage(url: str) -> RDBStorage:
     """An Optuna RDB storage for ``url`` with trial heartbeats: a lock timeout for SQLite; ``pool_pre_ping`` (a dropped
     connection is replaced) and a connect timeout for servers."""
     if url.startswith("sqlite"):
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": _SQLITE_LOCK_TIMEOUT_S}}
     elif url.startswith("postgresql"):
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": _CONNECT_TIMEOUT_S}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     attempt = 0

@@ -120,7 +120,7 @@ def _write_schedule(value: float | RampRecord) -> Any:
     return value.to_attrs() if isinstance(value, RampRecord) else value
 
 
-def scheduled(key: str | None = None) -> Any:
+def _scheduled(key: str | None = None) -> Any:
     """A field holding a constant or a :class:`RampRecord`."""
     return converted(_read_schedule, _write_schedule, key)
 
@@ -131,7 +131,7 @@ class IntermediateRecipe(AttrRecord):
 
     enabled: bool | None = stored()
     layer_map: str | list[int] | None = stored()
-    weight: float | RampRecord | None = scheduled()
+    weight: float | RampRecord | None = _scheduled()
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,8 @@ class KDRecipe(AttrRecord):
     combiner: str | None = stored()
     teacher_weights: list[float] | None = stored()
     learned_teacher_weights: list[float] | None = stored()
-    temperature: float | RampRecord | None = scheduled()
-    alpha: float | RampRecord | None = scheduled()
+    temperature: float | RampRecord | None = _scheduled()
+    alpha: float | RampRecord | None = _scheduled()
     intermediate: IntermediateRecipe | None = nested(IntermediateRecipe)
 
 

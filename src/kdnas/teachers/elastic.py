@@ -30,7 +30,7 @@ from kdnas.student.inheritance import Importance, InheritanceSource, inherit, in
 from kdnas.student.precision import autocast, resolve_precision
 from kdnas.study.study_record import ElasticLoss, ElasticRecord
 
-LAYER_KEY = "bert.encoder.layer."
+_LAYER_KEY = "bert.encoder.layer."
 
 
 def _descending(n: int) -> torch.Tensor:
@@ -53,8 +53,8 @@ def sorted_source(source: InheritanceSource) -> InheritanceSource:
     state = {}
     for key, value in t.items():
         value = value.clone()
-        if key.startswith(LAYER_KEY):
-            layer = int(key[len(LAYER_KEY) :].split(".", 1)[0])
+        if key.startswith(_LAYER_KEY):
+            layer = int(key[len(_LAYER_KEY) :].split(".", 1)[0])
             heads = _order(imp.heads[layer])
             rows = (heads[:, None] * source.head_dim + torch.arange(source.head_dim)).reshape(-1)
             neurons = _order(imp.neurons[layer])
@@ -117,10 +117,10 @@ class ElasticResult:
 
 def _student_key(key: str, layer_map: list[int]) -> str:
     """The shared weight a student's weight ``key`` was sliced from (its layer mapped onto the teacher's)."""
-    if not key.startswith(LAYER_KEY):
+    if not key.startswith(_LAYER_KEY):
         return key
-    layer, rest = key[len(LAYER_KEY) :].split(".", 1)
-    return f"{LAYER_KEY}{layer_map[int(layer)]}.{rest}"
+    layer, rest = key[len(_LAYER_KEY) :].split(".", 1)
+    return f"{_LAYER_KEY}{layer_map[int(layer)]}.{rest}"
 
 
 def train_elastic(

@@ -126,7 +126,7 @@ def _fit_settings(teacher: TeacherConfig, task: TaskData, max_length: int) -> Te
     )
 
 
-def is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bool:
+def _is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bool:
     """Whether the teacher's saved fit matches this task and these fit settings."""
     record_path = Path(teacher_path(config, teacher)) / RECORD_FILE
     if not record_path.exists():
@@ -137,7 +137,7 @@ def is_fitted(config: KDNASConfig, teacher: TeacherConfig, task: TaskData) -> bo
     return saved.settings() == _fit_settings(teacher, task, teacher.fit.max_seq_length or config.data.max_seq_length)
 
 
-def fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, device: torch.device) -> TeacherFit:
+def _fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, device: torch.device) -> TeacherFit:
     """Fine-tune (or train from scratch) one teacher on ``task`` and save it as safetensors with its tokenizer.
 
     Returns the fit record, including the teacher's metric on the task's evaluation split.
@@ -207,22 +207,22 @@ def fit_teachers(config: KDNASConfig, task: TaskData | None = None, *, force: bo
     task = load_task(config.data) if task is None else task
     records = []
     for teacher in config.teachers:
-        if teacher.fit is None or (is_fitted(config, teacher, task) and not force):
+        if teacher.fit is None or (_is_fitted(config, teacher, task) and not force):
             continue
-        record = run_step(config, f"fitting teacher {teacher.name}", fit_teacher, config, teacher, task)
+        record = run_step(config, f"fitting teacher {teacher.name}", _fit_teacher, config, teacher, task)
         _check_visible(config, teacher, record)
         records.append(record)
     return records
 
 
-SHARED_WAIT_S = 60.0
+_SHARED_WAIT_S = 60.0
 """How long the driver waits to see a teacher fitted on another node (a network filesystem may show a new file late)."""
 
 
 def _check_visible(config: KDNASConfig, teacher: TeacherConfig, record: TeacherFit) -> None:
     """Refuse a fit the driver cannot read: fitted on another node into an ``output_dir`` that is not shared."""
     path = Path(teacher_path(config, teacher)) / RECORD_FILE
-    deadline = time.monotonic() + SHARED_WAIT_S
+    deadline = time.monotonic() + _SHARED_WAIT_S
     while _identity(_saved_record(path)) != _identity(record):
         if time.monotonic() > deadline:
             node = record.ran_on or RanOn()

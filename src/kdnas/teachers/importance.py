@@ -111,12 +111,12 @@ def teacher_importance(
     device: torch.device | str,
     teacher: Teacher | None = None,
 ) -> tuple[Importance, Path]:
-    """:func:`cached_importance` of the teacher ``teacher_cfg`` describes (loaded unless given)."""
+    """:func:`_cached_importance` of the teacher ``teacher_cfg`` describes (loaded unless given)."""
     teacher = load_teacher(config, teacher_cfg, task.num_labels, task.label_names) if teacher is None else teacher
-    return cached_importance(teacher, task, calibration, max_length, cache_dir, device)
+    return _cached_importance(teacher, task, calibration, max_length, cache_dir, device)
 
 
-def cached_importance(
+def _cached_importance(
     teacher: Teacher, task: TaskData, calibration: Encoded, max_length: int, cache_dir: Path, device: torch.device | str
 ) -> tuple[Importance, Path]:
     """:func:`activation_importance` of ``teacher`` on ``calibration``, computed once and then read from

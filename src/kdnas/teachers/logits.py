@@ -46,14 +46,14 @@ def logits_cache_key(teacher: Teacher, task: TaskData, split: str, max_length: i
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-RAN_ON_KEY = "kdnas.ran_on"
+_RAN_ON_KEY = "kdnas.ran_on"
 """Metadata key of a cache file: where its tensors were computed (:func:`kdnas.teachers.tasks.where`, as JSON)."""
 
 
 def save_atomically(tensors: dict[str, torch.Tensor], file: Path, ran_on: dict | None = None) -> None:
     """Write a safetensors file so that readers see the whole file or none (:func:`~kdnas.outputs.atomic_path`);
     ``ran_on`` (where the tensors were computed) is kept in the file's metadata."""
-    metadata = {RAN_ON_KEY: json.dumps(ran_on)} if ran_on is not None else None
+    metadata = {_RAN_ON_KEY: json.dumps(ran_on)} if ran_on is not None else None
     with atomic_path(file, ".partial") as partial:
         save_file({name: value.contiguous() for name, value in tensors.items()}, str(partial), metadata=metadata)
 
@@ -62,7 +62,7 @@ def ran_on(file: Path) -> dict | None:
     """Where the tensors of cache file ``file`` were computed (node, device, whether in a Ray task); None for a file
     written before kdnas recorded it."""
     with safe_open(file, "pt") as handle:
-        recorded = (handle.metadata() or {}).get(RAN_ON_KEY)
+        recorded = (handle.metadata() or {}).get(_RAN_ON_KEY)
     return json.loads(recorded) if recorded else None
 
 
@@ -156,7 +156,7 @@ def teacher_reference(
         reference, logits = run_step(
             config,
             f"teacher {teacher.name} logits",
-            teacher_outputs,
+            _teacher_outputs,
             config,
             teacher_cfg,
             task,
@@ -174,7 +174,7 @@ def teacher_reference(
     return references, torch.stack(train_logits)
 
 
-def teacher_outputs(
+def _teacher_outputs(
     config: KDNASConfig,
     teacher_cfg: TeacherConfig,
     task: TaskData,

@@ -64,7 +64,7 @@ def inheritance_teacher(config: KDNASConfig, task: TaskData) -> Teacher | None:
     return teacher
 
 
-def uses_intermediate_kd(config: KDNASConfig) -> bool:
+def _uses_intermediate_kd(config: KDNASConfig) -> bool:
     """Whether any trial of this search may train with intermediate-layer KD (fixed on, or sampled)."""
     return config.kd.intermediate.enabled or any(c != "off" for c in config.kd.space.intermediate or [])
 
@@ -75,7 +75,7 @@ def intermediate_teachers(config: KDNASConfig, task: TaskData) -> tuple[tuple[st
     A teacher named in ``kd.intermediate.teachers`` with another tokenizer is an error; by default such teachers
     take part in logit KD only, with a warning.
     """
-    if not uses_intermediate_kd(config):
+    if not _uses_intermediate_kd(config):
         return ()
     student_tokenizer = load_tokenizer(config.student.tokenizer)
     named = config.kd.intermediate.teachers

@@ -34,12 +34,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SETTING = "search.resources_per_teacher"
-POLL_S = 2.0
+_POLL_S = 2.0
 """How often the driver looks whether a waiting teacher task has ended or could be placed."""
 SAY_EVERY_S = 60.0
 """How often the driver says what a teacher task waits for."""
 
-QUIET_ENV = ("TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")
+_QUIET_ENV = ("TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")
 """Environment variables the CLI sets to keep library chatter out of its output, passed on to teacher tasks."""
 
 _remote: Any = None  # the Ray remote function of :func:`_teacher_task`, made once
@@ -153,7 +153,7 @@ def run_step(
     started = time.perf_counter()
     global _remote
     _remote = _remote or ray.remote(_teacher_task)
-    quiet = {name: os.environ[name] for name in QUIET_ENV if name in os.environ}
+    quiet = {name: os.environ[name] for name in _QUIET_ENV if name in os.environ}
     options: dict[str, Any] = {"num_cpus": wanted["cpu"], "num_gpus": wanted["gpu"], "name": what}
     if quiet:  # merged with the job's runtime environment
         options["runtime_env"] = {"env_vars": quiet}
@@ -235,7 +235,7 @@ def _wait(ref: ray.ObjectRef, wanted: dict[str, float], wait_s: float, what: str
             elif now - said >= SAY_EVERY_S:
                 logger.warning("%s: waiting %.0f s for a node: %s", what, now - since, _missing(wanted))
                 said = now
-            if ray.wait([ref], timeout=POLL_S)[0]:
+            if ray.wait([ref], timeout=_POLL_S)[0]:
                 return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = err.cause

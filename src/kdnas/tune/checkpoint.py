@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-TENSORS_FILE = "state.safetensors"
-TREE_FILE = "state.json"
+_TENSORS_FILE = "state.safetensors"
+_TREE_FILE = "state.json"
 
 
 def _split(node: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -40,10 +40,10 @@ def save_state(state: dict[str, Any], directory: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = _split(state, "state", tensors)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, directory / TENSORS_FILE)
-    (directory / TREE_FILE).write_text(json.dumps(tree))
+    save_file(tensors, directory / _TENSORS_FILE)
+    (directory / _TREE_FILE).write_text(json.dumps(tree))
 
 
 def load_state(directory: Path) -> dict[str, Any]:
     """Read back a state written by :func:`save_state`."""
-    return _join(json.loads((directory / TREE_FILE).read_text()), load_file(directory / TENSORS_FILE))
+    return _join(json.loads((directory / _TREE_FILE).read_text()), load_file(directory / _TENSORS_FILE))

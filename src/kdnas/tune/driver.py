@@ -74,9 +74,9 @@ def run_search(
     prepared = prepare(config, study=existing)
     storage = storage or open_storage(config.storage_url)
     study = open_study(config, storage, prepared, output_dir)
-    remaining = trials_to_run(config, study, storage)
+    remaining = _trials_to_run(config, study, storage)
     if remaining:
-        run_trials(config, study, storage, prepared, remaining, scheduler, trainable or student_trainable, output_dir)
+        _run_trials(config, study, storage, prepared, remaining, scheduler, trainable or student_trainable, output_dir)
         if config.latency.retime:
             retime_study(study, config)
     return study
@@ -124,7 +124,7 @@ def open_study(config: KDNASConfig, storage: RDBStorage, prepared: Prepared, out
     return study
 
 
-def trials_to_run(config: KDNASConfig, study: optuna.Study, storage: RDBStorage) -> int:
+def _trials_to_run(config: KDNASConfig, study: optuna.Study, storage: RDBStorage) -> int:
     """Fail and re-enqueue trials a lost driver left RUNNING, then say how many trials this run has left to run."""
     orphans = reconcile_orphans(study, storage)
     if orphans:
@@ -140,7 +140,7 @@ def trials_to_run(config: KDNASConfig, study: optuna.Study, storage: RDBStorage)
     return remaining
 
 
-def run_trials(
+def _run_trials(
     config: KDNASConfig,
     study: optuna.Study,
     storage: RDBStorage,
@@ -162,7 +162,7 @@ def run_trials(
             size,
         )
     init_ray(search.ray_address, output_dir)
-    scheduler = scheduler if scheduler is not None else default_scheduler(config, len(prepared.inputs.eval))
+    scheduler = scheduler if scheduler is not None else _default_scheduler(config, len(prepared.inputs.eval))
     searcher = make_searcher(
         config,
         storage,
@@ -170,7 +170,7 @@ def run_trials(
         stop_reasons=scheduler.stop_reasons if isinstance(scheduler, ParetoStopping) else None,
     )
     progress = SearchProgress(study, prepared.task.metric, search.n_trials, search.time_budget_s)
-    tuner = make_tuner(config, trainable, prepared.inputs, searcher, scheduler, progress, remaining, output_dir)
+    tuner = _make_tuner(config, trainable, prepared.inputs, searcher, scheduler, progress, remaining, output_dir)
     started = time.perf_counter()
     if search.time_budget_s is not None:
         searcher.deadline = time.monotonic() + search.time_budget_s
@@ -192,7 +192,7 @@ def run_trials(
     logger.info("search finished in %.0f s: %s", seconds, progress.status(final=True))
 
 
-def default_scheduler(config: KDNASConfig, eval_rows: int) -> tune.schedulers.TrialScheduler | None:
+def _default_scheduler(config: KDNASConfig, eval_rows: int) -> tune.schedulers.TrialScheduler | None:
     """The configured early stopping (None when off), with a warning when it would judge students inside the
     learning-rate warm-up."""
     scheduler = make_scheduler(config, LATENCY_KEY, eval_rows)
@@ -208,7 +208,7 @@ def default_scheduler(config: KDNASConfig, eval_rows: int) -> tune.schedulers.Tr
     return scheduler
 
 
-def make_tuner(
+def _make_tuner(
     config: KDNASConfig,
     trainable: Callable[[dict[str, Any], TrialInputs], None],
     inputs: TrialInputs,

@@ -42,7 +42,7 @@ def elastic_inputs(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
         logger.info("elastic network: read from the cache (%s)", file.name)
     else:
         shipped = replace(inputs, intermediate_teachers=())  # a Ray task gets what it needs
-        result = run_step(config, "elastic network", train_study_elastic, shipped)
+        result = run_step(config, "elastic network", _train_study_elastic, shipped)
         record = replace(result.record, cache_file=file.name)
         save_atomically(result.state, file, ran_on=record.ran_on.to_attrs() if record.ran_on else None)
         write_json_atomically(record_file, record.to_attrs())
@@ -58,7 +58,7 @@ def elastic_inputs(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
     return replace(inputs, inherit=replace(sorted_source(source), state=state, elastic=record))
 
 
-def train_study_elastic(inputs: TrialInputs, *, device: torch.device | str = "cpu") -> ElasticResult:
+def _train_study_elastic(inputs: TrialInputs, *, device: torch.device | str = "cpu") -> ElasticResult:
     """Train the elastic network of ``inputs``'s study: its inheritance source sorted, on its training rows with its
     logit-KD recipe (sampled KD choices and intermediate KD left out)."""
     config, source = inputs.config, inputs.inherit

@@ -22,7 +22,7 @@ from kdnas.student import SearchSpace
 from kdnas.student.space import KD_PARAMS
 from kdnas.teachers.loading import teacher_identity, teacher_path, weights_digest
 
-PARAM_KEYS = {
+_PARAM_KEYS = {
     "num_layers": "student.space.depth",
     "num_heads": "student.space.heads",
     "head_dim": "student.space.head_dim",
@@ -88,7 +88,7 @@ def transfer_fingerprint(transfer: TransferSet | None) -> dict[str, Any]:
     return {"data.transfer": transfer.fingerprint() if transfer else None}
 
 
-def space_distributions(config: KDNASConfig) -> dict[str, BaseDistribution]:
+def _space_distributions(config: KDNASConfig) -> dict[str, BaseDistribution]:
     """The Optuna distributions the config's search space samples (one define-by-run pass in memory)."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,7 +110,7 @@ def _describe(distribution: BaseDistribution) -> str:
 def space_conflicts(study: optuna.Study, config: KDNASConfig) -> list[str]:
     """One line per parameter whose new distribution Optuna cannot sample consistently with the study's trials
     (e.g. another choice list; a changed integer range is fine)."""
-    new = space_distributions(config)
+    new = _space_distributions(config)
     conflicts: dict[str, str] = {}
     for trial in study.get_trials(deepcopy=False):
         for name, old in trial.distributions.items():
@@ -119,5 +119,5 @@ def space_conflicts(study: optuna.Study, config: KDNASConfig) -> list[str]:
             try:
                 check_distribution_compatibility(old, new[name])
             except ValueError:
-                conflicts[name] = f"{PARAM_KEYS.get(name, name)} {_describe(old)} → {_describe(new[name])}"
+                conflicts[name] = f"{_PARAM_KEYS.get(name, name)} {_describe(old)} → {_describe(new[name])}"
     return list(conflicts.values())

@@ -62,15 +62,15 @@ def processes(proc: Path = PROC) -> list[Process]:
     return [p for p in found if p is not None]
 
 
-def names_dir(args: tuple[str, ...], directory: str) -> bool:
+def _names_dir(args: tuple[str, ...], directory: str) -> bool:
     """Whether a command line has an argument that is (or lies under) ``directory``, e.g. ``--session-dir=D``."""
     return any(f"{directory}/" in f"{arg}/" for arg in args)
 
 
-def node_processes(driver: int, session_dir: str, table: list[Process]) -> list[Process]:
+def _node_processes(driver: int, session_dir: str, table: list[Process]) -> list[Process]:
     """The processes of the Ray node at ``session_dir`` that ``driver`` started: its children that name the
     session's directory (GCS, raylet, monitors) and all their descendants (agents, workers)."""
-    found = [p for p in table if p.ppid == driver and names_dir(p.args, session_dir)]
+    found = [p for p in table if p.ppid == driver and _names_dir(p.args, session_dir)]
     frontier = {p.pid for p in found}
     while frontier:
         children = [p for p in table if p.ppid in frontier]
@@ -93,7 +93,7 @@ def record(output_dir: Path, session_dir: Path, proc: Path = PROC) -> Path | Non
     me = read_process(os.getpid(), proc)
     if me is None:
         return None
-    node = node_processes(me.pid, str(session_dir), processes(proc))
+    node = _node_processes(me.pid, str(session_dir), processes(proc))
     if not node:
         return None
     path = output_dir / RECORDS / f"{socket.gethostname()}-{me.pid}.json"

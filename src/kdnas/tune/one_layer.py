@@ -4,7 +4,7 @@
 of the two, and which serves it better depends on the task: on one carried by words (SST-2) they come within a point
 of each other, on one that needs composition (the demo's negation and clause rules) the last layer won by 5 to 40
 points. So before the first trial, the space's largest one-layer student is trained briefly (the study's logit-KD
-recipe and learning rate, at most :data:`CALIBRATION_STEPS` steps) from the teacher's first and from its last layer,
+recipe and learning rate, at most :data:`_CALIBRATION_STEPS` steps) from the teacher's first and from its last layer,
 and every one-layer student of the study takes the layer whose student scored higher on the validation set, the set
 every trial is ranked on (a tie keeps the first). The choice and both scores are cached beside the teacher's
 importance and recorded in the study's ``inheritance`` user_attr; ``student.inherit.one_layer: first | last`` names
@@ -41,7 +41,7 @@ from kdnas.tune.trial import TrialInputs, initialise, learning_rate, training_ro
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_STEPS = 400
+_CALIBRATION_STEPS = 400
 """The most optimisation steps each calibration student trains (one epoch when the data is smaller)."""
 
 
@@ -83,7 +83,7 @@ def choose_one_layer(inputs: TrialInputs, cache_dir: Path) -> TrialInputs:
 
 
 def calibrate_one_layer(
-    inputs: TrialInputs, arch: StudentArch, *, device: torch.device | str = "cpu", steps: int = CALIBRATION_STEPS
+    inputs: TrialInputs, arch: StudentArch, *, device: torch.device | str = "cpu", steps: int = _CALIBRATION_STEPS
 ) -> OneLayerChoice:
     """Train ``arch`` (one layer) from the inheritance teacher's first and from its last layer with the study's
     logit-KD recipe (intermediate KD left out) for at most ``steps`` steps each (same rows, same seed) and return
@@ -178,7 +178,7 @@ def _cache_key(inputs: TrialInputs, arch: StudentArch) -> str:
         "eval": digest(inputs.eval),
         "transfer_rows": inputs.transfer_rows,
         "student": arch.to_dict(),
-        "steps": CALIBRATION_STEPS,
+        "steps": _CALIBRATION_STEPS,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

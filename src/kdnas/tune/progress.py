@@ -22,7 +22,7 @@ from kdnas.study.records import TrialReport, TrialTicket
 logger = logging.getLogger(__name__)
 
 
-def finished_in_budget(study: optuna.Study) -> int:
+def _finished_in_budget(study: optuna.Study) -> int:
     """Trials that used up the trial budget and are finished."""
     return sum(t.state.is_finished() and counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
 
@@ -34,7 +34,7 @@ class SearchProgress(tune.Callback):
     def __init__(self, study: optuna.Study, metric: str, n_trials: int, time_budget_s: float | None = None) -> None:
         self.study, self.metric, self.n_trials, self.time_budget_s = study, metric, n_trials, time_budget_s
         self.started = time.monotonic()
-        self.done_before = finished_in_budget(study)
+        self.done_before = _finished_in_budget(study)
         self.bar: tqdm | None = None
         self._stack = contextlib.ExitStack()
 
@@ -56,7 +56,7 @@ class SearchProgress(tune.Callback):
 
     def status(self, *, final: bool = False) -> str:
         """``done/N done · states · front · hypervolume · elapsed, time left`` (``final``: without the time left)."""
-        done = finished_in_budget(self.study)
+        done = _finished_in_budget(self.study)
         elapsed = time.monotonic() - self.started
         rate = (done - self.done_before) / elapsed if elapsed > 0 else 0.0
         estimate = rate > 0 and done < self.n_trials and not final
@@ -83,25 +83,25 @@ class SearchProgress(tune.Callback):
             self.bar.set_postfix_str(self.status().split(" · ", 1)[1], refresh=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(trial_line(trial, self.metric))
+        self._event(_trial_line(trial, self.metric))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(
-            f"trial {TrialTicket.from_attrs(trial.config).number} {arch_label(trial.config)}: its process failed "
+            f"trial {TrialTicket.from_attrs(trial.config).number} {_arch_label(trial.config)}: its process failed "
             "(see the Ray trial logs)"
         )
 
 
-def arch_label(config: dict[str, Any]) -> str:
+def _arch_label(config: dict[str, Any]) -> str:
     """``L2 A4x32 F×2`` for a trial's sampled architecture."""
     return "L{num_layers} A{num_heads}x{head_dim} F×{ffn_ratio}".format(**config)
 
 
-def trial_line(trial: Any, metric: str) -> str:
+def _trial_line(trial: Any, metric: str) -> str:
     """What happened to a finished Tune trial's student."""
     result = trial.last_result or {}
     report = TrialReport.from_result(result, metric)
-    name = f"trial {TrialTicket.from_attrs(trial.config).number} {arch_label(trial.config)}"
+    name = f"trial {TrialTicket.from_attrs(trial.config).number} {_arch_label(trial.config)}"
     if report.error is not None:
         return f"{name} failed: {report.error}"
     if report.infeasible is not None:

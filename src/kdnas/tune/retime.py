@@ -30,7 +30,7 @@ from kdnas.teachers.loading import load_teacher, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-ROUNDS = 3
+_ROUNDS = 3
 """Measurements of each model, interleaved with the others'; the fastest of their medians is recorded."""
 
 
@@ -58,7 +58,7 @@ def measure_architecture(config: KDNASConfig, arch: StudentArch, num_labels: int
     return measure_trusted(model, vocab_size=len(tokenizer), settings=config.latency, seq_len=config.latency_seq_len)[0]
 
 
-def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = ROUNDS) -> Retimed:
+def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = _ROUNDS) -> Retimed:
     """Measure the study's students (each distinct architecture once per round) and teachers again with
     ``config.latency`` on this node; record each model's :func:`fastest_round` in the ``retimed`` study attr and
     return it."""

@@ -6,7 +6,7 @@ from kdnas.config import KDNASConfig
 from kdnas.student.training import steps_per_epoch
 from kdnas.study.records import epoch_count
 
-AUTO_MIN_TRIALS = 8
+_AUTO_MIN_TRIALS = 8
 """``mode: auto`` turns early stopping on from this many trials: fewer leave one or two students per rung to be
 compared with, so it would stop little and save little."""
 
@@ -23,16 +23,16 @@ def rungs(grace_period: float, reduction_factor: int, max_t: float) -> list[floa
 
 
 def early_stopping_enabled(config: KDNASConfig) -> bool:
-    """Whether ``search.early_stopping`` is on (``on``, or ``auto`` from :data:`AUTO_MIN_TRIALS` trials, with a rung;
+    """Whether ``search.early_stopping`` is on (``on``, or ``auto`` from :data:`_AUTO_MIN_TRIALS` trials, with a rung;
     ``off``, the default: no rule paid in the P4 benchmark)."""
     stopping = config.search.early_stopping
     if stopping.mode == "off":
         return False
     has_rung = stopping.grace_epochs < config.training.epochs
-    return has_rung and (stopping.mode == "on" or config.search.n_trials >= AUTO_MIN_TRIALS)
+    return has_rung and (stopping.mode == "on" or config.search.n_trials >= _AUTO_MIN_TRIALS)
 
 
-def config_rungs(config: KDNASConfig) -> list[float]:
+def _config_rungs(config: KDNASConfig) -> list[float]:
     """The rungs of ``config``'s early stopping, or none when it is off."""
     if not early_stopping_enabled(config):
         return []
@@ -44,13 +44,13 @@ def rungs_in_warmup(config: KDNASConfig) -> list[float]:
     """The rungs before the learning-rate warm-up ends (the first ``training.warmup_ratio`` of all steps): a student
     judged there has not yet trained at its learning rate, so its metric says little about where it ends."""
     warmup_epochs = config.training.warmup_ratio * config.training.epochs
-    return [rung for rung in config_rungs(config) if rung < warmup_epochs]
+    return [rung for rung in _config_rungs(config) if rung < warmup_epochs]
 
 
 def mid_epoch_rungs(config: KDNASConfig) -> list[float]:
     """The rungs that fall inside an epoch (e.g. 0.25 and 0.5): a trial reports its metric there too, not only after
     each epoch, so a student can be stopped before its first epoch ends."""
-    return [t for t in config_rungs(config) if not float(t).is_integer()]
+    return [t for t in _config_rungs(config) if not float(t).is_integer()]
 
 
 def mid_epoch_steps(config: KDNASConfig, rows: int) -> dict[int, float]:

@@ -31,13 +31,13 @@ from kdnas.student.metrics import standard_error
 from kdnas.study.records import EPOCH_KEY, STOPPED_EARLY_REASON, TrialReport, TrialTicket
 from kdnas.tune.rungs import early_stopping_enabled, rungs
 
-JUDGES = ("label_probability", "metric")
+_JUDGES = ("label_probability", "metric")
 """What students are compared by at a rung: the mean probability of the eval labels, or the task metric."""
 
 
 class ParetoStopping(FIFOScheduler):
     """Stops a student at a rung when one at least as fast leads it there by more than ``margin_se`` standard errors
-    of what ``judge_by`` names (:data:`JUDGES`: the label probability a trial reports, or ``metric``, maximised, on
+    of what ``judge_by`` names (:data:`_JUDGES`: the label probability a trial reports, or ``metric``, maximised, on
     ``eval_rows`` examples); ``stop_reasons`` maps stopped Tune trial ids to why."""
 
     def __init__(
@@ -54,8 +54,8 @@ class ParetoStopping(FIFOScheduler):
         judge_by: str = "label_probability",
     ) -> None:
         super().__init__()
-        if judge_by not in JUDGES:
-            raise ValueError(f"judge_by must be one of {', '.join(JUDGES)}, not {judge_by!r}")
+        if judge_by not in _JUDGES:
+            raise ValueError(f"judge_by must be one of {', '.join(_JUDGES)}, not {judge_by!r}")
         self._objective, self._latency_attr, self._time_attr = metric, latency_attr, time_attr
         self._eval_rows, self._margin_se, self._judge_by = eval_rows, margin_se, judge_by
         self._rungs: dict[float, dict[str, tuple[float, float, float]]] = {
@@ -74,7 +74,7 @@ class ParetoStopping(FIFOScheduler):
 
     @property
     def judge_by(self) -> str:
-        """What students are compared by at a rung (one of :data:`JUDGES`)."""
+        """What students are compared by at a rung (one of :data:`_JUDGES`)."""
         return self._judge_by
 
     @property

@@ -46,7 +46,7 @@ from kdnas.tune.promotion import Promotion, SpaceLeft
 from kdnas.tune.reuse import RepeatReuse
 from kdnas.tune.samplers import make_sampler
 
-REPEATS_IN_A_ROW = 25
+_REPEATS_IN_A_ROW = 25
 """A sampler that proposes this many students the study holds in a row has (nearly) exhausted the space."""
 
 
@@ -71,7 +71,7 @@ class KDNASSearch(Searcher):
     student the study holds under the same ``recipe`` (:func:`~kdnas.study.repeats.recipe_key`; any run or
     driver) is recorded at once as a repeat of it, with its result (:class:`~kdnas.tune.reuse.RepeatReuse`), and the
     sampler is asked again: repeats never reach Ray and do not use up the trial budget. When the study holds all
-    ``space_size`` students, or the sampler proposes :data:`REPEATS_IN_A_ROW` known students in a row, the students
+    ``space_size`` students, or the sampler proposes :data:`_REPEATS_IN_A_ROW` known students in a row, the students
     stopped early are promoted (:class:`~kdnas.tune.promotion.Promotion`); with none left, the search ends and
     :attr:`exhausted` says why.
 
@@ -225,7 +225,7 @@ class KDNASSearch(Searcher):
             if left == SpaceLeft.NONE:
                 self.exhausted = f"the study holds all {self._space_size} students of the search space"
                 return Searcher.FINISHED
-        for _ in range(REPEATS_IN_A_ROW):
+        for _ in range(_REPEATS_IN_A_ROW):
             ot_trial = self._claims.ask(trial_id)
             config = self._sample(ot_trial)
             promoted = StudentRecord.from_attrs(ot_trial.user_attrs).promoted_from is not None
@@ -242,7 +242,7 @@ class KDNASSearch(Searcher):
         if self._promotion is not None and self._promotion.promote():
             return self._suggest(trial_id)
         self.exhausted = (
-            f"the sampler proposed {REPEATS_IN_A_ROW} students in a row that the study already holds: "
+            f"the sampler proposed {_REPEATS_IN_A_ROW} students in a row that the study already holds: "
             "the search space is (nearly) exhausted"
         )
         return Searcher.FINISHED

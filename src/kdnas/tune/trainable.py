@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+def _report_with_checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
     """Report ``metrics`` to Tune with the training ``state`` as the trial's checkpoint."""
     with tempfile.TemporaryDirectory(prefix="kdnas-state-") as directory:
         save_state(state, Path(directory))
@@ -68,7 +68,7 @@ def student_trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
             trial_number=number,
             device=device,
             report=tune.report,
-            checkpoint=report_with_checkpoint,
+            checkpoint=_report_with_checkpoint,
             resume=last_state(),
             node=this_node(),
         )

@@ -210,7 +210,7 @@ def slice_metric(model: torch.nn.Module, inputs: TrialInputs, device: torch.devi
     )
 
 
-def collapse_is_telling(inputs: TrialInputs) -> bool:
+def _collapse_is_telling(inputs: TrialInputs) -> bool:
     """Whether a student at the majority level has collapsed: some teacher scores above always predicting the eval
     split's most frequent label (or the teachers' scores are not known). On a task no teacher learned, that level is
     the task's, not the student's failure."""
@@ -314,7 +314,7 @@ class _StudentRun:
         self.sampled = epoch_rows(config, inputs, self.rows)
         restarted = (resume or {}).get("restart")  # the first attempt, as the checkpoint of a restart holds it
         self.restart = Restart.from_attrs(restarted) if restarted is not None else None
-        self.detect_collapse = config.training.detect_collapse and collapse_is_telling(inputs)
+        self.detect_collapse = config.training.detect_collapse and _collapse_is_telling(inputs)
         self.rate = learning_rate(config, params, self.init) / (2 if self.restart else 1)
         self.distillation = _distillation(self.kd, arch, self.model, inputs, device)
         if resume is not None and "loss" in resume:
