@@ -47,13 +47,14 @@ def is_repeat(trial: FrozenTrial) -> bool:
     return StudentRecord.of(trial).repeat_of is not None
 
 
-def _holds_student(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` trained (or is training) a student a repeat may reuse: COMPLETE, RUNNING, or PRUNED for a
-    reason of its own (over a budget, stopped by the scheduler), not cut by the time budget; never a repeat."""
-    if is_repeat(trial) or not trial.params:
+def _holds_student(trial: FrozenTrial, record: StudentRecord) -> bool:
+    """Whether ``trial`` (of ``record``) trained (or is training) a student a repeat may reuse: COMPLETE, RUNNING, or
+    PRUNED for a reason of its own (over a budget, stopped by the scheduler), not cut by the time budget; never a
+    repeat."""
+    if record.repeat_of is not None or not trial.params:
         return False
     if trial.state == TrialState.PRUNED:
-        return not str(StudentRecord.of(trial).pruned_reason or "").startswith(TIME_BUDGET_REASON)
+        return not str(record.pruned_reason or "").startswith(TIME_BUDGET_REASON)
     return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
 
 
@@ -63,7 +64,7 @@ def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, Froz
     known: dict[str, FrozenTrial] = {}
     for trial in sorted(trials, key=lambda t: t.number):
         record = StudentRecord.of(trial)
-        if record.recipe != recipe or not _holds_student(trial):
+        if record.recipe != recipe or not _holds_student(trial, record):
             continue
         key = student_key(trial.params)
         if key not in known or record.promoted_from == known[key].number:
@@ -71,24 +72,29 @@ def known_students(trials: Iterable[FrozenTrial], recipe: str) -> dict[str, Froz
     return known
 
 
-def stopped_early(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` trained a student the scheduler stopped early (not a repeat, not cut by the time budget)."""
-    reason = str(StudentRecord.of(trial).pruned_reason or "")
-    return trial.state == TrialState.PRUNED and not is_repeat(trial) and reason.startswith(STOPPED_EARLY_REASON)
+def stopped_early(trial: FrozenTrial, record: StudentRecord) -> bool:
+    """Whether ``trial`` (of ``record``) trained a student the scheduler stopped early (not a repeat, not cut by the
+    time budget)."""
+    reason = str(record.pruned_reason or "")
+    return trial.state == TrialState.PRUNED and record.repeat_of is None and reason.startswith(STOPPED_EARLY_REASON)
 
 
 def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[FrozenTrial]:
     """The students of ``recipe`` stopped early that no trial promoted yet, the most promising first: by Pareto rank
     of (metric when stopped, latency) among them, then the later stop, then the better metric; a student without a
     recorded curve or latency last."""
+    trials = list(trials)
     records = {t.number: StudentRecord.of(t) for t in trials}
     promoted = {record.promoted_from for record in records.values()} - {None}
     stopped = [
         t
         for t in trials
-        if records[t.number].recipe == recipe and stopped_early(t) and t.number not in promoted and t.params
+        if records[t.number].recipe == recipe
+        and stopped_early(t, records[t.number])
+        and t.number not in promoted
+        and t.params
     ]
-    points = {t.number: _stop_point(t) for t in stopped}
+    points = {t.number: _stop_point(records[t.number]) for t in stopped}
     ranks = pareto_ranks({n: (p[1], p[2]) for n, p in points.items() if p is not None})
     worst = max(ranks.values(), default=0) + 1
 
@@ -101,9 +107,8 @@ def promotion_candidates(trials: Iterable[FrozenTrial], recipe: str) -> list[Fro
     return sorted(stopped, key=order)
 
 
-def _stop_point(trial: FrozenTrial) -> tuple[float, float, float] | None:
-    """(epochs, metric, latency ms) where ``trial``'s student was stopped, or None when not recorded."""
-    record = StudentRecord.of(trial)
+def _stop_point(record: StudentRecord) -> tuple[float, float, float] | None:
+    """(epochs, metric, latency ms) where the student of ``record`` was stopped, or None when not recorded."""
     curve = record.learning_curve
     latency = record.latency.median_ms if record.latency else None
     if not curve or latency is None:
