@@ -15,8 +15,8 @@ from kdnas.progress import Progress, duration
 from kdnas.student.batches import Encoded
 from kdnas.student.training import train
 from kdnas.study.front import study_summary, summary_line
-from kdnas.tune import progress as search_progress
-from kdnas.tune.progress import SearchProgress
+from kdnas.tune import reporter as search_progress
+from kdnas.tune.reporter import SearchProgress
 
 
 def test_duration_reads_like_a_clock():

@@ -43,7 +43,7 @@ from kdnas.tune.fingerprint import config_fingerprint, space_conflicts
 from kdnas.tune.inputs import inheritance_record
 from kdnas.tune.local_ray import init_ray
 from kdnas.tune.prepare import Prepared, prepare
-from kdnas.tune.progress import SearchProgress
+from kdnas.tune.reporter import SearchProgress
 from kdnas.tune.retime import retime_study
 from kdnas.tune.rungs import rungs_in_warmup
 from kdnas.tune.samplers import make_sampler

@@ -1,5 +1,6 @@
-"""Where a running search stands: one line per finished student with the study's summary, and on a terminal a live
-bar (trials done of N, running, pruned, failed, front size, hypervolume, elapsed, time left)."""
+"""The search's progress reporter (a Tune callback, drawn with :mod:`kdnas.progress`): one line per finished student
+with the study's summary, and on a terminal a live bar (trials done of N, running, pruned, failed, front size,
+hypervolume, elapsed, time left)."""
 
 from __future__ import annotations
 
