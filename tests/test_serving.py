@@ -252,3 +252,14 @@ def test_a_search_without_onnxruntime_is_refused_before_any_work(tmp_path, monke
     assert main(["search", "--output-dir", str(tmp_path / "run"), "--set", "latency.runtime=onnxruntime"]) == 2
     assert "onnxruntime is not installed: pip install 'kdnas[onnx]'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before output_dir, the storage or a teacher was touched
+
+
+def test_the_report_says_which_runtime_and_precision_latency_was_taken_in(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "latency_ms"])
+    latency = {"median_ms": 0.4, "runtime": "onnxruntime", "precision": "int8", "runtime_version": "onnxruntime 1.32.0"}
+    attrs = {"arch_summary": "L1-H64-A2-F128", "latency": latency}
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 0.4], params={}, distributions={}, user_attrs=attrs))
+    kdnas.write_report(study, tmp_path, "accuracy")
+    page = (tmp_path / "report.html").read_text()
+    assert "Latency is the measured median forward time in ONNX Runtime 1.32.0, int8 during the search" in page

@@ -14,6 +14,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from kdnas.readers.served import latency_form
 from kdnas.study.front import (
     front_students,
     hypervolume_history,
@@ -278,6 +279,16 @@ def retime_note(study: optuna.Study) -> str:
     )
 
 
+def _runtime_note(study: optuna.Study) -> str:
+    """What the study's models were timed in, e.g. `` in ONNX Runtime 1.32.0, int8`` (from its first completed trial;
+    the fingerprint keeps it one runtime per study); empty before any trial completed."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        latency = StudentRecord.of(trial).latency
+        if latency is not None:
+            return f" in {latency_form(latency)}"
+    return ""
+
+
 def _inheritance_note(study: optuna.Study, metric: str) -> str:
     """Where the study's students start: the teacher they are sliced out of, its layer rule, and the layer one-layer
     students take (with the calibration's scores when it chose it); empty when the study recorded no teacher."""
@@ -433,7 +444,8 @@ th{{background:#f4f4f4}}</style></head><body>
 <p><b>{len(rows)} trials: {html.escape(summary_line(study_summary(study)))}</b>
 (hypervolume up to {metric} {reference[0]:g} and {reference[1]:.3g} ms; a reused trial is a repeat of a student
 the study holds, not trained again).</p>
-<p>Latency is the measured median forward time{html.escape(retime_note(study))}; dominated students are faded.
+<p>Latency is the measured median forward time{html.escape(_runtime_note(study) + retime_note(study))}; dominated
+students are faded.
 Teachers (stars), measured the same way: {teacher_line or "none recorded"}.
 {html.escape(_inheritance_note(study, metric))}</p>
 {_plots(study, metric, reference, history, latency_budget_ms)}
