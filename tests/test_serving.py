@@ -21,13 +21,14 @@ from kdnas.latency.serving import (
     export_onnx,
     inference_session,
     measure_configured,
-    predict_onnx,
     serving_graph,
 )
 from kdnas.student import StudentArch
+from kdnas.student.batches import Encoded
 from kdnas.study.storage import fingerprint_differences
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.tune.fingerprint import config_fingerprint
+from kdnas.tune.served import predict_onnx
 
 FAST = {"warmup": 1, "runs": 3, "min_run_time_s": 0.0, "isolate": False}
 
@@ -50,7 +51,8 @@ def padded_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def onnx_logits(path: Path, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> np.ndarray:
     session = inference_session(path, torch.device("cpu"), threads=1)
-    return predict_onnx(session, ids.numpy(), mask.numpy(), None if types is None else types.numpy(), batch_size=2)
+    rows = Encoded(ids, mask, types, torch.zeros(len(ids), dtype=torch.long))
+    return predict_onnx(session, rows, batch_size=2).numpy()
 
 
 def test_the_exported_student_computes_the_students_logits_at_any_batch_length_and_token_types(student, tmp_path):
@@ -187,14 +189,8 @@ def test_a_trial_served_by_onnxruntime_is_scored_and_ranked_as_served(tmp_path, 
     assert served["fp32"]["agreement"] >= 0.995 and abs(served["fp32"]["drop"]) < 1e-6
     assert (saved / "model.onnx").is_file() and (saved / "model.int8.onnx").is_file() == (precision == "int8")
     graph = saved / ("model.int8.onnx" if precision == "int8" else "model.onnx")
-    eval_rows = students.eval
-    logits = predict_onnx(
-        inference_session(graph, torch.device("cpu"), threads=1),
-        eval_rows.input_ids.numpy(),
-        eval_rows.attention_mask.numpy(),
-        None if eval_rows.token_type_ids is None else eval_rows.token_type_ids.numpy(),
-    )
-    accuracy = float((torch.from_numpy(logits).argmax(-1) == eval_rows.labels).float().mean())
+    logits = predict_onnx(inference_session(graph, torch.device("cpu"), threads=1), students.eval)
+    accuracy = float((logits.argmax(-1) == students.eval.labels).float().mean())
     assert accuracy == pytest.approx(served["metric"])  # the saved graph scores what the study recorded
     if precision == "int8":
         assert served["int8_exceeds_tolerance"] == (served["int8"]["drop"] > 0.01)

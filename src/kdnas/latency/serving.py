@@ -114,7 +114,7 @@ def _measure_onnx(
     with tempfile.TemporaryDirectory(prefix="kdnas-onnx-") as directory:
         path = serving_graph(model, Path(directory), settings.precision)
         session = inference_session(path, device, settings.threads)
-    feed = _session_feed(session, input_ids, np.ones_like(input_ids), None)
+    feed = session_feed(session, input_ids, np.ones_like(input_ids), None)
     protocol = TimingProtocol(settings.warmup, settings.runs, settings.min_run_time_s, settings.isolate)
     times = protocol.time(lambda: session.run(None, feed), device)
     serving = {
@@ -166,7 +166,7 @@ def _input_names(model: PreTrainedModel) -> tuple[str, ...]:
     return _INPUT_NAMES if has_types else _INPUT_NAMES[:2]
 
 
-def _session_feed(
+def session_feed(
     session: Any, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
 ) -> dict[str, np.ndarray]:
     """The inputs ``session``'s graph takes (token types zero where none are given)."""
@@ -174,25 +174,6 @@ def _session_feed(
     if any(i.name == "token_type_ids" for i in session.get_inputs()):
         feed["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     return feed
-
-
-def predict_onnx(
-    session: Any,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    token_type_ids: np.ndarray | None = None,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """``session``'s logits for every row of right-padded inputs, ``batch_size`` rows at a time, each batch's columns
-    past its longest row trimmed (as PyTorch predictions are made)."""
-    logits = []
-    for start in range(0, len(input_ids), batch_size):
-        rows = slice(start, start + batch_size)
-        length = max(int(attention_mask[rows].sum(axis=1).max()), 1)
-        types = None if token_type_ids is None else token_type_ids[rows, :length]
-        feed = _session_feed(session, input_ids[rows, :length], attention_mask[rows, :length], types)
-        logits.append(session.run(["logits"], feed)[0])
-    return np.concatenate(logits)
 
 
 @contextmanager

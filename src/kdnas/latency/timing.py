@@ -8,6 +8,7 @@ the same ingredients: a fixed torch thread count, warm-up, and CUDA synchronisat
 
 from __future__ import annotations
 
+import functools
 import platform
 import socket
 import statistics
@@ -200,6 +201,7 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int
 """The instruction sets that decide how fast fp32 and int8 inference run on a CPU."""
 
 
+@functools.cache  # the CPU does not change under a running process
 def cpu_flags() -> str:
     """Which of :data:`_CPU_FLAGS` this CPU has, space-separated (empty where ``/proc/cpuinfo`` is not readable)."""
     try:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kdnas.config import ConfigError
 from kdnas.outputs import missing_student_files, student_digest
 from kdnas.readers.report import collapse_notes, init_summary
-from kdnas.readers.served import check_graphs_load, latency_form, serving_section
+from kdnas.readers.served import check_graphs_load, latency_form, run_check, serving_section
 from kdnas.study.front import retimed, study_teachers
 from kdnas.study.records import LATENCY_KEY, Retrained
 from kdnas.study.student_record import LatencyDetail, StudentRecord, TrainRows
@@ -184,12 +182,7 @@ def _check_loads(out_dir: Path) -> None:
     """Load the exported directory with ``pipeline("text-classification")`` and classify one text, in a fresh
     Python process as a user's would (this one stays free of torch); raise :class:`ConfigError` with the last line
     of what fails."""
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_CHECK, str(out_dir)], capture_output=True, text=True, timeout=600
-    )
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ConfigError(f"the exported student in {out_dir} does not load: {lines[-1] if lines else done.returncode}")
+    run_check(_LOAD_CHECK, [str(out_dir)], f"the exported student in {out_dir} does not load")
 
 
 def check_export_target(study: optuna.Study, trial: FrozenTrial, out_dir: Path, overwrite: bool) -> None:

@@ -14,13 +14,15 @@ _GRAPHS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 """The ONNX graph of each served precision, as a trial saves them beside its student."""
 
 
+_RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+
+
 def latency_form(latency: LatencyDetail) -> str:
-    """How a latency was taken, for a card: ``ONNX Runtime 1.32.0, int8`` or ``PyTorch 2.13.0, fp32``."""
-    if latency.runtime == "onnxruntime":
-        return f"{latency.runtime_version or 'ONNX Runtime'}, {latency.precision or 'fp32'}".replace(
-            "onnxruntime", "ONNX Runtime"
-        )
-    return f"{latency.runtime_version or 'PyTorch'}, fp32".replace("torch", "PyTorch")
+    """How a latency was taken, for a card: ``ONNX Runtime 1.32.0, int8`` or ``PyTorch 2.13.0, fp32`` (a record from
+    before runtimes were recorded: ``PyTorch, fp32``, the only runtime then)."""
+    runtime = latency.runtime or "torch"
+    version = (latency.runtime_version or "").removeprefix(runtime).strip()
+    return f"{_RUNTIME_NAMES.get(runtime, runtime)} {version}".strip() + f", {latency.precision or 'fp32'}"
 
 
 def serving_section(served: Served | None, metric: str, latency: LatencyDetail, arch: str) -> str:
@@ -96,9 +98,13 @@ def check_graphs_load(out_dir: Path) -> None:
     graphs = [name for name in _GRAPHS.values() if (out_dir / name).is_file()]
     if not graphs:
         return
-    done = subprocess.run(
-        [sys.executable, "-c", _ONNX_CHECK, str(out_dir), *graphs], capture_output=True, text=True, timeout=600
-    )
+    run_check(_ONNX_CHECK, [str(out_dir), *graphs], f"the exported ONNX graphs in {out_dir} fail")
+
+
+def run_check(script: str, args: list[str], failure: str) -> None:
+    """Run ``script`` with ``args`` in a fresh Python process, as a user's would (this one stays free of torch); when
+    it fails, raise :class:`ConfigError` ``<failure>: <the last line it wrote to stderr>``."""
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ConfigError(f"the exported ONNX graphs in {out_dir} fail: {lines[-1] if lines else done.returncode}")
+        raise ConfigError(f"{failure}: {lines[-1] if lines else done.returncode}")

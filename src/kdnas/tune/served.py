@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from kdnas.config import LatencyConfig
-from kdnas.latency.serving import inference_session, predict_onnx, serving_graph
+from kdnas.latency.serving import inference_session, serving_graph, session_feed
 from kdnas.latency.timing import resolve_device
-from kdnas.student.batches import Encoded
+from kdnas.student.batches import Encoded, batch_at, index_batches
 from kdnas.student.training import evaluation_of
 from kdnas.study.student_record import Served, ServedScore
 
@@ -35,11 +36,10 @@ def score_served(
     graphs = {"fp32": directory / "model.onnx"} | ({"int8": served} if settings.precision == "int8" else {})
     device = resolve_device(settings.device)
     torch_value = evaluation_of(torch_logits, data.labels, metric).value
-    types = None if data.token_type_ids is None else data.token_type_ids.numpy()
     scores = {}
     for precision, path in graphs.items():
         session = inference_session(path, device, settings.threads)
-        logits = torch.from_numpy(predict_onnx(session, data.input_ids.numpy(), data.attention_mask.numpy(), types))
+        logits = predict_onnx(session, data)
         value = evaluation_of(logits, data.labels, metric).value
         agreement = float((logits.argmax(-1) == torch_logits.argmax(-1)).float().mean())
         scores[precision] = ServedScore(metric=value, agreement=round(agreement, 6), drop=round(torch_value - value, 6))
@@ -53,3 +53,14 @@ def score_served(
         int8_exceeds_tolerance=None if int8 is None else (int8.drop or 0.0) > settings.int8_tolerance,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def predict_onnx(session: Any, data: Encoded, batch_size: int = 64) -> torch.Tensor:
+    """``session``'s logits ``[N, C]`` for every row of ``data``, in row order, batched and trimmed as PyTorch
+    predictions are (:func:`~kdnas.student.batches.batch_at`)."""
+    logits = []
+    for index in index_batches(len(data), batch_size, shuffle=False):
+        batch = {name: tensor.numpy() for name, tensor in batch_at(data, index, torch.device("cpu")).items()}
+        feed = session_feed(session, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        logits.append(torch.from_numpy(session.run(["logits"], feed)[0]))
+    return torch.cat(logits)
