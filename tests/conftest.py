@@ -16,6 +16,14 @@ import pytest
 
 from kdnas.config import KDNASConfig, build_config
 
+SCRATCH_TEACHER = {
+    "name": "gpt2",
+    "model": "gpt2",
+    "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},
+    "fit": {"epochs": 1, "learning_rate": 1e-3},
+}
+"""The tiny config's GPT-2 teacher alone: fitted in about a second."""
+
 
 def tiny_raw(output_dir: Path, **sections) -> dict:
     """A config that runs in seconds: tiny demo data, tiny teachers, tiny students."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import kdnas
-from conftest import tiny_raw
+from conftest import SCRATCH_TEACHER, tiny_raw
 from kdnas.config import dump_config
 
 HEAVY = ("torch", "ray", "transformers", "datasets")
@@ -63,12 +63,6 @@ def test_the_readme_example_runs_on_the_tiny_search(searched, monkeypatch, tmp_p
 # --- one student outside a search ----------------------------------------------------------------------------------
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 8, "ffn_ratio": 1}
-SCRATCH_TEACHER = {  # fitted in about a second: the tiny config's GPT-2 alone
-    "name": "gpt2",
-    "model": "gpt2",
-    "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},
-    "fit": {"epochs": 1, "learning_rate": 1e-3},
-}
 
 
 def test_train_student_trains_and_measures_a_student_as_a_trial_does(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 import kdnas
-from conftest import tiny_raw
+from conftest import SCRATCH_TEACHER, tiny_raw
 from kdnas.config import ConfigError, LatencyConfig, load_config
 from kdnas.latency import serving
 from kdnas.latency.cache import latency_cache_key
@@ -161,12 +161,6 @@ def test_cached_measurements_are_kept_apart_by_runtime_and_precision():
 
 
 ONE_LAYER = {"num_layers": 1, "num_heads": 2, "head_dim": 8, "ffn_ratio": 1}
-SCRATCH_TEACHER = {  # fitted in about a second
-    "name": "gpt2",
-    "model": "gpt2",
-    "scratch": {"layers": 1, "hidden": 32, "heads": 2, "vocab_size": 400},
-    "fit": {"epochs": 1, "learning_rate": 1e-3},
-}
 
 
 @pytest.mark.slow

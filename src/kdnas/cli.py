@@ -277,12 +277,12 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     from kdnas.tune.runtimes import SERVING_FORMS, latency_table
 
     archs = _architectures(args)
-    if len(archs) == 1 and not args.compare:
+    if len(archs) == 1 and not args.compare and not config.latency.searches_precision:
         result = measure_architecture(config, archs[0])
         print(json.dumps({"arch": archs[0].summary, **result.to_dict()}, indent=2))
         return 0
     settings = config.latency
-    forms = SERVING_FORMS if args.compare else [(settings.runtime, settings.precision)]
+    forms = SERVING_FORMS if args.compare else [(settings.runtime, precision) for precision in settings.precisions]
     device = resolve_device(settings.device)
     print(
         f"median latency on {device_name(device)} ({cpu_flags() or 'no AVX2'}), batch {settings.batch_size}, "

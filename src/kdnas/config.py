@@ -491,6 +491,9 @@ class TrainingConfig(_Section):
     """Training choices Optuna samples per trial."""
 
 
+ServedPrecision = Literal["fp32", "int8"]
+
+
 class LatencyConfig(_Section):
     """How latency is measured: fixed threads, warm-up, median of at least ``runs`` runs and ``min_run_time_s``."""
 
@@ -526,20 +529,51 @@ class LatencyConfig(_Section):
     ONNX Runtime's transformer optimizer, timed in an `InferenceSession` with `threads` intra-op threads; needs
     `pip install 'kdnas[onnx]'`). With `onnxruntime` each trained student is also scored in ONNX Runtime, its graphs
     saved beside it, and the study ranks it by that served metric."""
-    precision: Literal["fp32", "int8"] = "fp32"
+    precision: ServedPrecision | list[ServedPrecision] = "fp32"
     """`fp32`, or `int8`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised at run time); needs
-    `runtime: onnxruntime` and a CPU."""
+    `runtime: onnxruntime` and a CPU. A list (`[fp32, int8]`) searches it: each student is sampled with a precision,
+    and a student already trained in another precision is measured and scored in this one without training again."""
     int8_tolerance: float = Field(0.01, ge=0)
     """With `precision: int8`: a student whose int8 metric falls more than this below its PyTorch metric is recorded
     as such (`served.int8_exceeds_tolerance`)."""
 
+    @field_validator("precision", mode="after")
+    @classmethod
+    def _one_or_several(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"a list of precisions must name each at least once and only once, got {value}")
+        return value[0] if len(value) == 1 else value
+
     @model_validator(mode="after")
     def _int8_served_by_onnxruntime(self) -> LatencyConfig:
-        if self.precision == "int8" and self.runtime != "onnxruntime":
+        if "int8" in self.precisions and self.runtime != "onnxruntime":
             raise ValueError("latency.precision 'int8' needs latency.runtime 'onnxruntime'")
-        if self.precision == "int8" and self.device == "cuda":
+        if "int8" in self.precisions and self.device == "cuda":
             raise ValueError("latency.precision 'int8' runs on a CPU: set latency.device to 'cpu' or precision 'fp32'")
         return self
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions students are served in: the one configured, or each of a searched list."""
+        return [self.precision] if isinstance(self.precision, str) else list(self.precision)
+
+    @property
+    def searches_precision(self) -> bool:
+        """Whether the precision is a searched dimension (``precision`` is a list)."""
+        return len(self.precisions) > 1
+
+    @property
+    def single_precision(self) -> str:
+        """The precision of settings for one measurement (as :meth:`served_in` gives them); a searched list raises."""
+        if not isinstance(self.precision, str):
+            raise ValueError(f"latency settings for one measurement name one precision, not {self.precision}")
+        return self.precision
+
+    def served_in(self, precision: str | None = None) -> LatencyConfig:
+        """These settings for one precision (default: the first of :attr:`precisions`, in which teachers are timed)."""
+        return self.model_copy(update={"precision": precision or self.precisions[0]})
 
 
 class ResourcesConfig(_Section):

@@ -49,7 +49,11 @@ def latency_cache_key(model_key: dict[str, Any], settings: LatencyConfig, seq_le
         "torch": torch.__version__,
     }
     if settings.runtime != "torch":  # keys of PyTorch eager measurements stay as they were before runtimes
-        parts |= {"runtime": settings.runtime, "precision": settings.precision, "onnxruntime": onnxruntime_version()}
+        parts |= {
+            "runtime": settings.runtime,
+            "precision": settings.single_precision,
+            "onnxruntime": onnxruntime_version(),
+        }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

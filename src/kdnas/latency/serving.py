@@ -65,7 +65,7 @@ def check_runtime(settings: LatencyConfig, device: torch.device) -> None:
     if settings.runtime == "torch":
         return
     ort = onnxruntime_module()
-    if device.type == "cuda" and settings.precision == "int8":
+    if device.type == "cuda" and "int8" in settings.precisions:
         raise ConfigError("latency.precision 'int8' runs on a CPU: set latency.device to 'cpu' or precision 'fp32'")
     if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise ConfigError(
@@ -112,14 +112,14 @@ def _measure_onnx(
     check_runtime(settings, device)
     input_ids = random_token_ids(vocab_size, settings.batch_size, seq_len).numpy()
     with tempfile.TemporaryDirectory(prefix="kdnas-onnx-") as directory:
-        path = serving_graph(model, Path(directory), settings.precision)
+        path = serving_graph(model, Path(directory), settings.single_precision)
         session = inference_session(path, device, settings.threads)
     feed = session_feed(session, input_ids, np.ones_like(input_ids), None)
     protocol = TimingProtocol(settings.warmup, settings.runs, settings.min_run_time_s, settings.isolate)
     times = protocol.time(lambda: session.run(None, feed), device)
     serving = {
         "runtime": "onnxruntime",
-        "precision": settings.precision,
+        "precision": settings.single_precision,
         "runtime_version": f"onnxruntime {ort.__version__}",
     }
     return protocol.result(times, device, settings.threads, settings.batch_size, seq_len, **serving)

@@ -33,7 +33,7 @@ from kdnas.study.study_record import StudyRecord
 def _hover(t: FrozenTrial, metric: str) -> str:
     record = StudentRecord.of(t)
     return (
-        f"trial {t.number}<br>{record.arch_summary or '?'}<br>"
+        f"trial {t.number}<br>{record.label}<br>"
         f"{metric} {t.values[0]:.4f}<br>latency {t.values[1]:.3f} ms<br>"
         f"params {(record.params or 0) / 1e6:.2f}M"
     )
@@ -156,7 +156,7 @@ def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None
             continue
         kind = "front" if t.number in front else "finished" if t.state == TrialState.COMPLETE else "stopped early"
         line, marker = kinds[kind]
-        label = f"trial {t.number} {record.arch_summary or ''}"
+        label = f"trial {t.number} {record.label}"
         fig.add_trace(
             go.Scatter(
                 x=[point.epochs for point in curve],
@@ -280,13 +280,15 @@ def retime_note(study: optuna.Study) -> str:
 
 
 def _runtime_note(study: optuna.Study) -> str:
-    """What the study's models were timed in, e.g. `` in ONNX Runtime 1.32.0, int8`` (from its first completed trial;
-    the fingerprint keeps it one runtime per study); empty before any trial completed."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        latency = StudentRecord.of(trial).latency
-        if latency is not None:
-            return f" in {latency_form(latency)}"
-    return ""
+    """What the study's models were timed in, e.g. `` in ONNX Runtime 1.32.0, int8`` (the fingerprint keeps one
+    runtime per study; a searched precision lists each, `` in ONNX Runtime 1.32.0, fp32 / ONNX Runtime 1.32.0,
+    int8``); empty before any trial completed."""
+    forms = {
+        latency_form(latency): None
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if (latency := StudentRecord.of(trial).latency) is not None
+    }
+    return f" in {' / '.join(sorted(forms))}" if forms else ""
 
 
 def _inheritance_note(study: optuna.Study, metric: str) -> str:
@@ -327,6 +329,8 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
         record = StudentRecord.of(t)
         repeat = record.repeat_of
         reused = f"the same student as trial {repeat}: its result, not trained again" if repeat is not None else None
+        twin, served = record.weights_of, record.served.precision if record.served else None
+        trained_by = f"trial {twin}'s student, served in {served}: not trained again" if twin is not None else None
         rows.append(
             {
                 "trial": t.number,
@@ -334,7 +338,7 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
                 metric: values[0],
                 LATENCY_KEY: retimes.get(t.number, values[1]) if retimes else values[1],
                 **({"search_latency_ms": values[1]} if retimes else {}),
-                "arch": record.arch_summary or "",
+                "arch": record.label if record.arch_summary else "",
                 **{k: t.params.get(k) for k in ("num_layers", "num_heads", "head_dim", "ffn_ratio")},
                 PARAMS_CONSTRAINT: record.params,
                 "kd": kd_summary(record.kd),
@@ -345,6 +349,7 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
                     for reason in (
                         record.reason,
                         reused,
+                        trained_by,
                         *collapse_notes(record),
                     )
                     if reason

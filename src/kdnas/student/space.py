@@ -18,9 +18,13 @@ KD_PARAMS = {
 """Optuna parameter name → the ``kd.space`` field it samples."""
 
 
+PRECISION_PARAM = "precision"
+"""The Optuna parameter of the precision a student is served in, when ``latency.precision`` is a searched list."""
+
+
 class SearchSpace:
-    """Samples students from a :class:`SpaceConfig`, KD recipes from a :class:`KDSpaceConfig` and learning rates
-    from a :class:`TrainingSpaceConfig`.
+    """Samples students from a :class:`SpaceConfig`, KD recipes from a :class:`KDSpaceConfig`, learning rates
+    from a :class:`TrainingSpaceConfig` and, with several ``precisions``, the precision each is served in.
 
     Width is never sampled: it is ``heads × head_dim``, so each Optuna categorical keeps one fixed choice list
     (TPE needs that) and every sampled combination is a valid transformer.
@@ -31,15 +35,18 @@ class SearchSpace:
         config: SpaceConfig,
         kd_space: KDSpaceConfig | None = None,
         training_space: TrainingSpaceConfig | None = None,
+        precisions: list[str] | None = None,
     ) -> None:
         self.config = config
         self.kd_space = kd_space or KDSpaceConfig()
         self.training_space = training_space or TrainingSpaceConfig()
+        self.precisions = precisions if precisions and len(precisions) > 1 else None
 
     @classmethod
     def of(cls, config: KDNASConfig) -> SearchSpace:
-        """The space a search over ``config`` samples: its student, KD and training spaces."""
-        return cls(config.student.space, config.kd.space, config.training.space)
+        """The space a search over ``config`` samples: its student, KD and training spaces, and its served
+        precisions."""
+        return cls(config.student.space, config.kd.space, config.training.space, config.latency.precisions)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample one student's parameters on ``trial`` (define-by-run)."""
@@ -56,15 +63,17 @@ class SearchSpace:
                 params[name] = trial.suggest_categorical(name, choices)
         if self.training_space.learning_rate is not None:
             params["learning_rate"] = trial.suggest_categorical("learning_rate", self.training_space.learning_rate)
+        if self.precisions is not None:
+            params[PRECISION_PARAM] = trial.suggest_categorical(PRECISION_PARAM, self.precisions)
         return params
 
     def size(self) -> int:
-        """How many distinct students (architecture × sampled recipe) the space holds."""
+        """How many distinct students (architecture × sampled recipe × served precision) the space holds."""
         c = self.config
         count = (c.depth.max - c.depth.min + 1) * len(c.heads) * len(c.head_dim) * len(c.ffn_ratio)
         for field in KD_PARAMS.values():
             count *= len(getattr(self.kd_space, field) or [None])
-        return count * len(self.training_space.learning_rate or [None])
+        return count * len(self.training_space.learning_rate or [None]) * len(self.precisions or [None])
 
 
 def smallest_student(config: SpaceConfig) -> StudentArch:

@@ -160,7 +160,7 @@ def front_rows(study: optuna.Study, metric: str) -> list[dict]:
         {
             "trial": t.number,
             "repeats": ", ".join(str(n) for n in numbers if n != t.number),
-            "arch": StudentRecord.of(t).arch_summary or "?",
+            "arch": StudentRecord.of(t).label,
             metric: f"{t.values[0]:.4f}",
             LATENCY_KEY: f"{t.values[1]:.3f}",
             "params": f"{_params(t, 0) / 1e6:.2f}M",

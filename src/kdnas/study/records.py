@@ -47,6 +47,9 @@ TRIAL_NUMBER_KEY = "kdnas_trial_number"
 """The Optuna trial number, in a Tune trial's config."""
 PROMOTED_KEY = "kdnas_promoted"
 """True in the Tune config of a trial promoted to full training (see :data:`PROMOTED_ATTR`): never stopped early."""
+TRAINED_TWIN_KEY = "kdnas_trained_twin"
+"""In the Tune config of a trial whose student the study already trained in another served precision (a searched
+``latency.precision``): that trial's number and record; the student is measured and scored, not trained again."""
 
 # Optuna trial user attrs.
 FAILURE_ATTR = "failure_reason"
@@ -64,6 +67,9 @@ RECIPE_ATTR = "recipe"
 """Hash of the configuration the trial's student was (or is being) trained under."""
 REPEAT_OF_ATTR = "duplicate_of"
 """On a repeat: the number of the trial whose student it is."""
+WEIGHTS_OF_ATTR = "weights_of"
+"""On a student served in another precision than the trial that trained it (a searched ``latency.precision``): that
+trial's number. Its weights, recipe and training record are that trial's; its latency and served metric its own."""
 PROMOTED_ATTR = "promoted_from"
 """On a trial that trains in full a student the study had stopped early (once a run has tried every student of the
 space): the number of the trial that stopped."""
@@ -439,6 +445,15 @@ def _write_curve(points: list[CurvePoint]) -> list[list[float]]:
 
 
 @dataclass(frozen=True)
+class TrainedTwin(AttrRecord):
+    """The trained student a trial serves in its own precision (:data:`TRAINED_TWIN_KEY`): the trial that trained it
+    and that trial's user attrs."""
+
+    number: int | None = stored()
+    attrs: dict[str, Any] | None = stored()
+
+
+@dataclass(frozen=True)
 class TrialTicket(AttrRecord):
     """What the searcher adds to a student's Tune config: the number of its Optuna trial, and True on a student
     promoted to full training (see :data:`PROMOTED_KEY`). The student's parameters are the config's other keys
@@ -446,3 +461,4 @@ class TrialTicket(AttrRecord):
 
     number: int | None = stored(TRIAL_NUMBER_KEY)
     promoted: bool | None = stored(PROMOTED_KEY)
+    trained_twin: TrainedTwin | None = nested(TrainedTwin, TRAINED_TWIN_KEY)

@@ -50,6 +50,7 @@ from kdnas.study.records import (
     TRAIN_PRECISION_ATTR,
     TRAIN_ROWS_ATTR,
     TRAIN_STARTED_ATTR,
+    WEIGHTS_OF_ATTR,
     AttrRecord,
     CurvePoint,
     converted,
@@ -240,6 +241,7 @@ class StudentRecord(AttrRecord):
     recipe: str | None = stored(RECIPE_ATTR)
     repeat_of: int | None = stored(REPEAT_OF_ATTR)
     promoted_from: int | None = stored(PROMOTED_ATTR)
+    weights_of: int | None = stored(WEIGHTS_OF_ATTR)
     retry_of: int | None = stored(RETRY_ATTR)
     restarts: int | None = stored(RESTARTS_ATTR)
     pruned_reason: str | None = stored(PRUNED_ATTR)
@@ -250,6 +252,13 @@ class StudentRecord(AttrRecord):
     def of(cls, trial: FrozenTrial) -> StudentRecord:
         """The record of ``trial`` (its user attrs)."""
         return cls.from_attrs(trial.user_attrs)
+
+    @property
+    def label(self) -> str:
+        """The student in one short line: its architecture, and ``int8`` when it is served quantised (e.g.
+        ``L2-H128-A4-F256 int8``)."""
+        served = " int8" if self.served is not None and self.served.precision == "int8" else ""
+        return (self.arch_summary or "?") + served
 
     @property
     def reason(self) -> str | None:

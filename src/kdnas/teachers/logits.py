@@ -214,7 +214,7 @@ def _teacher_outputs(
             "vocab_size": len(teacher.tokenizer),
         },
         vocab_size=len(teacher.tokenizer),
-        settings=config.latency,
+        settings=config.latency.served_in(),  # a searched precision's first: the teachers' speed-ups compare to it
         seq_len=config.latency_seq_len,
         cache_dir=latency_cache_dir(config) if config.latency.cache else None,
     )

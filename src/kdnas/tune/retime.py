@@ -18,7 +18,7 @@ import optuna
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from kdnas.config import ConfigError, KDNASConfig
+from kdnas.config import ConfigError, KDNASConfig, LatencyConfig
 from kdnas.latency.cache import ATTEMPTS, measure_trusted
 from kdnas.latency.timing import LatencyResult
 from kdnas.student import StudentArch
@@ -65,15 +65,15 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = _ROU
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
     started = time.perf_counter()
-    trials_by_arch, models = _models_to_time(study, config)
+    trials_by_form, models = _models_to_time(study, config)
     medians, contended = _timed_rounds(models, config, rounds)
     latency = {name: fastest_round([r.median_ms for r in results]) for name, results in medians.items()}
     first = next(iter(medians.values()))[0] if medians else None
     record = replace(
         _where_and_how(config, rounds, first),
         students={
-            str(number): latency[f"student {arch.summary}"]
-            for arch, numbers in trials_by_arch.items()
+            str(number): latency[_student_name(arch, precision, config)]
+            for (arch, precision), numbers in trials_by_form.items()
             for number in numbers
         },
         teachers={t.name: latency[f"teacher {t.name}"] for t in config.teachers},
@@ -87,7 +87,7 @@ def retime_study(study: optuna.Study, config: KDNASConfig, *, rounds: int = _ROU
         "retimed %d students (%d architectures) and %d teachers on %s in %.0f s: front %d, hypervolume %.4g with "
         "these latencies, as the report shows it (before this re-timing: front %d, hypervolume %.4g)",
         len(record.students or {}),
-        len(trials_by_arch),
+        len(trials_by_form),
         len(record.teachers or {}),
         record.host,
         record.seconds,
@@ -127,45 +127,57 @@ def _where_and_how(config: KDNASConfig, rounds: int, first: LatencyResult | None
             seq_len=config.latency_seq_len,
             rounds=rounds,
             runtime=settings.runtime,
-            precision=settings.precision,
+            precision=",".join(settings.precisions),
         ),
         kept="fastest",  # of each model's rounds (fastest_round)
     )
 
 
+_Form = tuple[StudentArch, str]
+"""A student architecture and the precision it is served in."""
+
+
+def _student_name(arch: StudentArch, precision: str, config: KDNASConfig) -> str:
+    """The name a student form is timed under: its architecture, and its precision when the study searches it."""
+    return f"student {arch.summary}" + (f" {precision}" if config.latency.searches_precision else "")
+
+
 def _models_to_time(
     study: optuna.Study, config: KDNASConfig
-) -> tuple[dict[StudentArch, list[int]], dict[str, tuple[torch.nn.Module, int]]]:
-    """The study's distinct student architectures (with the trials of each) and every model to time, by name, with its
-    vocabulary size: one freshly built student per architecture, and the configured teachers."""
+) -> tuple[dict[_Form, list[int]], dict[str, tuple[torch.nn.Module, int, LatencyConfig]]]:
+    """The study's distinct students (architecture and served precision, with the trials of each) and every model to
+    time, by name, with its vocabulary size and settings: one freshly built student per form, in its precision, and
+    the configured teachers, in the first configured precision (as the search timed them)."""
     task = StudyRecord.of(study).task
     num_labels = len((task.label_names if task else None) or [0, 1])
-    trials_by_arch: dict[StudentArch, list[int]] = {}
+    trials_by_form: dict[_Form, list[int]] = {}
     for trial in search_feasible_completed(study):
-        recorded = StudentRecord.of(trial).arch
-        if recorded is not None:
-            trials_by_arch.setdefault(StudentArch.from_dict(recorded), []).append(trial.number)
-    models: dict[str, tuple[torch.nn.Module, int]] = {}
+        record = StudentRecord.of(trial)
+        if record.arch is not None:
+            precision = (record.latency.precision if record.latency else None) or config.latency.precisions[0]
+            trials_by_form.setdefault((StudentArch.from_dict(record.arch), precision), []).append(trial.number)
+    models: dict[str, tuple[torch.nn.Module, int, LatencyConfig]] = {}
     tokenizer = load_tokenizer(config.student.tokenizer)
-    for arch in trials_by_arch:
-        models[f"student {arch.summary}"] = (student_model(config, arch, tokenizer, num_labels), len(tokenizer))
+    for arch, precision in trials_by_form:
+        model = student_model(config, arch, tokenizer, num_labels)
+        models[_student_name(arch, precision, config)] = (model, len(tokenizer), config.latency.served_in(precision))
     for teacher_config in config.teachers:
         teacher = load_teacher(config, teacher_config, num_labels, timing_only=True)
-        models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer))
-    return trials_by_arch, models
+        models[f"teacher {teacher.name}"] = (teacher.model, len(teacher.tokenizer), config.latency.served_in())
+    return trials_by_form, models
 
 
 def _timed_rounds(
-    models: dict[str, tuple[torch.nn.Module, int]], config: KDNASConfig, rounds: int
+    models: dict[str, tuple[torch.nn.Module, int, LatencyConfig]], config: KDNASConfig, rounds: int
 ) -> tuple[dict[str, list[LatencyResult]], int]:
-    """Each model timed once per round, the models interleaved; the results by name, and how many measurements were
-    still disturbed after every attempt (their fastest was kept)."""
+    """Each model timed once per round with its settings, the models interleaved; the results by name, and how many
+    measurements were still disturbed after every attempt (their fastest was kept)."""
     medians: dict[str, list[LatencyResult]] = {name: [] for name in models}
     contended = 0
     for round_number in range(rounds):
-        for name, (model, vocab_size) in models.items():
+        for name, (model, vocab_size, settings) in models.items():
             result, trusted = measure_trusted(
-                model, vocab_size=vocab_size, settings=config.latency, seq_len=config.latency_seq_len
+                model, vocab_size=vocab_size, settings=settings, seq_len=config.latency_seq_len
             )
             medians[name].append(result)
             contended += not trusted

@@ -32,6 +32,7 @@ from kdnas.study.records import (
     LATENCY_KEY,
     PROMOTED_KEY,
     RESTARTS_ATTR,
+    TRAINED_TWIN_KEY,
     TRIAL_NUMBER_KEY,
     Outcome,
     TrialReport,
@@ -45,6 +46,7 @@ from kdnas.tune.outcomes import report_outcome, retrying, tell_outcome
 from kdnas.tune.promotion import Promotion, SpaceLeft
 from kdnas.tune.reuse import RepeatReuse
 from kdnas.tune.samplers import make_sampler
+from kdnas.tune.twins import PrecisionTwins
 
 _REPEATS_IN_A_ROW = 25
 """A sampler that proposes this many students the study holds in a row has (nearly) exhausted the space."""
@@ -70,10 +72,12 @@ class KDNASSearch(Searcher):
     With ``reuse_duplicates``, a suggestion whose parameters (architecture and sampled recipe) equal those of a
     student the study holds under the same ``recipe`` (:func:`~kdnas.study.repeats.recipe_key`; any run or
     driver) is recorded at once as a repeat of it, with its result (:class:`~kdnas.tune.reuse.RepeatReuse`), and the
-    sampler is asked again: repeats never reach Ray and do not use up the trial budget. When the study holds all
-    ``space_size`` students, or the sampler proposes :data:`_REPEATS_IN_A_ROW` known students in a row, the students
-    stopped early are promoted (:class:`~kdnas.tune.promotion.Promotion`); with none left, the search ends and
-    :attr:`exhausted` says why.
+    sampler is asked again: repeats never reach Ray and do not use up the trial budget. With ``serve_twins`` (a
+    searched ``latency.precision``), a student the study trained in another precision goes to its trial with that
+    twin (:class:`~kdnas.tune.twins.PrecisionTwins`): measured and scored in its own precision, not trained again.
+    When the study holds all ``space_size`` students, or the sampler proposes :data:`_REPEATS_IN_A_ROW` known
+    students in a row, the students stopped early are promoted (:class:`~kdnas.tune.promotion.Promotion`); with none
+    left, the search ends and :attr:`exhausted` says why.
 
     A pickle of it (Tune's experiment state, ``tuner.pkl``, often on shared storage) holds no storage, study or
     running trial, which hold the storage URL and so may hold a password: each policy leaves them out. kdnas resumes
@@ -95,6 +99,7 @@ class KDNASSearch(Searcher):
         reuse_duplicates: bool = False,
         recipe: str = "",
         space_size: int | None = None,
+        serve_twins: bool = False,
     ) -> None:
         # Tune's Searcher takes lists for several objectives (as its OptunaSearch passes), though typed for one
         super().__init__(metric=cast(Any, metric), mode=cast(Any, mode))
@@ -115,6 +120,7 @@ class KDNASSearch(Searcher):
         self._budget = SearchBudget(study, n_trials)
         self._reuse = RepeatReuse(study, recipe) if reuse_duplicates else None
         self._promotion = Promotion(study, recipe, space_size) if reuse_duplicates else None
+        self._twins = PrecisionTwins(study, recipe) if serve_twins else None
         self._recipe = recipe
         self._space_size = space_size
         self._stop_reasons = stop_reasons if stop_reasons is not None else {}
@@ -232,8 +238,14 @@ class KDNASSearch(Searcher):
             reuse = self._reuse if not promoted else None
             original = reuse.original_of(ot_trial) if reuse is not None else None
             if reuse is None or original is None:
+                twin = self._twins.twin_of(ot_trial) if self._twins is not None and not promoted else None
                 self._claims.claim(trial_id, self._recipe)
-                return {**config, TRIAL_NUMBER_KEY: ot_trial.number, **({PROMOTED_KEY: True} if promoted else {})}
+                return {
+                    **config,
+                    TRIAL_NUMBER_KEY: ot_trial.number,
+                    **({PROMOTED_KEY: True} if promoted else {}),
+                    **({TRAINED_TWIN_KEY: twin.to_attrs()} if twin is not None else {}),
+                }
             try:
                 reuse.tell(ot_trial, original)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -295,4 +307,5 @@ def make_searcher(
         reuse_duplicates=config.search.reuse_duplicates,
         recipe=recipe_key(dump_config(config)),
         space_size=space.size(),
+        serve_twins=config.latency.searches_precision,
     )

@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from kdnas.config import LatencyConfig
 from kdnas.latency.serving import inference_session, serving_graph, session_feed
 from kdnas.latency.timing import resolve_device
+from kdnas.outputs import missing_student_files, student_digest
 from kdnas.student.batches import Encoded, batch_at, index_batches
 from kdnas.student.training import evaluation_of
-from kdnas.study.student_record import Served, ServedScore
+from kdnas.study.records import TrainedTwin
+from kdnas.study.student_record import Served, ServedScore, StudentRecord
 
 
 def score_served(
@@ -32,8 +35,9 @@ def score_served(
     precision the metric, its agreement with the PyTorch predictions ``torch_logits`` and its drop below the PyTorch
     metric; with int8, whether the drop exceeds ``settings.int8_tolerance``; the seconds it all took)."""
     started = time.perf_counter()
-    served = serving_graph(model, directory, settings.precision)
-    graphs = {"fp32": directory / "model.onnx"} | ({"int8": served} if settings.precision == "int8" else {})
+    precision = settings.single_precision
+    served = serving_graph(model, directory, precision)
+    graphs = {"fp32": directory / "model.onnx"} | ({"int8": served} if precision == "int8" else {})
     device = resolve_device(settings.device)
     torch_value = evaluation_of(torch_logits, data.labels, metric).value
     scores = {}
@@ -46,8 +50,8 @@ def score_served(
     int8 = scores.get("int8")
     return Served(
         runtime="onnxruntime",
-        precision=settings.precision,
-        metric=scores[settings.precision].metric,
+        precision=precision,
+        metric=scores[precision].metric,
         fp32=scores["fp32"],
         int8=int8,
         int8_exceeds_tolerance=None if int8 is None else (int8.drop or 0.0) > settings.int8_tolerance,
@@ -64,3 +68,16 @@ def predict_onnx(session: Any, data: Encoded, batch_size: int = 64) -> torch.Ten
         feed = session_feed(session, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         logits.append(torch.from_numpy(session.run(["logits"], feed)[0]))
     return torch.cat(logits)
+
+
+def load_trained_twin(model: PreTrainedModel, twin: TrainedTwin) -> StudentRecord:
+    """Load into ``model`` (built for the same architecture) the weights trial ``twin.number`` trained and saved, after
+    checking they are the files its record names (:func:`~kdnas.outputs.student_digest`); that trial's record."""
+    record = StudentRecord.from_attrs(twin.attrs or {})
+    directory = Path(record.student_path or "")
+    if not record.student_path or missing_student_files(directory):
+        raise FileNotFoundError(f"trial {twin.number}'s trained student is not at {record.student_path!r} any more")
+    if student_digest(directory) != record.student_sha256:
+        raise ValueError(f"trial {twin.number}'s student at {directory} changed since it was trained (SHA-256 differs)")
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return record

@@ -27,9 +27,9 @@ from kdnas.student.batches import Encoded, head, predict_logits
 from kdnas.student.inheritance import InheritanceSource, inherit
 from kdnas.student.metrics import majority_level
 from kdnas.student.precision import resolve_precision
-from kdnas.student.space import kd_recipe
+from kdnas.student.space import PRECISION_PARAM, kd_recipe
 from kdnas.student.training import EpochRows, evaluation_of, train
-from kdnas.study.records import LATENCY_KEY, PARAMS_CONSTRAINT, CurvePoint, TrialReport
+from kdnas.study.records import LATENCY_KEY, PARAMS_CONSTRAINT, CurvePoint, TrainedTwin, TrialReport, TrialTicket
 from kdnas.study.student_record import (
     InitRecord,
     KDRecipe,
@@ -42,7 +42,7 @@ from kdnas.study.student_record import (
 )
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.tune.rungs import mid_epoch_steps
-from kdnas.tune.served import score_served
+from kdnas.tune.served import load_trained_twin, score_served
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,11 @@ def run_trial(
     Errors propagate to the caller.
     With ``checkpoint``, each report but the last goes through it with the training state; ``resume`` (such a
     state) continues training after its epoch. ``node`` (where it runs) joins every report's attrs.
+    With a searched ``latency.precision`` the student is timed and served in the sampled ``precision``; one whose
+    trained twin ``params`` name (:class:`~kdnas.study.records.TrialTicket`) is not trained: it is that trial's
+    student, measured and scored in this precision (:func:`serve_trained_twin`).
     """
+    inputs = served_in(inputs, params)
     arch = StudentArch.from_dict(params)
     student = build_and_measure(arch, inputs)
     cost = student.cost if node is None else replace(student.cost, node=Node.from_attrs(node))
@@ -276,11 +280,68 @@ def run_trial(
         )
         report(measured.to_result(inputs.metric))
         return measured.to_result(inputs.metric)
+    twin = TrialTicket.from_attrs(params).trained_twin
+    if twin is not None:
+        served = serve_trained_twin(
+            student, cost, twin, inputs, student_dir(inputs, trial_number), torch.device(device)
+        )
+        report(served.to_result(inputs.metric))
+        return served.to_result(inputs.metric)
     run = _StudentRun(params, arch, student, inputs, torch.device(device), cost, report, checkpoint, resume)
     run.train(trial_number)
     trained = run.save(student_dir(inputs, trial_number), student.tokenizer, student.constraints)
     report(trained.to_result(inputs.metric))
     return trained.to_result(inputs.metric)
+
+
+def served_in(inputs: TrialInputs, params: dict[str, Any]) -> TrialInputs:
+    """``inputs`` with the latency settings of the precision the student is served in: the sampled one when the
+    search samples it, else the configured one."""
+    latency = inputs.config.latency
+    if PRECISION_PARAM not in params and not latency.searches_precision:
+        return inputs
+    settings = latency.served_in(params.get(PRECISION_PARAM))
+    return replace(inputs, config=inputs.config.model_copy(update={"latency": settings}))
+
+
+def serve_trained_twin(
+    student: MeasuredStudent,
+    cost: StudentRecord,
+    twin: TrainedTwin,
+    inputs: TrialInputs,
+    out: Path,
+    device: torch.device,
+) -> TrialReport:
+    """The completed report of ``student`` (built and measured in this trial's precision, ``cost``) given the weights
+    its ``twin`` trained: saved to ``out`` and scored as served in this precision; its record is the twin's training
+    record with this trial's cost, served metric and files, and ``weights_of`` naming the twin."""
+    trained = load_trained_twin(student.model, twin)
+    precision = resolve_precision(inputs.config.training.precision, device)
+    logits = predict_logits(student.model, inputs.eval, device=device, precision=precision)
+    student.model.save_pretrained(out)
+    student.tokenizer.save_pretrained(out)
+    served = score_served(student.model, out, inputs.eval, inputs.metric, logits, inputs.config.latency)
+    record = replace(
+        trained,
+        **{name: getattr(cost, name) for name in ("arch", "arch_summary", "params", "encoder_params", "flops")},
+        latency=cost.latency,
+        node=cost.node,
+        served=served,
+        student_path=str(out),
+        student_sha256=student_digest(out),
+        train_started_at=None,
+        train_finished_at=None,
+        weights_of=twin.number,
+        restarts=None,
+        retry_of=None,
+        repeat_of=None,
+        promoted_from=None,
+    )
+    value = float(served.metric if served.metric is not None else math.nan)
+    attrs = record.to_attrs()
+    return TrialReport(
+        value, student.latency.median_ms, trained.epochs_trained, True, attrs=attrs, constraints=student.constraints
+    )
 
 
 class _StudentRun:
