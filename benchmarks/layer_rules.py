@@ -69,13 +69,18 @@ def main() -> None:
     config = task_config(NAME, args.task, data=args.data, train_samples=args.train_samples, output_dir=output_dir)
     config = config.model_copy(update={"search": config.search.model_copy(update={"study_name": NAME})})
     inputs = kdnas.prepare_students(config)
-    runs = {
-        rule: {
-            arch: [train(with_rule(inputs, rule), parse_student(arch), seed) for seed in args.seeds]
-            for arch in args.archs
-        }
-        for rule in args.rules
-    }
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"{NAME}_{args.task}.json")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {rule: {arch: [] for arch in args.archs} for rule in args.rules}
+    for seed in args.seeds:  # every rule on a seed before the next seed: a run cut short still pairs what it did
+        for arch in args.archs:
+            for rule in args.rules:
+                runs[rule][arch].append(train(with_rule(inputs, rule), parse_student(arch), seed))
+            write_result(out, result(args, runs))
+    print(f"{NAME} ({args.task}): {result(args, runs)['summary']} -> {out}")
+
+
+def result(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """The runs so far and, per rule, the mean metric and the mean paired difference from the first rule."""
     baseline = runs[args.rules[0]]
     summary = {
         rule: {
@@ -87,12 +92,12 @@ def main() -> None:
                 ),
                 2,
             ),
+            "runs": sum(len(by_arch[arch]) for arch in args.archs),
         }
         for rule, by_arch in runs.items()
+        if all(by_arch[arch] for arch in args.archs)
     }
-    result = {"task": args.task, "archs": args.archs, "seeds": args.seeds, "summary": summary, "runs": runs}
-    out = write_result(args.out or REPO / "benchmarks" / "results" / f"{NAME}_{args.task}.json", result)
-    print(f"{NAME} ({args.task}): {summary} -> {out}")
+    return {"task": args.task, "archs": args.archs, "seeds": args.seeds, "summary": summary, "runs": runs}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ and the eager front's knee student served in int8 is within 0.5 point of its eag
 the ONNX fp32 graphs agree with PyTorch on ≥ 99.5 % of rows.
 
     python benchmarks/p5_serving.py [--trials 8] [--time-budget-s 900] [--output-dir runs/p5-serving] [--out FILE]
+    python benchmarks/p5_serving.py --task sst2 --archs 1,4,64,2 2,4,64,2 3,4,64,2 4,4,64,2 [--data DIR]
+
+``--task sst2`` (or ``banking77``) reads the task beside the checkout (see ``_common.task_config``; skipped cleanly
+without it); ``--archs`` trains those students (``kdnas.train_student``, as a search's trials) instead of searching.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from transformers import AutoModelForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kdnas
-from _common import REPO, write_result
+from _common import REPO, TASK_DATA, parse_student, task_config, write_result
 
 NAME = "p5_serving"
 FORMS = {"eager": ("torch", "fp32"), "ort_fp32": ("onnxruntime", "fp32"), "ort_int8": ("onnxruntime", "int8")}
@@ -59,8 +63,9 @@ def torch_logits(model: torch.nn.Module, data: Any) -> torch.Tensor:
 
 
 def student_row(trial: Any, configs: dict[str, Any], students: Any, metric: str) -> dict[str, Any]:
-    """One student in each form: latency, metric, and the ratios between forms."""
-    record = kdnas.StudentRecord.of(trial)
+    """One student (a trial: ``number``, ``values``, ``user_attrs``) in each form: latency, metric, and the ratios
+    between forms."""
+    record = kdnas.StudentRecord.from_attrs(trial.user_attrs)
     arch = kdnas.StudentArch.from_dict(record.arch or {})
     model = AutoModelForSequenceClassification.from_pretrained(record.student_path)
     with tempfile.TemporaryDirectory() as directory:
@@ -87,6 +92,18 @@ def student_row(trial: Any, configs: dict[str, Any], students: Any, metric: str)
     }
 
 
+def trained_students(config: Any, students: Any, archs: list[str] | None) -> list[Any]:
+    """The students to serve: ``archs`` trained one by one as a search's trials are, else the trained students of a
+    search over ``config`` (run or resumed)."""
+    if not archs:
+        study = kdnas.run_search(config)
+        return [t for t in kdnas.feasible_completed(study) if not kdnas.is_repeat(t)]
+    reports = [kdnas.train_student(students, parse_student(arch), trial_number=n) for n, arch in enumerate(archs)]
+    return [
+        SimpleNamespace(number=n, values=[r.value, r.latency_ms], user_attrs=r.attrs) for n, r in enumerate(reports)
+    ]
+
+
 def fronts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Each form's front (trial numbers), hypervolume against one reference point, and knee."""
     reference = (0.0, 1.1 * max(row["latency_ms"]["eager"] for row in rows))
@@ -106,21 +123,26 @@ def fronts(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["demo", *TASK_DATA], default="demo")
+    parser.add_argument("--archs", nargs="+", help="train these students (layers,heads,head_dim,ffn_ratio) instead")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--time-budget-s", type=float, default=900)
-    parser.add_argument("--output-dir", default=str(REPO / "runs" / "p5-serving"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"{NAME}.json"))
+    parser.add_argument("--data", help="the task's folder (default ../shared/data/<task> beside the checkout)")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    suffix = "" if args.task == "demo" else f"_{args.task}"
+    output_dir = args.output_dir or str(REPO / "runs" / f"p5-serving{suffix}")
+    config = task_config(NAME, args.task, data=args.data, train_samples=None, output_dir=output_dir)
     config = kdnas.load_config(
-        {"output_dir": args.output_dir},
+        config.model_dump(mode="json"),
         [f"search.n_trials={args.trials}", f"search.time_budget_s={args.time_budget_s}"],
     )
-    study = kdnas.run_search(config)
     students = kdnas.prepare_students(config)
     metric = config.data.metric
     configs = {form: in_form(config, *runtime) for form, runtime in FORMS.items()}
-    trained = [t for t in kdnas.feasible_completed(study) if not kdnas.is_repeat(t)]
+    trained = trained_students(config, students, args.archs)
     rows = [student_row(t, configs, students, metric) for t in trained]
     summary = fronts(rows)
     knee = next(row for row in rows if row["trial"] == summary["eager"]["knee"]["trial"])
@@ -129,7 +151,8 @@ def main() -> None:
         (row["value"]["eager"], row["latency_ms"]["eager"]) for row in rows if row["trial"] in summary["eager"]["front"]
     ]
     payload = {
-        "task": "demo",
+        "task": args.task,
+        **({"archs": args.archs} if args.archs else {}),
         "trials": len(rows),
         "cpu_flags": kdnas.measure_architecture(configs["ort_int8"], kdnas.StudentArch(1, 2, 32, 1)).cpu_flags,
         "students": rows,
@@ -151,7 +174,7 @@ def main() -> None:
         },
         "agreement_target_met": min(r["fp32_agreement"] for r in rows) >= TARGET_AGREEMENT,
     }
-    print(write_result(args.out, payload))
+    print(write_result(args.out or REPO / "benchmarks" / "results" / f"{NAME}{suffix}.json", payload))
 
 
 if __name__ == "__main__":
