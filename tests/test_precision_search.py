@@ -84,7 +84,7 @@ def students(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_twin_is_served_in_its_own_precision_without_training(students, monkeypatch):
+def test_the_twin_is_served_in_its_own_precision_without_training(students, monkeypatch, tmp_path):
     fp32 = kdnas.train_student(students, {**ONE_LAYER, "precision": "fp32"}, seed=3, trial_number=1)
     assert fp32.attrs["latency"]["precision"] == "fp32" and "int8" not in fp32.attrs["served"]
 
@@ -104,6 +104,15 @@ def test_the_twin_is_served_in_its_own_precision_without_training(students, monk
     assert saved != twin_dir and (saved / "model.int8.onnx").is_file() and not (twin_dir / "model.int8.onnx").exists()
     for name, weights in load_file(str(twin_dir / "model.safetensors")).items():
         assert torch.equal(load_file(str(saved / "model.safetensors"))[name], weights)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[int8.value, int8.latency_ms], params={}, distributions={}, user_attrs=int8.attrs
+        )
+    )
+    exported = kdnas.export_trial(study, study.trials[0], tmp_path / "export")
+    card = (exported / "README.md").read_text()
+    assert "**Trained by trial 1**" in card and "served in int8" in card and (exported / "model.int8.onnx").is_file()
     (twin_dir / "config.json").write_text((twin_dir / "config.json").read_text().replace("}", ' , "x": 1}', 1))
     with pytest.raises(ValueError, match="trial 1's student at .* changed since it was trained"):
         kdnas.train_student(students, {**ONE_LAYER, "precision": "int8", **ticket}, trial_number=3)

@@ -219,7 +219,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export_trial(study, trial, out, retrained=retrained, overwrite=args.overwrite)
     value, latency_ms = (retrained.value, retrained.latency_ms) if retrained else trial.values
     print(
-        f"exported trial {trial.number} ({record.arch_summary})"
+        f"exported trial {trial.number} ({record.label})"
         f"{', retrained' if retrained else ''}: {study.metric_names[0]}={value:.4f}, latency={latency_ms:.3f} ms"
         f" -> {out}"
     )

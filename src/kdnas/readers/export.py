@@ -74,6 +74,12 @@ def _card_results(record: ExportedTrial) -> str:
     lat, task = attrs.latency or LatencyDetail(), record.task or TaskRecord()
     value, latency_ms, params = objectives[metric], objectives[latency_name], (attrs.params or 0) / 1e6
     notes = "".join(f"\n\n**Note**: {note}." for note in collapse_notes(attrs))
+    if attrs.weights_of is not None:
+        precision = attrs.served.precision if attrs.served else "its precision"
+        notes += (
+            f"\n\n**Trained by trial {attrs.weights_of}**: these are the weights that trial trained; this trial "
+            f"measured and scored them served in {precision} (the study searched the precision)."
+        )
     retrained = ""
     if record.retrained:
         before = record.trial_objectives or {}
