@@ -1,5 +1,6 @@
 """Latency where models are served: ONNX Runtime fp32 and int8 (``latency.runtime``, ``latency.precision``)."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -253,3 +254,12 @@ def test_the_report_says_which_runtime_and_precision_latency_was_taken_in(tmp_pa
     kdnas.write_report(study, tmp_path, "accuracy")
     page = (tmp_path / "report.html").read_text()
     assert "Latency is the measured median forward time in ONNX Runtime 1.32.0, int8 during the search" in page
+
+
+def test_exporting_and_quantising_log_no_line_per_fusion_or_tensor(student, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    serving_graph(student, tmp_path, "int8")
+    logging.getLogger("kdnas.latency").info("kdnas's own lines still show")
+    chatty = [r for r in caplog.records if r.levelno < logging.WARNING and not r.name.startswith("kdnas")]
+    assert not chatty, [r.getMessage() for r in chatty[:3]]
+    assert "kdnas's own lines still show" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -199,6 +200,7 @@ def _fuse(path: Path, config: Any) -> None:
     """Fuse the graph at ``path`` in place with ONNX Runtime's transformer optimizer when it knows the model type."""
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
+    _quiet_optimizer_loggers()
     model_type = getattr(config, "model_type", "")
     if model_type not in MODEL_TYPES:
         logger.debug("no ONNX Runtime fusions for model type %r: ORT's graph optimisations only", model_type)
@@ -209,6 +211,16 @@ def _fuse(path: Path, config: Any) -> None:
     optimized.save_model_to_file(str(path))
 
 
+def _quiet_optimizer_loggers() -> None:
+    """Keep only warnings from ONNX Runtime's transformer optimizer, whose module loggers (``fusion_base``,
+    ``onnx_model``, …) log every fusion at INFO: a dozen lines per graph, per student, in a search's log."""
+    package = Path(onnxruntime_module().__file__ or "").parent
+    for name in list(logging.root.manager.loggerDict):
+        module = sys.modules.get(name)
+        if module is not None and Path(getattr(module, "__file__", None) or "/").is_relative_to(package):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _quantize_int8(source: Path, target: Path) -> Path:
     """Dynamically quantise the fp32 graph ``source`` to ``target``: int8 weights, activations quantised at run time;
     7-bit weights on CPUs without int8 dot-product instructions (:data:`_VNNI_FLAGS`)."""
@@ -217,7 +229,7 @@ def _quantize_int8(source: Path, target: Path) -> Path:
 
     vnni = any(flag in cpu_flags().split() for flag in _VNNI_FLAGS)
     root = logging.getLogger()
-    root.addFilter(_not_preprocessing_advice)
+    root.addFilter(_only_warnings)
     try:
         quantize_dynamic(
             str(source),
@@ -227,14 +239,16 @@ def _quantize_int8(source: Path, target: Path) -> Path:
             extra_options={"DefaultTensorType": TensorProto.FLOAT},  # fused contrib ops' outputs have no inferred type
         )
     finally:
-        root.removeFilter(_not_preprocessing_advice)
+        root.removeFilter(_only_warnings)
     return target
 
 
-def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
-    """Drop ``quantize_dynamic``'s advice to pre-process the graph (for static quantisation; its symbolic shape
-    inference cannot read the fused graph), which it logs on the root logger at every call."""
-    return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
+def _only_warnings(record: logging.LogRecord) -> bool:
+    """While quantising, drop what ``quantize_dynamic`` logs on the root logger below WARNING (a line per tensor) and
+    its advice to pre-process the graph (for static quantisation; its symbolic shape inference cannot read the fused
+    graph). kdnas's own loggers are named, so the root logger's filter does not touch them."""
+    advice = record.getMessage().startswith("Please consider to run pre-processing before quantization")
+    return record.levelno >= logging.WARNING and not advice
 
 
 def inference_session(path: Path, device: torch.device, threads: int) -> Any:
