@@ -143,14 +143,15 @@ def test_retime_times_each_student_in_its_precision(students, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_over_precisions_trains_each_student_once(run_dir, ray_session):
+def test_a_search_over_precisions_trains_each_student_once(tmp_path, ray_session):
     from kdnas.tune.driver import run_search
 
     space = {"depth": {"min": 1, "max": 1}, "heads": [2], "head_dim": [8], "ffn_ratio": [1]}
     raw = tiny_raw(
-        run_dir,
+        tmp_path / "run",
+        teachers=[SCRATCH_TEACHER],
         student={"space": space},
-        latency={"warmup": 0, "runs": 3, "min_run_time_s": 0, **SEARCHED},
+        latency={"warmup": 0, "runs": 3, "min_run_time_s": 0, "isolate": False, "retime": False, **SEARCHED},
         search={"n_trials": 2, "study_name": "precisions", "sampler": "random"},
     )
     study = run_search(kdnas.load_config(raw))
