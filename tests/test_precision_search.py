@@ -162,3 +162,27 @@ def test_a_search_over_precisions_trains_each_student_once(tmp_path, ray_session
     assert trained.train_started_at is not None and trained.weights_of is None
     assert served.weights_of is not None and served.train_started_at is None
     assert served.served.fp32.metric == trained.served.fp32.metric
+
+
+def test_a_served_twin_reads_as_such_in_the_progress_line_and_the_trials_table():
+    from types import SimpleNamespace
+
+    from kdnas.readers.report import trial_rows
+    from kdnas.tune.reporter import _trial_line
+
+    served = {"precision": "int8", "runtime": "onnxruntime"}
+    report = TrialReport(0.9, 0.5, 2, completed=True, attrs={"weights_of": 0, "served": served})
+    config = {**ONE_LAYER, "precision": "int8", "kdnas_trial_number": 1, TRAINED_TWIN_KEY: {"number": 0}}
+    line = _trial_line(SimpleNamespace(config=config, last_result=report.to_result("accuracy")), "accuracy")
+    assert line.startswith("trial 1 L1 A2x8 F×1 int8: accuracy=0.9000") and "trial 0's student, not trained" in line
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    attrs = {"arch_summary": "L1-H16-A2-F16", "weights_of": 0, "served": served}
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 0.5], params={}, distributions={}, user_attrs=attrs))
+    pruned = {"arch_summary": "L1-H16-A2-F16", "duplicate_of": 0, "pruned_reason": "the same student as trial 0, …"}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={}, distributions={}, user_attrs=pruned))
+    rows = trial_rows(study, "accuracy")
+    assert (
+        rows[0]["arch"] == "L1-H16-A2-F16 int8"
+        and rows[0]["reason"] == "trial 0's student, served in int8: not trained again"
+    )
+    assert rows[1]["reason"] == "the same student as trial 0, …"  # said once

@@ -152,7 +152,7 @@ def learning_curves_figure(study: optuna.Study, metric: str) -> go.Figure | None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         record = StudentRecord.of(t)
         curve = record.learning_curve
-        if not curve or record.repeat_of is not None:
+        if not curve or record.repeat_of is not None or record.weights_of is not None:  # another trial's curve
             continue
         kind = "front" if t.number in front else "finished" if t.state == TrialState.COMPLETE else "stopped early"
         line, marker = kinds[kind]
@@ -328,7 +328,8 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
         values = t.values or [None, None]
         record = StudentRecord.of(t)
         repeat = record.repeat_of
-        reused = f"the same student as trial {repeat}: its result, not trained again" if repeat is not None else None
+        told = repeat is not None and record.reason is None  # a PRUNED repeat's reason already says whose it is
+        reused = f"the same student as trial {repeat}: its result, not trained again" if told else None
         twin, served = record.weights_of, record.served.precision if record.served else None
         trained_by = f"trial {twin}'s student, served in {served}: not trained again" if twin is not None else None
         rows.append(

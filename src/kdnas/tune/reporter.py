@@ -16,6 +16,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from kdnas.progress import duration, interactive
+from kdnas.student.space import PRECISION_PARAM
 from kdnas.study.front import study_summary, summary_line
 from kdnas.study.orphans import counts_toward_budget
 from kdnas.study.records import TrialReport, TrialTicket
@@ -94,8 +95,9 @@ class SearchProgress(tune.Callback):
 
 
 def _arch_label(config: dict[str, Any]) -> str:
-    """``L2 A4x32 F×2`` for a trial's sampled architecture."""
-    return "L{num_layers} A{num_heads}x{head_dim} F×{ffn_ratio}".format(**config)
+    """``L2 A4x32 F×2`` for a trial's sampled architecture (``L2 A4x32 F×2 int8`` where the precision is sampled)."""
+    precision = f" {config[PRECISION_PARAM]}" if PRECISION_PARAM in config else ""
+    return "L{num_layers} A{num_heads}x{head_dim} F×{ffn_ratio}".format(**config) + precision
 
 
 def _trial_line(trial: Any, metric: str) -> str:
@@ -111,6 +113,9 @@ def _trial_line(trial: Any, metric: str) -> str:
         return f"{name}: stopped before its first evaluation"
     values = f"{metric}={report.value:.4f} latency={report.latency_ms:.2f} ms"
     seconds = f"{result.get('time_total_s', 0.0):.0f} s"
+    twin = TrialTicket.from_attrs(trial.config).trained_twin
+    if report.completed and twin is not None:
+        return f"{name}: {values} (trial {twin.number}'s student, not trained again; {seconds})"
     if report.completed:
         return f"{name}: {values} (epoch {report.epoch}, {seconds})"
     return f"{name}: stopped early after epoch {report.epoch}: {values} ({seconds})"
