@@ -104,7 +104,8 @@ def _trial_line(trial: Any, metric: str) -> str:
     """What happened to a finished Tune trial's student."""
     result = trial.last_result or {}
     report = TrialReport.from_result(result, metric)
-    name = f"trial {TrialTicket.from_attrs(trial.config).number} {_arch_label(trial.config)}"
+    ticket = TrialTicket.from_attrs(trial.config)
+    name = f"trial {ticket.number} {_arch_label(trial.config)}"
     if report.error is not None:
         return f"{name} failed: {report.error}"
     if report.infeasible is not None:
@@ -113,9 +114,8 @@ def _trial_line(trial: Any, metric: str) -> str:
         return f"{name}: stopped before its first evaluation"
     values = f"{metric}={report.value:.4f} latency={report.latency_ms:.2f} ms"
     seconds = f"{result.get('time_total_s', 0.0):.0f} s"
-    twin = TrialTicket.from_attrs(trial.config).trained_twin
-    if report.completed and twin is not None:
-        return f"{name}: {values} (trial {twin.number}'s student, not trained again; {seconds})"
+    if report.completed and ticket.trained_twin is not None:
+        return f"{name}: {values} (trial {ticket.trained_twin.number}'s student, not trained again; {seconds})"
     if report.completed:
         return f"{name}: {values} (epoch {report.epoch}, {seconds})"
     return f"{name}: stopped early after epoch {report.epoch}: {values} ({seconds})"
