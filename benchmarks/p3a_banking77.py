@@ -6,8 +6,11 @@ Also reported: how well each student's metric as sliced, before training (``slic
 (Spearman, over the trained students), the students that restarted after a collapsed first epoch or ended collapsed,
 and the seconds before the first student trained (teacher fit, logits, importance, calibration).
 
-    python benchmarks/p3a_banking77.py [--data DIR] [--trials 8] [--time-budget-s S] [--output-dir runs/p3a-banking77]
-        [--out FILE]
+    python benchmarks/p3a_banking77.py [--data DIR] [--trials 8] [--time-budget-s S] [--seed 0]
+        [--output-dir runs/p3a-banking77] [--out FILE]
+
+``--seed`` seeds the sampler and every student's training; a teacher already fitted in the output directory is reused
+whatever the seed.
 
 Skipped cleanly without the data (``../shared/data/banking77`` beside the checkout, or ``--data``). A rerun with the
 same output directory resumes the search and reuses the fitted teacher and its cached logits.
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--data", help="BANKING77 folder with train.tsv and test.tsv")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--time-budget-s", type=float, help="search.time_budget_s (default: none, every trial trains)")
+    parser.add_argument("--seed", type=int, default=0, help="search.seed and training.seed")
     parser.add_argument("--output-dir", default=str(REPO / "runs" / "p3a-banking77"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"{NAME}.json"))
     args = parser.parse_args()
@@ -100,6 +104,8 @@ def main() -> None:
             f"data.train_file={data / 'train.tsv'}",
             f"data.validation_file={data / 'test.tsv'}",
             f"search.n_trials={args.trials}",
+            f"search.seed={args.seed}",
+            f"training.seed={args.seed}",
             *([f"search.time_budget_s={args.time_budget_s}"] if args.time_budget_s else []),
         ],
     )
@@ -108,6 +114,7 @@ def main() -> None:
     result = {
         "config": "examples/banking77.yaml",
         "trials": args.trials,
+        "seed": args.seed,
         "time_budget_s": args.time_budget_s,
         **summarise(study, started),
     }
