@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -13,6 +12,7 @@ from optuna.trial import TrialState
 from kdnas.study.records import PROMOTED_ATTR
 from kdnas.study.repeats import known_students, promotion_candidates
 from kdnas.study.student_record import StudentRecord
+from kdnas.tune.study_policy import StudyPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -25,18 +25,13 @@ class SpaceLeft(enum.Enum):
     NONE = "none"  # every student tried and trained, none to promote: the search ends
 
 
-class Promotion:
+class Promotion(StudyPolicy):
     """Promotes, in ``study``, the students of ``recipe`` stopped early, once the study holds all ``space_size``
     students of the space (or the sampler keeps proposing students it holds: see :meth:`promote`)."""
 
     def __init__(self, study: optuna.Study, recipe: str, space_size: int | None = None) -> None:
-        self._study = study
-        self._recipe = recipe
+        super().__init__(study, recipe)
         self._space_size = space_size
-
-    def __getstate__(self) -> dict[str, Any]:
-        """All but the study, which holds the storage URL and so may hold a password."""
-        return {**self.__dict__, "_study": None}
 
     def space_left(self) -> SpaceLeft:
         """What is left of the space (every student untried without ``space_size``); once the study holds every

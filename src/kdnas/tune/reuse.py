@@ -4,7 +4,6 @@ of being trained again (``search.reuse_duplicates``): with the study's fixed tra
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -12,21 +11,14 @@ from optuna.trial import FrozenTrial
 from kdnas.study.repeats import known_students, repeat_of, student_key
 from kdnas.study.student_record import StudentRecord
 from kdnas.tune.outcomes import tell_outcome
+from kdnas.tune.study_policy import StudyPolicy
 
 logger = logging.getLogger(__name__)
 
 
-class RepeatReuse:
+class RepeatReuse(StudyPolicy):
     """Recognises, in ``study``, the trial holding the student a new trial sampled under the same ``recipe``
     (:func:`~kdnas.study.repeats.recipe_key`; any run or driver), and records the new trial as its repeat."""
-
-    def __init__(self, study: optuna.Study, recipe: str) -> None:
-        self._study = study
-        self._recipe = recipe
-
-    def __getstate__(self) -> dict[str, Any]:
-        """All but the study, which holds the storage URL and so may hold a password."""
-        return {**self.__dict__, "_study": None}
 
     def original_of(self, ot_trial: optuna.Trial) -> FrozenTrial | None:
         """The study's trial holding the student ``ot_trial`` sampled (same parameters and recipe), if any."""

@@ -14,6 +14,7 @@ from kdnas.student.space import PRECISION_PARAM
 from kdnas.study.records import TrainedTwin
 from kdnas.study.repeats import student_key
 from kdnas.study.student_record import StudentRecord
+from kdnas.tune.study_policy import StudyPolicy
 
 
 def _trained_student(params: Mapping[str, Any]) -> str:
@@ -21,17 +22,9 @@ def _trained_student(params: Mapping[str, Any]) -> str:
     return student_key({name: value for name, value in params.items() if name != PRECISION_PARAM})
 
 
-class PrecisionTwins:
+class PrecisionTwins(StudyPolicy):
     """Finds, in ``study``, a COMPLETE trial that trained (under the same ``recipe``) the student a new trial sampled,
     served in another precision."""
-
-    def __init__(self, study: optuna.Study, recipe: str) -> None:
-        self._study = study
-        self._recipe = recipe
-
-    def __getstate__(self) -> dict[str, Any]:
-        """All but the study, which holds the storage URL and so may hold a password."""
-        return {**self.__dict__, "_study": None}
 
     def twin_of(self, ot_trial: optuna.Trial) -> TrainedTwin | None:
         """The earliest trial that trained ``ot_trial``'s student in another precision and saved it, if any."""
