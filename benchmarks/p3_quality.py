@@ -21,10 +21,15 @@ once and cached under ``--output-dir`` (its accuracy and fitting time are report
 (hidden) Lever 3 of #35: the knee student with ``--text-rows``' largest count of unused rows, logit KD alone against
     logit KD plus hidden-state KD of its last layer by the teacher's last (``kd.intermediate.layer_map: final``,
     hidden states only, β = ``--hidden-weight``), over ``--seeds`` (not run by default: ``--parts hidden``).
+(copies) Lever 1 of #35: the knee student with ``--more-copies`` (16) augmented copies of each labelled sentence,
+    each epoch a fresh sample as large as kdnas's default 4 copies (``data.transfer.per_epoch``: the same cost per
+    trial), against the default 4 copies, over ``--seeds``; also the seconds each transfer set takes to build and
+    label once per study (not run by default: ``--parts copies``).
 
     python benchmarks/p3_quality.py [--parts b c d a layers] [--data DIR] [--teacher-samples 20000]
         [--train-samples 2000] [--epochs 2] [--seeds 0 1 2] [--trials 8] [--layers uniform|importance]
         [--unused-train-rows N] [--per-epoch N] [--text-rows 0 16000 32000] [--text-arch L,HEADS,HEAD_DIM,FFN]
+        [--more-copies 16]
 
 Parts run in the order given and merge into ``benchmarks/results/p3_quality.json`` (earlier parts' results are kept),
 so they can run as separate commands, each within 45 minutes on 2 cores (the first also fits the teacher, 13 min;
@@ -56,6 +61,7 @@ TARGETS = {
     "c": "transfer set (KD) - hard labels only >= +1.0 point",
     "d": "2 teachers - the better one alone >= +0.5 point",
 }
+DEFAULT_COPIES = 4  # data.transfer.augment_copies' default for file and hub tasks
 ARCHS = ["1,4,32,2", "2,6,32,2", "3,8,32,2"]  # L1-H128, L2-H192, L3-H256: MiniLM's head size, FFN 2x
 SPEEDUP = 4.0
 
@@ -113,6 +119,7 @@ class Runs:
         self.done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
         self.runs: list[dict[str, Any]] = []
         self.configs: dict[str, dict] = {}
+        self.prepare_seconds: dict[str, float] = {}  # variant -> seconds its students' inputs took to prepare
 
     def train(self, variant: str, raw: dict, arch: str, seed: int) -> float:
         key = json.dumps(raw, sort_keys=True)
@@ -123,7 +130,9 @@ class Runs:
                 return run["value"]
         if key not in self.prepared:
             config = kdnas.load_config(raw)
+            started = time.perf_counter()
             self.prepared[key] = (kdnas.prepare_students(config), config.data.metric)
+            self.prepare_seconds[variant] = round(time.perf_counter() - started, 1)
             self.configs[variant] = config.model_dump(mode="json")
         students, metric = self.prepared[key]
         started = time.perf_counter()
@@ -224,7 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, name=NAME, train_samples=2000, output_dir="bench-p3")
     parser.add_argument(
-        "--parts", nargs="+", choices=["a", "b", "c", "d", "layers", "text", "hidden"], default=["b", "c", "d", "a"]
+        "--parts",
+        nargs="+",
+        choices=["a", "b", "c", "d", "layers", "text", "hidden", "copies"],
+        default=["b", "c", "d", "a"],
     )
     parser.add_argument("--teacher-samples", type=int, default=20000, help="MiniLM's fine-tuning examples")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
@@ -251,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--text-rows", type=int, nargs="+", default=[0, 16000, 32000], help="(text) unused rows")
     parser.add_argument("--text-arch", default="4,6,32,2", help="(text) the student, as layers,heads,head_dim,ffn")
+    parser.add_argument("--more-copies", type=int, default=16, help="(copies) augmented copies of the sampled arm")
     parser.add_argument("--hidden-weight", type=float, default=1.0, help="(hidden) kd.intermediate.weight")
     parser.add_argument("--threads", type=int, default=1, help="torch threads and Ray CPUs per search trial")
     args = parser.parse_args(argv)
@@ -317,6 +330,14 @@ def main(argv: list[str] | None = None) -> None:
             )
             section = runs.compare(("hidden_final", hidden), ("logits_only", logit), [args.text_arch], args.seeds, 0.0)
             summary.append(f"(hidden) last-layer hidden KD - logits only {section['mean_gain_points']:+.2f} pts")
+        elif part == "copies":
+            default = student_raw(data, args, [teacher], data={"transfer": {"augment_copies": DEFAULT_COPIES}})
+            more = {"augment_copies": args.more_copies, "per_epoch": DEFAULT_COPIES * args.train_samples}
+            sampled = student_raw(data, args, [teacher], data={"transfer": more})
+            names = (f"copies_{args.more_copies}_sampled", f"copies_{DEFAULT_COPIES}")
+            section = runs.compare((names[0], sampled), (names[1], default), [args.text_arch], args.seeds, 0.5)
+            section["prepare_seconds"] = {name: runs.prepare_seconds.get(name) for name in names}
+            summary.append(f"(copies) {names[0]} - {names[1]} {section['mean_gain_points']:+.2f} pts")
         elif part == "layers":
             importance = student_raw(data, args, [teacher], student={"inherit": {"layers": "importance"}})
             uniform = student_raw(data, args, [teacher], student={"inherit": {"layers": "uniform"}})
