@@ -15,7 +15,7 @@ from kdnas.study.records import ARCH_SUMMARY_ATTR, TRIAL_NUMBER_KEY, TrialReport
 from kdnas.tune import driver as runner
 from kdnas.tune import inputs
 from kdnas.tune import prepare as prepare_mod
-from kdnas.tune.trial import TrialInputs
+from kdnas.tune.trial_inputs import TrialInputs
 
 if __name__ != "__main__":
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/

@@ -25,9 +25,10 @@ from kdnas.study.records import (
     SLICE_METRIC_ATTR,
     TrialReport,
 )
-from kdnas.tune import trial as trial_mod
+from kdnas.tune import student_run
 from kdnas.tune.checkpoint import load_state, save_state
-from kdnas.tune.trial import TrialInputs, run_trial
+from kdnas.tune.trial import run_trial
+from kdnas.tune.trial_inputs import TrialInputs
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
 RATE = 1e-3
@@ -81,16 +82,16 @@ def test_a_student_collapsed_after_its_first_epoch_trains_again_from_its_initial
     tmp_path, monkeypatch
 ):
     evaluations = []
-    real = trial_mod.evaluation_of
+    real = student_run.evaluation_of
 
     def first_epoch_collapses(*args, **kwargs):
         scored = real(*args, **kwargs)
         evaluations.append(scored.value)
         if len(evaluations) == 2:  # the slice's score, then epoch 1 of the first attempt
-            return trial_mod.replace(scored, collapsed="predicts class 0 (neg) for all 32 eval examples")
+            return student_run.replace(scored, collapsed="predicts class 0 (neg) for all 32 eval examples")
         return scored
 
-    monkeypatch.setattr(trial_mod, "evaluation_of", first_epoch_collapses)
+    monkeypatch.setattr(student_run, "evaluation_of", first_epoch_collapses)
     reports: list[dict] = []
     run_trial(ARCH, _inputs(tmp_path, "restarted"), trial_number=0, device="cpu", report=reports.append)
     assert [r["epoch"] for r in reports] == [1, 2]  # the collapsed epoch is not reported: Tune sees one training
@@ -104,7 +105,7 @@ def test_a_student_collapsed_after_its_first_epoch_trains_again_from_its_initial
     assert first[2] <= second[0][2]  # training seconds count the first attempt too
     assert COLLAPSED_ATTR not in record.attrs
 
-    monkeypatch.setattr(trial_mod, "evaluation_of", real)
+    monkeypatch.setattr(student_run, "evaluation_of", real)
     fresh: list[dict] = []
     run_trial(ARCH, _inputs(tmp_path, "fresh", rate=RATE / 2), trial_number=0, device="cpu", report=fresh.append)
     restarted, plain = _weights(tmp_path, "restarted"), _weights(tmp_path, "fresh")
@@ -113,12 +114,12 @@ def test_a_student_collapsed_after_its_first_epoch_trains_again_from_its_initial
 
 
 def test_a_student_still_collapsed_at_the_end_is_recorded_so(tmp_path, monkeypatch):
-    real = trial_mod.evaluation_of
+    real = student_run.evaluation_of
 
     def always_collapsed(*args, **kwargs):
-        return trial_mod.replace(real(*args, **kwargs), collapsed="predicts class 0 (neg) for all 32 eval examples")
+        return student_run.replace(real(*args, **kwargs), collapsed="predicts class 0 (neg) for all 32 eval examples")
 
-    monkeypatch.setattr(trial_mod, "evaluation_of", always_collapsed)
+    monkeypatch.setattr(student_run, "evaluation_of", always_collapsed)
     reports: list[dict] = []
     run_trial(ARCH, _inputs(tmp_path, "c"), trial_number=0, device="cpu", report=reports.append)
     record = TrialReport.from_result(reports[-1], "accuracy")
@@ -209,15 +210,15 @@ def test_a_student_at_the_majority_level_is_collapsed_under_every_metric(metric)
 
 
 def test_a_restarted_student_resumed_from_its_checkpoint_keeps_its_restart_and_half_rate(tmp_path, monkeypatch):
-    real = trial_mod.evaluation_of
+    real = student_run.evaluation_of
     calls = []
 
     def first_epoch_collapses(*args, **kwargs):
         scored = real(*args, **kwargs)
         calls.append(1)
-        return trial_mod.replace(scored, collapsed="predicts class 0 (neg)") if len(calls) == 2 else scored
+        return student_run.replace(scored, collapsed="predicts class 0 (neg)") if len(calls) == 2 else scored
 
-    monkeypatch.setattr(trial_mod, "evaluation_of", first_epoch_collapses)
+    monkeypatch.setattr(student_run, "evaluation_of", first_epoch_collapses)
     saved = tmp_path / "checkpoint"
 
     def checkpoint(metrics: dict, state: dict) -> None:  # as the trainable does: on disk, at once

@@ -33,10 +33,11 @@ from kdnas.study.records import (
     TrialReport,
 )
 from kdnas.study.repeats import known_students
-from kdnas.tune import trial as trial_mod
+from kdnas.tune import student_run, trial_inputs
 from kdnas.tune.rungs import mid_epoch_rungs, mid_epoch_steps, rungs_in_warmup
 from kdnas.tune.scheduler import ParetoStopping, early_stopping_enabled, make_scheduler, rungs
-from kdnas.tune.trial import TrialInputs, run_trial
+from kdnas.tune.trial import run_trial
+from kdnas.tune.trial_inputs import TrialInputs
 
 METRICS = ["accuracy", "latency_ms"]
 FAST = LatencyConfig(warmup=0, runs=3, min_run_time_s=0)
@@ -122,7 +123,7 @@ def test_infeasible_candidate_is_measured_and_never_trained(tmp_path, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("an infeasible student must not train")
 
-    monkeypatch.setattr(trial_mod, "train", no_training)
+    monkeypatch.setattr(student_run, "train", no_training)
     reports = []
     result = run_trial(ARCH, _inputs(tmp_path, **sections), trial_number=0, device="cpu", report=reports.append)
     assert reports == [result] and result[INFEASIBLE_KEY].startswith("infeasible, not trained: ")
@@ -144,7 +145,7 @@ def test_feasible_results_carry_their_constraints():
     }
     outcome = outcome_of(result)
     assert outcome.state == TrialState.COMPLETE and outcome.constraints == {"latency_ms": -1.0, "params": -5.0}
-    assert trial_mod.budget_constraints(KDNASConfig(), 2.0, 10) == {}
+    assert trial_inputs.budget_constraints(KDNASConfig(), 2.0, 10) == {}
 
 
 # --- latency-aware early stopping ----------------------------------------------------------------------------------

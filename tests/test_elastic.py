@@ -22,7 +22,7 @@ from kdnas.teachers.loading import load_tokenizer
 from kdnas.tune.elastic_phase import elastic_inputs
 from kdnas.tune.fingerprint import config_fingerprint
 from kdnas.tune.inputs import UNLABELLED
-from kdnas.tune.trial import TrialInputs, initialise
+from kdnas.tune.trial_inputs import TrialInputs, initialise
 
 TEXTS = [
     "the film was not very good",

@@ -23,7 +23,8 @@ from kdnas.student.training import DivergedError, NonFiniteLossError, cross_entr
 from kdnas.study.records import ERROR_KEY, FAILURE_TRACEBACK_ATTR, TRIAL_NUMBER_KEY, TrialReport
 from kdnas.tune import trainable
 from kdnas.tune.checkpoint import load_state, save_state
-from kdnas.tune.trial import TrialInputs, run_trial
+from kdnas.tune.trial import run_trial
+from kdnas.tune.trial_inputs import TrialInputs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from kdnas.student.batches import batch_at, encode
 from kdnas.student.inheritance import inherit, inheritance_layer_map, inheritance_source
 from kdnas.teachers.importance import activation_importance
 from kdnas.teachers.loading import load_tokenizer
-from kdnas.tune.trial import learning_rate
+from kdnas.tune.trial_inputs import learning_rate
 
 TEXTS = [
     "the film was not very good",

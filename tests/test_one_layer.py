@@ -18,7 +18,7 @@ from kdnas.teachers.importance import activation_importance
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.tune.one_layer import choose_one_layer, one_layer_student
 from kdnas.tune.retrain import recorded_one_layer
-from kdnas.tune.trial import TrialInputs
+from kdnas.tune.trial_inputs import TrialInputs
 
 TEXTS = ["the film was not very good", "although the plot was dull , the acting was wonderful"] * 20
 SPACE = {"depth": {"min": 1, "max": 2}, "heads": [2, 4], "head_dim": [8], "ffn_ratio": [1, 2]}

@@ -15,7 +15,7 @@ from kdnas.config import ConfigError, load_config
 from kdnas.student import SearchSpace
 from kdnas.study.records import TRAINED_TWIN_KEY, TrainedTwin, TrialReport, TrialTicket
 from kdnas.study.student_record import StudentRecord
-from kdnas.tune import trial as trial_module
+from kdnas.tune import student_run
 from kdnas.tune.fingerprint import config_fingerprint
 
 SEARCHED = {"runtime": "onnxruntime", "precision": ["fp32", "int8"]}
@@ -91,7 +91,7 @@ def test_the_twin_is_served_in_its_own_precision_without_training(students, monk
     def no_training(*args, **kwargs):
         raise AssertionError("a student served from its twin is not trained")
 
-    monkeypatch.setattr(trial_module, "train", no_training)
+    monkeypatch.setattr(student_run, "train", no_training)
     ticket = {TRAINED_TWIN_KEY: TrainedTwin(number=1, attrs=fp32.attrs).to_attrs()}
     int8 = kdnas.train_student(students, {**ONE_LAYER, "precision": "int8", **ticket}, trial_number=2)
     record, trained = StudentRecord.from_attrs(int8.attrs), StudentRecord.from_attrs(fp32.attrs)

@@ -67,7 +67,7 @@ INHERITED = {  # student.inheritance.inherit
     "random": {},
 }
 CURVE = [[0.5, 0.61, 1.5, 0.55, 0.012], [1, 0.7, 3.25, 0.6, 0.011], [2, 0.8, 6.5, 0.66, 0.01]]
-PROGRESS = {  # _StudentRun.progress
+PROGRESS = {  # StudentRun.progress
     **COST,
     "init": INHERITED,
     "slice_metric": {"value": 0.5, "label_probability": 0.502, "seconds": 0.125},
@@ -86,7 +86,7 @@ RECIPE = "0123456789abcdef"
 
 
 def trained_attrs() -> dict:
-    """A COMPLETE trial's attrs as ``_StudentRun.save`` and the searcher record them."""
+    """A COMPLETE trial's attrs as ``StudentRun.save`` and the searcher record them."""
     kd = KDConfig().model_dump(mode="json", exclude={"space"})
     return {
         **PROGRESS,

@@ -17,7 +17,7 @@ from kdnas.study import orphans
 from kdnas.study.records import DRIVER_ATTR, ERROR_KEY, FAILURE_ATTR, RECIPE_ATTR, TRIAL_NUMBER_KEY
 from kdnas.tune import driver as runner
 from kdnas.tune import trainable
-from kdnas.tune.trial import TrialInputs
+from kdnas.tune.trial_inputs import TrialInputs
 
 
 @pytest.fixture(autouse=True)

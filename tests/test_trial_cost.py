@@ -15,7 +15,8 @@ from kdnas.study.records import TRAIN_ROWS_ATTR, TrialReport
 from kdnas.study.storage import fingerprint_differences
 from kdnas.tune.fingerprint import config_fingerprint
 from kdnas.tune.inputs import UNLABELLED
-from kdnas.tune.trial import TrialInputs, run_trial
+from kdnas.tune.trial import run_trial
+from kdnas.tune.trial_inputs import TrialInputs
 
 ARCH = {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_ratio": 1}
 

@@ -50,7 +50,7 @@ from kdnas.tune.samplers import make_sampler
 from kdnas.tune.scheduler import ParetoStopping, make_scheduler
 from kdnas.tune.searcher import KDNASSearch, make_searcher
 from kdnas.tune.trainable import SearchBookkeeping, student_trainable
-from kdnas.tune.trial import TrialInputs
+from kdnas.tune.trial_inputs import TrialInputs
 
 logger = logging.getLogger(__name__)
 

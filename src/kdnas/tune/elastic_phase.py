@@ -23,7 +23,7 @@ from kdnas.teachers.logits import save_atomically
 from kdnas.teachers.tasks import run_step, where
 from kdnas.tune.fingerprint import config_fingerprint
 from kdnas.tune.one_layer import digest
-from kdnas.tune.trial import TrialInputs, training_rows
+from kdnas.tune.trial_inputs import TrialInputs, training_rows
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from kdnas.teachers.loading import load_tokenizer
 from kdnas.teachers.logits import ran_on
 from kdnas.teachers.roles import inheritance_teacher, intermediate_teachers, vocabulary_teachers
 from kdnas.teachers.tasks import run_step
-from kdnas.tune.trial import TrialInputs, build_and_measure
+from kdnas.tune.trial_inputs import TrialInputs, build_and_measure
 
 logger = logging.getLogger(__name__)
 

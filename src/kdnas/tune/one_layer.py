@@ -37,7 +37,7 @@ from kdnas.study.study_record import OneLayer
 from kdnas.teachers.loading import load_tokenizer
 from kdnas.teachers.tasks import run_step, where
 from kdnas.tune.fingerprint import config_fingerprint
-from kdnas.tune.trial import TrialInputs, initialise, learning_rate, training_rows
+from kdnas.tune.trial_inputs import TrialInputs, initialise, learning_rate, training_rows
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from kdnas.tune.fingerprint import (
 from kdnas.tune.inputs import check_budgets_reachable, prepare_inputs, transfer_set
 from kdnas.tune.local_ray import init_ray
 from kdnas.tune.one_layer import choose_one_layer
-from kdnas.tune.trial import TrialInputs
+from kdnas.tune.trial_inputs import TrialInputs
 
 logger = logging.getLogger(__name__)
 

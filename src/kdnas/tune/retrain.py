@@ -13,7 +13,7 @@ from kdnas.study.records import Retrained
 from kdnas.study.study_record import StudyRecord
 from kdnas.teachers.loading import driver_device
 from kdnas.tune.students import prepare_students, train_student
-from kdnas.tune.trial import student_dir
+from kdnas.tune.trial_inputs import student_dir
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from kdnas.config import KDNASConfig
 from kdnas.data import TaskData
 from kdnas.study.records import TrialReport
 from kdnas.tune.prepare import prepare
-from kdnas.tune.trial import TrialInputs, run_trial
+from kdnas.tune.trial import run_trial
+from kdnas.tune.trial_inputs import TrialInputs
 
 
 def prepare_students(config: KDNASConfig, task: TaskData | None = None) -> TrialInputs:

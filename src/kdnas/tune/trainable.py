@@ -19,7 +19,8 @@ from kdnas.devices import assigned_device
 from kdnas.study.records import TrialReport, TrialTicket
 from kdnas.study.student_record import StudentRecord
 from kdnas.tune.checkpoint import load_state, save_state
-from kdnas.tune.trial import TrialInputs, run_trial
+from kdnas.tune.trial import run_trial
+from kdnas.tune.trial_inputs import TrialInputs
 
 if TYPE_CHECKING:
     from kdnas.tune.searcher import KDNASSearch

@@ -1,6 +1,7 @@
 """PrecisionTwins: with a searched ``latency.precision``, a student the study already trained in another precision is
 served in the sampled one without training again. The suggestion carries its trained twin (that trial's number and
-record); the trial loads its weights, then times and scores them in its own precision (:mod:`kdnas.tune.trial`)."""
+record); the trial loads its weights, then times and scores them in its own precision
+(:func:`kdnas.tune.trial.serve_trained_twin`)."""
 
 from __future__ import annotations
 
