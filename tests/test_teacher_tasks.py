@@ -115,7 +115,7 @@ def test_teachers_fit_rank_and_label_in_ray_tasks_into_output_dir_and_a_rerun_ru
     config = build_config(raw)
     students = kdnas.prepare_students(config)
     fit = kdnas.teacher_fit_record(config, "gpt2")
-    assert fit.ran_on.ray_task and fit.ran_on.device == "cpu"
+    assert fit.ran_on.ray_task and fit.ran_on.device == "cpu" and fit.seed == config.training.seed
     assert (tmp_path / "run/teachers/gpt2/model.safetensors").is_file()
     references, logits = kdnas.teacher_reference(config, kdnas.load_task(config.data), tmp_path / "run/cache")
     assert logits.shape == (2, 40, 2)

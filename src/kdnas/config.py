@@ -476,7 +476,8 @@ class TrainingConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     """Fraction of the steps the learning rate warms up over."""
     seed: int = 0
-    """Seed of each student's initialisation, batches and transfer sample."""
+    """Seed of each student's initialisation, batches and transfer sample, and of a teacher's fit (a fitted teacher is
+    kept when only the seed changes; its record says the seed it was fitted with)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """`auto` (bf16 autocast on a CUDA GPU with bfloat16, fp16 with a gradient scaler on an older one, fp32 on the
     CPU), `fp32`, `bf16` or `fp16`; weights stay float32."""

@@ -78,7 +78,8 @@ class TeacherReference(AttrRecord):
 @dataclass(frozen=True)
 class TeacherFit(AttrRecord):
     """A teacher's fit, saved beside it (``kdnas_teacher.json``): its settings (:meth:`settings`), the task it was
-    fitted on, its metric on the eval split, how long it took and where it ran."""
+    fitted on, the training seed it drew its batches with, its metric on the eval split, how long it took and where
+    it ran."""
 
     name: str | None = stored()
     model: str | None = stored()
@@ -87,6 +88,7 @@ class TeacherFit(AttrRecord):
     task: str | None = stored()
     task_fingerprint: str | None = stored()
     max_seq_length: int | None = stored()
+    seed: int | None = stored()
     metric: str | None = stored()
     value: float | None = stored()
     fit_seconds: float | None = stored()
@@ -94,7 +96,8 @@ class TeacherFit(AttrRecord):
 
     def settings(self) -> TeacherFit:
         """What makes this fit: the teacher, its fit settings, the task and tokenisation (a saved fit with equal
-        settings needs no refit); not its outcome."""
+        settings needs no refit); not its outcome, nor its seed (a study resumed or searched again with another
+        ``training.seed`` keeps its fitted teachers)."""
         return TeacherFit(
             name=self.name,
             model=self.model,

@@ -187,6 +187,7 @@ def _fit_teacher(config: KDNASConfig, teacher: TeacherConfig, task: TaskData, de
     tokenizer.save_pretrained(out)
     record = replace(
         _fit_settings(teacher, task, max_length),
+        seed=config.training.seed,
         metric=task.metric,
         value=value,
         fit_seconds=round(time.perf_counter() - started, 1),
